@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The project's two everyday commands, usable on a fresh Debian 12 machine:
+#   ./dev.sh serve        run a development server (localhost, generated secret, files in ./var)
+#   ./dev.sh test         run the whole test suite (lint, types, every test layer)
+# and a few more for development:
+#   ./dev.sh test-fast    lint + types + the tests not marked slow, newest Twisted only
+#   ./dev.sh deb          build the Debian package into ./dist
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${HMACFS_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+# Debian packages the tests (and the Debian-packages test run) need.
+SYSTEM_PACKAGES=(curl python3-venv python3-pip
+  python3-twisted python3-openssl python3-service-identity python3-sdnotify python3-pytest)
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+ensure_system() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})"
+    return 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtual environment $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    say "installing hmac-file-server and test tools into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$VENV/.installed"
+  fi
+}
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+run_pytest() {
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    say "pytest collected no tests: failing"
+    return 1
+  fi
+  return "$rc"
+}
+
+lint() {
+  say "ruff"
+  "$VENV/bin/ruff" check hmacfs tests bench
+  say "mypy"
+  "$VENV/bin/mypy"
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  serve)
+    ensure_system curl python3-venv
+    ensure_venv
+    exec "$VENV/bin/python" -m hmacfs dev "$@"
+    ;;
+  test)
+    ensure_system "${SYSTEM_PACKAGES[@]}"
+    ensure_venv
+    lint
+    say "pytest: the whole suite on the newest Twisted ($("$VENV/bin/python" -c 'import twisted; print(twisted.__version__)'))"
+    run_pytest "$VENV/bin/python" -m pytest "$@"
+    say "pytest: protocol and end-to-end tests on Debian's python3-twisted ($(/usr/bin/python3 -c 'import twisted; print(twisted.__version__)'))"
+    PYTHONPATH=$ROOT run_pytest /usr/bin/python3 -m pytest -p no:cacheprovider tests/protocol tests/e2e "$@"
+    ;;
+  test-fast)
+    ensure_venv
+    lint
+    run_pytest "$VENV/bin/python" -m pytest -m "not slow" "$@"
+    ;;
+  deb)
+    exec "$ROOT/packaging/build-deb" "$@"
+    ;;
+  *)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    [ "$cmd" = help ] || exit 2
+    ;;
+esac

@@ -1,0 +1,265 @@
+"""The `hmac-file-server` command: run, dev, check-config, sign. The only user of the global reactor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, urlencode
+
+from hmacfs import __version__, auth, config
+from hmacfs.config import ConfigError
+from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
+
+DEFAULT_CONFIG = Path("/etc/hmac-file-server/config.toml")
+#: Exit statuses (documented in hmac-file-server(8)).
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEV_SAMPLE = b"hello from hmac-file-server\n"
+
+
+def base_url(cfg: Config) -> str:
+    """Where clients reach the server: `public_url`, else the first TCP listener."""
+    if cfg.server.public_url:
+        return cfg.server.public_url.rstrip("/")
+    for entry in cfg.server.listen:
+        if not entry.startswith("unix:"):
+            return f"http://{entry}"
+    return "http://localhost"
+
+
+def upload_url(cfg: Config, rel: str) -> str:
+    """The URL of the signed path `rel` (each segment percent-encoded)."""
+    encoded = "/".join(quote(segment, safe="") for segment in rel.split("/"))
+    return base_url(cfg) + cfg.server.upload_prefix + encoded
+
+
+def signed_example(
+    cfg: Config, rel: str, size: int, content_type: str, scheme: str, lifetime: float
+) -> tuple[str, dict[str, str]]:
+    """A signed PUT URL for `rel` and the headers the client must send with it."""
+    signed = auth.sign(
+        scheme,
+        rel,
+        size,
+        content_type,
+        cfg.hmac.secrets[0],
+        algorithm=cfg.hmac.algorithm,
+        now=time.time(),
+        lifetime=lifetime,
+    )
+    url = upload_url(cfg, rel)
+    if signed.query:
+        url += "?" + urlencode(signed.query)
+    return url, signed.headers
+
+
+def curl_line(url: str, headers: dict[str, str], content_type: str, file: str) -> str:
+    words = ["curl", "-sS", "-T", file, "-H", f"Content-Type: {content_type}"]
+    for name, value in headers.items():
+        words += ["-H", f"{name}: {value}"]
+    words.append(url)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _load(path: Path) -> Config:
+    return config.load(path)
+
+
+def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
+    cfg = _load(args.config)
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    out.write(config.describe(cfg))
+    print(f"{args.config}: OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
+    cfg = _load(args.config)
+    if args.file is not None:
+        size = os.path.getsize(args.file)
+    elif args.size is not None:
+        size = args.size
+    else:
+        print("sign: give --size or --file", file=sys.stderr)
+        return EXIT_CONFIG
+    rel = args.path.strip("/")
+    try:
+        url, headers = signed_example(cfg, rel, size, args.type, args.scheme, args.lifetime)
+    except ValueError as e:
+        print(f"sign: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(url, file=out)
+    for name, value in headers.items():
+        print(f"{name}: {value}", file=out)
+    print("# upload:", curl_line(url, headers, args.type, args.file or "FILE"), file=out)
+    print("# download:", shlex.join(["curl", "-sS", upload_url(cfg, rel)]), file=out)
+    return EXIT_OK
+
+
+def _start_logging(level: str, stream: TextIO) -> None:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level.replace("warning", "warn")))
+    observer = FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def serve(cfg: Config, on_ready: Callable[[], None] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT. Returns the exit status."""
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from hmacfs.service import make_service
+
+    log = Logger(namespace="hmacfs")
+    _start_logging(cfg.server.log_level, sys.stderr)
+    for warning in cfg.warnings:
+        log.warn("config: {warning}", warning=warning)
+    try:
+        service = make_service(cfg, reactor)
+    except OSError as e:
+        print(
+            f"hmac-file-server: cannot use storage_dir {cfg.server.storage_dir}: {e.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    status = [EXIT_OK]
+
+    def start() -> None:
+        service.startService()
+
+        def listening(ports: list[Any]) -> None:
+            for port in ports:
+                log.info("listening on {address}", address=_describe_port(port))
+            log.info(
+                "hmac-file-server {version} ready; storing in {storage}",
+                version=__version__,
+                storage=cfg.server.storage_dir,
+            )
+            if on_ready is not None:
+                on_ready()
+
+        def failed(failure: Any) -> None:
+            print(f"hmac-file-server: cannot listen: {failure.getErrorMessage()}", file=sys.stderr)
+            status[0] = EXIT_FAILURE
+            reactor.stop()
+
+        service.listeners.ready.addCallbacks(listening, failed)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return status[0]
+
+
+def _describe_port(port: Any) -> str:
+    host = port.getHost()
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}" if ":" not in host.host else f"[{host.host}]:{host.port}"
+    return f"unix:{getattr(host, 'name', host)}"
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    return serve(_load(args.config))
+
+
+def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
+    base = Path(args.dir).resolve()
+    secret = secrets.token_urlsafe(24).encode()
+    cfg = config.development_config(base, secret)
+    if args.port != 5050:
+        listen = (f"127.0.0.1:{args.port}",)
+        server = cfg.server.__class__(
+            **{**cfg.server.__dict__, "listen": listen, "public_url": f"http://{listen[0]}"}
+        )
+        cfg = cfg.__class__(**{**cfg.__dict__, "server": server})
+
+    def announce() -> None:
+        rel = f"{uuid.uuid4()}/hello.txt"
+        url, headers = signed_example(cfg, rel, len(DEV_SAMPLE), "text/plain", "v2", 300)
+        sample = base / "var" / "hello.txt"
+        sample.write_bytes(DEV_SAMPLE)
+        lines = [
+            "",
+            "Development server (not for production: the secret changes on every start).",
+            f"  storage: {cfg.server.storage_dir}",
+            f"  secret:  {secret.decode()}",
+            f"  signed upload URL ({len(DEV_SAMPLE)} bytes, text/plain, valid for this run):",
+            f"    {url}",
+            "  try it:",
+            f"    {curl_line(url, headers, 'text/plain', str(sample))}",
+            f"    curl -sS {shlex.quote(upload_url(cfg, rel))}",
+            "",
+        ]
+        print("\n".join(lines), file=out, flush=True)
+
+    return serve(cfg, on_ready=announce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hmac-file-server",
+        description="XEP-0363 HTTP File Upload server for Prosody, ejabberd and Metronome.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"configuration file (default: {DEFAULT_CONFIG})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run the server (the default)")
+    sub.add_parser("check-config", help="validate the configuration and print the effective settings")
+    sign = sub.add_parser("sign", help="print a signed PUT URL and a curl command to test with")
+    sign.add_argument("path", help="path below the upload prefix, e.g. abc123/photo.jpg")
+    sign.add_argument("--size", type=int, help="upload size in bytes")
+    sign.add_argument("--file", help="take the size from this file")
+    sign.add_argument("--type", default="application/octet-stream", help="Content-Type")
+    sign.add_argument(
+        "--scheme",
+        default="v2",
+        choices=[*QUERY_SCHEMES, *HEADER_SCHEMES],
+        help="signing scheme (default: v2)",
+    )
+    sign.add_argument(
+        "--lifetime", type=float, default=300.0, help="seconds the URL stays valid (v3, jwt)"
+    )
+    dev = sub.add_parser("dev", help="run a development server with a generated secret")
+    dev.add_argument("--port", type=int, default=5050)
+    dev.add_argument("--dir", default=".", help="base directory; files go to DIR/var/files")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "sign": cmd_sign,
+    "dev": cmd_dev,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    command = COMMANDS[args.command or "run"]
+    try:
+        return command(args, sys.stdout)
+    except ConfigError as e:
+        print(f"hmac-file-server: {e}", file=sys.stderr)
+        return EXIT_CONFIG

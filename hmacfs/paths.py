@@ -1,0 +1,76 @@
+"""Turning a request target into the path that the XMPP server signed.
+
+The signed path is the request path with the configured prefix removed, percent-decoded exactly
+once (a ``+`` stays a ``+``), without a leading slash. Each segment is decoded on its own, so an
+encoded slash can never create a segment boundary that the signer did not see.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from hmacfs.errors import BadRequest, NotFound, UriTooLong
+
+#: Longest file or directory name, in UTF-8 bytes (NAME_MAX on Linux filesystems).
+MAX_SEGMENT_BYTES = 255
+#: Longest signed path, in UTF-8 bytes.
+MAX_PATH_BYTES = 1024
+#: First segment reserved for the server's own bookkeeping inside the storage directory.
+RESERVED_SEGMENT = ".hmacfs"
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into its raw path and raw query (without the ``?``)."""
+    path, _, query = target.partition(b"?")
+    path = path.partition(b"#")[0]
+    return path, query
+
+
+def _decode_segment(raw: bytes) -> str:
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not valid UTF-8") from None
+    if "/" in text:
+        raise BadRequest("encoded slash in path")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise BadRequest("control character in path")
+    return text
+
+
+def decode_path(raw_path: bytes, prefix: str) -> str:
+    """Return the signed path for `raw_path` (the request path, still percent-encoded).
+
+    `prefix` is the normalised upload prefix ("/upload/" or "/"). Raises NotFound when the
+    path is not under the prefix, BadRequest for anything that cannot be a stored file's path
+    (dot segments, empty segments, NUL or other control characters, encoded slashes, invalid
+    UTF-8) and UriTooLong for absurdly long names. The result may be "" (the prefix itself).
+    """
+    if not raw_path.startswith(b"/"):
+        raise BadRequest("path must start with /")
+    if len(raw_path) > 4 * MAX_PATH_BYTES:
+        raise UriTooLong("path too long")
+    decoded = "/".join(_decode_segment(s) for s in raw_path.split(b"/"))
+    if not decoded.startswith(prefix):
+        if decoded + "/" == prefix:
+            return ""
+        raise NotFound("not found")
+    rel = decoded[len(prefix) :]
+    if rel == "":
+        return ""
+    if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
+        raise UriTooLong("path too long")
+    segments = rel.split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise BadRequest("empty or dot segment in path")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise UriTooLong("file name too long")
+    if segments[0] == RESERVED_SEGMENT:
+        raise NotFound("not found")
+    return rel
+
+
+def file_name(rel: str) -> str:
+    """The file name part (last segment) of a signed path."""
+    return rel.rsplit("/", 1)[-1]

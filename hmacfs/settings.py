@@ -1,0 +1,99 @@
+"""The typed, validated settings the server runs with.
+
+`hmacfs.config` builds these from a TOML file; everything else only reads them. Durations are
+seconds (float), sizes are bytes (int). A value of ``None`` for a duration means "never".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: The HMAC algorithms `[hmac] algorithm` may name (Prosody, ejabberd and Metronome use sha256).
+ALGORITHMS = ("sha256", "sha384", "sha512")
+
+#: Every signing scheme the server knows, in the order a query string is examined.
+QUERY_SCHEMES = ("v3", "v2", "token", "v")
+HEADER_SCHEMES = ("jwt", "basic", "cookie", "x-hmac")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`[server]`: where to listen, where to store, how large."""
+
+    listen: tuple[str, ...] = ("127.0.0.1:5050",)
+    upload_prefix: str = "/upload/"
+    storage_dir: Path = Path("/var/lib/hmac-file-server/files")
+    max_upload_size: int = 100 * 1024 * 1024
+    #: Base URL (scheme://host[:port]) clients reach us at; used by `sign` to print full URLs.
+    public_url: str | None = None
+    #: Stored files are deleted this long after their upload (None: kept until they expire).
+    file_ttl: float | None = None
+    #: How often expired files and abandoned partial uploads are removed.
+    sweep_interval: float = 600.0
+    #: A connection that sends nothing for this long is closed (also mid-body).
+    idle_timeout: float = 120.0
+    #: fsync the data and its directory entry before answering 201.
+    fsync: bool = True
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class HmacSettings:
+    """`[hmac]`: the shared secrets and which signing schemes are accepted."""
+
+    #: The current secret first, then older ones still accepted during a rotation.
+    secrets: tuple[bytes, ...] = ()
+    algorithm: str = "sha256"
+    v1_support: bool = True
+    v2_support: bool = True
+    token_support: bool = True
+    v3_support: bool = True
+    jwt_support: bool = True
+    basic_support: bool = True
+    cookie_support: bool = True
+    x_hmac_support: bool = True
+    #: Allowance for clock differences when checking `v3` expiry, JWT `exp` and `Expires`.
+    clock_skew: float = 30.0
+    #: How far an `X-HMAC-Timestamp` may be from now, either way.
+    x_hmac_window: float = 300.0
+
+    def enabled(self, scheme: str) -> bool:
+        """Whether `scheme` (one of QUERY_SCHEMES or HEADER_SCHEMES) is switched on."""
+        flag = {
+            "v": self.v1_support,
+            "v2": self.v2_support,
+            "token": self.token_support,
+            "v3": self.v3_support,
+            "jwt": self.jwt_support,
+            "basic": self.basic_support,
+            "cookie": self.cookie_support,
+            "x-hmac": self.x_hmac_support,
+        }.get(scheme)
+        if flag is None:
+            raise ValueError(f"unknown scheme {scheme!r}")
+        return flag
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """`[http]`: CORS for browser clients."""
+
+    cors_enabled: bool = True
+    cors_origins: tuple[str, ...] = ("*",)
+    cors_methods: tuple[str, ...] = ("OPTIONS", "HEAD", "GET", "PUT")
+    cors_headers: tuple[str, ...] = ("Authorization", "Content-Type")
+    cors_credentials: bool = False
+    cors_max_age: float = 86400.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs; `source` is the file it came from (None if built in)."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    hmac: HmacSettings = field(default_factory=HmacSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    source: Path | None = None
+    #: Non-fatal remarks found while loading (e.g. a short secret), for the log.
+    warnings: tuple[str, ...] = ()

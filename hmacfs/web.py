@@ -1,0 +1,568 @@
+"""HTTP: the channel that decides on an upload from its headers, and the resource tree.
+
+Twisted hands a resource the request only after the whole body has arrived, and answers
+``Expect: 100-continue`` by itself. To refuse an upload before a single body byte is stored
+(and without inviting the body), and to stream an accepted body straight into its partial
+file, `UploadChannel` hooks `allHeadersReceived` and `UploadRequest` takes the body chunks.
+Those hooks use the channel's private `_command`/`_path` attributes, which have the same shape
+from Twisted 22.4 to the newest release; `tests/protocol/test_twisted_canary.py` fails loudly
+if that changes.
+
+Every domain error (`hmacfs.errors.HttpError`, `hmacfs.auth.AuthError`) becomes a response
+in exactly two places: `UploadChannel.refuse` (before the body) and `Root.render` (after it).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import mimetypes
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server, static
+
+from hmacfs import __version__, auth
+from hmacfs.errors import (
+    BadRequest,
+    Conflict,
+    HttpError,
+    LengthRequired,
+    MethodNotAllowed,
+    NotFound,
+    StorageFailure,
+    TooLarge,
+)
+from hmacfs.paths import decode_path, file_name, split_target
+from hmacfs.settings import Config, HttpSettings
+from hmacfs.storage import PartialUpload, Storage, StoredFile
+from hmacfs.units import format_size
+
+T = TypeVar("T")
+BlockingRunner = Callable[..., "defer.Deferred[Any]"]
+
+SERVER_NAME = b"hmac-file-server"
+ALLOWED_METHODS = "OPTIONS, HEAD, GET, PUT"
+#: Requests other than PUT may carry a body this large at most (it is read and ignored).
+MAX_OTHER_BODY = 64 * 1024
+#: After a refusal, how long to keep reading (and discarding) what the client still sends, so
+#: that it gets to read the answer instead of a connection reset.
+LINGER_SECONDS = 5.0
+CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
+#: Response headers a browser script may read (CORS).
+EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
+
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_MEDIA_TYPE = re.compile(
+    rf"^{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*\s*$"
+)
+_ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
+
+_log = Logger(namespace="hmacfs.web")
+
+
+def safe_media_type(value: str | None) -> str | None:
+    """`value` if it is a well-formed ASCII media type (parameters allowed), else None."""
+    if not value or not value.isascii() or not _MEDIA_TYPE.match(value):
+        return None
+    return value.strip()
+
+
+def is_inline(media_type: str) -> bool:
+    """Whether a type may be shown in the browser (images, audio, video, plain text)."""
+    essence = media_type.split(";", 1)[0].strip().lower()
+    if essence == "image/svg+xml":
+        return False  # scriptable: download only
+    major = essence.split("/", 1)[0]
+    return major in ("image", "video", "audio") or essence == "text/plain"
+
+
+def content_disposition(kind: str, name: str) -> str:
+    """An RFC 6266 header value: an ASCII fallback name plus the UTF-8 name in filename*."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\%;' else "_" for c in name
+    )
+    value = f'{kind}; filename="{fallback}"'
+    if fallback != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return value
+
+
+def cors_headers(settings: HttpSettings, origin: str | None) -> list[tuple[str, str]]:
+    """The CORS headers for an actual (non-preflight) response to a request from `origin`."""
+    if not settings.cors_enabled:
+        return []
+    out: list[tuple[str, str]] = []
+    wildcard = "*" in settings.cors_origins
+    if wildcard and not settings.cors_credentials:
+        out.append(("Access-Control-Allow-Origin", "*"))
+    else:
+        out.append(("Vary", "Origin"))
+        if origin is not None and (wildcard or origin in settings.cors_origins):
+            out.append(("Access-Control-Allow-Origin", origin))
+            if settings.cors_credentials:
+                out.append(("Access-Control-Allow-Credentials", "true"))
+        else:
+            return out
+    out.append(("Access-Control-Expose-Headers", EXPOSED_HEADERS))
+    return out
+
+
+def preflight_headers(settings: HttpSettings, origin: str | None) -> list[tuple[str, str]]:
+    """The CORS headers answering a preflight OPTIONS."""
+    out = cors_headers(settings, origin)
+    if not any(name == "Access-Control-Allow-Origin" for name, _ in out):
+        return out
+    out.append(("Access-Control-Allow-Methods", ", ".join(settings.cors_methods)))
+    out.append(("Access-Control-Allow-Headers", ", ".join(settings.cors_headers)))
+    out.append(("Access-Control-Max-Age", str(int(settings.cors_max_age))))
+    return out
+
+
+def _header(request: http.Request, name: bytes) -> str | None:
+    value = request.requestHeaders.getRawHeaders(name)
+    return value[0].decode("latin-1") if value else None
+
+
+def _plain_headers(request: http.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        key = name.decode("latin-1").lower()
+        texts = [v.decode("latin-1") for v in values]
+        out[key] = "; ".join(texts) if key == "cookie" else texts[0]
+    return out
+
+
+def _etag_matches(header: str, etag: str, *, weak: bool) -> bool:
+    if header.strip() == "*":
+        return True
+    for match in _ETAG.finditer(header):
+        is_weak, tag = match.group(1), match.group(2)
+        if tag == etag.removeprefix("W/") and (weak or not is_weak):
+            return True
+    return False
+
+
+class UploadSite(server.Site):  # type: ignore[misc]
+    """The web site: configuration, storage and the admission of uploads."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        reactor: IReactorTime,
+        run_blocking: BlockingRunner | None = None,
+    ) -> None:
+        super().__init__(Root(self), timeout=config.server.idle_timeout, reactor=reactor)
+        self.protocol = UploadChannel
+        self.requestFactory = UploadRequest
+        self.config = config
+        self.storage = storage
+        self.clock = reactor
+        self.uploads: set[PartialUpload] = set()
+        if run_blocking is None:
+            pool = reactor.getThreadPool()  # type: ignore[attr-defined]
+
+            def run_blocking(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+                return deferToThreadPool(reactor, pool, f, *args)  # type: ignore[arg-type]
+
+        self.run_blocking = run_blocking
+
+    def now(self) -> float:
+        return float(self.clock.seconds())
+
+    # -- admission, from the headers alone ---------------------------------------------------
+
+    def admit(self, method: bytes, target: bytes, request: UploadRequest, length: int | None) -> None:
+        """Decide on a request from its headers; raise HttpError/AuthError to refuse it.
+
+        An accepted PUT gets its partial upload attached to `request`.
+        """
+        if method == b"PUT":
+            self._admit_put(target, request, length)
+        elif method in (b"GET", b"HEAD", b"OPTIONS"):
+            if length is None or length > MAX_OTHER_BODY:
+                raise TooLarge("request body too large")
+        else:
+            raise MethodNotAllowed("method not allowed", (("Allow", ALLOWED_METHODS),))
+
+    def _admit_put(self, target: bytes, request: UploadRequest, length: int | None) -> None:
+        config = self.config
+        raw_path, raw_query = split_target(target)
+        rel = decode_path(raw_path, config.server.upload_prefix)
+        if rel == "":
+            raise BadRequest("no file name in path")
+        request.rel = rel
+        if length is None or not request.requestHeaders.hasHeader(b"content-length"):
+            raise LengthRequired("Content-Length required")
+        headers = _plain_headers(request)
+        attempt = auth.PutAttempt(
+            method="PUT",
+            path=rel,
+            query=parse_qs(raw_query.decode("utf-8", "replace"), keep_blank_values=True),
+            headers=headers,
+            content_length=length,
+        )
+        grant = auth.verify(attempt, config.hmac, self.now())
+        request.grant = grant
+        if grant.size > config.server.max_upload_size:
+            raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
+        existing = self.storage.existing(rel)
+        if existing is not None:
+            if existing.sha256 is None or existing.size != grant.size:
+                raise Conflict("file already exists")
+            # Same path, same size: take the body and compare; an identical body is a client
+            # retrying after it lost our 201, and gets its 201 now.
+            request.existing_digest = existing.sha256
+        content_type = safe_media_type(grant.content_type) or "application/octet-stream"
+        upload = self.storage.begin(
+            rel, grant.size, content_type, expires=grant.expires, scheme=grant.scheme
+        )
+        request.upload = upload
+        self.uploads.add(upload)
+
+    def forget(self, upload: PartialUpload) -> None:
+        self.uploads.discard(upload)
+
+    def log(self, request: server.Request) -> None:
+        """One line per finished request (Twisted calls this from Request.finish)."""
+        duration = time.monotonic() - getattr(request, "started", time.monotonic())
+        grant = getattr(request, "grant", None)
+        _log.info(
+            "{client} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
+            client=_client(request),
+            method=request.method.decode("latin-1"),
+            path=getattr(request, "rel", None) or "-",
+            status=request.code,
+            size=request.sentLength if request.method != b"PUT" else _body_size(request),
+            scheme=f" [{grant.scheme}]" if grant is not None else "",
+            duration=duration,
+        )
+
+
+def _client(request: http.Request) -> str:
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    return str(host) if host is not None else "-"
+
+
+def _body_size(request: http.Request) -> int:
+    upload = getattr(request, "upload", None)
+    return upload.received if upload is not None else 0
+
+
+class UploadRequest(server.Request):  # type: ignore[misc]
+    """A request whose PUT body goes to a partial upload instead of a buffer."""
+
+    upload: PartialUpload | None = None
+    grant: auth.Grant | None = None
+    rel: str | None = None
+    existing_digest: str | None = None
+    committing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.monotonic()
+
+    def gotLength(self, length: int | None) -> None:
+        if self.upload is not None:
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        upload = self.upload
+        if upload is None:
+            super().handleContentChunk(data)
+            return
+        try:
+            upload.write(data)
+        except HttpError as e:
+            self._drop_upload()
+            if self.channel is not None:
+                self.channel.refuse(self, e.status, e.reason, e.headers)
+
+    def _drop_upload(self) -> None:
+        upload = self.upload
+        if upload is not None and not self.committing:
+            upload.abort()
+            site = getattr(self.channel, "site", None)
+            if site is not None:
+                site.forget(upload)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A client that goes away mid-body leaves nothing visible; retrying the slot works.
+        self._drop_upload()
+        super().connectionLost(reason)
+
+    def process(self) -> None:
+        super().process()
+
+
+class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
+    """An HTTP/1.1 channel that admits or refuses a request as soon as its headers are in."""
+
+    site: UploadSite
+    _refused = False
+    _linger_call: Any = None
+    _discard_left: int | None = None
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        try:
+            self.site.admit(self._command, self._path, request, self.length)
+        except (HttpError, auth.AuthError) as e:
+            # Before super(): no "100 Continue" goes out for a refused request.
+            self.refuse(request, e.status, e.reason, e.headers, body_left=self.length)
+            return
+        except Exception:
+            _log.failure("admitting a request failed")
+            self.refuse(request, 500, "internal error", (), body_left=self.length)
+            return
+        super().allHeadersReceived()
+
+    def refuse(
+        self,
+        request: UploadRequest,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]],
+        body_left: int | None = None,
+    ) -> None:
+        """Answer `status` now, read no more of the request, and close the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self.setTimeout(None)
+        body = (reason + "\n").encode("utf-8")
+        lines = [
+            b"HTTP/1.1 %d %s" % (status, http.RESPONSES.get(status, b"Error")),
+            b"Date: " + http.datetimeToString(),
+            b"Server: " + SERVER_NAME,
+            b"Content-Type: text/plain; charset=utf-8",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+            b"X-Content-Type-Options: nosniff",
+            b"Content-Security-Policy: " + CONTENT_SECURITY_POLICY,
+        ]
+        origin = _header(request, b"origin")
+        for name, value in [*cors_headers(self.site.config.http, origin), *headers]:
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        _log.info(
+            "{client} {method} {path} -> {status} refused: {reason}",
+            client=_client(request),
+            method=getattr(self, "_command", b"-").decode("latin-1"),
+            path=request.rel or "-",
+            status=status,
+            reason=reason,
+        )
+        self._discard_left = body_left
+        if body_left == 0:
+            self.loseConnection()
+            return
+        # Keep reading (and dropping) what the client is still sending for a moment, so it
+        # reads our answer rather than a reset; a TCP half-close tells it we are done.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.loseWriteConnection()
+        self._linger_call = self.callLater(LINGER_SECONDS, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._linger_call = None
+        self.transport.abortConnection()
+
+    def _discard(self, data: bytes) -> None:
+        if self._discard_left is not None:
+            self._discard_left -= len(data)
+            if self._discard_left <= 0:
+                self.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._discard(data)
+            return
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._discard(data)
+            return
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._linger_call = None
+        super().connectionLost(reason)
+
+
+class Root(resource.Resource):  # type: ignore[misc]
+    """Everything under the site: uploads, downloads, CORS preflight."""
+
+    isLeaf = True
+
+    def __init__(self, site: UploadSite) -> None:
+        super().__init__()
+        self.site = site
+
+    def render(self, request: UploadRequest) -> bytes | int:
+        request.setHeader(b"server", SERVER_NAME)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY)
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        origin = _header(request, b"origin")
+        http_settings = self.site.config.http
+        try:
+            if request.method == b"OPTIONS":
+                preflight = _header(request, b"access-control-request-method") is not None
+                extra = (
+                    preflight_headers(http_settings, origin)
+                    if preflight
+                    else cors_headers(http_settings, origin)
+                )
+                self._set(request, extra)
+                request.setHeader(b"allow", ALLOWED_METHODS.encode())
+                request.setHeader(b"content-length", b"0")
+                return b""
+            self._set(request, cors_headers(http_settings, origin))
+            if request.method == b"PUT":
+                return self._finish_put(request)
+            if request.method in (b"GET", b"HEAD"):
+                return self._download(request)
+            raise MethodNotAllowed("method not allowed", (("Allow", ALLOWED_METHODS),))
+        except HttpError as e:
+            return self._error(request, e.status, e.reason, e.headers)
+
+    @staticmethod
+    def _set(request: http.Request, headers: Iterable[tuple[str, str]]) -> None:
+        for name, value in headers:
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    def _error(
+        self, request: http.Request, status: int, reason: str, headers: Iterable[tuple[str, str]]
+    ) -> bytes:
+        request.setResponseCode(status)
+        self._set(request, headers)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return (reason + "\n").encode("utf-8")
+
+    # -- PUT: the body is on disk; make it visible -------------------------------------------
+
+    def _finish_put(self, request: UploadRequest) -> int:
+        upload = request.upload
+        if upload is None:
+            raise BadRequest("upload was not admitted")
+        request.committing = True
+        d = self.site.run_blocking(upload.commit, request.existing_digest)
+
+        def done(stored: StoredFile) -> None:
+            self.site.forget(upload)
+            if request._disconnected:
+                return
+            request.setResponseCode(http.CREATED)
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            self.site.forget(upload)
+            if failure.check(HttpError):
+                e = failure.value
+                assert isinstance(e, HttpError)
+                status, reason, headers = e.status, e.reason, e.headers
+                if isinstance(e, StorageFailure):
+                    _log.error("storing {path} failed: {reason}", path=upload.rel, reason=reason)
+            else:
+                _log.failure("storing {path} failed", failure, path=upload.rel)
+                status, reason, headers = 500, "internal error", ()
+            if request._disconnected:
+                return
+            body = self._error(request, status, reason, headers)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    # -- GET/HEAD ----------------------------------------------------------------------------
+
+    def _download(self, request: UploadRequest) -> bytes | int:
+        raw_path, _ = split_target(request.uri)
+        rel = decode_path(raw_path, self.site.config.server.upload_prefix)
+        if rel == "":
+            raise NotFound("not found")
+        request.rel = rel
+        stored = self.site.storage.lookup(rel)
+        name = file_name(rel)
+        media_type = (
+            safe_media_type(stored.content_type)
+            or mimetypes.guess_type(name, strict=False)[0]
+            or "application/octet-stream"
+        )
+        kind = "inline" if is_inline(media_type) else "attachment"
+        request.setHeader(b"content-disposition", content_disposition(kind, name).encode())
+        etag = (
+            f'"{stored.sha256[:32]}"'
+            if stored.sha256
+            else f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
+        )
+        request.setHeader(b"etag", etag.encode())
+        max_age = 7 * 86400
+        if stored.expires is not None:
+            max_age = max(0, min(max_age, int(stored.expires - self.site.now())))
+        request.setHeader(b"cache-control", f"public, max-age={max_age}".encode())
+
+        if_match = _header(request, b"if-match")
+        if if_match is not None and not _etag_matches(if_match, etag, weak=False):
+            request.setResponseCode(http.PRECONDITION_FAILED)
+            return b""
+        if_none_match = _header(request, b"if-none-match")
+        if if_none_match is not None:
+            # RFC 9110: If-None-Match wins over If-Modified-Since.
+            request.requestHeaders.removeHeader(b"if-modified-since")
+            if _etag_matches(if_none_match, etag, weak=True):
+                request.setResponseCode(http.NOT_MODIFIED)
+                request.setHeader(
+                    b"last-modified", http.datetimeToString(int(stored.mtime))
+                )
+                return b""
+        if_range = _header(request, b"if-range")
+        if if_range is not None and request.requestHeaders.hasHeader(b"range"):
+            if if_range.strip().startswith(('"', "W/")):
+                still_valid = if_range.strip() == etag
+            else:
+                parsed = email.utils.parsedate_tz(if_range)
+                still_valid = (
+                    parsed is not None and email.utils.mktime_tz(parsed) == int(stored.mtime)
+                )
+            if not still_valid:
+                request.requestHeaders.removeHeader(b"range")
+
+        served = static.File(str(stored.fs_path))
+        served.type = media_type
+        served.encoding = None
+        return served.render(request)  # type: ignore[no-any-return]
+
+
+def make_site(
+    config: Config,
+    storage: Storage,
+    reactor: IReactorTime,
+    run_blocking: BlockingRunner | None = None,
+) -> UploadSite:
+    """The site for `config`, storing into `storage`."""
+    return UploadSite(config, storage, reactor, run_blocking)

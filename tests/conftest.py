@@ -1,0 +1,59 @@
+"""Shared test helpers: settings, independent signers, an in-memory site."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hmacfs.settings import Config, HmacSettings, HttpSettings, ServerSettings
+
+SECRET = b"test-secret-0123456789"
+
+
+def mac_v1(path: str, size: int, secret: bytes = SECRET) -> str:
+    """Prosody v1 / ejabberd: HMAC-SHA256 over "path size", computed here independently."""
+    return hmac.new(secret, f"{path} {size}".encode(), hashlib.sha256).hexdigest()
+
+
+def mac_v2(path: str, size: int, content_type: str, secret: bytes = SECRET) -> str:
+    """Prosody v2 / Metronome token: HMAC-SHA256 over "path\\0size\\0type"."""
+    message = f"{path}\0{size}\0{content_type}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def make_config(storage_dir: Path, **server: object) -> Config:
+    """A configuration for tests: one secret, everything else default unless given."""
+    server_settings = replace(
+        ServerSettings(storage_dir=storage_dir, listen=("127.0.0.1:0",)), **server
+    )
+    return Config(
+        server=server_settings,
+        hmac=HmacSettings(secrets=(SECRET,)),
+        http=HttpSettings(),
+    )
+
+
+def visible_files(root: Path) -> list[str]:
+    """Every file under `root` that a client could see (the bookkeeping directory excluded)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and ".hmacfs" in dirnames:
+            dirnames.remove(".hmacfs")
+        for name in filenames:
+            found.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return sorted(found)
+
+
+def partial_files(root: Path) -> list[str]:
+    partial = root / ".hmacfs" / "partial"
+    return sorted(os.listdir(partial)) if partial.exists() else []
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Path:
+    return tmp_path / "files"
