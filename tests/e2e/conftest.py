@@ -1,0 +1,117 @@
+"""The real server as a child process on a real socket (port 0), driven by curl."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECRET
+
+READY_TIMEOUT = 30.0
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+@dataclass
+class Server:
+    """A running `python -m hmacfs` and what it said on stderr."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    storage: Path
+    config_path: Path
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, encoded_path: str) -> str:
+        return f"{self.base}/upload/{encoded_path}"
+
+
+def _pump(stream: object, lines: queue.Queue[str], log: list[str]) -> None:
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        log.append(line)
+        lines.put(line)
+
+
+def start_server(tmp: Path, extra_toml: str = "", server_toml: str = "") -> Server:
+    """Write a config under `tmp`, start the server, wait until it listens."""
+    storage = tmp / "files"
+    config_path = tmp / "config.toml"
+    config_path.write_text(
+        f"""
+[server]
+listen = ["127.0.0.1:0"]
+upload_prefix = "/upload/"
+storage_dir = "{storage}"
+max_upload_size = "2G"
+log_level = "debug"
+{server_toml}
+[hmac]
+secret = "{SECRET.decode()}"
+{extra_toml}
+"""
+    )
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hmacfs", "--config", str(config_path), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+    threading.Thread(target=_pump, args=(process.stderr, lines, log), daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or process.poll() is not None:
+            process.kill()
+            raise AssertionError("server did not start:\n" + "\n".join(log))
+        try:
+            line = lines.get(timeout=min(remaining, 0.5))
+        except queue.Empty:
+            continue
+        match = _LISTENING.search(line)
+        if match:
+            return Server(process, int(match.group(2)), storage, config_path, log)
+
+
+def stop_server(server: Server) -> int:
+    server.process.terminate()
+    try:
+        return server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise AssertionError("server did not stop on SIGTERM") from None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    assert stop_server(srv) == 0
+
+
+def curl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run curl; `-w` output is on stdout's last line when the test asks for it."""
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "120", *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=600,
+    )
