@@ -1,4 +1,7 @@
-"""The `hmac-file-server` command: run, dev, check-config, sign. The only user of the global reactor."""
+"""The `hmac-file-server` command: run, dev, check-config, sign.
+
+The only module that touches the global reactor.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
@@ -113,18 +117,23 @@ def _start_logging(level: str, stream: TextIO) -> None:
         textFileLogObserver,
     )
 
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level.replace("warning", "warn")))
-    observer = FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    # (zope interfaces are invisible to mypy, hence the Any)
+    predicate: Any = LogLevelFilterPredicate(
+        defaultLogLevel=LogLevel.levelWithName(level.replace("warning", "warn"))
+    )
+    text: Any = textFileLogObserver(stream)
+    observer: Any = FilteringLogObserver(text, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def serve(cfg: Config, on_ready: Callable[[], None] | None = None) -> int:
+def serve(cfg: Config, on_ready: Callable[[list[Any]], None] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT. Returns the exit status."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
     from hmacfs.service import make_service
 
+    reactor: Any = global_reactor
     log = Logger(namespace="hmacfs")
     _start_logging(cfg.server.log_level, sys.stderr)
     for warning in cfg.warnings:
@@ -151,7 +160,7 @@ def serve(cfg: Config, on_ready: Callable[[], None] | None = None) -> int:
                 storage=cfg.server.storage_dir,
             )
             if on_ready is not None:
-                on_ready()
+                on_ready(ports)
 
         def failed(failure: Any) -> None:
             print(f"hmac-file-server: cannot listen: {failure.getErrorMessage()}", file=sys.stderr)
@@ -181,16 +190,13 @@ def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
     base = Path(args.dir).resolve()
     secret = secrets.token_urlsafe(24).encode()
     cfg = config.development_config(base, secret)
-    if args.port != 5050:
-        listen = (f"127.0.0.1:{args.port}",)
-        server = cfg.server.__class__(
-            **{**cfg.server.__dict__, "listen": listen, "public_url": f"http://{listen[0]}"}
-        )
-        cfg = cfg.__class__(**{**cfg.__dict__, "server": server})
+    cfg = replace(cfg, server=replace(cfg.server, listen=(f"127.0.0.1:{args.port}",)))
 
-    def announce() -> None:
+    def announce(ports: list[Any]) -> None:
+        port = ports[0].getHost().port
+        shown = replace(cfg, server=replace(cfg.server, public_url=f"http://127.0.0.1:{port}"))
         rel = f"{uuid.uuid4()}/hello.txt"
-        url, headers = signed_example(cfg, rel, len(DEV_SAMPLE), "text/plain", "v2", 300)
+        url, headers = signed_example(shown, rel, len(DEV_SAMPLE), "text/plain", "v2", 300)
         sample = base / "var" / "hello.txt"
         sample.write_bytes(DEV_SAMPLE)
         lines = [
@@ -198,11 +204,11 @@ def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
             "Development server (not for production: the secret changes on every start).",
             f"  storage: {cfg.server.storage_dir}",
             f"  secret:  {secret.decode()}",
-            f"  signed upload URL ({len(DEV_SAMPLE)} bytes, text/plain, valid for this run):",
+            f"  a signed upload URL ({len(DEV_SAMPLE)} bytes, text/plain):",
             f"    {url}",
             "  try it:",
             f"    {curl_line(url, headers, 'text/plain', str(sample))}",
-            f"    curl -sS {shlex.quote(upload_url(cfg, rel))}",
+            f"    curl -sS {shlex.quote(upload_url(shown, rel))}",
             "",
         ]
         print("\n".join(lines), file=out, flush=True)
@@ -225,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the server (the default)")
-    sub.add_parser("check-config", help="validate the configuration and print the effective settings")
+    sub.add_parser(
+        "check-config", help="validate the configuration and print the effective settings"
+    )
     sign = sub.add_parser("sign", help="print a signed PUT URL and a curl command to test with")
     sign.add_argument("path", help="path below the upload prefix, e.g. abc123/photo.jpg")
     sign.add_argument("--size", type=int, help="upload size in bytes")

@@ -26,7 +26,7 @@ class Listeners(Service):  # type: ignore[misc]
         self.reactor = reactor
         self.site = site
         self.listen = listen
-        self.ports: list[IListeningPort] = []
+        self.ports: list[Any] = []
         self.ready: defer.Deferred[list[IListeningPort]] = defer.Deferred()
 
     def startService(self) -> None:

@@ -17,6 +17,7 @@ on a thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -401,10 +402,8 @@ class PartialUpload:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial)
-        except FileNotFoundError:
-            pass
 
 
 def _number(value: object) -> float | None:

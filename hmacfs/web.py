@@ -25,12 +25,13 @@ from urllib.parse import parse_qs, quote
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
-from hmacfs import __version__, auth
+from hmacfs import auth
 from hmacfs.errors import (
     BadRequest,
     Conflict,
@@ -60,7 +61,7 @@ CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
 #: Response headers a browser script may read (CORS).
 EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
 
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # noqa: S105 (an RFC 9110 token, not a password)
 _MEDIA_TYPE = re.compile(
     rf"^{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*\s*$"
 )
@@ -136,7 +137,8 @@ def _plain_headers(request: http.Request) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         key = name.decode("latin-1").lower()
-        texts = [v.decode("latin-1") for v in values]
+        # auth signs text as UTF-8 with surrogateescape: this gives it back the exact bytes.
+        texts = [v.decode("utf-8", "surrogateescape") for v in values]
         out[key] = "; ".join(texts) if key == "cookie" else texts[0]
     return out
 
@@ -162,11 +164,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
         run_blocking: BlockingRunner | None = None,
     ) -> None:
         super().__init__(Root(self), timeout=config.server.idle_timeout, reactor=reactor)
-        self.protocol = UploadChannel
+        self.protocol = UploadChannel  # type: ignore[assignment,method-assign]
         self.requestFactory = UploadRequest
         self.config = config
         self.storage = storage
-        self.clock = reactor
+        self.clock: Any = reactor
         self.uploads: set[PartialUpload] = set()
         if run_blocking is None:
             pool = reactor.getThreadPool()  # type: ignore[attr-defined]
@@ -181,7 +183,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     # -- admission, from the headers alone ---------------------------------------------------
 
-    def admit(self, method: bytes, target: bytes, request: UploadRequest, length: int | None) -> None:
+    def admit(
+        self, method: bytes, target: bytes, request: UploadRequest, length: int | None
+    ) -> None:
         """Decide on a request from its headers; raise HttpError/AuthError to refuse it.
 
         An accepted PUT gets its partial upload attached to `request`.
@@ -232,7 +236,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def forget(self, upload: PartialUpload) -> None:
         self.uploads.discard(upload)
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """One line per finished request (Twisted calls this from Request.finish)."""
         duration = time.monotonic() - getattr(request, "started", time.monotonic())
         grant = getattr(request, "grant", None)
@@ -287,8 +291,9 @@ class UploadRequest(server.Request):  # type: ignore[misc]
             upload.write(data)
         except HttpError as e:
             self._drop_upload()
-            if self.channel is not None:
-                self.channel.refuse(self, e.status, e.reason, e.headers)
+            channel = self.channel
+            if isinstance(channel, UploadChannel):
+                channel.refuse(self, e.status, e.reason, e.headers)
 
     def _drop_upload(self) -> None:
         upload = self.upload
@@ -298,13 +303,10 @@ class UploadRequest(server.Request):  # type: ignore[misc]
             if site is not None:
                 site.forget(upload)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away mid-body leaves nothing visible; retrying the slot works.
         self._drop_upload()
         super().connectionLost(reason)
-
-    def process(self) -> None:
-        super().process()
 
 
 class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
@@ -317,8 +319,11 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
+        # Twisted keeps the request line in these until the body is complete.
+        method: bytes = self._command
+        target: bytes = self._path  # type: ignore[assignment]
         try:
-            self.site.admit(self._command, self._path, request, self.length)
+            self.site.admit(method, target, request, self.length)
         except (HttpError, auth.AuthError) as e:
             # Before super(): no "100 Continue" goes out for a refused request.
             self.refuse(request, e.status, e.reason, e.headers, body_left=self.length)
@@ -356,7 +361,8 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         origin = _header(request, b"origin")
         for name, value in [*cors_headers(self.site.config.http, origin), *headers]:
             lines.append(f"{name}: {value}".encode("latin-1"))
-        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        transport: Any = self.transport
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         _log.info(
             "{client} {method} {path} -> {status} refused: {reason}",
             client=_client(request),
@@ -371,13 +377,14 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             return
         # Keep reading (and dropping) what the client is still sending for a moment, so it
         # reads our answer rather than a reset; a TCP half-close tells it we are done.
-        if ITCPTransport.providedBy(self.transport):
-            self.transport.loseWriteConnection()
+        if ITCPTransport.providedBy(transport):
+            transport.loseWriteConnection()
         self._linger_call = self.callLater(LINGER_SECONDS, self._end_linger)
 
     def _end_linger(self) -> None:
         self._linger_call = None
-        self.transport.abortConnection()
+        transport: Any = self.transport
+        transport.abortConnection()
 
     def _discard(self, data: bytes) -> None:
         if self._discard_left is not None:
@@ -402,7 +409,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             return
         super().allContentReceived()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None

@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionLost
 
 from hmacfs.settings import Config
 from hmacfs.storage import Storage
 from hmacfs.web import UploadChannel, make_site
-from tests.conftest import make_config, mac_v1, mac_v2, partial_files, visible_files
+from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
 
 
 def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
@@ -230,14 +230,17 @@ def test_get_with_a_large_body_is_413(harness: Harness) -> None:
 )
 def test_hostile_put_paths_are_refused_from_the_headers(harness: Harness, target: str) -> None:
     channel, transport = harness.connect()
-    channel.dataReceived(f"PUT {target}?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n".encode())
+    head = f"PUT {target}?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"
+    channel.dataReceived(head.encode())
     assert 400 <= status_of(transport.value()) < 500
     assert partial_files(harness.storage.root) == []
 
 
 def test_put_outside_the_prefix_is_404(harness: Harness) -> None:
     channel, transport = harness.connect()
-    channel.dataReceived(b"PUT /elsewhere/a/b?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+    channel.dataReceived(
+        b"PUT /elsewhere/a/b?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"
+    )
     assert status_of(transport.value()) == 404
 
 
