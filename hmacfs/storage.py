@@ -29,7 +29,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hmacfs.errors import BadRequest, Conflict, Gone, NotFound, StorageFailure, TooLarge
+from hmacfs.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    HttpError,
+    NotFound,
+    StorageFailure,
+    TooLarge,
+)
 from hmacfs.paths import RESERVED_SEGMENT
 
 _META_VERSION = 1
@@ -375,7 +383,10 @@ class PartialUpload:
                 if isinstance(failure, Conflict):
                     # A concurrent retry of the same upload may have won the race with the
                     # same bytes: that is a success, not a conflict.
-                    winner = storage.lookup(self.rel)
+                    try:
+                        winner = storage.lookup(self.rel)
+                    except HttpError:
+                        raise failure from None
                     if winner.sha256 == digest:
                         return winner
                 raise

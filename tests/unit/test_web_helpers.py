@@ -1,0 +1,93 @@
+"""Response-header helpers: media types, Content-Disposition, CORS."""
+
+from __future__ import annotations
+
+import pytest
+
+from hmacfs.settings import HttpSettings
+from hmacfs.web import (
+    content_disposition,
+    cors_headers,
+    is_inline,
+    preflight_headers,
+    safe_media_type,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("image/jpeg", "image/jpeg"),
+        ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+        ('text/plain; charset="utf-8"', 'text/plain; charset="utf-8"'),
+        ("", None),
+        (None, None),
+        ("image", None),
+        ("text/html\r\nX-Evil: 1", None),
+        ("image/jpég", None),
+        ("a/b; c", None),
+    ],
+)
+def test_safe_media_type(value: str | None, expected: str | None) -> None:
+    assert safe_media_type(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("media_type", "inline"),
+    [
+        ("image/png", True),
+        ("video/mp4", True),
+        ("audio/ogg", True),
+        ("text/plain; charset=utf-8", True),
+        ("IMAGE/PNG", True),
+        ("image/svg+xml", False),
+        ("text/html", False),
+        ("application/pdf", False),
+        ("application/octet-stream", False),
+        ("text/javascript", False),
+    ],
+)
+def test_inline_only_for_safe_types(media_type: str, inline: bool) -> None:
+    assert is_inline(media_type) is inline
+
+
+def test_content_disposition_rfc6266() -> None:
+    assert content_disposition("inline", "a.png") == 'inline; filename="a.png"'
+    value = content_disposition("attachment", 'très "cool";.pdf')
+    assert value.startswith('attachment; filename="tr_s _cool__.pdf"')
+    assert value.endswith("filename*=UTF-8''tr%C3%A8s%20%22cool%22%3B.pdf")
+
+
+def test_cors_default_is_wildcard_without_credentials() -> None:
+    headers = dict(cors_headers(HttpSettings(), "https://a.example"))
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in headers
+
+
+def test_cors_listed_origins_are_echoed() -> None:
+    settings = HttpSettings(cors_origins=("https://a.example",), cors_credentials=True)
+    headers = dict(cors_headers(settings, "https://a.example"))
+    assert headers["Access-Control-Allow-Origin"] == "https://a.example"
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert headers["Vary"] == "Origin"
+    other = dict(cors_headers(settings, "https://evil.example"))
+    assert "Access-Control-Allow-Origin" not in other
+
+
+def test_cors_wildcard_with_credentials_echoes_the_origin() -> None:
+    settings = HttpSettings(cors_credentials=True)
+    headers = dict(cors_headers(settings, "https://b.example"))
+    assert headers["Access-Control-Allow-Origin"] == "https://b.example"
+
+
+def test_cors_disabled() -> None:
+    assert cors_headers(HttpSettings(cors_enabled=False), "https://a.example") == []
+    assert preflight_headers(HttpSettings(cors_enabled=False), "https://a.example") == []
+
+
+def test_preflight_lists_methods_headers_and_max_age() -> None:
+    settings = HttpSettings(cors_methods=("GET", "PUT"), cors_headers=("Authorization",))
+    headers = dict(preflight_headers(settings, "https://a.example"))
+    assert headers["Access-Control-Allow-Methods"] == "GET, PUT"
+    assert headers["Access-Control-Allow-Headers"] == "Authorization"
+    assert headers["Access-Control-Max-Age"] == "86400"
