@@ -261,3 +261,49 @@ def test_pipelined_get_after_upload(harness: Harness) -> None:
     response = pump(channel, transport)
     assert response.count(b"HTTP/1.1 ") == 2
     assert response.endswith(b"hi")
+
+
+def test_jwt_expires_claim_becomes_the_file_expiry(harness: Harness) -> None:
+    from hmacfs import auth
+
+    rel = "slot-1/note.txt"
+    now = harness.clock.seconds()
+    signed = auth.sign(
+        "jwt", rel, 4, "text/plain", harness.config.hmac.secrets[0], now=now, file_expiry=now + 60
+    )
+    channel, transport = harness.connect()
+    head = put_head(rel, 4, "", f"Authorization: {signed.headers['Authorization']}")
+    channel.dataReceived(head + b"note")
+    assert status_of(transport.value()) == 201
+    channel, transport = harness.connect()
+    channel.dataReceived(f"GET /upload/{rel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status_of(pump(channel, transport)) == 200
+    harness.clock.advance(61)
+    channel, transport = harness.connect()
+    channel.dataReceived(f"GET /upload/{rel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status_of(transport.value()) == 410
+    assert harness.storage.sweep().expired == 1
+    assert visible_files(harness.storage.root) == []
+
+
+def test_disk_full_mid_body_is_507_and_leaves_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    path = "a1b2/full.bin"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 10, f"v={mac_v1(path, 10)}") + b"12345")
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("hmacfs.storage.os.write", no_space)
+    channel.dataReceived(b"67890")
+    response = transport.value()
+    assert status_of(response) == 507
+    assert b"No space left on device" in response
+    assert partial_files(harness.storage.root) == []
+    assert visible_files(harness.storage.root) == []
+    assert harness.site.uploads == set()
