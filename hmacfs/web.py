@@ -156,6 +156,8 @@ def _etag_matches(header: str, etag: str, *, weak: bool) -> bool:
 class UploadSite(server.Site):  # type: ignore[misc]
     """The web site: configuration, storage and the admission of uploads."""
 
+    noisy = False  # the listeners log where they listen; no "Starting factory" lines
+
     def __init__(
         self,
         config: Config,
