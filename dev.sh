@@ -13,7 +13,8 @@ PY=${PYTHON:-python3}
 
 # Debian packages the tests (and the Debian-packages test run) need.
 SYSTEM_PACKAGES=(curl python3-venv python3-pip
-  python3-twisted python3-openssl python3-service-identity python3-sdnotify python3-pytest)
+  python3-twisted python3-openssl python3-service-identity python3-sdnotify
+  python3-prometheus-client python3-pytest)
 
 say() { printf '==> %s\n' "$*" >&2; }
 

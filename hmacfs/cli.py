@@ -108,38 +108,32 @@ def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _start_logging(level: str, stream: TextIO) -> None:
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+def serve(cfg: Config, on_ready: Callable[[list[str]], None] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
+    import signal
 
-    # (zope interfaces are invisible to mypy, hence the Any)
-    predicate: Any = LogLevelFilterPredicate(
-        defaultLogLevel=LogLevel.levelWithName(level.replace("warning", "warn"))
-    )
-    text: Any = textFileLogObserver(stream)
-    observer: Any = FilteringLogObserver(text, [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    from hmacfs.systemd import Notifier, activated_sockets
 
+    # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
+    # activation variables for itself when it is first imported.
+    activated = activated_sockets()
 
-def serve(cfg: Config, on_ready: Callable[[list[Any]], None] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT. Returns the exit status."""
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
+    from hmacfs.logs import start_logging
     from hmacfs.service import make_service
 
     reactor: Any = global_reactor
     log = Logger(namespace="hmacfs")
-    _start_logging(cfg.server.log_level, sys.stderr)
+    observer = start_logging(cfg.server.log_level)
     for warning in cfg.warnings:
         log.warn("config: {warning}", warning=warning)
+    notifier = Notifier()
     try:
-        service = make_service(cfg, reactor)
+        service = make_service(
+            cfg, reactor, notifier=notifier, observer=observer, activated=activated
+        )
     except OSError as e:
         print(
             f"hmac-file-server: cannot use storage_dir {cfg.server.storage_dir}: {e.strerror}",
@@ -151,35 +145,32 @@ def serve(cfg: Config, on_ready: Callable[[list[Any]], None] | None = None) -> i
     def start() -> None:
         service.startService()
 
-        def listening(ports: list[Any]) -> None:
-            for port in ports:
-                log.info("listening on {address}", address=_describe_port(port))
+        def listening(addresses: list[str]) -> None:
             log.info(
                 "hmac-file-server {version} ready; storing in {storage}",
                 version=__version__,
                 storage=cfg.server.storage_dir,
             )
             if on_ready is not None:
-                on_ready(ports)
+                on_ready(addresses)
 
         def failed(failure: Any) -> None:
-            print(f"hmac-file-server: cannot listen: {failure.getErrorMessage()}", file=sys.stderr)
+            message = f"cannot listen: {failure.getErrorMessage()}"
+            print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
+            notifier.status(message)
             status[0] = EXIT_FAILURE
             reactor.stop()
 
-        service.listeners.ready.addCallbacks(listening, failed)
+        service.started.addCallbacks(listening, failed)
 
+    def hangup(signum: int, frame: object) -> None:
+        reactor.callFromThread(service.reload)
+
+    signal.signal(signal.SIGHUP, hangup)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return status[0]
-
-
-def _describe_port(port: Any) -> str:
-    host = port.getHost()
-    if hasattr(host, "port"):
-        return f"{host.host}:{host.port}" if ":" not in host.host else f"[{host.host}]:{host.port}"
-    return f"unix:{getattr(host, 'name', host)}"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -192,8 +183,8 @@ def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
     cfg = config.development_config(base, secret)
     cfg = replace(cfg, server=replace(cfg.server, listen=(f"127.0.0.1:{args.port}",)))
 
-    def announce(ports: list[Any]) -> None:
-        port = ports[0].getHost().port
+    def announce(addresses: list[str]) -> None:
+        port = addresses[0].rsplit(":", 1)[1]
         shown = replace(cfg, server=replace(cfg.server, public_url=f"http://127.0.0.1:{port}"))
         rel = f"{uuid.uuid4()}/hello.txt"
         url, headers = signed_example(shown, rel, len(DEV_SAMPLE), "text/plain", "v2", 300)

@@ -26,7 +26,16 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
-from hmacfs.settings import ALGORITHMS, Config, HmacSettings, HttpSettings, ServerSettings
+from hmacfs.settings import (
+    ALGORITHMS,
+    Config,
+    HmacSettings,
+    HttpSettings,
+    Listener,
+    MetricsSettings,
+    ServerSettings,
+    TlsSettings,
+)
 from hmacfs.units import (
     format_duration,
     format_size,
@@ -50,6 +59,8 @@ SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "idle_timeout",
             "fsync",
             "log_level",
+            "shutdown_timeout",
+            "trusted_proxies",
         ),
         "hmac": (
             "secret",
@@ -75,6 +86,8 @@ SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "cors_credentials",
             "cors_max_age",
         ),
+        "tls": ("certificate", "key", "chain", "min_version", "ciphers"),
+        "metrics": ("listen", "health_path"),
     }
 )
 
@@ -350,7 +363,18 @@ def _build(data: Mapping[str, object], source: Path | None, *, secret: bytes | N
     server = _server(sections["server"])
     hmac = _hmac(sections["hmac"], secret)
     http = _http(sections["http"])
-    return Config(server=server, hmac=hmac, http=http, source=source, warnings=tuple(warnings))
+    metrics = _metrics(sections["metrics"], server)
+    needs_tls = any(parse_listen(e).tls for e in (*server.listen, *metrics.listen))
+    tls = _tls(sections["tls"], needs_tls)
+    return Config(
+        server=server,
+        hmac=hmac,
+        http=http,
+        tls=tls,
+        metrics=metrics,
+        source=source,
+        warnings=tuple(warnings),
+    )
 
 
 def _server(section: _Section) -> ServerSettings:
@@ -358,14 +382,7 @@ def _server(section: _Section) -> ServerSettings:
     listen = section.strings("listen", default.listen, single=True)
     if not listen:
         raise section.error("listen", "give at least one address to listen on " + _LISTEN_EXAMPLES)
-    for entry in listen:
-        try:
-            listen_endpoint(entry)
-        except ValueError as e:
-            raise section.error("listen", str(e)) from None
-    duplicates = sorted({entry for entry in listen if listen.count(entry) > 1})
-    if duplicates:
-        raise section.error("listen", f"{show(duplicates[0])} is listed twice")
+    _check_listeners(section, "listen", listen)
 
     prefix = section.string("upload_prefix", default.upload_prefix)
     try:
@@ -391,7 +408,89 @@ def _server(section: _Section) -> ServerSettings:
         idle_timeout=section.seconds("idle_timeout", default.idle_timeout, positive=True),
         fsync=section.boolean("fsync", default.fsync),
         log_level=section.choice("log_level", default.log_level, LOG_LEVELS),
+        shutdown_timeout=section.seconds("shutdown_timeout", default.shutdown_timeout),
+        trusted_proxies=_trusted_proxies(section),
     )
+
+
+def _check_listeners(section: _Section, key: str, listen: Sequence[str]) -> None:
+    for entry in listen:
+        try:
+            parse_listen(entry)
+        except ValueError as e:
+            raise section.error(key, str(e)) from None
+    duplicates = sorted({entry for entry in listen if listen.count(entry) > 1})
+    if duplicates:
+        raise section.error(key, f"{show(duplicates[0])} is listed twice")
+
+
+def _trusted_proxies(section: _Section) -> tuple[str, ...]:
+    proxies = section.strings("trusted_proxies", ())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise section.error(
+                "trusted_proxies",
+                f'{show(proxy)} is not an IP address or network (examples: "127.0.0.1", '
+                '"10.0.0.0/8", "::1")',
+            ) from None
+    return tuple(proxies)
+
+
+def _metrics(section: _Section, server: ServerSettings) -> MetricsSettings:
+    default = MetricsSettings()
+    listen = section.strings("listen", default.listen, single=True)
+    _check_listeners(section, "listen", listen)
+    # (port 0 picks a free port each time, so it never clashes)
+    clash = sorted(e for e in set(listen) & set(server.listen) if not e.endswith(":0"))
+    if clash:
+        raise section.error(
+            "listen", f"{show(clash[0])} is also a [server] listen address; use another port"
+        )
+    health = section.string("health_path", default.health_path)
+    if not section.has("health_path") and server.upload_prefix == "/":
+        health = ""  # every path may be a stored file: no health check on the upload listeners
+    if health:
+        if not health.startswith("/") or not _PREFIX_RE.fullmatch(health) or "//" in health:
+            raise section.error("health_path", f'{show(health)} is not a path like "/health"')
+        if (health.rstrip("/") + "/").startswith(server.upload_prefix):
+            raise section.error(
+                "health_path",
+                f"{show(health)} is under upload_prefix {show(server.upload_prefix)}, "
+                'where it could be a stored file; choose another path or ""',
+            )
+    return MetricsSettings(listen=tuple(listen), health_path=health)
+
+
+_TLS_VERSIONS = ("1.2", "1.3")
+
+
+def _tls(section: _Section, needed: bool) -> TlsSettings:
+    default = TlsSettings()
+    certificate = section.path("certificate", Path()) if section.has("certificate") else None
+    key = section.path("key", Path()) if section.has("key") else None
+    chain = section.path("chain", Path()) if section.has("chain") else None
+    settings = TlsSettings(
+        certificate=certificate,
+        key=key,
+        chain=chain,
+        min_version=section.choice("min_version", default.min_version, _TLS_VERSIONS),
+        ciphers=section.string("ciphers", default.ciphers),
+    )
+    if not needed:
+        return settings
+    if certificate is None:
+        raise section.error("certificate", "an https:// listener needs a certificate file")
+    if key is None:
+        raise section.error("key", "an https:// listener needs a private key file")
+    from hmacfs import tls  # late: only configurations with TLS need pyOpenSSL loaded
+
+    try:
+        tls.build_context(settings)
+    except tls.TlsError as e:
+        raise section.error(e.key, e.message) from None
+    return settings
 
 
 def _upload_prefix(value: str) -> str:
@@ -633,6 +732,35 @@ def _origin(value: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def parse_listen(entry: str) -> Listener:
+    """Understand one `listen` entry.
+
+    Forms: "host:port" or "http://host:port" (plain HTTP), "https://host:port" (TLS),
+    "[v6]:port" likewise, "unix:/path" (plain HTTP on a Unix socket, for a reverse proxy),
+    "systemd:NAME" and "https+systemd:NAME" (a socket handed over by systemd socket
+    activation, by its FileDescriptorName or its position, 0 being the first). Raises
+    ValueError naming the entry otherwise.
+    """
+    tls = False
+    address = entry
+    if entry.startswith("https+systemd:") or entry.startswith("systemd:"):
+        tls = entry.startswith("https+")
+        name = entry.partition("systemd:")[2]
+        if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,255}", name):
+            raise ValueError(
+                f"{show(entry)}: name the socket by its FileDescriptorName or its position "
+                '(examples: "systemd:http", "systemd:0", "https+systemd:https")'
+            )
+        return Listener(text=entry, tls=tls, endpoint=None, activated=name)
+    if entry.startswith("https://"):
+        tls, address = True, entry[len("https://") :]
+    elif entry.startswith("http://"):
+        address = entry[len("http://") :]
+    if address.endswith("/"):
+        raise ValueError(f"{show(entry)}: no path after the port")
+    return Listener(text=entry, tls=tls, endpoint=listen_endpoint(address), activated=None)
+
+
 def listen_endpoint(listen: str) -> str:
     """Turn one `[server] listen` entry into a Twisted server endpoint description, for
     `twisted.internet.endpoints.serverFromString`.
@@ -782,6 +910,8 @@ def describe(config: Config) -> str:
         f"idle_timeout = {_toml(format_duration(server.idle_timeout))}",
         f"fsync = {_toml(server.fsync)}",
         f"log_level = {_toml(server.log_level)}",
+        f"shutdown_timeout = {_toml(format_duration(server.shutdown_timeout))}",
+        f"trusted_proxies = {_toml(server.trusted_proxies)}",
         "",
         "[hmac]",
         f"secret = {_toml(MASK)}",
@@ -799,6 +929,22 @@ def describe(config: Config) -> str:
         f"cors_headers = {_toml(http.cors_headers)}",
         f"cors_credentials = {_toml(http.cors_credentials)}",
         f"cors_max_age = {_toml(format_duration(http.cors_max_age))}",
+        "",
+        "[tls]",
+        *(
+            f"{name} = {_toml(str(value))}" if value is not None else f"# {name} is not set"
+            for name, value in (
+                ("certificate", config.tls.certificate),
+                ("key", config.tls.key),
+                ("chain", config.tls.chain),
+            )
+        ),
+        f"min_version = {_toml(config.tls.min_version)}",
+        f"ciphers = {_toml(config.tls.ciphers)}",
+        "",
+        "[metrics]",
+        f"listen = {_toml(config.metrics.listen)}",
+        f"health_path = {_toml(config.metrics.health_path)}",
     ]
     return "\n".join(lines) + "\n"
 

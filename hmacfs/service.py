@@ -1,50 +1,123 @@
-"""Wiring: listeners, the site, the sweeper, as one Twisted service tree."""
+"""Wiring: listeners, the site, the sweeper, systemd, reload and shutdown, as one service tree.
+
+Life of the process (cli.serve drives it):
+
+- start: every listener listens (or adopts its socket-activated descriptor); only then
+  READY=1, with a STATUS line naming the listeners.
+- SIGHUP (`reload`): RELOADING=1; the configuration file is read again; if it is valid, new
+  requests get the new limits, secrets, CORS settings and certificate; if not, the running
+  settings stay and the error is logged; READY=1 either way.
+- SIGTERM (`stopService`): STOPPING=1; the listeners close; uploads in flight get
+  `shutdown_timeout` to finish, then are cut off as a client disconnect would be.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from hmacfs.config import listen_endpoint
+from hmacfs import config as config_module
+from hmacfs.config import ConfigError, parse_listen
+from hmacfs.logs import LEVELS, LineObserver
 from hmacfs.settings import Config
 from hmacfs.storage import Storage, SweepReport
+from hmacfs.systemd import ActivatedSockets, Notifier, socket_family, watchdog_interval
+from hmacfs.tls import ReloadableTls, TlsError, certificate_summary, hostname_mismatch
 from hmacfs.web import UploadSite, make_site
 
 _log = Logger(namespace="hmacfs.service")
 
+#: At shutdown, how long open connections get to take their last answer before they are dropped.
+CLOSE_TIMEOUT = 5.0
+#: How often STATUS= is refreshed for `systemctl status`.
+STATUS_INTERVAL = 10.0
+
+
+def describe_port(port: Any, tls: bool) -> str:
+    """"127.0.0.1:5050", "https://[::]:443", "unix:/run/x.sock" for a listening port."""
+    host = port.getHost()
+    scheme = "https://" if tls else ""
+    if hasattr(host, "port"):
+        address = f"[{host.host}]" if ":" in host.host else host.host
+        return f"{scheme}{address}:{host.port}"
+    name = getattr(host, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return f"unix:{name}"
+
 
 class Listeners(Service):  # type: ignore[misc]
-    """Listens on every configured address; `ready` fires once all of them listen."""
+    """Listens on a list of `listen` entries; `ready` fires once all of them listen."""
 
-    def __init__(self, reactor: IReactorCore, site: UploadSite, listen: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        entries: tuple[str, ...],
+        factory: Any,
+        tls: Callable[[], ReloadableTls | None],
+        activated: ActivatedSockets,
+    ) -> None:
         self.reactor = reactor
-        self.site = site
-        self.listen = listen
-        self.ports: list[Any] = []
-        self.ready: defer.Deferred[list[IListeningPort]] = defer.Deferred()
+        self.entries = entries
+        self.factory = factory
+        self.tls = tls
+        self.activated = activated
+        self.ports: list[tuple[Any, bool]] = []
+        self.ready: defer.Deferred[list[tuple[Any, bool]]] = defer.Deferred()
+
+    def _listen(self, entry: str) -> defer.Deferred[tuple[Any, bool]]:
+        listener = parse_listen(entry)
+        factory: Any = self.factory
+        if listener.tls:
+            context = self.tls()
+            assert context is not None, "configuration check lets no https listener without TLS"
+            factory = TLSMemoryBIOFactory(context, False, factory)  # type: ignore[arg-type]
+        if listener.activated is not None:
+            try:
+                fd = self.activated.find(listener.activated)
+            except KeyError:
+                return defer.fail(
+                    RuntimeError(
+                        f"{entry}: systemd passed no socket named {listener.activated!r} "
+                        f"(passed: {', '.join(self.activated.names) or 'none'})"
+                    )
+                )
+            try:
+                port = self.reactor.adoptStreamPort(fd, socket_family(fd), factory)
+            except Exception as e:
+                return defer.fail(e)
+            return defer.succeed((port, listener.tls))
+        assert listener.endpoint is not None
+        d: defer.Deferred[Any] = serverFromString(self.reactor, listener.endpoint).listen(factory)
+        return d.addCallback(lambda port: (port, listener.tls))
 
     def startService(self) -> None:
         super().startService()
-        attempts = [
-            serverFromString(self.reactor, listen_endpoint(entry)).listen(self.site)
-            for entry in self.listen
-        ]
+        attempts = []
+        for entry in self.entries:
+            try:
+                attempts.append(self._listen(entry))
+            except Exception as e:
+                attempts.append(defer.fail(e))
         gathered = defer.gatherResults(attempts, consumeErrors=True)
 
-        def listening(ports: list[IListeningPort]) -> list[IListeningPort]:
+        def listening(ports: list[tuple[Any, bool]]) -> list[tuple[Any, bool]]:
             self.ports = ports
             return ports
 
         def failed(failure: Any) -> Any:
-            # Stop whatever did start, then report the first cause.
             for attempt in attempts:
-                attempt.addCallback(lambda port: port.stopListening()).addErrback(lambda _: None)
+                attempt.addCallback(lambda p: p[0].stopListening()).addErrback(lambda _: None)
             return failure.value.subFailure
 
         gathered.addCallbacks(listening, failed)
@@ -54,8 +127,11 @@ class Listeners(Service):  # type: ignore[misc]
         super().stopService()
         ports, self.ports = self.ports, []
         return defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+            [defer.maybeDeferred(port.stopListening) for port, _ in ports], consumeErrors=True
         )
+
+    def describe(self) -> list[str]:
+        return [describe_port(port, tls) for port, tls in self.ports]
 
 
 class Sweeper(TimerService):  # type: ignore[misc]
@@ -65,14 +141,19 @@ class Sweeper(TimerService):  # type: ignore[misc]
         super().__init__(interval, self.sweep)
         self.site = site
         self.running_sweep: defer.Deferred[Any] | None = None
+        self.last: SweepReport | None = None
 
-    def sweep(self) -> defer.Deferred[Any] | None:
+    def sweep(self) -> None:
         if self.running_sweep is not None:
-            return None
+            return
         active = frozenset(upload.name for upload in self.site.uploads)
         d = self.site.run_blocking(self.site.storage.sweep, active)
 
         def report(result: SweepReport) -> None:
+            self.last = result
+            metrics = getattr(self.site, "metrics", None)
+            if metrics is not None:
+                metrics.set_storage(result.files, result.bytes)
             if result.expired or result.partials or result.orphans:
                 _log.info(
                     "sweep removed {expired} expired files, {partials} abandoned partial"
@@ -91,30 +172,232 @@ class Sweeper(TimerService):  # type: ignore[misc]
         d.addCallbacks(report, failed)
         d.addBoth(finished)
         self.running_sweep = d
-        return None
 
 
 class UploadService(MultiService):  # type: ignore[misc]
-    """The whole server: `listeners.ready` fires when it is reachable."""
+    """The whole server. `started` fires (with the listener descriptions) once it is reachable
+    and READY=1 has been sent."""
 
-    def __init__(self, config: Config, reactor: Any, site: UploadSite) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        notifier: Notifier | None = None,
+        observer: LineObserver | None = None,
+        activated: ActivatedSockets | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.site = site
-        self.listeners = Listeners(reactor, site, config.server.listen)
+        self.reactor = reactor
+        self.notifier = notifier or Notifier({})
+        self.observer = observer
+        self.activated = activated or ActivatedSockets()
+        self.tls = _tls_for(config)
+        self.storage = Storage(
+            config.server.storage_dir,
+            fsync=config.server.fsync,
+            file_ttl=config.server.file_ttl,
+            clock=reactor.seconds,
+        )
+        self.site = make_site(config, self.storage, reactor)
+        self.listeners = Listeners(
+            reactor, config.server.listen, self.site, lambda: self.tls, self.activated
+        )
         self.listeners.setServiceParent(self)
-        self.sweeper = Sweeper(site, config.server.sweep_interval)
+        self.metrics_listeners: Listeners | None = None
+        if config.metrics.listen:
+            self.metrics_listeners = Listeners(
+                reactor,
+                config.metrics.listen,
+                self.site.metrics_site(),
+                lambda: self.tls,
+                self.activated,
+            )
+            self.metrics_listeners.setServiceParent(self)
+        self.sweeper = Sweeper(self.site, config.server.sweep_interval)
         self.sweeper.clock = reactor
         self.sweeper.setServiceParent(self)
+        self._status = LoopingCall(self.update_status)
+        self._status.clock = reactor
+        self._watchdog: LoopingCall | None = None
+        self.stopping = False
+        self.started: defer.Deferred[list[str]] = defer.Deferred()
+
+    # -- start -------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        waits = [self.listeners.ready]
+        if self.metrics_listeners is not None:
+            waits.append(self.metrics_listeners.ready)
+        gathered: defer.Deferred[Any] = defer.gatherResults(waits, consumeErrors=True)
+
+        def up(_: object) -> list[str]:
+            described = self.listeners.describe()
+            if self.metrics_listeners is not None:
+                described += [f"{d} (metrics)" for d in self.metrics_listeners.describe()]
+            for address in described:
+                _log.info("listening on {address}", address=address)
+            if self.tls is not None:
+                self._log_certificate()
+            self.notifier.ready(self.status_text())
+            self._status.start(STATUS_INTERVAL, now=False)
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                self._watchdog = LoopingCall(self.notifier.watchdog)
+                self._watchdog.clock = self.reactor
+                self._watchdog.start(interval, now=True)
+            return described
+
+        def down(failure: Any) -> Any:
+            return failure.value.subFailure if hasattr(failure.value, "subFailure") else failure
+
+        gathered.addCallbacks(up, down)
+        gathered.chainDeferred(self.started)
+
+    def status_text(self) -> str:
+        """The one line `systemctl status` shows."""
+        uploads = len(self.site.in_flight)
+        parts = [f"listening on {', '.join(self.listeners.describe()) or 'nothing'}"]
+        parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
+        last = self.sweeper.last
+        if last is not None:
+            parts.append(f"{last.files} files stored")
+        return "; ".join(parts)
+
+    def update_status(self) -> None:
+        if not self.stopping:
+            self.notifier.status(self.status_text())
+
+    def _log_certificate(self) -> None:
+        assert self.tls is not None
+        try:
+            summary = certificate_summary(self.tls.settings)
+        except TlsError as e:
+            _log.warn("{error}", error=str(e))
+            return
+        _log.info("TLS certificate for {summary}", summary=summary)
+        public = self.site.config.server.public_url
+        if public and public.startswith("https://"):
+            host = public.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+            mismatch = hostname_mismatch(self.tls.settings, host)
+            if mismatch:
+                _log.warn(
+                    "the TLS certificate does not cover public_url's host {host}: {why}",
+                    host=host,
+                    why=mismatch,
+                )
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self, path: Path | None = None) -> bool:
+        """Re-read the configuration (SIGHUP). Returns whether the new one is in use."""
+        source = path or self.config.source
+        if source is None or self.stopping:
+            return False
+        self.notifier.reloading()
+        try:
+            new = config_module.load(source)
+        except ConfigError as e:
+            _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
+            self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
+            return False
+        if self.tls is not None:
+            # Always re-read: a renewed certificate usually keeps its file name.
+            _tls_for(new, self.tls)
+        for warning in new.warnings:
+            _log.warn("config: {warning}", warning=warning)
+        old = self.config
+        for key in ("listen", "storage_dir"):
+            if getattr(old.server, key) != getattr(new.server, key):
+                _log.warn("[server] {key} changed: restart the service to apply it", key=key)
+        if old.metrics.listen != new.metrics.listen:
+            _log.warn("[metrics] listen changed: restart the service to apply it")
+        applied = replace(
+            new,
+            server=replace(
+                new.server, listen=old.server.listen, storage_dir=old.server.storage_dir
+            ),
+            metrics=replace(new.metrics, listen=old.metrics.listen),
+        )
+        self.config = applied
+        self.site.reconfigure(applied)
+        self.storage.fsync = applied.server.fsync
+        self.storage.file_ttl = applied.server.file_ttl
+        if self.observer is not None:
+            self.observer.level = LEVELS[applied.server.log_level]
+        if self.tls is not None:
+            self._log_certificate()
+        _log.info("configuration reloaded from {source}", source=source)
+        self.notifier.ready(self.status_text())
+        return True
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop accepting, let uploads finish within shutdown_timeout, cut off the rest."""
+        self.stopping = True
+        self.site.stopping = True
+        timeout = self.config.server.shutdown_timeout
+        uploads = len(self.site.in_flight)
+        self.notifier.stopping(
+            f"stopping; waiting up to {timeout:g}s for {uploads} upload(s) in flight"
+        )
+        for loop in (self._status, self._watchdog):
+            if loop is not None and loop.running:
+                loop.stop()
+
+        @defer.inlineCallbacks
+        def stop() -> Any:
+            yield self.listeners.stopService()
+            if self.metrics_listeners is not None:
+                yield self.metrics_listeners.stopService()
+            if uploads:
+                _log.info(
+                    "waiting up to {timeout}s for {count} upload(s) in flight",
+                    timeout=timeout,
+                    count=uploads,
+                )
+            cut = yield self.site.drain(timeout)
+            if cut:
+                _log.warn("cut off {count} unfinished upload(s) at shutdown", count=cut)
+            yield self.site.close_connections(CLOSE_TIMEOUT)
+            yield defer.maybeDeferred(MultiService.stopService, self)
+            _log.info("stopped")
+
+        return stop()  # type: ignore[no-any-return]
 
 
-def make_service(config: Config, reactor: Any) -> UploadService:
+def _tls_for(config: Config, current: ReloadableTls | None = None) -> ReloadableTls | None:
+    """The TLS context for `config`'s https listeners: a new one, or `current` updated.
+
+    On reload a certificate that fails to load keeps the old one (and logs why)."""
+    entries = (*config.server.listen, *config.metrics.listen)
+    if not any(parse_listen(entry).tls for entry in entries):
+        return current
+    try:
+        if current is None:
+            return ReloadableTls(config.tls)
+        current.replace(config.tls)
+        return current
+    except TlsError as e:
+        if current is None:
+            raise
+        _log.error("new TLS certificate not usable, keeping the old one: {error}", error=str(e))
+        return current
+
+
+def make_service(
+    config: Config,
+    reactor: Any,
+    *,
+    notifier: Notifier | None = None,
+    observer: LineObserver | None = None,
+    activated: ActivatedSockets | None = None,
+) -> UploadService:
     """Build the service tree for `config` on `reactor` (nothing starts until startService)."""
-    storage = Storage(
-        config.server.storage_dir,
-        fsync=config.server.fsync,
-        file_ttl=config.server.file_ttl,
-        clock=reactor.seconds,
+    return UploadService(
+        config, reactor, notifier=notifier, observer=observer, activated=activated
     )
-    site = make_site(config, storage, reactor)
-    return UploadService(config, reactor, site)
+

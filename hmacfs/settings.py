@@ -18,6 +18,18 @@ HEADER_SCHEMES = ("jwt", "basic", "cookie", "x-hmac")
 
 
 @dataclass(frozen=True)
+class Listener:
+    """One parsed `listen` entry."""
+
+    text: str
+    tls: bool
+    #: Twisted server endpoint description, for addresses we bind ourselves.
+    endpoint: str | None
+    #: FileDescriptorName or position of a socket handed over by systemd.
+    activated: str | None
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """`[server]`: where to listen, where to store, how large."""
 
@@ -36,6 +48,10 @@ class ServerSettings:
     #: fsync the data and its directory entry before answering 201.
     fsync: bool = True
     log_level: str = "info"
+    #: On SIGTERM, uploads in flight get this long to finish before they are cut off.
+    shutdown_timeout: float = 30.0
+    #: Peers (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,12 +104,39 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """`[tls]`: the certificate for `https://` listeners (re-read on SIGHUP)."""
+
+    #: PEM certificate, optionally followed by its chain (Let's Encrypt's fullchain.pem).
+    certificate: Path | None = None
+    #: PEM private key (Let's Encrypt's privkey.pem).
+    key: Path | None = None
+    #: Extra PEM chain file, when the certificate file holds only the leaf (cert.pem + chain.pem).
+    chain: Path | None = None
+    min_version: str = "1.2"
+    #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).
+    ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`[metrics]`: Prometheus metrics and health checks."""
+
+    #: Listeners serving /metrics and /health only (keep them private, e.g. on localhost).
+    listen: tuple[str, ...] = ()
+    #: Path of the health check on the upload listeners ("" turns it off there).
+    health_path: str = "/health"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the server needs; `source` is the file it came from (None if built in)."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     hmac: HmacSettings = field(default_factory=HmacSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
     #: Non-fatal remarks found while loading (e.g. a short secret), for the log.
     warnings: tuple[str, ...] = ()

@@ -68,6 +68,9 @@ class SweepReport:
     expired: int = 0
     partials: int = 0
     orphans: int = 0
+    #: What is stored after the sweep.
+    files: int = 0
+    bytes: int = 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -268,7 +271,23 @@ class Storage:
                 meta_path.unlink(missing_ok=True)
                 self._prune_dirs(target.parent)
                 report.expired += 1
+        report.files, report.bytes = self._usage()
         return report
+
+    def _usage(self) -> tuple[int, int]:
+        files = size = 0
+        for directory, subdirs, names in os.walk(self.root):
+            if directory == str(self.root) and RESERVED_SEGMENT in subdirs:
+                subdirs.remove(RESERVED_SEGMENT)
+            for name in names:
+                try:
+                    st = os.lstat(os.path.join(directory, name))
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    files += 1
+                    size += st.st_size
+        return files, size
 
     def _prune_dirs(self, directory: Path) -> None:
         """Remove now-empty directories between a removed file and the storage root."""

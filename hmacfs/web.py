@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import ipaddress
 import mimetypes
 import re
 import time
@@ -42,12 +43,22 @@ from hmacfs.errors import (
     StorageFailure,
     TooLarge,
 )
+from hmacfs.metrics import (
+    DISCONNECTED,
+    HealthReport,
+    HealthResource,
+    Metrics,
+    MetricsResource,
+    check_storage,
+    reason_key,
+)
 from hmacfs.paths import decode_path, file_name, split_target
 from hmacfs.settings import Config, HttpSettings
 from hmacfs.storage import PartialUpload, Storage, StoredFile
 from hmacfs.units import format_size
 
 T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BlockingRunner = Callable[..., "defer.Deferred[Any]"]
 
 SERVER_NAME = b"hmac-file-server"
@@ -168,10 +179,19 @@ class UploadSite(server.Site):  # type: ignore[misc]
         super().__init__(Root(self), timeout=config.server.idle_timeout, reactor=reactor)
         self.protocol = UploadChannel  # type: ignore[assignment,method-assign]
         self.requestFactory = UploadRequest
+        self.metrics = Metrics()
+        self.health_resource = HealthResource(self.health)
+        self.stopping = False
         self.config = config
+        self._proxies = _networks(config.server.trusted_proxies)
         self.storage = storage
         self.clock: Any = reactor
-        self.uploads: set[PartialUpload] = set()
+        #: Uploads receiving or committing a body, with their requests (to cut them off).
+        self.in_flight: dict[PartialUpload, UploadRequest] = {}
+        self._drain_waiters: list[defer.Deferred[None]] = []
+        #: Open connections, so that shutdown can close them after their last answer.
+        self.channels: set[UploadChannel] = set()
+        self._closed_waiters: list[defer.Deferred[None]] = []
         if run_blocking is None:
             pool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
@@ -182,6 +202,36 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def now(self) -> float:
         return float(self.clock.seconds())
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` for requests from now on (SIGHUP); connections keep their channel."""
+        self.config = config
+        self.timeOut = config.server.idle_timeout
+        self._proxies = _networks(config.server.trusted_proxies)
+
+    def metrics_site(self) -> server.Site:
+        """The site for the private metrics listeners: /metrics and /health only."""
+        site = _QuietSite(MetricsResource(self.metrics, self.health), reactor=self.clock)
+        site.timeOut = 60
+        return site
+
+    def client_address(self, request: http.Request) -> str:
+        """The client's address: the peer's, or the one a trusted proxy forwarded."""
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None)
+        address = str(host) if host is not None else "unix"
+        if not self._proxies or not _in(address, self._proxies):
+            return address
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",")]
+        # The nearest hop that is not one of our proxies is the client.
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            if not _in(hop, self._proxies):
+                return hop
+            address = hop
+        return address
 
     # -- admission, from the headers alone ---------------------------------------------------
 
@@ -233,13 +283,100 @@ class UploadSite(server.Site):  # type: ignore[misc]
             rel, grant.size, content_type, expires=grant.expires, scheme=grant.scheme
         )
         request.upload = upload
-        self.uploads.add(upload)
+        request.upload_site = self
+        self.in_flight[upload] = request
+        self.metrics.upload_started()
+
+    def upload_ended(self, request: UploadRequest, status: int) -> None:
+        """Count an upload that was admitted and has now ended, one way or another."""
+        grant = request.grant
+        upload = request.upload
+        self.metrics.upload_finished(
+            status,
+            grant.scheme if grant is not None else "",
+            upload.received if upload is not None else 0,
+            time.monotonic() - request.started,
+        )
+
+    def health(self) -> defer.Deferred[HealthReport]:
+        """The health report: the storage must be usable, the server not shutting down."""
+        if self.stopping:
+            return defer.succeed(HealthReport(False, {"service": "shutting down"}))
+        d = self.run_blocking(check_storage, self.storage.root, self.storage.partial_dir)
+        return d.addCallback(lambda result: HealthReport.from_checks({"storage": result}))
+
+    @property
+    def uploads(self) -> frozenset[PartialUpload]:
+        return frozenset(self.in_flight)
 
     def forget(self, upload: PartialUpload) -> None:
-        self.uploads.discard(upload)
+        self.in_flight.pop(upload, None)
+        if not self.in_flight:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self, timeout: float) -> defer.Deferred[int]:
+        """Fire once no upload is in flight. After `timeout` seconds, cut off the uploads still
+        receiving their body (as a client disconnect would) and wait for those already being
+        committed. The result is how many uploads were cut off."""
+        cut = [0]
+        if not self.in_flight:
+            return defer.succeed(0)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(waiter)
+
+        def cut_off() -> None:
+            for request in list(self.in_flight.values()):
+                if not request.committing and request.channel is not None:
+                    cut[0] += 1
+                    transport: Any = request.channel.transport
+                    transport.abortConnection()
+
+        call = self.clock.callLater(timeout, cut_off)
+
+        def done(_: None) -> int:
+            if call.active():
+                call.cancel()
+            return cut[0]
+
+        return waiter.addCallback(done)
+
+    def channel_closed(self, channel: UploadChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self, timeout: float) -> defer.Deferred[None]:
+        """Close every connection once what it has been sent is written (answers already
+        given reach their clients); after `timeout`, drop whatever is still open."""
+        if not self.channels:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._closed_waiters.append(waiter)
+        for channel in list(self.channels):
+            transport: Any = channel.transport
+            transport.loseConnection()
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                transport: Any = channel.transport
+                transport.abortConnection()
+
+        call = self.clock.callLater(timeout, abort)
+
+        def done(_: None) -> None:
+            if call.active():
+                call.cancel()
+
+        return waiter.addCallback(done)
 
     def log(self, request: http.Request) -> None:
         """One line per finished request (Twisted calls this from Request.finish)."""
+        if request.method in (b"GET", b"HEAD") and getattr(request, "rel", None):
+            self.metrics.download_finished(request.code, request.sentLength)
         duration = time.monotonic() - getattr(request, "started", time.monotonic())
         grant = getattr(request, "grant", None)
         _log.info(
@@ -254,7 +391,22 @@ class UploadSite(server.Site):  # type: ignore[misc]
         )
 
 
+def _networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def _client(request: http.Request) -> str:
+    site = getattr(getattr(request, "channel", None), "site", None)
+    if isinstance(site, UploadSite):
+        return site.client_address(request)
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     return str(host) if host is not None else "-"
@@ -265,10 +417,20 @@ def _body_size(request: http.Request) -> int:
     return upload.received if upload is not None else 0
 
 
+class _QuietSite(server.Site):  # type: ignore[misc]
+    """A site that logs nothing per request (metrics scrapes would flood the log)."""
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
 class UploadRequest(server.Request):  # type: ignore[misc]
     """A request whose PUT body goes to a partial upload instead of a buffer."""
 
     upload: PartialUpload | None = None
+    upload_site: UploadSite | None = None
     grant: auth.Grant | None = None
     rel: str | None = None
     existing_digest: str | None = None
@@ -292,22 +454,27 @@ class UploadRequest(server.Request):  # type: ignore[misc]
         try:
             upload.write(data)
         except HttpError as e:
-            self._drop_upload()
+            self._drop_upload(e.status)
             channel = self.channel
             if isinstance(channel, UploadChannel):
                 channel.refuse(self, e.status, e.reason, e.headers)
+            return
+        if self.upload_site is not None:
+            self.upload_site.metrics.bytes_received(len(data))
 
-    def _drop_upload(self) -> None:
+    def _drop_upload(self, status: int) -> None:
+        """Forget an upload that will not complete (disconnect, storage failure, shutdown)."""
         upload = self.upload
-        if upload is not None and not self.committing:
-            upload.abort()
-            site = getattr(self.channel, "site", None)
-            if site is not None:
-                site.forget(upload)
+        site = self.upload_site
+        if upload is None or self.committing or upload.done or site is None:
+            return
+        upload.abort()
+        site.forget(upload)
+        site.upload_ended(self, status)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away mid-body leaves nothing visible; retrying the slot works.
-        self._drop_upload()
+        self._drop_upload(DISCONNECTED)
         super().connectionLost(reason)
 
 
@@ -318,6 +485,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _refused = False
     _linger_call: Any = None
     _discard_left: int | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -365,6 +536,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             lines.append(f"{name}: {value}".encode("latin-1"))
         transport: Any = self.transport
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        grant = request.grant
+        self.site.metrics.refused(
+            status, reason_key(status, reason), grant.scheme if grant is not None else None
+        )
         _log.info(
             "{client} {method} {path} -> {status} refused: {reason}",
             client=_client(request),
@@ -416,6 +591,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             self._linger_call.cancel()
         self._linger_call = None
         super().connectionLost(reason)
+        self.site.channel_closed(self)
 
 
 class Root(resource.Resource):  # type: ignore[misc]
@@ -434,6 +610,9 @@ class Root(resource.Resource):  # type: ignore[misc]
         request.setHeader(b"referrer-policy", b"no-referrer")
         origin = _header(request, b"origin")
         http_settings = self.site.config.http
+        health_path = self.site.config.metrics.health_path
+        if health_path and split_target(request.uri)[0] == health_path.encode():
+            return self.site.health_resource.render(request)  # type: ignore[no-any-return]
         try:
             if request.method == b"OPTIONS":
                 preflight = _header(request, b"access-control-request-method") is not None
@@ -479,15 +658,16 @@ class Root(resource.Resource):  # type: ignore[misc]
         d = self.site.run_blocking(upload.commit, request.existing_digest)
 
         def done(stored: StoredFile) -> None:
+            # Answer before forgetting the upload: a shutdown waiting for it then closes the
+            # connection only after this answer is written.
+            if not request._disconnected:
+                request.setResponseCode(http.CREATED)
+                request.setHeader(b"content-length", b"0")
+                request.finish()
             self.site.forget(upload)
-            if request._disconnected:
-                return
-            request.setResponseCode(http.CREATED)
-            request.setHeader(b"content-length", b"0")
-            request.finish()
+            self.site.upload_ended(request, http.CREATED)
 
         def failed(failure: Failure) -> None:
-            self.site.forget(upload)
             if failure.check(HttpError):
                 e = failure.value
                 assert isinstance(e, HttpError)
@@ -497,12 +677,13 @@ class Root(resource.Resource):  # type: ignore[misc]
             else:
                 _log.failure("storing {path} failed", failure, path=upload.rel)
                 status, reason, headers = 500, "internal error", ()
-            if request._disconnected:
-                return
-            body = self._error(request, status, reason, headers)
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+            if not request._disconnected:
+                body = self._error(request, status, reason, headers)
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+                request.finish()
+            self.site.forget(upload)
+            self.site.upload_ended(request, status)
 
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET  # type: ignore[no-any-return]

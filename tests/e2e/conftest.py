@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import SECRET
 
 READY_TIMEOUT = 30.0
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_LISTENING = re.compile(r"listening on (.+)$")
+_READY = re.compile(r"hmac-file-server \S+ ready")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Server:
     storage: Path
     config_path: Path
     log: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -46,14 +48,26 @@ def _pump(stream: object, lines: queue.Queue[str], log: list[str]) -> None:
         lines.put(line)
 
 
-def start_server(tmp: Path, extra_toml: str = "", server_toml: str = "") -> Server:
-    """Write a config under `tmp`, start the server, wait until it listens."""
+def start_server(
+    tmp: Path,
+    extra_toml: str = "",
+    server_toml: str = "",
+    *,
+    listen: tuple[str, ...] = ("127.0.0.1:0",),
+    env: dict[str, str] | None = None,
+    argv_prefix: tuple[str, ...] = (),
+    pass_fds: tuple[int, ...] = (),
+) -> Server:
+    """Write a config under `tmp`, start the server, wait until it is ready.
+
+    `extra_toml` goes after the [hmac] secret (it may open further sections)."""
     storage = tmp / "files"
     config_path = tmp / "config.toml"
+    listen_toml = "[" + ", ".join(f'"{entry}"' for entry in listen) + "]"
     config_path.write_text(
         f"""
 [server]
-listen = ["127.0.0.1:0"]
+listen = {listen_toml}
 upload_prefix = "/upload/"
 storage_dir = "{storage}"
 max_upload_size = "2G"
@@ -64,15 +78,17 @@ secret = "{SECRET.decode()}"
 {extra_toml}
 """
     )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     process = subprocess.Popen(
-        [sys.executable, "-m", "hmacfs", "--config", str(config_path), "run"],
+        [*argv_prefix, sys.executable, "-m", "hmacfs", "--config", str(config_path), "run"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env=environment,
+        pass_fds=pass_fds,
     )
     lines: queue.Queue[str] = queue.Queue()
     log: list[str] = []
+    addresses: list[str] = []
     threading.Thread(target=_pump, args=(process.stderr, lines, log), daemon=True).start()
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
@@ -86,7 +102,12 @@ secret = "{SECRET.decode()}"
             continue
         match = _LISTENING.search(line)
         if match:
-            return Server(process, int(match.group(2)), storage, config_path, log)
+            addresses.append(match.group(1))
+        if _READY.search(line):
+            port = next(
+                (int(a.rsplit(":", 1)[1]) for a in addresses if a.startswith("127.0.0.1:")), 0
+            )
+            return Server(process, port, storage, config_path, log, addresses)
 
 
 def stop_server(server: Server) -> int:

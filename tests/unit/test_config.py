@@ -31,7 +31,15 @@ from hmacfs.config import (
     load,
     parse,
 )
-from hmacfs.settings import ALGORITHMS, Config, HmacSettings, HttpSettings, ServerSettings
+from hmacfs.settings import (
+    ALGORITHMS,
+    Config,
+    HmacSettings,
+    HttpSettings,
+    MetricsSettings,
+    ServerSettings,
+    TlsSettings,
+)
 from hmacfs.units import MAX_DURATION, MAX_SIZE, toml_string
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -176,11 +184,13 @@ def test_every_key(tmp_path: Path) -> None:
 
 def test_schema_matches_the_settings() -> None:
     """Every settings field but the secrets is a key of the same name, and vice versa."""
-    assert set(SCHEMA) == {"server", "hmac", "http"}
+    assert set(SCHEMA) == {"server", "hmac", "http", "tls", "metrics"}
     for section, settings_class in (
         ("server", ServerSettings),
         ("hmac", HmacSettings),
         ("http", HttpSettings),
+        ("tls", TlsSettings),
+        ("metrics", MetricsSettings),
     ):
         fields = {f.name for f in dataclasses.fields(settings_class)}
         keys = set(SCHEMA[section])
@@ -304,7 +314,8 @@ def test_group_readable_config_is_fine(tmp_path: Path) -> None:
         ("[sever]\nfsync = true\n", "unknown section [sever] (did you mean [server]?)"),
         (
             "[network_resilience]\nenabled = true\n",
-            "unknown section [network_resilience] (known sections: [server], [hmac], [http])",
+            "unknown section [network_resilience] (known sections: [server], [hmac], [http], "
+            "[tls], [metrics])",
         ),
         ("[server.tls]\ncert = 'x'\n", "unknown key [server] tls (known keys: listen, "),
         (
@@ -393,8 +404,8 @@ LISTEN_EXAMPLES = (
         ('"tcp:5050"', f'"tcp:5050": write an address, not a Twisted endpoint {LISTEN_EXAMPLES}'),
         (
             '"systemd:domain=INET:index=0"',
-            '"systemd:domain=INET:index=0": write an address, not a Twisted endpoint '
-            + LISTEN_EXAMPLES,
+            '"systemd:domain=INET:index=0": name the socket by its FileDescriptorName or its '
+            'position (examples: "systemd:http", "systemd:0", "https+systemd:https")',
         ),
         ("[]", f"give at least one address to listen on {LISTEN_EXAMPLES}"),
         (
@@ -1169,7 +1180,13 @@ def reveal(text: str, secrets: tuple[bytes, ...]) -> str:
 
 
 def assert_same_settings(a: Config, b: Config) -> None:
-    assert (a.server, a.hmac, a.http) == (b.server, b.hmac, b.http)
+    assert (a.server, a.hmac, a.http, a.tls, a.metrics) == (
+        b.server,
+        b.hmac,
+        b.http,
+        b.tls,
+        b.metrics,
+    )
 
 
 def test_describe(tmp_path: Path) -> None:
@@ -1189,6 +1206,8 @@ def test_describe(tmp_path: Path) -> None:
         shown = set(data[section])
         if section == "hmac":
             shown.add("secret_file")
+        if section == "tls":  # unset paths are shown as comments
+            shown |= {"certificate", "key", "chain"}
         assert shown == set(keys)
     assert_same_settings(parse(tomllib.loads(reveal(text, config.hmac.secrets))), config)
 

@@ -1,0 +1,106 @@
+"""Log output: readable lines on stderr, or journal lines with their priority under systemd.
+
+Under systemd (stderr is the journal stream named by JOURNAL_STREAM) each line starts with
+its syslog priority, `<3>` for errors ... `<7>` for debug (sd-daemon(3)), and carries no
+timestamp of its own, since the journal adds one. Elsewhere each line starts with a
+timestamp and the level.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import implementer
+
+#: sd-daemon(3) priorities for Twisted's levels.
+PRIORITY = {
+    LogLevel.critical: 2,
+    LogLevel.error: 3,
+    LogLevel.warn: 4,
+    LogLevel.info: 6,
+    LogLevel.debug: 7,
+}
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+}
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is connected to the journal (JOURNAL_STREAM, systemd.exec(5))."""
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def _level_of(event: Mapping[str, Any]) -> LogLevel:
+    level = event.get("log_level")
+    if level in PRIORITY:  # LogLevel's constants are not instances of LogLevel
+        return level  # type: ignore[no-any-return,return-value]
+    fallback: LogLevel = LogLevel.error if event.get("isError") else LogLevel.info
+    return fallback
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Writes events at or above `level` to `stream`, one line each (tracebacks indented)."""
+
+    def __init__(self, stream: TextIO, *, journal: bool, level: LogLevel = LogLevel.info) -> None:
+        self.stream = stream
+        self.journal = journal
+        self.level = level
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        level = _level_of(event)
+        if level < self.level:
+            return
+        text = formatEvent(dict(event)) or ""
+        failure = event.get("log_failure")
+        if failure is not None:
+            try:
+                text += "\n" + failure.getTraceback()
+            except Exception:
+                text += "\n(traceback unavailable)"
+        namespace = str(event.get("log_namespace") or "-")
+        lines = text.rstrip("\n").split("\n") or [""]
+        if self.journal:
+            prefix = f"<{PRIORITY.get(level, 6)}>"
+            out = "".join(f"{prefix}{namespace}: {line}\n" for line in lines)
+        else:
+            stamp = time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(event.get("log_time", time.time()))
+            )
+            head = f"{stamp} {level.name.upper():5} {namespace}: "
+            out = head + lines[0] + "\n" + "".join(f"    {line}\n" for line in lines[1:])
+        try:
+            self.stream.write(out)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def start_logging(level: str, stream: TextIO | None = None) -> LineObserver:
+    """Send every log event (Twisted's own included) through one LineObserver."""
+    target = sys.stderr if stream is None else stream
+    observer = LineObserver(target, journal=stream_is_journal(target), level=LEVELS[level])
+    observers: list[Any] = [observer]  # zope interfaces are invisible to mypy
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    return observer

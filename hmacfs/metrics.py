@@ -1,0 +1,467 @@
+"""Prometheus metrics and a health report, for a listener of their own.
+
+`Metrics` holds every metric of one server on its own `CollectorRegistry` (nothing is
+registered globally, so several servers or tests in one process never share a number). The web
+layer tells it what happened to each request; `MetricsResource` serves the exposition at
+``/metrics`` and a JSON health report at ``/health``.
+
+Label values are never taken from a request: statuses are three-digit codes, schemes and
+refusal reasons come from fixed sets and anything else is counted as ``"other"``, so a hostile
+client cannot create new time series.
+
+Only prometheus-client API that exists from 0.16 (Debian 12) to the newest release is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+
+from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES
+
+#: The text exposition format `generate_latest` writes. Spelled out rather than taken from
+#: ``CONTENT_TYPE_LATEST``, which newer prometheus-client releases changed to ``version=1.0.0``
+#: (for UTF-8 metric names, which this module does not use); 0.0.4 is what every Prometheus
+#: release parses, and what those releases still send when the scraper asks for nothing else.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The status to report for an upload whose client went away before it could be answered
+#: (nginx's convention; no response carries it).
+DISCONNECTED: Final = 499
+
+#: Label values for ``scheme``: every signing scheme, ``"none"`` when no scheme was chosen yet.
+SCHEMES: Final = frozenset((*QUERY_SCHEMES, *HEADER_SCHEMES))
+NO_SCHEME: Final = "none"
+OTHER: Final = "other"
+
+#: Label values for ``reason`` (see `reason_key`).
+REASONS: Final = frozenset(
+    (
+        "signature",  # missing, wrong or disabled signature or token; URL outside the token
+        "expired",  # a signed URL or token past its expiry; a timestamp outside the window
+        "too_large",  # over max_upload_size, other than the signed size, body too long
+        "length_required",  # PUT without Content-Length
+        "conflict",  # the file exists, or another upload is writing it
+        "bad_path",  # undecodable, hostile, over-long or misplaced path
+        "bad_request",  # any other malformed request (duplicate query parameter, short body)
+        "method",  # a method the server does not serve
+        "storage",  # the disk refused (full, read-only, permissions)
+        "internal",  # a bug: an unexpected exception
+        OTHER,
+    )
+)
+
+#: Upload durations from a small file on a LAN to a large one on a slow link (1 ms .. 30 min).
+DURATION_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+)  # fmt: skip
+#: Upload sizes, 1 KiB .. 4 GiB, by powers of four.
+SIZE_BUCKETS: Final = tuple(float(1024 * 4**i) for i in range(12))
+
+#: `check_storage` fails when less than this much space is free ...
+MIN_FREE_BYTES: Final = 16 * 1024 * 1024
+#: ... or less than this share of the filesystem, whichever is more.
+MIN_FREE_FRACTION: Final = 0.01
+
+_ALLOWED: Final = b"GET, HEAD"
+#: The refusals whose status alone says why (see `reason_key`).
+_REASON_BY_STATUS: Final = {
+    404: "bad_path",  # a PUT outside upload_prefix
+    405: "method",
+    409: "conflict",
+    410: "expired",
+    411: "length_required",
+    413: "too_large",
+    414: "bad_path",
+    500: "internal",
+    507: "storage",
+}
+
+
+def status_label(status: int) -> str:
+    """The label value for an HTTP status: the code itself if it is one, else "other"."""
+    return str(status) if 100 <= status <= 599 else OTHER
+
+
+def scheme_label(scheme: str | None) -> str:
+    """The label value for a signing scheme: the scheme, "none" for None, else "other"."""
+    if scheme is None:
+        return NO_SCHEME
+    return scheme if scheme in SCHEMES else OTHER
+
+
+def reason_label(reason: str) -> str:
+    """The label value for a refusal reason: one of `REASONS`, else "other"."""
+    return reason if reason in REASONS else OTHER
+
+
+def reason_key(status: int, reason_text: str) -> str:
+    """Reduce one of our refusals (its status and short reason text) to one of `REASONS`.
+
+    The status decides wherever it is unambiguous; the text only tells apart the refusals
+    that share a status (403 "expired" from 403 "signature mismatch", a bad path from another
+    malformed request). Unknown combinations give "other"; nothing raises.
+    """
+    text = reason_text.lower()
+    if status in (401, 403):
+        if "expired" in text or "outside the allowed window" in text:
+            return "expired"
+        return "signature"
+    if status == 400:
+        if "token" in text:  # "URL does not match the token's slot": the token's refusal
+            return "signature"
+        if "path" in text or "file name" in text:
+            return "bad_path"
+        return "bad_request"
+    return _REASON_BY_STATUS.get(status, OTHER)
+
+
+class Metrics:
+    """Every metric of one server, on one registry.
+
+    The methods are called from the reactor thread, once per event; they are cheap enough to
+    call per body chunk (`bytes_received`). prometheus-client is thread-safe as well.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Register the metrics on `registry`.
+
+        With no registry, a fresh one is made and the standard process, platform and garbage
+        collector metrics (``process_*``, ``python_*``) are registered on it too, where the
+        platform has them; a registry passed in gets only this server's metrics.
+
+        Raises ValueError if `registry` already holds metrics of the same names (a second
+        `Metrics` on one registry).
+        """
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)  # silently empty where there is no /proc
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)  # registers nothing outside CPython
+        self.registry = registry
+        # Counter names are given without "_total": prometheus-client appends it.
+        self._uploads = Counter(
+            "hmacfs_uploads",
+            "Uploads whose body was accepted for reading, by final status and signing scheme.",
+            ("status", "scheme"),
+            registry=registry,
+        )
+        self._upload_bytes = Counter(
+            "hmacfs_upload_bytes",
+            "Upload body bytes received and written to partial files.",
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "hmacfs_uploads_in_flight",
+            "Uploads whose body is being received or committed.",
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "hmacfs_upload_duration_seconds",
+            "Time from an upload's request headers to its answer.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._size = Histogram(
+            "hmacfs_upload_size_bytes",
+            "Body size (Content-Length) of uploads whose body was accepted for reading.",
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self._refusals = Counter(
+            "hmacfs_refusals",
+            "Requests refused before or while their body was read, by status and reason.",
+            ("status", "reason"),
+            registry=registry,
+        )
+        self._downloads = Counter(
+            "hmacfs_downloads",
+            "GET and HEAD responses, by status.",
+            ("status",),
+            registry=registry,
+        )
+        self._download_bytes = Counter(
+            "hmacfs_download_bytes",
+            "Response body bytes sent for GET requests.",
+            registry=registry,
+        )
+        self._storage_files = Gauge(
+            "hmacfs_storage_files",
+            "Files in the storage directory at the last sweep.",
+            registry=registry,
+        )
+        self._storage_bytes = Gauge(
+            "hmacfs_storage_bytes",
+            "Total size of the files in the storage directory at the last sweep.",
+            registry=registry,
+        )
+
+    def upload_started(self) -> None:
+        """An upload was admitted and its body is about to be read."""
+        self._in_flight.inc()
+
+    def upload_finished(self, status: int, scheme: str, size: int, seconds: float) -> None:
+        """An upload that `upload_started` counted has ended: answered, refused or abandoned.
+
+        Call it exactly once per started upload, with the status sent (`DISCONNECTED` when the
+        client went away first), the grant's scheme, the upload's Content-Length and the
+        seconds since its headers arrived. A refusal while the body is read is also reported
+        to `refused`. Raises ValueError if `size` is negative.
+        """
+        if size < 0:
+            raise ValueError(f"negative upload size {size}")
+        self._in_flight.dec()
+        self._uploads.labels(status_label(status), scheme_label(scheme)).inc()
+        self._duration.observe(max(seconds, 0.0))
+        self._size.observe(size)
+
+    def refused(self, status: int, reason: str, scheme: str | None) -> None:
+        """A request was refused before or while its body was read.
+
+        `reason` is one of `REASONS` (see `reason_key`); `scheme` the signing scheme, None if
+        none had been chosen yet. Unknown values are counted as "other". The scheme is
+        accepted for the callers' convenience but not used as a label: the reason says more,
+        and the upload counter already splits by scheme.
+        """
+        del scheme
+        self._refusals.labels(status_label(status), reason_label(reason)).inc()
+
+    def download_finished(self, status: int, size: int) -> None:
+        """A GET or HEAD was answered with `status`, sending `size` body bytes.
+
+        Raises ValueError if `size` is negative.
+        """
+        self._downloads.labels(status_label(status)).inc()
+        self._download_bytes.inc(size)
+
+    def bytes_received(self, n: int) -> None:
+        """`n` more upload body bytes arrived. Raises ValueError if `n` is negative."""
+        self._upload_bytes.inc(n)
+
+    def set_storage(self, files: int, size: int) -> None:
+        """What the last sweep found in the storage directory: `files` files, `size` bytes."""
+        self._storage_files.set(files)
+        self._storage_bytes.set(size)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of the whole registry and its content type.
+
+        Raises whatever a collector raises (the metrics defined here raise nothing).
+        """
+        return generate_latest(self.registry), CONTENT_TYPE
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The answer to /health: healthy or not, and each check's result ("ok" or why not)."""
+
+    ok: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_checks(cls, checks: Mapping[str, str]) -> HealthReport:
+        """A report that is ok exactly when every check says "ok"."""
+        return cls(all(result == "ok" for result in checks.values()), dict(checks))
+
+    def to_json(self) -> bytes:
+        """The response body: ``{"status": "ok" | "fail", "checks": {...}}`` and a newline."""
+        body = {"status": "ok" if self.ok else "fail", "checks": self.checks}
+        return json.dumps(body, sort_keys=True).encode("ascii") + b"\n"
+
+
+HealthSource = Callable[[], "HealthReport | defer.Deferred[HealthReport]"]
+
+
+def _strerror(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def check_storage(
+    storage_dir: Path,
+    partial_dir: Path,
+    *,
+    min_free_bytes: int = MIN_FREE_BYTES,
+    min_free_fraction: float = MIN_FREE_FRACTION,
+) -> str:
+    """Whether uploads can be stored: "ok", or a short reason why not.
+
+    Checks that `storage_dir` is a directory, that its filesystem has free inodes and more
+    free space (for an unprivileged user) than `min_free_bytes` and than `min_free_fraction`
+    of its size, and that a small file can be created, written and removed in `partial_dir`.
+
+    Blocking, but quick on a local filesystem: a stat, a statvfs and a create/write/unlink
+    (no fsync). A hung network filesystem would stall the calling thread, so run it on a
+    thread where that matters. Filesystem errors are the answer, not exceptions; nothing is
+    raised. The reasons name no paths (the health report may be read by a load balancer).
+    """
+    try:
+        st = os.stat(storage_dir)
+    except FileNotFoundError:
+        return "storage directory does not exist"
+    except OSError as e:
+        return f"storage directory: {_strerror(e)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "storage directory is not a directory"
+    try:
+        fs = os.statvfs(storage_dir)
+    except OSError as e:
+        return f"storage filesystem: {_strerror(e)}"
+    free = fs.f_bavail * fs.f_frsize
+    total = fs.f_blocks * fs.f_frsize
+    if free < max(min_free_bytes, total * min_free_fraction):
+        return f"low disk space: {free // (1024 * 1024)} MiB free"
+    if fs.f_files > 0 and fs.f_favail == 0:  # some filesystems report no inode counts at all
+        return "no free inodes"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".health-", dir=partial_dir)
+    except OSError as e:
+        return f"partial directory is not writable: {_strerror(e)}"
+    result = "ok"
+    try:
+        try:
+            os.write(fd, b"ok\n")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        result = f"partial directory is not writable: {_strerror(e)}"
+    try:
+        os.unlink(name)
+    except OSError as e:
+        if result == "ok":
+            result = f"cannot remove a file from the partial directory: {_strerror(e)}"
+    return result
+
+
+class HealthResource(resource.Resource):
+    """GET/HEAD: the health report as JSON, 200 when healthy and 503 otherwise; never cached.
+
+    A leaf, so that it can also answer at a path of the upload site (``[metrics]
+    health_path``): `render` may be called with any request; other methods get 405.
+
+    `health` is called on the reactor thread for every request. It may return a Deferred (for
+    checks run on a thread); a check that raises or fails answers 503 with the check named
+    "health", and logs why (the response does not say).
+    """
+
+    isLeaf = True
+    _log = Logger(namespace="hmacfs.metrics")
+
+    def __init__(self, health: HealthSource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.health = health
+
+    def render(self, request: server.Request) -> bytes | int:
+        _no_cache(request)
+        if request.method not in (b"GET", b"HEAD"):
+            return _not_allowed(request)
+        try:
+            result = self.health()
+        except Exception:
+            self._log.failure("the health check failed")
+            result = _failed_report()
+        if not isinstance(result, defer.Deferred):
+            return self._answer(request, result)
+
+        def checked(report: HealthReport) -> None:
+            if not request._disconnected:
+                request.write(self._answer(request, report))  # type: ignore[no-untyped-call]
+                request.finish()  # type: ignore[no-untyped-call]
+
+        def failed(failure: Failure) -> HealthReport:
+            self._log.failure("the health check failed", failure)
+            return _failed_report()
+
+        result.addErrback(failed).addCallback(checked)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _answer(request: server.Request, report: HealthReport) -> bytes:
+        status = http.OK if report.ok else http.SERVICE_UNAVAILABLE
+        return _body(request, status, b"application/json", report.to_json())
+
+
+class MetricsResource(resource.Resource):
+    """GET/HEAD ``/metrics`` (the exposition) and ``/health`` (see `HealthResource`).
+
+    Meant as the root of a site of its own, on a listener that only the monitoring can reach.
+    Any other path is 404 and any other method 405, as plain text; nothing is cached.
+    """
+
+    isLeaf = True
+    _log = Logger(namespace="hmacfs.metrics")
+
+    def __init__(self, metrics: Metrics, health: HealthSource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.metrics = metrics
+        self.health = HealthResource(health)
+
+    def render(self, request: server.Request) -> bytes | int:
+        _no_cache(request)
+        if request.method not in (b"GET", b"HEAD"):
+            return _not_allowed(request)
+        if request.postpath == [b"metrics"]:
+            return self._metrics(request)
+        if request.postpath == [b"health"]:
+            return self.health.render(request)
+        return _plain(request, http.NOT_FOUND, "not found")
+
+    def _metrics(self, request: server.Request) -> bytes:
+        try:
+            body, content_type = self.metrics.render()
+        except Exception:
+            self._log.failure("rendering the metrics failed")
+            return _plain(request, http.INTERNAL_SERVER_ERROR, "internal error")
+        return _body(request, http.OK, content_type.encode("ascii"), body)
+
+
+def _failed_report() -> HealthReport:
+    return HealthReport(ok=False, checks={"health": "check failed"})
+
+
+def _set_header(request: server.Request, name: bytes, value: bytes) -> None:
+    # What Request.setHeader does; that one is not annotated.
+    request.responseHeaders.setRawHeaders(name, [value])
+
+
+def _no_cache(request: server.Request) -> None:
+    _set_header(request, b"cache-control", b"no-store")
+    _set_header(request, b"x-content-type-options", b"nosniff")
+
+
+def _body(request: server.Request, status: int, content_type: bytes, body: bytes) -> bytes:
+    """Set the status and headers for `body`; the bytes to send (none for HEAD)."""
+    request.setResponseCode(status)
+    _set_header(request, b"content-type", content_type)
+    _set_header(request, b"content-length", b"%d" % len(body))
+    return b"" if request.method == b"HEAD" else body
+
+
+def _plain(request: server.Request, status: int, text: str) -> bytes:
+    return _body(request, status, b"text/plain; charset=utf-8", (text + "\n").encode("utf-8"))
+
+
+def _not_allowed(request: server.Request) -> bytes:
+    _set_header(request, b"allow", _ALLOWED)
+    return _plain(request, http.NOT_ALLOWED, "method not allowed")
