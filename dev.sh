@@ -16,6 +16,10 @@ SYSTEM_PACKAGES=(curl python3-venv python3-pip
   python3-twisted python3-openssl python3-service-identity python3-sdnotify
   python3-prometheus-client python3-pytest)
 
+# What building the .deb needs (Debian's own tools only; no pip during the build).
+DEB_BUILD_PACKAGES=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+  lintian)
+
 say() { printf '==> %s\n' "$*" >&2; }
 
 ensure_system() {
@@ -88,6 +92,7 @@ case "$cmd" in
     run_pytest "$VENV/bin/python" -m pytest -m "not slow" "$@"
     ;;
   deb)
+    ensure_system "${DEB_BUILD_PACKAGES[@]}"
     exec "$ROOT/packaging/build-deb" "$@"
     ;;
   *)
