@@ -46,10 +46,12 @@ def _ssl_reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes:
-    # Only HTTP/1.1 is served; a client offering nothing else still gets it (curl, browsers
-    # always offer it), which is what an ALPN-unaware server would do as well.
-    return _ALPN
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    # Only HTTP/1.1 is served. A client that does not offer it gets no ALPN answer at all
+    # (never a protocol it did not ask for), as from a server that does not know ALPN.
+    if _ALPN in offered:
+        return _ALPN
+    return getattr(SSL, "NO_OVERLAPPING_PROTOCOLS", b"")
 
 
 def build_context(settings: TlsSettings) -> SSL.Context:
