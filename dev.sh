@@ -11,10 +11,13 @@ ROOT=$PWD
 VENV=${HMACFS_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 
-# Debian packages the tests (and the Debian-packages test run) need.
+# Debian packages the tests need: the Debian-packages test run, the real XMPP servers and
+# clients of the interop matrix, a real systemd in a container, and the .deb build.
 SYSTEM_PACKAGES=(curl python3-venv python3-pip
   python3-twisted python3-openssl python3-service-identity python3-sdnotify
-  python3-prometheus-client python3-pytest)
+  python3-prometheus-client python3-pytest
+  systemd-container debootstrap zstd groff-base man-db)
+mapfile -t INTEROP_PACKAGES < <(grep -v '^\s*#' tests/interop/packages.txt | grep -v '^\s*$')
 
 # What building the .deb needs (Debian's own tools only; no pip during the build).
 DEB_BUILD_PACKAGES=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
@@ -78,7 +81,7 @@ case "$cmd" in
     exec "$VENV/bin/python" -m hmacfs dev "$@"
     ;;
   test)
-    ensure_system "${SYSTEM_PACKAGES[@]}"
+    ensure_system "${SYSTEM_PACKAGES[@]}" "${INTEROP_PACKAGES[@]}" "${DEB_BUILD_PACKAGES[@]}"
     ensure_venv
     lint
     say "pytest: the whole suite on the newest Twisted ($("$VENV/bin/python" -c 'import twisted; print(twisted.__version__)'))"
@@ -89,7 +92,7 @@ case "$cmd" in
   test-fast)
     ensure_venv
     lint
-    run_pytest "$VENV/bin/python" -m pytest -m "not slow" "$@"
+    run_pytest "$VENV/bin/python" -m pytest -m "not slow and not system and not interop" "$@"
     ;;
   deb)
     ensure_system "${DEB_BUILD_PACKAGES[@]}"

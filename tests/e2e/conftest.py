@@ -57,6 +57,7 @@ def start_server(
     env: dict[str, str] | None = None,
     argv_prefix: tuple[str, ...] = (),
     pass_fds: tuple[int, ...] = (),
+    max_upload_size: str | int = "2G",
 ) -> Server:
     """Write a config under `tmp`, start the server, wait until it is ready.
 
@@ -70,7 +71,7 @@ def start_server(
 listen = {listen_toml}
 upload_prefix = "/upload/"
 storage_dir = "{storage}"
-max_upload_size = "2G"
+max_upload_size = {max_upload_size!r}
 log_level = "debug"
 {server_toml}
 [hmac]
@@ -78,6 +79,7 @@ secret = "{SECRET.decode()}"
 {extra_toml}
 """
     )
+    config_path.chmod(0o600)  # it holds the secret
     environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     process = subprocess.Popen(
         [*argv_prefix, sys.executable, "-m", "hmacfs", "--config", str(config_path), "run"],

@@ -200,12 +200,16 @@ def test_tls_upload_download_versions_and_alpn(tmp_path: Path, ca: TestCA) -> No
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
         cipher = tls.cipher()
         assert cipher is not None and ("GCM" in cipher[0] or "CHACHA20" in cipher[0])
-    # A client offering only h2 gets no ALPN answer, never a protocol it did not offer.
+    # A client offering only h2 is never answered with a protocol it did not offer: it gets
+    # no ALPN answer (or, with Debian's Twisted 22.4, a handshake alert): we speak HTTP/1.1.
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(
-        raw, server_hostname=host
-    ) as tls:
-        assert tls.selected_alpn_protocol() is None
+    try:
+        with socket.create_connection((host, int(port))) as raw, context.wrap_socket(
+            raw, server_hostname=host
+        ) as tls:
+            assert tls.selected_alpn_protocol() is None
+    except ssl.SSLError as e:
+        assert "ALERT" in str(e)
     assert stop_server(server) == 0
 
 

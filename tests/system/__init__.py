@@ -1,0 +1,1 @@
+"""System tests: the package under a real systemd, booted with systemd-nspawn."""
