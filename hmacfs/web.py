@@ -18,6 +18,7 @@ import email.utils
 import io
 import ipaddress
 import mimetypes
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +54,7 @@ from hmacfs.metrics import (
     reason_key,
 )
 from hmacfs.paths import decode_path, file_name, split_target
+from hmacfs.sendfile import SendfileProducer, can_sendfile
 from hmacfs.settings import Config, HttpSettings
 from hmacfs.storage import PartialUpload, Storage, StoredFile
 from hmacfs.units import format_size
@@ -69,6 +71,8 @@ MAX_OTHER_BODY = 64 * 1024
 #: that it gets to read the answer instead of a connection reset.
 LINGER_SECONDS = 5.0
 CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
+#: Files this large or larger are sent with sendfile(2) over plain connections.
+SENDFILE_MIN = 64 * 1024
 #: Response headers a browser script may read (CORS).
 EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
 
@@ -690,6 +694,36 @@ class Root(resource.Resource):  # type: ignore[misc]
 
     # -- GET/HEAD ----------------------------------------------------------------------------
 
+    def _sendfile(
+        self, request: UploadRequest, stored: StoredFile, media_type: str
+    ) -> int | bytes | None:
+        """Serve a GET with sendfile(2); None when static.File should answer instead."""
+        range_header = _header(request, b"range")
+        if range_header is None:
+            first, last = 0, stored.size - 1
+        else:
+            chosen = single_range(range_header, stored.size)
+            if chosen is None:
+                return None
+            first, last = chosen
+        if request.setLastModified(stored.mtime) is http.CACHED:
+            return b""
+        try:
+            fd = os.open(stored.fs_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise NotFound("not found") from None
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-type", media_type.encode("ascii"))
+        request.setHeader(b"content-length", b"%d" % (last - first + 1))
+        if range_header is not None:
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(
+                b"content-range", b"bytes %d-%d/%d" % (first, last, stored.size)
+            )
+        request.write(b"")  # the headers
+        SendfileProducer(request, fd, first, last - first + 1).start()
+        return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
     def _download(self, request: UploadRequest) -> bytes | int:
         raw_path, _ = split_target(request.uri)
         rel = decode_path(raw_path, self.site.config.server.upload_prefix)
@@ -742,10 +776,41 @@ class Root(resource.Resource):  # type: ignore[misc]
             if not still_valid:
                 request.requestHeaders.removeHeader(b"range")
 
+        if request.method == b"GET" and stored.size >= SENDFILE_MIN:
+            transport = request.channel.transport if request.channel is not None else None
+            if can_sendfile(transport):
+                sent = self._sendfile(request, stored, media_type)
+                if sent is not None:
+                    return sent
         served = static.File(str(stored.fs_path))
         served.type = media_type
         served.encoding = None
         return served.render(request)  # type: ignore[no-any-return]
+
+
+def single_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a satisfiable single-range header ("bytes=a-b", "bytes=a-",
+    "bytes=-n"), or None for anything else (several ranges, malformed, unsatisfiable), which
+    twisted.web.static.File then answers (multipart, or 416)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash:
+        return None
+    first_text, last_text = first_text.strip(), last_text.strip()
+    for text in (first_text, last_text):
+        if text and not (text.isascii() and text.isdigit()):
+            return None
+    if first_text == "":
+        if last_text == "" or int(last_text) == 0:
+            return None
+        return max(0, size - int(last_text)), size - 1
+    first = int(first_text)
+    last = size - 1 if last_text == "" else min(int(last_text), size - 1)
+    if first > last or first >= size:
+        return None
+    return first, last
 
 
 def make_site(

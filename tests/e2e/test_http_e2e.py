@@ -305,3 +305,29 @@ def test_prosody_file_share_jwt(server: Server, tmp_path: Path) -> None:
 def test_server_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     assert stop_server(srv) == 0
+
+
+def test_large_file_ranges_and_keep_alive(server: Server, tmp_path: Path) -> None:
+    """Files of 64 KiB and more go out with sendfile(2) on plain connections."""
+    source = tmp_path / "large"
+    write_file(source, 1_000_000)
+    data = source.read_bytes()
+    rel = f"{slot()}/large.bin"
+    assert put(server.url(rel) + f"?v={mac_v1(rel, len(data))}", source) == 201
+    url = server.url(rel)
+    status, headers, body = get(url, "-H", "Range: bytes=1000-1999")
+    assert (status, body) == (206, data[1000:2000])
+    assert headers["content-range"] == "bytes 1000-1999/1000000"
+    assert get(url, "-H", "Range: bytes=-100")[2] == data[-100:]
+    assert get(url, "-H", "Range: bytes=999000-")[2] == data[999000:]
+    assert get(url, "-H", "Range: bytes=999000-5000000")[2] == data[999000:]
+    status, headers, body = get(url, "-H", "Range: bytes=0-9,20-29")
+    assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
+    assert get(url, "-H", "Range: bytes=2000000-")[0] == 416
+    _, headers, _ = get(url)
+    assert get(url, "-H", f"If-Modified-Since: {headers['last-modified']}")[0] == 304
+    # Several requests on one connection: each answer complete and in order.
+    first, second = tmp_path / "1", tmp_path / "2"
+    result = curl("-o", str(first), url, "-o", str(second), url, "-w", "%{num_connects} ")
+    assert first.read_bytes() == data and second.read_bytes() == data
+    assert result.stdout.split() == [b"1", b"0"]

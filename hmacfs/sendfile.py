@@ -1,0 +1,130 @@
+"""GET bodies over plain TCP or Unix sockets with sendfile(2): the kernel copies file to socket.
+
+How it fits Twisted: the response headers go out through the request as usual. Then, for the
+length of the body, this producer stands in for the HTTP channel as the *transport's* pull
+producer. A transport asks its pull producer for more exactly when its own write buffer is
+empty (`FileDescriptor.doWrite`), which is the only moment it is safe to write to the socket
+behind its back; after each sendfile the producer asks to be woken when the socket is writable
+again (`startWriting`). When the body is complete the channel is put back as the transport's
+producer and the request finishes normally (keep-alive, pipelining and logging unchanged).
+
+Each wake-up sends at most `CHUNK` bytes, so a large download never holds the reactor for
+long. TLS transports are not file descriptors of their own: they keep Twisted's producer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.logger import Logger
+from zope.interface import implementer
+
+#: Bytes per sendfile call (one reactor turn).
+CHUNK = 4 * 1024 * 1024
+
+_log = Logger(namespace="hmacfs.sendfile")
+
+
+def can_sendfile(transport: Any) -> bool:
+    """Whether `transport` is a plain socket transport this module can drive."""
+    return (
+        transport is not None
+        and not ISSLTransport.providedBy(transport)
+        and hasattr(transport, "startWriting")
+        and hasattr(transport, "socket")
+        and hasattr(transport, "registerProducer")
+        and getattr(transport, "producer", None) is not None
+    )
+
+
+@implementer(IPullProducer)
+class SendfileProducer:
+    """Sends bytes [offset, offset + count) of an open file to the request's socket."""
+
+    def __init__(self, request: Any, fd: int, offset: int, count: int) -> None:
+        self.request = request
+        self.channel = request.channel
+        self.transport = self.channel.transport
+        self.fd = fd
+        self.offset = offset
+        self.left = count
+        self.sent = 0
+        self._primed = False
+        self._done = False
+
+    def start(self) -> None:
+        """Take over from the channel; the headers must already have been written."""
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self._done:
+            return
+        if not self._primed:
+            # Called at registration: the headers may still sit in the transport's buffer.
+            # Let it flush them; it calls back here once its buffer is empty.
+            self._primed = True
+            self.transport.startWriting()
+            return
+        if self.left <= 0:
+            self._finish()
+            return
+        try:
+            sent = os.sendfile(
+                self.transport.socket.fileno(), self.fd, self.offset, min(self.left, CHUNK)
+            )
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                sent = 0
+            else:
+                # The peer went away (EPIPE, ECONNRESET): the transport notices on its own.
+                self._close()
+                self.transport.unregisterProducer()
+                self.transport.loseConnection()
+                return
+        if sent == 0 and self.left > 0 and not self._socket_writable_soon():
+            self._finish_truncated()
+            return
+        self.offset += sent
+        self.left -= sent
+        self.sent += sent
+        if self.left <= 0:
+            self._finish()
+        else:
+            self.transport.startWriting()
+
+    def _socket_writable_soon(self) -> bool:
+        # sendfile returning 0 with bytes left means end of file: the file shrank under us.
+        # (EAGAIN raises instead.) Stored files are never modified, so this is a bug or an
+        # admin's hand; end the connection rather than send a short body silently.
+        return False
+
+    def _finish_truncated(self) -> None:
+        _log.error("file shrank while being sent; closing the connection")
+        self._close()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _finish(self) -> None:
+        self._close()
+        transport, channel, request = self.transport, self.channel, self.request
+        transport.unregisterProducer()
+        if transport.connected and not transport.disconnecting:
+            transport.registerProducer(channel, True)
+        request.sentLength += self.sent
+        if not request._disconnected:
+            request.finish()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            os.close(self.fd)
+
+    def stopProducing(self) -> None:
+        # The connection is gone; the channel tells the request.
+        self._close()
