@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 from hmacfs import __version__, auth, config
 from hmacfs.config import ConfigError
 from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
+from hmacfs.systemd import stream_is_journal
 
 DEFAULT_CONFIG = Path("/etc/hmac-file-server/config.toml")
 #: Exit statuses (documented in hmac-file-server(8)).
@@ -260,5 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args, sys.stdout)
     except ConfigError as e:
-        print(f"hmac-file-server: {e}", file=sys.stderr)
+        # Under systemd, "<3>" makes it an error in the journal (sd-daemon(3)).
+        priority = "<3>" if stream_is_journal(sys.stderr) else ""
+        print(f"{priority}hmac-file-server: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -8,7 +8,6 @@ timestamp and the level.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -21,6 +20,8 @@ from twisted.logger import (
     globalLogBeginner,
 )
 from zope.interface import implementer
+
+from hmacfs.systemd import stream_is_journal
 
 #: sd-daemon(3) priorities for Twisted's levels.
 PRIORITY = {
@@ -36,19 +37,6 @@ LEVELS = {
     "warning": LogLevel.warn,
     "error": LogLevel.error,
 }
-
-
-def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether `stream` is connected to the journal (JOURNAL_STREAM, systemd.exec(5))."""
-    env = os.environ if environ is None else environ
-    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
-    if not (device.isdigit() and inode.isdigit()):
-        return False
-    try:
-        st = os.fstat(stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
 def _level_of(event: Mapping[str, Any]) -> LogLevel:

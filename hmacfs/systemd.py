@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 SD_LISTEN_FDS_START = 3
 
@@ -119,3 +119,16 @@ def socket_family(fd: int) -> int:
         return int(probe.family)
     finally:
         probe.close()
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is connected to the journal (JOURNAL_STREAM, systemd.exec(5))."""
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
