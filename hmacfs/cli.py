@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 from hmacfs import __version__, auth, config
-from hmacfs.config import ConfigError
+from hmacfs.config import ConfigError, parse_listen
 from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
 from hmacfs.systemd import stream_is_journal
 
@@ -30,13 +30,18 @@ DEV_SAMPLE = b"hello from hmac-file-server\n"
 
 
 def base_url(cfg: Config) -> str:
-    """Where clients reach the server: `public_url`, else the first TCP listener."""
+    """Where clients reach the server: `public_url`, else the first TCP listener.
+
+    Raises ValueError when neither says (only Unix or socket-activated listeners)."""
     if cfg.server.public_url:
         return cfg.server.public_url.rstrip("/")
     for entry in cfg.server.listen:
-        if not entry.startswith("unix:"):
-            return f"http://{entry}"
-    return "http://localhost"
+        listener = parse_listen(entry)
+        if listener.endpoint is None or entry.startswith("unix:"):
+            continue
+        address = entry.split("://", 1)[-1]
+        return f"{'https' if listener.tls else 'http'}://{address}"
+    raise ValueError("set [server] public_url: no listener says where clients reach the server")
 
 
 def upload_url(cfg: Config, rel: str) -> str:
@@ -89,7 +94,11 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
     cfg = _load(args.config)
     if args.file is not None:
-        size = os.path.getsize(args.file)
+        try:
+            size = os.path.getsize(args.file)
+        except OSError as e:
+            print(f"sign: {args.file}: {e.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
     elif args.size is not None:
         size = args.size
     else:
@@ -238,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="signing scheme (default: v2)",
     )
     sign.add_argument(
-        "--lifetime", type=float, default=300.0, help="seconds the URL stays valid (v3, jwt)"
+        "--lifetime",
+        type=float,
+        default=300.0,
+        help="seconds the URL stays valid (v3, jwt, basic, cookie, x-hmac)",
     )
     dev = sub.add_parser("dev", help="run a development server with a generated secret")
     dev.add_argument("--port", type=int, default=5050)

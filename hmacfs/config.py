@@ -6,7 +6,8 @@ file and the key. `describe` writes a `Config` back as TOML for `check-config`,
 `listen_endpoint` turns a `listen` entry into a Twisted endpoint description, and
 `development_config` is the built-in default for running from a checkout.
 
-The file has three sections, `[server]`, `[hmac]` and `[http]`; every key is optional except
+The file has five sections, `[server]`, `[hmac]`, `[http]`, `[tls]` and `[metrics]`; every key
+is optional except
 that `[hmac]` needs exactly one of `secret` and `secret_file`. Unknown sections and keys are
 errors (a typo would otherwise silently leave a default in place).
 """

@@ -309,7 +309,7 @@ class UploadService(MultiService):  # type: ignore[misc]
         for warning in new.warnings:
             _log.warn("config: {warning}", warning=warning)
         old = self.config
-        for key in ("listen", "storage_dir"):
+        for key in ("listen", "storage_dir", "sweep_interval"):
             if getattr(old.server, key) != getattr(new.server, key):
                 _log.warn("[server] {key} changed: restart the service to apply it", key=key)
         if old.metrics.listen != new.metrics.listen:
@@ -317,7 +317,10 @@ class UploadService(MultiService):  # type: ignore[misc]
         applied = replace(
             new,
             server=replace(
-                new.server, listen=old.server.listen, storage_dir=old.server.storage_dir
+                new.server,
+                listen=old.server.listen,
+                storage_dir=old.server.storage_dir,
+                sweep_interval=old.server.sweep_interval,
             ),
             metrics=replace(new.metrics, listen=old.metrics.listen),
         )

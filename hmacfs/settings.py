@@ -50,7 +50,7 @@ class ServerSettings:
     log_level: str = "info"
     #: On SIGTERM, uploads in flight get this long to finish before they are cut off.
     shutdown_timeout: float = 30.0
-    #: Peers (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    #: Peers (addresses or networks) whose X-Forwarded-For is believed (for the log).
     trusted_proxies: tuple[str, ...] = ()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -71,7 +72,7 @@ def start_server(
 listen = {listen_toml}
 upload_prefix = "/upload/"
 storage_dir = "{storage}"
-max_upload_size = {max_upload_size!r}
+max_upload_size = {json.dumps(max_upload_size)}
 log_level = "debug"
 {server_toml}
 [hmac]
