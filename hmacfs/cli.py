@@ -118,32 +118,71 @@ def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def serve(cfg: Config, on_ready: Callable[[list[str]], None] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
+def serve(
+    cfg: Config,
+    on_ready: Callable[[list[str]], None] | None = None,
+    *,
+    worker: bool = False,
+) -> int:
+    """Run the server until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status.
+
+    With `[server] workers` other than 1 (and a configuration file for the workers to read),
+    this process supervises worker processes; `worker` is the mode of such a worker.
+    """
+    import shutil
     import signal
 
     from hmacfs.systemd import Notifier, activated_sockets
+    from hmacfs.workers import multiprocess_dir, worker_config, worker_count, worker_plan
 
     # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
     # activation variables for itself when it is first imported.
     activated = activated_sockets()
+    plan = worker_plan() if worker else None
+    if worker and plan is None:
+        print("hmac-file-server: the worker command is for the supervisor only", file=sys.stderr)
+        return EXIT_CONFIG
+    count = 1 if plan is not None or cfg.source is None else worker_count(cfg.server.workers)
+    metrics_dir = None
+    if count > 1:
+        # Before prometheus_client is imported: it chooses multi-process mode at import.
+        metrics_dir = multiprocess_dir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
     from hmacfs.logs import start_logging
     from hmacfs.service import make_service
+    from hmacfs.workers import StatusPipe, Supervisor, ignore_hangup
 
     reactor: Any = global_reactor
     log = Logger(namespace="hmacfs")
     observer = start_logging(cfg.server.log_level)
-    for warning in cfg.warnings:
-        log.warn("config: {warning}", warning=warning)
-    notifier = Notifier()
+    if plan is None:
+        for warning in cfg.warnings:
+            log.warn("config: {warning}", warning=warning)
+    notifier = Notifier() if plan is None else Notifier({})
+    service: Any
     try:
-        service = make_service(
-            cfg, reactor, notifier=notifier, observer=observer, activated=activated
-        )
+        if plan is not None:
+            service = make_service(
+                worker_config(cfg, plan),
+                reactor,
+                notifier=notifier,
+                observer=observer,
+                activated=plan.activated,
+                status=StatusPipe(plan.status_fd, reactor),
+            )
+        elif count > 1:
+            service = Supervisor(
+                cfg, reactor, count=count, notifier=notifier, activated=activated,
+                observer=observer,
+            )
+        else:
+            service = make_service(
+                cfg, reactor, notifier=notifier, observer=observer, activated=activated
+            )
     except OSError as e:
         print(
             f"hmac-file-server: cannot use storage_dir {cfg.server.storage_dir}: {e.strerror}",
@@ -156,6 +195,8 @@ def serve(cfg: Config, on_ready: Callable[[list[str]], None] | None = None) -> i
         service.startService()
 
         def listening(addresses: list[str]) -> None:
+            if plan is not None:
+                return
             log.info(
                 "hmac-file-server {version} ready; storing in {storage}",
                 version=__version__,
@@ -173,18 +214,30 @@ def serve(cfg: Config, on_ready: Callable[[list[str]], None] | None = None) -> i
 
         service.started.addCallbacks(listening, failed)
 
-    def hangup(signum: int, frame: object) -> None:
-        reactor.callFromThread(service.reload)
+    if plan is not None:
+        ignore_hangup()
+    else:
 
-    signal.signal(signal.SIGHUP, hangup)
+        def hangup(signum: int, frame: object) -> None:
+            reactor.callFromThread(service.reload)
+
+        signal.signal(signal.SIGHUP, hangup)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
+    try:
+        reactor.run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return status[0]
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return serve(_load(args.config))
+
+
+def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
+    return serve(_load(args.config), worker=True)
 
 
 def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
@@ -252,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds the URL stays valid (v3, jwt, basic, cookie, x-hmac)",
     )
+    # Started by the supervisor for each worker process; not for people (hence no help).
+    sub.add_parser("worker")
     dev = sub.add_parser("dev", help="run a development server with a generated secret")
     dev.add_argument("--port", type=int, default=5050)
     dev.add_argument("--dir", default=".", help="base directory; files go to DIR/var/files")
@@ -263,6 +318,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "check-config": cmd_check_config,
     "sign": cmd_sign,
     "dev": cmd_dev,
+    "worker": cmd_worker,
 }
 
 

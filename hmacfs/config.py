@@ -61,6 +61,7 @@ SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "fsync",
             "log_level",
             "shutdown_timeout",
+            "workers",
             "trusted_proxies",
         ),
         "hmac": (
@@ -410,6 +411,7 @@ def _server(section: _Section) -> ServerSettings:
         fsync=section.boolean("fsync", default.fsync),
         log_level=section.choice("log_level", default.log_level, LOG_LEVELS),
         shutdown_timeout=section.seconds("shutdown_timeout", default.shutdown_timeout),
+        workers=_workers(section, default.workers),
         trusted_proxies=_trusted_proxies(section),
     )
 
@@ -423,6 +425,22 @@ def _check_listeners(section: _Section, key: str, listen: Sequence[str]) -> None
     duplicates = sorted({entry for entry in listen if listen.count(entry) > 1})
     if duplicates:
         raise section.error(key, f"{show(duplicates[0])} is listed twice")
+
+
+MAX_WORKERS: Final = 256
+
+
+def _workers(section: _Section, default: int) -> int:
+    value = section.table.get("workers", default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise section.error(
+            "workers", f"expected an integer (0 for one per core), {section._got('workers', value)}"
+        )
+    if not 0 <= value <= MAX_WORKERS:
+        raise section.error(
+            "workers", f"{value} is out of range: 0 (one per core) to {MAX_WORKERS}"
+        )
+    return value
 
 
 def _trusted_proxies(section: _Section) -> tuple[str, ...]:
@@ -912,6 +930,7 @@ def describe(config: Config) -> str:
         f"fsync = {_toml(server.fsync)}",
         f"log_level = {_toml(server.log_level)}",
         f"shutdown_timeout = {_toml(format_duration(server.shutdown_timeout))}",
+        f"workers = {server.workers}",
         f"trusted_proxies = {_toml(server.trusted_proxies)}",
         "",
         "[hmac]",

@@ -32,6 +32,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -155,11 +156,15 @@ class Metrics:
         Raises ValueError if `registry` already holds metrics of the same names (a second
         `Metrics` on one registry).
         """
+        #: With worker processes, every process writes its values to files in this directory
+        #: and /metrics adds them up (prometheus-client's multi-process mode).
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         if registry is None:
             registry = CollectorRegistry()
-            ProcessCollector(registry=registry)  # silently empty where there is no /proc
-            PlatformCollector(registry=registry)
-            GCCollector(registry=registry)  # registers nothing outside CPython
+            if self.multiprocess_dir is None:
+                ProcessCollector(registry=registry)  # silently empty where there is no /proc
+                PlatformCollector(registry=registry)
+                GCCollector(registry=registry)  # registers nothing outside CPython
         self.registry = registry
         # Counter names are given without "_total": prometheus-client appends it.
         self._uploads = Counter(
@@ -177,6 +182,7 @@ class Metrics:
             "hmacfs_uploads_in_flight",
             "Uploads whose body is being received or committed.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self._duration = Histogram(
             "hmacfs_upload_duration_seconds",
@@ -211,11 +217,13 @@ class Metrics:
             "hmacfs_storage_files",
             "Files in the storage directory at the last sweep.",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self._storage_bytes = Gauge(
             "hmacfs_storage_bytes",
             "Total size of the files in the storage directory at the last sweep.",
             registry=registry,
+            multiprocess_mode="livemax",
         )
 
     def upload_started(self) -> None:
@@ -270,6 +278,10 @@ class Metrics:
 
         Raises whatever a collector raises (the metrics defined here raise nothing).
         """
+        if self.multiprocess_dir is not None:
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined, path=self.multiprocess_dir)
+            return generate_latest(combined), CONTENT_TYPE
         return generate_latest(self.registry), CONTENT_TYPE
 
 

@@ -13,6 +13,7 @@ Life of the process (cli.serve drives it):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -94,8 +95,11 @@ class Listeners(Service):  # type: ignore[misc]
                 )
             try:
                 port = self.reactor.adoptStreamPort(fd, socket_family(fd), factory)
-            except Exception as e:
+            except Exception as e:  # reported as a listen failure
                 return defer.fail(e)
+            # The port works on a duplicate: close the original, or the socket would keep
+            # accepting connections after stopListening.
+            os.close(fd)
             return defer.succeed((port, listener.tls))
         assert listener.endpoint is not None
         d: defer.Deferred[Any] = serverFromString(self.reactor, listener.endpoint).listen(factory)
@@ -186,8 +190,11 @@ class UploadService(MultiService):  # type: ignore[misc]
         notifier: Notifier | None = None,
         observer: LineObserver | None = None,
         activated: ActivatedSockets | None = None,
+        status: Any = None,
     ) -> None:
         super().__init__()
+        #: A worker's pipe to its supervisor (None when this process stands alone).
+        self.status_pipe = status
         self.config = config
         self.reactor = reactor
         self.notifier = notifier or Notifier({})
@@ -217,7 +224,8 @@ class UploadService(MultiService):  # type: ignore[misc]
             self.metrics_listeners.setServiceParent(self)
         self.sweeper = Sweeper(self.site, config.server.sweep_interval)
         self.sweeper.clock = reactor
-        self.sweeper.setServiceParent(self)
+        if status is None:  # workers leave sweeping to their supervisor
+            self.sweeper.setServiceParent(self)
         self._status = LoopingCall(self.update_status)
         self._status.clock = reactor
         self._watchdog: LoopingCall | None = None
@@ -237,6 +245,15 @@ class UploadService(MultiService):  # type: ignore[misc]
             described = self.listeners.describe()
             if self.metrics_listeners is not None:
                 described += [f"{d} (metrics)" for d in self.metrics_listeners.describe()]
+            if self.status_pipe is not None:
+                # A worker: its supervisor tells the world, once every worker is ready.
+                self.status_pipe.send("ready")
+                self._status = LoopingCall(
+                    lambda: self.status_pipe.send(f"beat {len(self.site.in_flight)}")
+                )
+                self._status.clock = self.reactor
+                self._status.start(1.0, now=True)
+                return described
             for address in described:
                 _log.info("listening on {address}", address=address)
             if self.tls is not None:
@@ -398,9 +415,10 @@ def make_service(
     notifier: Notifier | None = None,
     observer: LineObserver | None = None,
     activated: ActivatedSockets | None = None,
+    status: Any = None,
 ) -> UploadService:
     """Build the service tree for `config` on `reactor` (nothing starts until startService)."""
     return UploadService(
-        config, reactor, notifier=notifier, observer=observer, activated=activated
+        config, reactor, notifier=notifier, observer=observer, activated=activated, status=status
     )
 

@@ -50,6 +50,9 @@ class ServerSettings:
     log_level: str = "info"
     #: On SIGTERM, uploads in flight get this long to finish before they are cut off.
     shutdown_timeout: float = 30.0
+    #: Worker processes sharing the listening sockets: 0 for one per core, 1 for a single
+    #: process (no supervisor).
+    workers: int = 0
     #: Peers (addresses or networks) whose X-Forwarded-For is believed (for the log).
     trusted_proxies: tuple[str, ...] = ()
 

@@ -193,6 +193,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         #: Uploads receiving or committing a body, with their requests (to cut them off).
         self.in_flight: dict[PartialUpload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
+        #: Requests being answered (downloads included), so that a stop lets them finish.
+        self.active: set[UploadRequest] = set()
         #: Open connections, so that shutdown can close them after their last answer.
         self.channels: set[UploadChannel] = set()
         self._closed_waiters: list[defer.Deferred[None]] = []
@@ -315,17 +317,28 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def forget(self, upload: PartialUpload) -> None:
         self.in_flight.pop(upload, None)
-        if not self.in_flight:
+        self._check_drained()
+
+    def request_started(self, request: UploadRequest) -> None:
+        self.active.add(request)
+
+    def request_ended(self, request: UploadRequest) -> None:
+        self.active.discard(request)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self.in_flight and not self.active:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
 
     def drain(self, timeout: float) -> defer.Deferred[int]:
-        """Fire once no upload is in flight. After `timeout` seconds, cut off the uploads still
-        receiving their body (as a client disconnect would) and wait for those already being
-        committed. The result is how many uploads were cut off."""
+        """Fire once no upload is in flight and no request is being answered (a download).
+        After `timeout` seconds, cut off what is still going on (an upload's body as a client
+        disconnect would) and wait for the uploads already being committed. The result is how
+        many uploads were cut off."""
         cut = [0]
-        if not self.in_flight:
+        if not self.in_flight and not self.active:
             return defer.succeed(0)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._drain_waiters.append(waiter)
@@ -335,6 +348,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
                 if not request.committing and request.channel is not None:
                     cut[0] += 1
                     transport: Any = request.channel.transport
+                    transport.abortConnection()
+            for request in list(self.active):
+                if request.upload is None and request.channel is not None:
+                    transport = request.channel.transport
                     transport.abortConnection()
 
         call = self.clock.callLater(timeout, cut_off)
@@ -435,6 +452,7 @@ class UploadRequest(server.Request):  # type: ignore[misc]
 
     upload: PartialUpload | None = None
     upload_site: UploadSite | None = None
+    _site: UploadSite | None = None
     grant: auth.Grant | None = None
     rel: str | None = None
     existing_digest: str | None = None
@@ -476,10 +494,24 @@ class UploadRequest(server.Request):  # type: ignore[misc]
         site.forget(upload)
         site.upload_ended(self, status)
 
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, UploadSite):
+            self._site = site
+            site.request_started(self)
+        super().process()
+
+    def finish(self) -> None:
+        super().finish()
+        if self._site is not None:
+            self._site.request_ended(self)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away mid-body leaves nothing visible; retrying the slot works.
         self._drop_upload(DISCONNECTED)
         super().connectionLost(reason)
+        if self._site is not None:
+            self._site.request_ended(self)
 
 
 class UploadChannel(http.HTTPChannel):  # type: ignore[misc]

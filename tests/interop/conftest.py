@@ -3,6 +3,10 @@
 Every server is started once per session on loopback with free ports, in directories of this
 session, and stopped at the end; a session finalizer then checks with pgrep that no process
 of this session is left. The summary table is printed by `pytest_terminal_summary`.
+
+One hmacfs serves both schemes: a plain listener and its built-in TLS listener, with a
+certificate for `localhost` from a CA made for this session (`https_ca`). One Prosody and one
+ejabberd serve both schemes too (a virtual host per scheme).
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.certs import TestCA
 from tests.conftest import SECRET
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.interop.matrix import (
@@ -27,9 +33,12 @@ from tests.interop.matrix import (
     FILES,
     MODE_DESCRIPTIONS,
     OUR_LIMIT,
+    SCHEME_DESCRIPTIONS,
+    SCHEMES,
     XMPP_LIMIT,
     CellResult,
     format_table,
+    url_scheme,
 )
 from tests.interop.xmpp_servers import (
     Account,
@@ -48,7 +57,7 @@ MARKER = "interop"
 PASSWORD = "interop-password"
 
 RESULTS = pytest.StashKey[list[CellResult]]()
-CELL = pytest.StashKey[tuple[str, str, str]]()
+CELL = pytest.StashKey[tuple[str, str, str, str]]()
 REASON = pytest.StashKey[str]()
 
 
@@ -113,8 +122,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if item.get_closest_marker(MARKER) and callspec is not None:
             params = callspec.params
-            if {"mode", "client", "file_case"} <= params.keys():
-                item.stash[CELL] = (params["mode"], params["client"], params["file_case"].key)
+            if {"mode", "scheme", "client", "file_case"} <= params.keys():
+                item.stash[CELL] = (
+                    params["mode"],
+                    params["scheme"],
+                    params["client"],
+                    params["file_case"].key,
+                )
 
 
 # -- results table ----------------------------------------------------------------------------
@@ -142,9 +156,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     results = terminalreporter.config.stash.get(RESULTS, [])
     if not results:
         return
-    terminalreporter.write_sep("=", "XEP-0363 interop matrix (server mode x client x file)")
+    terminalreporter.write_sep(
+        "=", "XEP-0363 interop matrix (server mode x scheme x client x file)"
+    )
     for mode, description in MODE_DESCRIPTIONS.items():
-        terminalreporter.write_line(f"{mode:<12} {description}")
+        terminalreporter.write_line(f"{mode:<15} {description}")
+    for scheme, description in SCHEME_DESCRIPTIONS.items():
+        terminalreporter.write_line(f"{scheme:<15} {description}")
     terminalreporter.write_line(
         f"limits: hmacfs max_upload_size {OUR_LIMIT} bytes, XMPP servers {XMPP_LIMIT} bytes"
     )
@@ -190,15 +208,40 @@ def nothing_left_running(interop_dir: Path, session_token: str) -> Iterator[None
     assert not leftovers, "processes left running (now killed):\n" + "\n".join(leftovers)
 
 
-def start_upload_server(directory: Path, max_upload_size: int) -> Server:
-    """Start hmacfs with `max_upload_size` (through tests.e2e.conftest.start_server)."""
+@dataclass(frozen=True)
+class HTTPSCertificate:
+    """hmacfs's TLS certificate and the CA files the clients are given to trust."""
+
+    certificate: Path  # for `localhost` only: an https://127.0.0.1 URL fails verification
+    key: Path
+    ca: Path  # the CA that issued `certificate`
+    wrong_ca: Path  # an unrelated CA (same subject name), for the wrong-CA cells
+
+
+def start_upload_server(directory: Path, max_upload_size: int, tls: HTTPSCertificate) -> Server:
+    """Start hmacfs with `max_upload_size`, a plain and a TLS listener on loopback (through
+    tests.e2e.conftest.start_server)."""
     directory.mkdir(parents=True, exist_ok=True)
-    return start_server(directory, max_upload_size=max_upload_size)
+    return start_server(
+        directory,
+        max_upload_size=max_upload_size,
+        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
+        extra_toml=f'[tls]\ncertificate = "{tls.certificate}"\nkey = "{tls.key}"\n',
+    )
 
 
 @pytest.fixture(scope="session")
-def upload_server(interop_dir: Path) -> Iterator[Server]:
-    server = start_upload_server(interop_dir / "hmacfs", OUR_LIMIT)
+def https_certificate(interop_dir: Path) -> HTTPSCertificate:
+    ca = TestCA(interop_dir / "https-ca", name="hmacfs interop test CA")
+    leaf = ca.issue("hmacfs", hosts=("localhost",))
+    # Same subject name as the real CA, another key: only the signature tells them apart.
+    wrong = TestCA(interop_dir / "wrong-ca", name="hmacfs interop test CA")
+    return HTTPSCertificate(leaf.certificate, leaf.key, ca.path, wrong.path)
+
+
+@pytest.fixture(scope="session")
+def upload_server(interop_dir: Path, https_certificate: HTTPSCertificate) -> Iterator[Server]:
+    server = start_upload_server(interop_dir / "hmacfs", OUR_LIMIT, https_certificate)
     try:
         yield server
     finally:
@@ -208,35 +251,47 @@ def upload_server(interop_dir: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
-def upload_target(upload_server: Server) -> UploadTarget:
-    """The one place that decides the upload URL's scheme (plain HTTP for now; an HTTPS
-    hmacfs with its certificate becomes another target here, and the clients and downloads
-    then need that certificate as well)."""
-    return UploadTarget(
-        base_url=f"{upload_server.base}/upload", secret=SECRET.decode(), xmpp_limit=XMPP_LIMIT
-    )
+def upload_targets(upload_server: Server) -> dict[str, UploadTarget]:
+    """The one place that decides the upload URLs: {scheme: target}.
+
+    The HTTPS URL names `localhost` (the name in hmacfs's certificate) with the port of the
+    TLS listener, which listens on 127.0.0.1 (what `localhost` resolves to here).
+    """
+    tls_address = next(a for a in upload_server.addresses if a.startswith("https://"))
+    tls_port = int(tls_address.rsplit(":", 1)[1])
+    bases = {"http": upload_server.base, "https": f"https://localhost:{tls_port}"}
+    assert set(bases) == set(SCHEMES)
+    return {
+        scheme: UploadTarget(
+            base_url=f"{base}/upload", secret=SECRET.decode(), xmpp_limit=XMPP_LIMIT
+        )
+        for scheme, base in bases.items()
+    }
 
 
 @pytest.fixture(scope="session")
 def certificate(interop_dir: Path) -> Certificate:
-    return make_certificate(interop_dir / "tls", Prosody.domains + Ejabberd.domains)
+    """The XMPP servers' self-signed c2s certificate (not hmacfs's: see https_certificate)."""
+    domains = Prosody.domains(SCHEMES) + Ejabberd.domains(SCHEMES)
+    return make_certificate(interop_dir / "tls", domains)
 
 
 @pytest.fixture(scope="session")
 def prosody(
-    interop_dir: Path, upload_target: UploadTarget, certificate: Certificate
-) -> Iterator[dict[str, dict[str, Account]]]:
-    """Prosody with one VirtualHost per mode: {mode: {client: account}}."""
-    server = Prosody(interop_dir / "prosody", upload_target, certificate)
+    interop_dir: Path, upload_targets: dict[str, UploadTarget], certificate: Certificate
+) -> Iterator[dict[str, dict[str, dict[str, Account]]]]:
+    """Prosody with one VirtualHost per mode and scheme: {mode: {scheme: {client: account}}}."""
+    server = Prosody(interop_dir / "prosody", upload_targets, certificate)
     server.write_config()
-    domains = {
-        "prosody-v1": server.v1_domain,
-        "prosody-v2": server.v2_domain,
-        "prosody-jwt": server.jwt_domain,
-    }
     accounts = {
-        mode: {client: server.register(client, domain, PASSWORD) for client in CLIENTS}
-        for mode, domain in domains.items()
+        f"prosody-{kind}": {
+            scheme: {
+                client: server.register(client, server.domain(kind, scheme), PASSWORD)
+                for client in CLIENTS
+            }
+            for scheme in upload_targets
+        }
+        for kind in server.kinds
     }
     server.start()
     try:
@@ -247,26 +302,38 @@ def prosody(
 
 @pytest.fixture(scope="session")
 def ejabberd(
-    interop_dir: Path, upload_target: UploadTarget, certificate: Certificate, session_token: str
-) -> Iterator[dict[str, dict[str, Account]]]:
-    """An ejabberd node: {"ejabberd": {client: account}}."""
-    server = Ejabberd(upload_target, certificate, session_token)
+    interop_dir: Path,
+    upload_targets: dict[str, UploadTarget],
+    certificate: Certificate,
+    session_token: str,
+) -> Iterator[dict[str, dict[str, dict[str, Account]]]]:
+    """An ejabberd node, a virtual host per scheme: {"ejabberd": {scheme: {client: account}}}."""
+    server = Ejabberd(upload_targets, certificate, session_token)
     try:
         server.write_config()
         server.start()
-        yield {"ejabberd": {client: server.register(client, PASSWORD) for client in CLIENTS}}
+        yield {
+            "ejabberd": {
+                scheme: {
+                    client: server.register(client, server.domain(scheme), PASSWORD)
+                    for client in CLIENTS
+                }
+                for scheme in upload_targets
+            }
+        }
     finally:
         server.stop()
         server.remove(keep_logs_in=interop_dir / "ejabberd-logs")
 
 
 @pytest.fixture
-def account(request: pytest.FixtureRequest, mode: str, client: str) -> Account:
-    """The account `client` logs in with on the server that provides `mode`; that server is
-    started on first use and shared by the rest of the session."""
+def account(request: pytest.FixtureRequest, mode: str, scheme: str, client: str) -> Account:
+    """The account `client` logs in with on the virtual host that provides `mode` with slot
+    URLs of `scheme`'s URL scheme; its server is started on first use and shared by the rest
+    of the session."""
     servers = "ejabberd" if mode == "ejabberd" else "prosody"
-    accounts: dict[str, dict[str, Account]] = request.getfixturevalue(servers)
-    return accounts[mode][client]
+    accounts: dict[str, dict[str, dict[str, Account]]] = request.getfixturevalue(servers)
+    return accounts[mode][url_scheme(scheme)][client]
 
 
 @pytest.fixture(scope="session")
@@ -291,4 +358,3 @@ def record_reason(request: pytest.FixtureRequest) -> Callable[[str], None]:
         request.node.stash[REASON] = reason
 
     return record
-

@@ -1,6 +1,14 @@
-"""What the interop matrix runs and what it expects: modes, clients, files, size limits.
+"""What the interop matrix runs and what it expects: modes, schemes, clients, files, limits.
 
 Pure data and functions (no processes), shared by the test module and conftest's summary.
+
+Schemes: every mode x client x file cell runs twice, with the XMPP server handing out
+`http://127.0.0.1:PORT/upload/...` URLs (hmacfs's plain listener) and
+`https://localhost:PORT/upload/...` URLs (hmacfs's built-in TLS listener, a certificate for
+`localhost` only, issued by a CA made for this session). Clients and the test's downloads
+verify that certificate against that CA, hostname included; nothing disables verification.
+`https-wrong-ca` cells prove it: the same HTTPS slots, but the client trusts only a
+different CA, so the PUT must fail on the certificate and nothing may be stored.
 
 Size limits, and where each over-limit file is refused:
 - hmacfs `max_upload_size` is `OUR_LIMIT` (8 MiB); every XMPP server announces and enforces
@@ -33,6 +41,18 @@ MODE_DESCRIPTIONS = {
     "ejabberd": "ejabberd 23.01 mod_http_upload, external_secret (?v=)",
 }
 CLIENTS = ("slixmpp", "nbxmpp")
+SCHEMES = ("http", "https")
+WRONG_CA = "https-wrong-ca"
+SCHEME_DESCRIPTIONS = {
+    "http": "hmacfs plain listener, http://127.0.0.1:PORT/upload",
+    "https": "hmacfs built-in TLS, https://localhost:PORT/upload, certificate from the test CA",
+    WRONG_CA: "the https slots, but the client trusts only a different CA: the PUT must fail",
+}
+
+
+def url_scheme(scheme: str) -> str:
+    """The scheme of the slot URLs a cell's XMPP server hands out ("http" or "https")."""
+    return "https" if scheme.startswith("https") else "http"
 
 
 class Expect(enum.Enum):
@@ -42,6 +62,7 @@ class Expect(enum.Enum):
     SLOT_REFUSED = "slot refused by the XMPP server"
     PUT_TOO_LARGE = "slot granted, PUT refused by hmacfs with 413"
     CLIENT_REFUSED = "refused by the client before any slot request"
+    CERTIFICATE_REFUSED = "slot granted, PUT refused by the client: certificate not trusted"
 
 
 @dataclass(frozen=True)
@@ -80,14 +101,20 @@ FILES = (
 )
 
 
-def expected(mode: str, file: FileCase) -> Expect:
-    """The outcome a correct upload server gives for `file` uploaded through `mode`."""
+def expected(mode: str, scheme: str, file: FileCase) -> Expect:
+    """The outcome a correct upload server gives for `file` uploaded through `mode`.
+
+    The same over http and https; only a client that does not trust the certificate
+    (`WRONG_CA`) stops at the PUT, before hmacfs can say anything.
+    """
     if file.size > XMPP_LIMIT:
         return Expect.CLIENT_REFUSED
-    if file.size > OUR_LIMIT:
-        return Expect.PUT_TOO_LARGE
     if file.size == 0 and mode == "ejabberd":
         return Expect.SLOT_REFUSED
+    if scheme == WRONG_CA:
+        return Expect.CERTIFICATE_REFUSED
+    if file.size > OUR_LIMIT:
+        return Expect.PUT_TOO_LARGE
     return Expect.STORED
 
 
@@ -96,6 +123,7 @@ class CellResult:
     """One line of the summary table."""
 
     mode: str
+    scheme: str
     client: str
     file: str
     passed: bool
@@ -104,12 +132,15 @@ class CellResult:
 
 def format_table(results: list[CellResult]) -> list[str]:
     """The summary table, one line per cell, columns aligned."""
-    header = ("mode", "client", "file", "result", "reason")
-    rows = [(r.mode, r.client, r.file, "PASS" if r.passed else "FAIL", r.reason) for r in results]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    header = ("mode", "scheme", "client", "file", "result", "reason")
+    rows = [
+        (r.mode, r.scheme, r.client, r.file, "PASS" if r.passed else "FAIL", r.reason)
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
 
     def line(row: tuple[str, ...]) -> str:
-        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
-        return "  ".join([*cells, row[4]])
+        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
+        return "  ".join([*cells, row[5]])
 
     return [line(header), line(tuple("-" * w for w in [*widths, 6])), *map(line, rows)]

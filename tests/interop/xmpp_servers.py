@@ -1,7 +1,9 @@
 """Real Prosody and ejabberd processes on loopback, configured to hand out hmacfs upload URLs.
 
 Each server is started from a template in `templates/` inside a directory of its own, with
-free ports, and stopped (and waited for) by `stop()`. Nothing here touches the packages'
+free ports, and stopped (and waited for) by `stop()`. One process of each serves every URL
+scheme: a virtual host per scheme (and, for Prosody, per upload mode), each configured with
+the `UploadTarget` of that scheme. Nothing here touches the packages'
 system-wide state: no /etc, no /var/lib, no system daemons, no epmd.
 """
 
@@ -16,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -29,10 +31,11 @@ CTL_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class UploadTarget:
-    """What every XMPP server is told about hmacfs: where uploads go and the shared secret.
+    """What an XMPP virtual host is told about hmacfs: where uploads go and the shared secret.
 
-    `base_url` has no trailing slash (e.g. ``http://127.0.0.1:PORT/upload``); its scheme is
-    whatever hmacfs listens with, so an HTTPS variant only needs another target.
+    `base_url` has no trailing slash: ``http://127.0.0.1:PORT/upload`` for hmacfs's plain
+    listener, ``https://localhost:PORT/upload`` for its TLS listener (the name its
+    certificate is issued for, so clients check the hostname against it).
     """
 
     base_url: str
@@ -124,9 +127,13 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _render(template: str, target: Path, **values: object) -> Path:
+def _substitute(template: str, **values: object) -> str:
     text = (TEMPLATES / template).read_text()
-    target.write_text(Template(text).substitute({k: str(v) for k, v in values.items()}))
+    return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def _render(template: str, target: Path, **values: object) -> Path:
+    target.write_text(_substitute(template, **values))
     return target
 
 
@@ -145,21 +152,30 @@ def _stop_process(process: subprocess.Popen[bytes], name: str) -> None:
 
 
 class Prosody:
-    """One Prosody 0.12 process with a VirtualHost per upload mode.
+    """One Prosody 0.12 process with a VirtualHost per upload mode and URL scheme.
 
-    - `v1_domain`: `mod_http_upload_external`, protocol v1 (`?v=`)
-    - `v2_domain`: `mod_http_upload_external`, protocol v2 (`?v2=`)
-    - `jwt_domain`: built-in `mod_http_file_share` in external mode (`Authorization: Bearer`)
+    Modes (`domain(kind, scheme)`, e.g. ``v1.https.prosody.test``):
+    - `v1`: `mod_http_upload_external`, protocol v1 (`?v=`)
+    - `v2`: `mod_http_upload_external`, protocol v2 (`?v2=`)
+    - `jwt`: built-in `mod_http_file_share` in external mode (`Authorization: Bearer`)
     """
 
-    v1_domain = "v1.prosody.test"
-    v2_domain = "v2.prosody.test"
-    jwt_domain = "jwt.prosody.test"
-    domains = (v1_domain, v2_domain, jwt_domain)
+    kinds = ("v1", "v2", "jwt")
 
-    def __init__(self, directory: Path, target: UploadTarget, certificate: Certificate) -> None:
+    @staticmethod
+    def domain(kind: str, scheme: str) -> str:
+        return f"{kind}.{scheme}.prosody.test"
+
+    @classmethod
+    def domains(cls, schemes: Iterable[str]) -> list[str]:
+        return [cls.domain(kind, scheme) for scheme in schemes for kind in cls.kinds]
+
+    def __init__(
+        self, directory: Path, targets: Mapping[str, UploadTarget], certificate: Certificate
+    ) -> None:
+        """`targets`: {scheme: where that scheme's VirtualHosts send uploads}."""
         self.directory = directory
-        self.target = target
+        self.targets = targets
         self.certificate = certificate
         self.port = free_port()
         self.log = directory / "prosody.log"
@@ -168,6 +184,17 @@ class Prosody:
 
     def write_config(self) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        virtual_hosts = [
+            _substitute(
+                "prosody-hosts.cfg.lua",
+                scheme=scheme,
+                base_url=target.base_url,
+                secret=target.secret,
+                xmpp_limit=target.xmpp_limit,
+                **{f"{kind}_domain": self.domain(kind, scheme) for kind in self.kinds},
+            )
+            for scheme, target in self.targets.items()
+        ]
         _render(
             "prosody.cfg.lua",
             self.config,
@@ -176,12 +203,7 @@ class Prosody:
             certificate=self.certificate.cert,
             key=self.certificate.key,
             certdir=self.certificate.cert.parent,
-            base_url=self.target.base_url,
-            secret=self.target.secret,
-            xmpp_limit=self.target.xmpp_limit,
-            v1_domain=self.v1_domain,
-            v2_domain=self.v2_domain,
-            jwt_domain=self.jwt_domain,
+            virtual_hosts="\n".join(virtual_hosts),
         )
 
     def register(self, username: str, domain: str, password: str) -> Account:
@@ -216,19 +238,29 @@ class Prosody:
 
 
 class Ejabberd:
-    """One ejabberd 23.01 node with `mod_http_upload` (`external_secret`, `put_url`, `get_url`).
+    """One ejabberd 23.01 node with a virtual host per URL scheme (`domain(scheme)`, e.g.
+    ``https.ejabberd.test``), each with `mod_http_upload` (`external_secret`, `put_url`,
+    `get_url`) in its `host_config`.
 
     `ejabberdctl` runs the node as the `ejabberd` user, so everything lives in a directory
     that user owns (pytest's own temporary directories are private to root).
     """
 
-    domain = "ejabberd.test"
-    domains = (domain,)
+    @staticmethod
+    def domain(scheme: str) -> str:
+        return f"{scheme}.ejabberd.test"
 
-    def __init__(self, target: UploadTarget, certificate: Certificate, token: str) -> None:
-        """`token` goes into the directory and node names, so that every process of this
-        node can be recognised by it (see conftest's leftover check)."""
-        self.target = target
+    @classmethod
+    def domains(cls, schemes: Iterable[str]) -> list[str]:
+        return [cls.domain(scheme) for scheme in schemes]
+
+    def __init__(
+        self, targets: Mapping[str, UploadTarget], certificate: Certificate, token: str
+    ) -> None:
+        """`targets`: {scheme: where that scheme's virtual host sends uploads}. `token` goes
+        into the directory and node names, so that every process of this node can be
+        recognised by it (see conftest's leftover check)."""
+        self.targets = targets
         self.directory = Path(tempfile.mkdtemp(prefix=f"hmacfs-interop-{token}-")).resolve()
         self.port = free_port()
         self.dist_port = free_port()
@@ -242,16 +274,26 @@ class Ejabberd:
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         pem = self.certificate.combined_pem(self.directory / "xmpp.pem")
         shutil.copy("/etc/ejabberd/inetrc", self.directory / "inetrc")
+        host_config = [
+            _substitute(
+                "ejabberd-host.yml",
+                scheme=scheme,
+                domain=self.domain(scheme),
+                base_url=target.base_url,
+                secret=target.secret,
+                xmpp_limit=target.xmpp_limit,
+                docroot=self.directory / "upload",
+            )
+            for scheme, target in self.targets.items()
+        ]
         _render(
             "ejabberd.yml",
             self.directory / "ejabberd.yml",
             dir=self.directory,
-            domain=self.domain,
+            hosts="".join(f'  - "{domain}"\n' for domain in self.domains(self.targets)),
             c2s_port=self.port,
             certfile=pem,
-            base_url=self.target.base_url,
-            secret=self.target.secret,
-            xmpp_limit=self.target.xmpp_limit,
+            host_config="".join(host_config),
         )
         _render(
             "ejabberdctl.cfg",
@@ -301,13 +343,13 @@ class Ejabberd:
             )
         wait_for_port(self.port, self.process, self.log)
 
-    def register(self, username: str, password: str) -> Account:
-        result = self.ctl("register", username, self.domain, password)
+    def register(self, username: str, domain: str, password: str) -> Account:
+        result = self.ctl("register", username, domain, password)
         if result.returncode != 0:
             raise RuntimeError(
-                f"ejabberdctl register {username}@{self.domain}: {result.stdout}{result.stderr}"
+                f"ejabberdctl register {username}@{domain}: {result.stdout}{result.stderr}"
             )
-        return Account(username, self.domain, password, "127.0.0.1", self.port)
+        return Account(username, domain, password, "127.0.0.1", self.port)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -10,11 +10,23 @@ it guesses none). This script does the same with the same library calls.
 Deliberate differences from Gajim, so that the matrix exercises the upload server:
 - Gajim refuses empty files before asking for a slot; this script asks, so the XMPP server's
   and the upload server's handling of empty uploads is tested through nbxmpp and libsoup too.
-- Recent Gajim refuses slots whose URLs are not https; the matrix runs plain HTTP for now.
+- Recent Gajim refuses slots whose URLs are not https; this script also PUTs to http URLs, so
+  that the matrix's http cells run through libsoup as well.
+- HTTPS trust (--http-ca-file): libsoup verifies the server's certificate, hostname included,
+  against the Soup.Session's `tls-database`, by default glib-networking's GnuTLS database of
+  the system trust store (GnuTLS ignores SSL_CERT_FILE). This script sets that property on
+  the one session nbxmpp's HTTPRequest sends with (`HTTPSession.get_soup_session()`) to a
+  `Gio.TlsFileDatabase` of the given CA file: that session, in this process only, trusts
+  exactly that CA. Nothing connects to Soup.Message's `accept-certificate`, so an
+  untrusted certificate fails the request (G_TLS_ERROR_BAD_CERTIFICATE).
+  Gajim trusts the system store only; a user with a private CA installs it there.
 
-    python3 nbxmpp_upload.py --jid u@d --password p --host 127.0.0.1 --port N --ca-file F FILE
+    python3 nbxmpp_upload.py --jid u@d --password p --host 127.0.0.1 --port N --ca-file F \
+        --http-ca-file CA FILE
 
-Prints one JSON object on stdout; see slixmpp_upload.py for the fields.
+Prints one JSON object on stdout; see slixmpp_upload.py for the fields. `http_ca` is the
+anchor file of the session's TLS database; `certificate_error` names the
+GTlsCertificateFlags libsoup saw when it refused the certificate.
 """
 
 from __future__ import annotations
@@ -28,7 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import nbxmpp
-from gi.repository import Gio, GLib  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from gi.repository import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    Gio,
+    GLib,
+    Soup,
+)
 from nbxmpp.client import Client
 from nbxmpp.const import ConnectionProtocol, ConnectionType, StreamState
 from nbxmpp.errors import HTTPUploadStanzaError, MalformedStanzaError, StanzaError
@@ -57,12 +73,18 @@ class Uploader:
             "status": None,
             "condition": None,
             "error": None,
+            "http_ca": None,
+            "certificate_error": None,
         }
         self._candidates: list[JID] = []
         self._request: HTTPRequest | None = None
         self.content_type = "application/octet-stream"
         # As Gajim does: one libsoup session per account, its own user agent.
         self._http = HTTPSession(user_agent="Gajim (hmacfs interop test)")
+        self._trust_http_ca(Path(args.http_ca_file).resolve())
+        # nbxmpp logs the GLib.Error of a failed request and keeps only HTTPRequestError.UNKNOWN.
+        self._http_errors = _ErrorRecorder()
+        logging.getLogger("nbxmpp.http").addHandler(self._http_errors)
 
         jid = JID.from_string(args.jid)
         client = Client(log_context="interop")
@@ -80,6 +102,13 @@ class Uploader:
         client.subscribe("connection-failed", self._on_connection_failed)
         client.subscribe("disconnected", self._on_disconnected)
         self.client = client
+
+    def _trust_http_ca(self, ca_file: Path) -> None:
+        """Make the session nbxmpp PUTs with trust `ca_file` (an absolute path: glib-networking
+        refuses relative anchor file names)."""
+        soup: Soup.Session = self._http.get_soup_session()
+        soup.set_tls_database(Gio.TlsFileDatabase.new(str(ca_file)))
+        self.outcome["http_ca"] = soup.get_tls_database().props.anchors
 
     # -- XMPP ----------------------------------------------------------------------------
 
@@ -179,7 +208,14 @@ class Uploader:
         status = int(request.get_status())
         self.outcome["status"] = status or None
         if not request.is_complete():
-            self._finish(f"HTTP {status}: {request.get_error_string()}")
+            error = f"HTTP {status}: {request.get_error_string()}"
+            if self._http_errors.messages:
+                error += f" ({'; '.join(self._http_errors.messages)})"
+            flags = request.get_soup_message().get_tls_peer_certificate_errors()
+            if not status and flags:
+                self.outcome["certificate_error"] = _flag_names(flags)
+                error += f", certificate: {self.outcome['certificate_error']}"
+            self._finish(error)
             return
         self.outcome["step"] = "done"
         self.outcome["ok"] = True
@@ -193,13 +229,33 @@ class Uploader:
             self.client.disconnect()
 
 
+class _ErrorRecorder(logging.Handler):
+    """Keeps the text of nbxmpp.http's error messages (such as the GLib.Error of a failed
+    TLS handshake, "g-tls-error-quark: Unacceptable TLS certificate (2)")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Without the adapter's "Request(<id>): " prefix.
+        self.messages.append(record.getMessage().split(": ", 1)[-1])
+
+
+def _flag_names(flags: Gio.TlsCertificateFlags) -> str:
+    """The flags' names, such as "G_TLS_CERTIFICATE_UNKNOWN_CA", joined with "|"."""
+    names = [name for name in flags.value_names if name != "G_TLS_CERTIFICATE_NO_FLAGS"]
+    return "|".join(names) or str(int(flags))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jid", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--ca-file", required=True)
+    parser.add_argument("--ca-file", required=True, help="the XMPP server's certificate")
+    parser.add_argument("--http-ca-file", required=True, help="CA trusted for HTTPS uploads")
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("file")
@@ -218,6 +274,7 @@ def main() -> int:
         return False
 
     GLib.timeout_add_seconds(int(args.timeout), give_up)
+
     def start() -> bool:
         uploader.start()
         return False  # run once

@@ -3,13 +3,24 @@
 Run with the project's venv python (slixmpp from PyPI: Debian's 1.8.3 cannot discover the
 upload service on Python 3.11, "TypeError: Passing coroutines is forbidden").
 
-    python slixmpp_upload.py --jid u@d --password p --host 127.0.0.1 --port N --ca-file F FILE
+    SSL_CERT_FILE=CA python slixmpp_upload.py --jid u@d --password p --host 127.0.0.1 \
+        --port N --ca-file F FILE
+
+HTTPS trust: `xep_0363.upload_file` PUTs through a `ClientSession(headers=...)` of its own,
+with no way to pass an `ssl.SSLContext`, a connector or a session, so the request uses
+aiohttp's default verified context (`aiohttp.connector._SSL_CONTEXT_VERIFIED`), which aiohttp
+builds once, when it is imported, with `ssl.create_default_context()`. That loads OpenSSL's
+default verify paths, and OpenSSL reads them from the environment: `SSL_CERT_FILE` (a CA
+file) and `SSL_CERT_DIR`. So the CA is trusted by starting this process with SSL_CERT_FILE
+naming it (setting it later, after aiohttp is imported, has no effect). `--ca-file` is the
+XMPP server's certificate only (slixmpp's own STARTTLS context).
 
 Prints one JSON object on stdout (the contract shared with nbxmpp_upload.py):
     client, step ("login", "discover", "preflight", "slot", "put" or "done": where it ended),
     ok, service, max_file_size, put_url, get_url, put_header_names, content_type (of the slot
     request and the PUT), status (HTTP status of the PUT), condition (XMPP error condition of a
-    refused slot), error (text).
+    refused slot), error (text), http_ca (the CA file the HTTP client trusts: here
+    SSL_CERT_FILE), certificate_error (why the client refused the HTTPS server's certificate).
 Exit status 0 whenever that object was printed, whatever the outcome.
 """
 
@@ -20,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +61,8 @@ class Uploader:
             "status": None,
             "condition": None,
             "error": None,
+            "http_ca": os.environ.get("SSL_CERT_FILE"),
+            "certificate_error": None,
         }
         self.xmpp = slixmpp.ClientXMPP(args.jid, args.password)
         self.xmpp.ca_certs = args.ca_file
@@ -147,6 +161,9 @@ class Uploader:
             )
         except IqTimeout:
             self.outcome["error"] = "IQ timeout"
+        except aiohttp.ClientConnectorCertificateError as e:
+            self.outcome["certificate_error"] = str(e.certificate_error)
+            self.outcome["error"] = f"{type(e).__name__}: {e}"
         except aiohttp.ClientError as e:
             self.outcome["error"] = f"{type(e).__name__}: {e}"
         else:

@@ -1,7 +1,9 @@
 -- Prosody 0.12 for the interop matrix (written by tests/interop/xmpp_servers.py).
 -- One process, loopback only, run in the foreground as root from a per-session directory.
--- Each upload mode gets a VirtualHost of its own with exactly one upload component, so a
--- client discovering "the" upload service of its domain always exercises that mode.
+-- Each upload mode and URL scheme gets a VirtualHost of its own with exactly one upload
+-- component, so a client discovering "the" upload service of its domain always exercises
+-- that mode with that scheme. The VirtualHosts are rendered from prosody-hosts.cfg.lua, once
+-- per scheme (http and https base URL of hmacfs).
 
 run_as_root = true
 pidfile = "$dir/prosody.pid"
@@ -26,22 +28,4 @@ c2s_require_encryption = true
 ssl = { certificate = "$certificate", key = "$key" }
 certificates = "$certdir"
 
-VirtualHost "$v1_domain"
-Component "upload.$v1_domain" "http_upload_external"
-    http_upload_external_base_url = "$base_url/"
-    http_upload_external_secret = "$secret"
-    http_upload_external_file_size_limit = $xmpp_limit
-    http_upload_external_protocol = "v1"
-
-VirtualHost "$v2_domain"
-Component "upload.$v2_domain" "http_upload_external"
-    http_upload_external_base_url = "$base_url/"
-    http_upload_external_secret = "$secret"
-    http_upload_external_file_size_limit = $xmpp_limit
-    http_upload_external_protocol = "v2"
-
-VirtualHost "$jwt_domain"
-Component "upload.$jwt_domain" "http_file_share"
-    http_file_share_base_url = "$base_url"
-    http_file_share_secret = "$secret"
-    http_file_share_size_limit = $xmpp_limit
+$virtual_hosts

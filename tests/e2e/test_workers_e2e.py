@@ -1,0 +1,122 @@
+"""Worker processes: several share the sockets, a dead or hung one is replaced, a reload
+replaces them one at a time, a single-process mode remains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.test_service_e2e import put_url, upload
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes: direct children of `pid` (the supervisor)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def wait_for(condition: object, timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()  # type: ignore[operator]
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def workers_of(server: Server, count: int) -> list[int]:
+    return wait_for(  # type: ignore[return-value]
+        lambda: (pids := children(server.process.pid)) and len(pids) == count and pids,
+        20,
+        f"{count} workers",
+    )
+
+
+def test_workers_share_the_sockets(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 3")
+    workers_of(server, 3)
+    assert any("3 worker processes ready" in line for line in server.log)
+    for n in range(30):
+        assert upload(put_url(server.base, f"{uuid.uuid4()}/{n}.txt", 2), b"ok") == 201
+    assert stop_server(server) == 0
+    assert children(server.process.pid) == []  # every worker stopped with it
+
+
+def test_single_process_mode(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 1")
+    assert children(server.process.pid) == []
+    assert upload(put_url(server.base, f"{uuid.uuid4()}/one.txt", 1), b"1") == 201
+    assert stop_server(server) == 0
+
+
+def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 2")
+    first = workers_of(server, 2)
+    os.kill(first[0], signal.SIGKILL)
+    now = wait_for(
+        lambda: (p := children(server.process.pid)) and len(p) == 2 and first[0] not in p and p,
+        20,
+        "a replacement worker",
+    )
+    assert first[1] in now  # type: ignore[operator]
+    for n in range(10):
+        assert upload(put_url(server.base, f"{uuid.uuid4()}/{n}.txt", 1), b"x") == 201
+    assert any("ended unexpectedly" in line for line in server.log)
+    assert stop_server(server) == 0
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 2")
+    first = workers_of(server, 2)
+    os.kill(first[0], signal.SIGSTOP)
+    wait_for(
+        lambda: (p := children(server.process.pid)) and len(p) == 2 and first[0] not in p,
+        40,
+        "the hung worker to be replaced",
+    )
+    assert any("stopped answering" in line for line in server.log)
+    assert stop_server(server) == 0
+
+
+def test_reload_replaces_workers_one_at_a_time(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 2")
+    before = workers_of(server, 2)
+    server.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any("configuration reloaded" in line for line in server.log), 30, "reload")
+    after = workers_of(server, 2)
+    assert not set(before) & set(after)
+    assert server.process.poll() is None
+    assert upload(put_url(server.base, f"{uuid.uuid4()}/r.txt", 1), b"r") == 201
+    assert stop_server(server) == 0
+
+
+def test_reload_keeps_serving_while_workers_are_replaced(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_toml="workers = 2")
+    workers_of(server, 2)
+    server.process.send_signal(signal.SIGHUP)
+    failures = 0
+    deadline = time.monotonic() + 30
+    while not any("configuration reloaded" in line for line in server.log):
+        assert time.monotonic() < deadline
+        status = upload(put_url(server.base, f"{uuid.uuid4()}/c.txt", 1), b"c")
+        failures += status != 201
+    assert failures == 0
+    assert stop_server(server) == 0
