@@ -19,13 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from hmacfs import config as config_module
 from hmacfs.config import ConfigError, parse_listen
@@ -33,7 +30,6 @@ from hmacfs.logs import LEVELS, LineObserver
 from hmacfs.settings import Config
 from hmacfs.storage import Storage, SweepReport
 from hmacfs.systemd import ActivatedSockets, Notifier, socket_family, watchdog_interval
-from hmacfs.tls import ReloadableTls, TlsError, certificate_summary, hostname_mismatch
 from hmacfs.web import UploadSite, make_site
 
 _log = Logger(namespace="hmacfs.service")
@@ -65,7 +61,7 @@ class Listeners(Service):  # type: ignore[misc]
         reactor: Any,
         entries: tuple[str, ...],
         factory: Any,
-        tls: Callable[[], ReloadableTls | None],
+        tls: Callable[[], Any],
         activated: ActivatedSockets,
     ) -> None:
         self.reactor = reactor
@@ -80,9 +76,11 @@ class Listeners(Service):  # type: ignore[misc]
         listener = parse_listen(entry)
         factory: Any = self.factory
         if listener.tls:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
             context = self.tls()
             assert context is not None, "configuration check lets no https listener without TLS"
-            factory = TLSMemoryBIOFactory(context, False, factory)  # type: ignore[arg-type]
+            factory = TLSMemoryBIOFactory(context, False, factory)
         if listener.activated is not None:
             try:
                 fd = self.activated.find(listener.activated)
@@ -101,9 +99,21 @@ class Listeners(Service):  # type: ignore[misc]
             # accepting connections after stopListening.
             os.close(fd)
             return defer.succeed((port, listener.tls))
-        assert listener.endpoint is not None
-        d: defer.Deferred[Any] = serverFromString(self.reactor, listener.endpoint).listen(factory)
-        return d.addCallback(lambda port: (port, listener.tls))
+        # Bound here and handed to the reactor like an inherited socket: the same path as
+        # worker processes and socket activation take (and no endpoint parser to load).
+        from hmacfs.workers import bind
+
+        try:
+            sock = bind(entry, self.activated)
+        except (OSError, RuntimeError) as e:  # reported as a listen failure
+            return defer.fail(e)
+        try:
+            port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        except Exception as e:  # reported as a listen failure
+            return defer.fail(e)
+        finally:
+            sock.close()  # the port works on its own duplicate
+        return defer.succeed((port, listener.tls))
 
     def startService(self) -> None:
         super().startService()
@@ -138,14 +148,28 @@ class Listeners(Service):  # type: ignore[misc]
         return [describe_port(port, tls) for port, tls in self.ports]
 
 
-class Sweeper(TimerService):  # type: ignore[misc]
+class Sweeper(Service):  # type: ignore[misc]
     """Removes expired files and abandoned partial uploads, on a thread, every interval."""
 
     def __init__(self, site: UploadSite, interval: float) -> None:
-        super().__init__(interval, self.sweep)
         self.site = site
+        self.interval = interval
+        self.clock: Any = None
         self.running_sweep: defer.Deferred[Any] | None = None
         self.last: SweepReport | None = None
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self.running_sweep
 
     def sweep(self) -> None:
         if self.running_sweep is not None:
@@ -288,6 +312,8 @@ class UploadService(MultiService):  # type: ignore[misc]
             self.notifier.status(self.status_text())
 
     def _log_certificate(self) -> None:
+        from hmacfs.tls import TlsError, certificate_summary, hostname_mismatch
+
         assert self.tls is not None
         try:
             summary = certificate_summary(self.tls.settings)
@@ -389,13 +415,16 @@ class UploadService(MultiService):  # type: ignore[misc]
         return stop()  # type: ignore[no-any-return]
 
 
-def _tls_for(config: Config, current: ReloadableTls | None = None) -> ReloadableTls | None:
+def _tls_for(config: Config, current: Any = None) -> Any:
     """The TLS context for `config`'s https listeners: a new one, or `current` updated.
 
     On reload a certificate that fails to load keeps the old one (and logs why)."""
     entries = (*config.server.listen, *config.metrics.listen)
     if not any(parse_listen(entry).tls for entry in entries):
         return current
+    # Loaded only here: a server without TLS listeners never loads OpenSSL.
+    from hmacfs.tls import ReloadableTls, TlsError
+
     try:
         if current is None:
             return ReloadableTls(config.tls)

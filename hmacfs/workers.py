@@ -108,6 +108,8 @@ def bind(entry: str, activated: ActivatedSockets) -> socket.socket:
         sock.listen(_SOCKET_BACKLOG)
     except OSError as e:
         raise OSError(e.errno, f"{entry}: {e.strerror}") from None
+    # A reactor accepts without blocking (the flag is shared with every duplicate).
+    sock.setblocking(False)
     return sock
 
 

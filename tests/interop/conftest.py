@@ -248,6 +248,11 @@ def upload_server(interop_dir: Path, https_certificate: HTTPSCertificate) -> Ite
         status = stop_server(server)
         (interop_dir / "hmacfs" / "hmacfs.log").write_text("\n".join(server.log) + "\n")
     assert status == 0, "hmacfs exited uncleanly:\n" + "\n".join(server.log[-30:])
+    unhandled = sum("Unhandled Error" in line for line in server.log)
+    assert not unhandled, (
+        f"hmacfs logged {unhandled} unhandled errors in this session; see "
+        f"{interop_dir / 'hmacfs' / 'hmacfs.log'}"
+    )
 
 
 @pytest.fixture(scope="session")

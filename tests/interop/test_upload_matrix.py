@@ -228,6 +228,20 @@ def check_cell(
     )
 
 
+def server_errors(log: list[str]) -> list[str]:
+    """hmacfs log lines that say something went wrong inside the server, whatever the client
+    saw: for each "Unhandled Error" or traceback, the exception line that ends it."""
+    found = []
+    for index, line in enumerate(log):
+        continued = index > 0 and "Unhandled Error" in log[index - 1]
+        traceback = "Traceback (most recent call last)" in line and not continued
+        if "Unhandled Error" in line or traceback:
+            following = [x.strip() for x in log[index + 1 : index + 40]]
+            exceptions = [x for x in following if "Error" in x and not x.startswith("File ")]
+            found.append((exceptions[0] if exceptions else line.strip())[:200])
+    return found
+
+
 def run_cell(
     mode: str,
     scheme: str,
@@ -245,6 +259,9 @@ def run_cell(
     http_ca = tls.wrong_ca if scheme == WRONG_CA else tls.ca
     outcome = run_client(client, account, path, certificate.cert, http_ca)
     passed, reason = check_cell(mode, scheme, file_case, outcome, tls)
+    errors = server_errors(upload_server.log[log_start:])
+    if errors:
+        passed, reason = False, f"hmacfs logged an unhandled error: {errors[-1]} ({reason})"
     record_reason(reason)
     assert passed, (
         f"{MODE_DESCRIPTIONS[mode]}, {SCHEME_DESCRIPTIONS[scheme]}, {outcome['client']}, "

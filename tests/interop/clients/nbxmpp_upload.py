@@ -213,8 +213,9 @@ class Uploader:
                 error += f" ({'; '.join(self._http_errors.messages)})"
             flags = request.get_soup_message().get_tls_peer_certificate_errors()
             if not status and flags:
-                self.outcome["certificate_error"] = _flag_names(flags)
-                error += f", certificate: {self.outcome['certificate_error']}"
+                tls_errors = [m for m in self._http_errors.messages if "g-tls-error" in m]
+                self.outcome["certificate_error"] = "; ".join([*tls_errors, _flag_names(flags)])
+                error += f", certificate: {_flag_names(flags)}"
             self._finish(error)
             return
         self.outcome["step"] = "done"
