@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -589,8 +589,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             self.loseConnection()
             return
         # Keep reading (and dropping) what the client is still sending for a moment, so it
-        # reads our answer rather than a reset; a TCP half-close tells it we are done.
-        if ITCPTransport.providedBy(transport):
+        # reads our answer rather than a reset; a TCP half-close tells it we are done. Not over
+        # TLS: its close_notify would end the session while the client's records still come
+        # (the TLS wrapper also claims ITCPTransport, so ask about TLS first).
+        if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
             transport.loseWriteConnection()
         self._linger_call = self.callLater(LINGER_SECONDS, self._end_linger)
 

@@ -213,6 +213,18 @@ def test_tls_upload_download_versions_and_alpn(tmp_path: Path, ca: TestCA) -> No
     assert stop_server(server) == 0
 
 
+def test_refusal_over_tls_while_the_client_sends_its_body(tmp_path: Path, ca: TestCA) -> None:
+    server, _, _ = tls_server(tmp_path, ca)
+    base = https_base(server)
+    body = os.urandom(9_000_000)
+    for _ in range(3):
+        status = upload(f"{base}/upload/{uuid.uuid4()}/x.bin?v={'0' * 64}", body,
+                        "--cacert", str(ca.path))
+        assert status == 403
+    assert stop_server(server) == 0
+    assert not any("Traceback" in line or "Unhandled" in line for line in server.log)
+
+
 def test_certificate_reload_during_a_transfer(tmp_path: Path, ca: TestCA) -> None:
     server, live_cert, live_key = tls_server(tmp_path, ca)
     base = https_base(server)
