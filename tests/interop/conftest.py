@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from tests.interop.xmpp_servers import (
     Account,
     Certificate,
     Ejabberd,
+    HTTPSCertificate,
     Prosody,
     UploadTarget,
     make_certificate,
@@ -206,16 +206,6 @@ def nothing_left_running(interop_dir: Path, session_token: str) -> Iterator[None
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
     assert not leftovers, "processes left running (now killed):\n" + "\n".join(leftovers)
-
-
-@dataclass(frozen=True)
-class HTTPSCertificate:
-    """hmacfs's TLS certificate and the CA files the clients are given to trust."""
-
-    certificate: Path  # for `localhost` only: an https://127.0.0.1 URL fails verification
-    key: Path
-    ca: Path  # the CA that issued `certificate`
-    wrong_ca: Path  # an unrelated CA (same subject name), for the wrong-CA cells
 
 
 def start_upload_server(directory: Path, max_upload_size: int, tls: HTTPSCertificate) -> Server:

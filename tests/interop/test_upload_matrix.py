@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.interop.conftest import HTTPSCertificate
 from tests.interop.matrix import (
     CLIENTS,
     FILES,
@@ -45,7 +44,7 @@ from tests.interop.matrix import (
     expected,
     url_scheme,
 )
-from tests.interop.xmpp_servers import Account, Certificate
+from tests.interop.xmpp_servers import Account, Certificate, HTTPSCertificate
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

@@ -44,6 +44,16 @@ class UploadTarget:
 
 
 @dataclass(frozen=True)
+class HTTPSCertificate:
+    """hmacfs's TLS certificate and the CA files the clients are given to trust."""
+
+    certificate: Path  # for `localhost` only: an https://127.0.0.1 URL fails verification
+    key: Path
+    ca: Path  # the CA that issued `certificate`
+    wrong_ca: Path  # an unrelated CA (same subject name), for the wrong-CA cells
+
+
+@dataclass(frozen=True)
 class Account:
     """An XMPP account a client logs in with, and where that server's c2s listener is."""
 

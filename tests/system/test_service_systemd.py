@@ -192,7 +192,12 @@ def test_socket_activation(box: Container) -> None:
     # The first connection starts the service, which takes over the socket.
     rel = f"{uuid.uuid4()}/activated.txt"
     assert upload(box, rel, "activated") == "201"
-    assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+    # (with several workers, the first one may answer before the last is ready)
+    box.wait_until(
+        lambda: box.show(UNIT, "ActiveState")["ActiveState"] == "active",
+        timeout=30,
+        what="the activated service to be ready",
+    )
     assert curl(box, f"http://127.0.0.1:5050/upload/{rel}") == "activated"
     assert "systemd:http" in box.status_text(UNIT) or "5050" in box.status_text(UNIT)
 
