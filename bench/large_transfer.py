@@ -124,7 +124,34 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the server's supervisor and worker processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
 def read_proc_kib(pid: int, fieldname: str) -> int | None:
+    """The largest VmRSS / VmHWM (kB) of any process of the server (`pid` and its worker
+    processes): the figure that must stay flat is per process. None if it is gone."""
+    values = [v for p in process_tree(pid) if (v := read_one_kib(p, fieldname)) is not None]
+    return max(values) if values else None
+
+
+def read_one_kib(pid: int, fieldname: str) -> int | None:
     """Read e.g. VmRSS / VmHWM (kB) from /proc/PID/status; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
@@ -696,7 +723,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             "\nMB = 10^6 bytes, MiB = 2^20 bytes. PUT/GET MB/s = size / curl time_total."
             "\npeak RSS up/down = max VmRSS sampled every 50 ms during that phase;"
-            " VmHWM = kernel's lifetime peak RSS of the server process after the GET."
+            " VmHWM = kernel's lifetime peak RSS after the GET; all RSS figures are of the"
+            " largest single server process (supervisor or worker)."
             "\nPUT/dd = PUT MB/s / dd conv=fdatasync MB/s on the same filesystem"
             " (for fsync=true: how close the durable upload is to the disk's limit)."
         )

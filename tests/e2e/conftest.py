@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import SECRET
 
 READY_TIMEOUT = 30.0
+#: Every server a test started, so that none outlives its test (even a failing one).
+_STARTED: list[subprocess.Popen[bytes]] = []
 _LISTENING = re.compile(r"listening on (.+)$")
 _READY = re.compile(r"hmac-file-server \S+ ready")
 
@@ -89,6 +91,7 @@ secret = "{SECRET.decode()}"
         env=environment,
         pass_fds=pass_fds,
     )
+    _STARTED.append(process)
     lines: queue.Queue[str] = queue.Queue()
     log: list[str] = []
     addresses: list[str] = []
@@ -123,9 +126,25 @@ def stop_server(server: Server) -> int:
         raise AssertionError("server did not stop on SIGTERM") from None
 
 
+@pytest.fixture(autouse=True)
+def _no_server_left_behind() -> Iterator[None]:
+    """Stop (gracefully, then not) any server a test started and did not stop itself."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(tmp_path_factory.mktemp("server"))
+    _STARTED.remove(srv.process)  # it lives for the whole module, stopped below
     yield srv
     assert stop_server(srv) == 0
 
