@@ -11,6 +11,7 @@ from hmacfs.web import (
     is_inline,
     preflight_headers,
     safe_media_type,
+    single_range,
 )
 
 
@@ -91,3 +92,26 @@ def test_preflight_lists_methods_headers_and_max_age() -> None:
     assert headers["Access-Control-Allow-Methods"] == "GET, PUT"
     assert headers["Access-Control-Allow-Headers"] == "Authorization"
     assert headers["Access-Control-Max-Age"] == "86400"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-9", (0, 9)),
+        ("bytes=5-", (5, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-1000", (0, 99)),
+        ("bytes=90-1000", (90, 99)),
+        ("BYTES = 1-2", (1, 2)),
+        ("bytes=0-0,5-6", None),
+        ("bytes=100-", None),
+        ("bytes=9-3", None),
+        ("bytes=-0", None),
+        ("bytes=", None),
+        ("bytes=a-b", None),
+        ("bytes=\u0661-\u0662", None),  # digits, but not ASCII ones
+        ("items=0-1", None),
+    ],
+)
+def test_single_range(header: str, expected: tuple[int, int] | None) -> None:
+    assert single_range(header, 100) == expected
