@@ -53,7 +53,7 @@ class ServerSettings:
     #: Worker processes sharing the listening sockets: 0 for one per core, 1 for a single
     #: process (no supervisor).
     workers: int = 0
-    #: Peers (addresses or networks) whose X-Forwarded-For is believed (for the log).
+    #: Peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed.
     trusted_proxies: tuple[str, ...] = ()
 
 

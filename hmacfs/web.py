@@ -221,6 +221,18 @@ class UploadSite(server.Site):  # type: ignore[misc]
         site.timeOut = 60
         return site
 
+    def secure(self, request: http.Request) -> bool:
+        """Whether the client used TLS: to us, or to a trusted proxy (X-Forwarded-Proto)."""
+        if request.isSecure():
+            return True
+        peer = getattr(request.getClientAddress(), "host", None)
+        if not self._proxies or peer is None or not _in(str(peer), self._proxies):
+            return False
+        proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
+        # The first value is what the client used with the outermost proxy.
+        first = proto[0].split(b",")[0].strip().lower() if proto else b""
+        return first == b"https"
+
     def client_address(self, request: http.Request) -> str:
         """The client's address: the peer's, or the one a trusted proxy forwarded."""
         peer = request.getClientAddress()
@@ -401,8 +413,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
         duration = time.monotonic() - getattr(request, "started", time.monotonic())
         grant = getattr(request, "grant", None)
         _log.info(
-            "{client} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
+            "{client}{secure} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
             client=_client(request),
+            secure=" (https)" if self.secure(request) else "",
             method=request.method.decode("latin-1"),
             path=getattr(request, "rel", None) or "-",
             status=request.code,

@@ -376,16 +376,17 @@ def test_missing_activated_socket_is_a_clear_error(tmp_path: Path) -> None:
 def test_forwarded_for_only_from_trusted_proxies(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml='trusted_proxies = ["127.0.0.1"]')
     rel = f"{uuid.uuid4()}/p.txt"
-    assert upload(put_url(server.base, rel, 1), b"p", "-H", "X-Forwarded-For: 203.0.113.9") == 201
+    forwarded = ("-H", "X-Forwarded-For: 203.0.113.9", "-H", "X-Forwarded-Proto: https")
+    assert upload(put_url(server.base, rel, 1), b"p", *forwarded) == 201
     assert stop_server(server) == 0
-    assert any("203.0.113.9 PUT" in line for line in server.log)
+    assert any("203.0.113.9 (https) PUT" in line for line in server.log)
     (tmp_path / "other").mkdir()
     other = start_server(tmp_path / "other")
     rel = f"{uuid.uuid4()}/q.txt"
-    assert upload(put_url(other.base, rel, 1), b"q", "-H", "X-Forwarded-For: 203.0.113.9") == 201
+    assert upload(put_url(other.base, rel, 1), b"q", *forwarded) == 201
     assert stop_server(other) == 0
     assert any("127.0.0.1 PUT" in line for line in other.log)
-    assert not any("203.0.113.9" in line for line in other.log)
+    assert not any("203.0.113.9" in line or "(https)" in line for line in other.log)
 
 
 def test_listen_failure_exits_nonzero(tmp_path: Path) -> None:
@@ -418,4 +419,15 @@ def test_metrics_and_health(tmp_path: Path) -> None:
     for base in (metrics, server.base):
         health = curl("-w", " %{http_code}", f"{base}/health").stdout
         assert health.endswith(b" 200") and b'"storage": "ok"' in health
+    assert stop_server(server) == 0
+
+
+def test_ipv4_ipv6_and_unix_listeners_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "h.sock"
+    server = start_server(tmp_path, listen=("127.0.0.1:0", "[::1]:0", f"unix:{path}"))
+    v6 = next(a for a in server.addresses if a.startswith("[::1]:"))
+    rel = f"{uuid.uuid4()}/six.txt"
+    assert upload(f"http://{v6}/upload/{rel}?v={mac_v1(rel, 3)}", b"six") == 201
+    assert curl(f"{server.base}/upload/{rel}").stdout == b"six"
+    assert curl("--unix-socket", str(path), f"http://x/upload/{rel}").stdout == b"six"
     assert stop_server(server) == 0
