@@ -105,6 +105,8 @@ class Storage:
         self.meta_dir = self._state / "meta"
         for directory in (root, self.partial_dir, self.meta_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        for shard in range(256):
+            (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
 
     # -- paths -------------------------------------------------------------------------------
@@ -386,13 +388,18 @@ class PartialUpload:
                 "expires": self.expires,
                 "scheme": self.scheme,
             }
-            meta_path.parent.mkdir(exist_ok=True)
-            tmp = meta_path.with_name(f".{meta_path.name}.{secrets.token_hex(4)}")
-            tmp.write_bytes(json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-            if storage.fsync:
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, meta_path)
+            # Written in place: it is keyed by the partial file's inode, which no other existing
+            # file can have, so what may stand there already is stale, and nothing reads it
+            # before the data is linked into place below.
+            meta_fd = os.open(
+                meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+            )
+            try:
+                os.write(meta_fd, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                if storage.fsync:
+                    os.fsync(meta_fd)
+            finally:
+                os.close(meta_fd)
             if storage.fsync:
                 _fsync_dir(meta_path.parent)
             try:
