@@ -30,7 +30,7 @@ from hmacfs.logs import LEVELS, LineObserver
 from hmacfs.settings import Config
 from hmacfs.storage import Storage, SweepReport
 from hmacfs.systemd import ActivatedSockets, Notifier, socket_family, watchdog_interval
-from hmacfs.web import UploadSite, make_site
+from hmacfs.web import make_site
 
 _log = Logger(namespace="hmacfs.service")
 
@@ -149,11 +149,26 @@ class Listeners(Service):  # type: ignore[misc]
 
 
 class Sweeper(Service):  # type: ignore[misc]
-    """Removes expired files and abandoned partial uploads, on a thread, every interval."""
+    """Removes expired files and abandoned partial uploads, on a thread, every interval.
 
-    def __init__(self, site: UploadSite, interval: float) -> None:
-        self.site = site
+    `active` names the partial files of uploads still in flight; `metrics`, if given, gets
+    the storage figures of every sweep.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        interval: float,
+        run_blocking: Callable[..., defer.Deferred[Any]],
+        *,
+        active: Callable[[], frozenset[str]] = frozenset,
+        metrics: Any = None,
+    ) -> None:
+        self.storage = storage
         self.interval = interval
+        self.run_blocking = run_blocking
+        self.active = active
+        self.metrics = metrics
         self.clock: Any = None
         self.running_sweep: defer.Deferred[Any] | None = None
         self.last: SweepReport | None = None
@@ -174,14 +189,12 @@ class Sweeper(Service):  # type: ignore[misc]
     def sweep(self) -> None:
         if self.running_sweep is not None:
             return
-        active = frozenset(upload.name for upload in self.site.uploads)
-        d = self.site.run_blocking(self.site.storage.sweep, active)
+        d = self.run_blocking(self.storage.sweep, self.active())
 
         def report(result: SweepReport) -> None:
             self.last = result
-            metrics = getattr(self.site, "metrics", None)
-            if metrics is not None:
-                metrics.set_storage(result.files, result.bytes)
+            if self.metrics is not None:
+                self.metrics.set_storage(result.files, result.bytes)
             if result.expired or result.partials or result.orphans:
                 _log.info(
                     "sweep removed {expired} expired files, {partials} abandoned partial"
@@ -246,7 +259,14 @@ class UploadService(MultiService):  # type: ignore[misc]
                 self.activated,
             )
             self.metrics_listeners.setServiceParent(self)
-        self.sweeper = Sweeper(self.site, config.server.sweep_interval)
+        site = self.site
+        self.sweeper = Sweeper(
+            self.storage,
+            config.server.sweep_interval,
+            site.run_blocking,
+            active=lambda: frozenset(upload.name for upload in site.uploads),
+            metrics=site.metrics,
+        )
         self.sweeper.clock = reactor
         if status is None:  # workers leave sweeping to their supervisor
             self.sweeper.setServiceParent(self)

@@ -30,6 +30,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from hmacfs import config as config_module
@@ -186,11 +187,20 @@ class Supervisor(MultiService):  # type: ignore[misc]
             file_ttl=config.server.file_ttl,
             clock=reactor.seconds,
         )
-        self.files_stored: int | None = None
+        # Workers leave sweeping to the supervisor (one sweep, not one per worker).
+        from hmacfs.metrics import Metrics
+        from hmacfs.service import Sweeper
+
+        pool = reactor.getThreadPool()
+        self.sweeper = Sweeper(
+            self.storage,
+            config.server.sweep_interval,
+            lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
+            metrics=Metrics(),
+        )
+        self.sweeper.clock = reactor
         self._crashes: list[float] = []
         self._loops: list[LoopingCall] = []
-        self._sweeping = False
-        self._metrics: Any = None
 
     # -- start -------------------------------------------------------------------------------
 
@@ -223,7 +233,7 @@ class Supervisor(MultiService):  # type: ignore[misc]
             self.notifier.ready(self.status_text())
             self._every(STATUS_INTERVAL, self.update_status)
             self._every(BEAT_INTERVAL, self._check_beats)
-            self._every(self.config.server.sweep_interval, self._sweep, now=True)
+            self.sweeper.setServiceParent(self)
             interval = watchdog_interval()
             if interval is not None and self.notifier.enabled:
                 self._every(interval, self.notifier.watchdog, now=True)
@@ -310,38 +320,6 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 worker.last_beat = now
                 worker.signal("KILL")
 
-    def _sweep(self) -> None:
-        if self._sweeping:
-            return
-        self._sweeping = True
-        from twisted.internet.threads import deferToThreadPool
-
-        d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.storage.sweep)
-
-        def report(result: Any) -> None:
-            self.files_stored = result.files
-            if self._metrics is None:
-                from hmacfs.metrics import Metrics
-
-                self._metrics = Metrics()
-            self._metrics.set_storage(result.files, result.bytes)
-            if result.expired or result.partials or result.orphans:
-                _log.info(
-                    "sweep removed {expired} expired files, {partials} abandoned partial"
-                    " uploads, {orphans} stale metadata entries",
-                    expired=result.expired,
-                    partials=result.partials,
-                    orphans=result.orphans,
-                )
-
-        def failed(failure: Any) -> None:
-            _log.failure("sweeping the storage directory failed", failure)
-
-        def done(_: object) -> None:
-            self._sweeping = False
-
-        d.addCallbacks(report, failed).addBoth(done)
-
     def status_text(self) -> str:
         uploads = sum(w.in_flight for w in self.workers)
         parts = [
@@ -349,8 +327,8 @@ class Supervisor(MultiService):  # type: ignore[misc]
             f"{len(self.workers)} workers",
             f"{uploads} upload{'s' if uploads != 1 else ''} in flight",
         ]
-        if self.files_stored is not None:
-            parts.append(f"{self.files_stored} files stored")
+        if self.sweeper.last is not None:
+            parts.append(f"{self.sweeper.last.files} files stored")
         return "; ".join(parts)
 
     def update_status(self) -> None:
