@@ -264,7 +264,8 @@ class UploadService(MultiService):  # type: ignore[misc]
             self.storage,
             config.server.sweep_interval,
             site.run_blocking,
-            active=lambda: frozenset(upload.name for upload in site.uploads),
+            active=lambda: frozenset(upload.name for upload in site.uploads)
+            | self.storage.pooled_names(),
             metrics=site.metrics,
         )
         self.sweeper.clock = reactor
@@ -430,6 +431,7 @@ class UploadService(MultiService):  # type: ignore[misc]
                 _log.warn("cut off {count} unfinished upload(s) at shutdown", count=cut)
             yield self.site.close_connections(CLOSE_TIMEOUT)
             yield defer.maybeDeferred(MultiService.stopService, self)
+            self.storage.drain_pool()
             _log.info("stopped")
 
         return stop()  # type: ignore[no-any-return]

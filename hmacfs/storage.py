@@ -17,6 +17,7 @@ on a thread.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -24,6 +25,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +45,10 @@ from hmacfs.paths import RESERVED_SEGMENT
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
 PARTIAL_MAX_IDLE = 24 * 3600.0
+#: Empty partial files kept ready for new uploads, and how long one may wait (well under
+#: PARTIAL_MAX_IDLE, so that no sweep takes a waiting one for abandoned).
+POOL_SIZE = 8
+POOL_MAX_AGE = 3600.0
 #: Metadata younger than this may belong to an upload being linked right now.
 _META_GRACE = 3600.0
 
@@ -108,6 +114,9 @@ class Storage:
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
+        self._pool: collections.deque[tuple[Path, int, float]] = collections.deque()
+        self._pool_lock = threading.Lock()
+        self._real_state = os.path.realpath(self._state)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -138,9 +147,7 @@ class Storage:
         """
         fs_path = self.path_of(rel)
         real = os.path.realpath(fs_path)
-        if not _is_within(real, self._real_root) or _is_within(
-            real, os.path.realpath(self._state)
-        ):
+        if not _is_within(real, self._real_root) or _is_within(real, self._real_state):
             raise NotFound("not found")
         try:
             st = os.stat(real)
@@ -191,19 +198,71 @@ class Storage:
     ) -> PartialUpload:
         """Open a partial file for an upload of `size` bytes to `rel`.
 
-        Raises StorageFailure when the partial file cannot be created.
+        Takes a partial file made ahead of time (`fill_pool`) when there is one, so that the
+        caller (the reactor) does not wait for the filesystem to create a file. Raises
+        StorageFailure when the partial file cannot be created.
         """
-        name = secrets.token_hex(16)
-        partial = self.partial_dir / name
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
+        partial, fd = self._take_pooled()
+        if fd < 0:
+            try:
+                partial, fd = self._create_partial()
+            except OSError as e:
+                raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         now = self.clock()
         if self.file_ttl is not None:
             ttl_expiry = now + self.file_ttl
             expires = ttl_expiry if expires is None else min(expires, ttl_expiry)
         return PartialUpload(self, rel, size, content_type, partial, fd, expires, scheme, now)
+
+    # -- partial files made ahead of time -----------------------------------------------------
+
+    def _create_partial(self) -> tuple[Path, int]:
+        partial = self.partial_dir / secrets.token_hex(16)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return partial, fd
+
+    def _take_pooled(self) -> tuple[Path, int]:
+        """A pooled (path, fd), or (partial_dir, -1) when none is fresh enough."""
+        while True:
+            with self._pool_lock:
+                if not self._pool:
+                    return self.partial_dir, -1
+                partial, fd, made = self._pool.popleft()
+            if time.monotonic() - made < POOL_MAX_AGE:
+                return partial, fd
+            # Old enough that a sweep (of another process) could take it for abandoned.
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+
+    def pool_low(self) -> bool:
+        """Whether `fill_pool` should run (cheap; reactor thread)."""
+        return len(self._pool) < POOL_SIZE // 2
+
+    def fill_pool(self) -> None:
+        """Make empty partial files ahead of time, up to POOL_SIZE. Blocking: on a thread.
+
+        Raises OSError (disk full, permissions): `begin` then reports it for the upload."""
+        while len(self._pool) < POOL_SIZE:
+            partial, fd = self._create_partial()
+            with self._pool_lock:
+                self._pool.append((partial, fd, time.monotonic()))
+
+    def pooled_names(self) -> frozenset[str]:
+        """Partial files waiting in the pool (live: the sweeper must leave them alone)."""
+        with self._pool_lock:
+            return frozenset(partial.name for partial, _, _ in self._pool)
+
+    def drain_pool(self) -> None:
+        """Remove the pool's files (at shutdown)."""
+        while True:
+            with self._pool_lock:
+                if not self._pool:
+                    return
+                partial, fd, _ = self._pool.popleft()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
 
     def _link_into_place(self, upload: PartialUpload) -> None:
         final = self.path_of(upload.rel)

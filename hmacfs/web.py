@@ -184,6 +184,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.protocol = UploadChannel  # type: ignore[assignment,method-assign]
         self.requestFactory = UploadRequest
         self.metrics = Metrics()
+        self._refilling = False
         self.health_resource = HealthResource(self.health)
         self.stopping = False
         self.config = config
@@ -304,6 +305,21 @@ class UploadSite(server.Site):  # type: ignore[misc]
         request.upload_site = self
         self.in_flight[upload] = request
         self.metrics.upload_started()
+        self._refill_partials()
+
+    def _refill_partials(self) -> None:
+        """Make partial files ahead of time, on a thread, when few are left."""
+        if self._refilling or not self.storage.pool_low():
+            return
+        self._refilling = True
+
+        def done(result: object) -> None:
+            self._refilling = False
+            if isinstance(result, Failure):
+                # Disk full or the like: `begin` creates files itself, and reports the error.
+                _log.debug("making partial files ahead failed: {e}", e=result.getErrorMessage())
+
+        self.run_blocking(self.storage.fill_pool).addBoth(done)
 
     def upload_ended(self, request: UploadRequest, status: int) -> None:
         """Count an upload that was admitted and has now ended, one way or another."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hmacfs.settings import Config, HmacSettings, HttpSettings, ServerSettings
+from hmacfs.storage import Storage
 
 SECRET = b"test-secret-0123456789"
 
@@ -49,9 +50,11 @@ def visible_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def partial_files(root: Path) -> list[str]:
-    partial = root / ".hmacfs" / "partial"
-    return sorted(os.listdir(partial)) if partial.exists() else []
+def partial_files(storage: Storage) -> list[str]:
+    """The partial files of uploads (the empty ones kept ready for new uploads left out)."""
+    partial = storage.root / ".hmacfs" / "partial"
+    ready = storage.pooled_names()
+    return sorted(name for name in os.listdir(partial) if name not in ready)
 
 
 @pytest.fixture

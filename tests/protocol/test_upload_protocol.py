@@ -83,7 +83,7 @@ def test_upload_fed_one_byte_at_a_time(harness: Harness) -> None:
         channel.dataReceived(bytes([byte]))
     assert status_of(transport.value()) == 201
     assert (harness.storage.root / "a1b2" / "fox.bin").read_bytes() == body
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
 
 
 def test_refusal_goes_out_before_the_body_and_without_100_continue(harness: Harness) -> None:
@@ -97,7 +97,7 @@ def test_refusal_goes_out_before_the_body_and_without_100_continue(harness: Harn
     # Whatever the client still sends is dropped, never stored.
     channel.dataReceived(b"0123456789")
     assert visible_files(harness.storage.root) == []
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
     assert transport.disconnecting
 
 
@@ -110,7 +110,7 @@ def test_accepted_upload_gets_100_continue_then_201(harness: Harness) -> None:
     channel.dataReceived(head)
     assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
     # The partial file exists while the body is on its way; nothing is visible yet.
-    assert len(partial_files(harness.storage.root)) == 1
+    assert len(partial_files(harness.storage)) == 1
     assert visible_files(harness.storage.root) == []
     channel.dataReceived(body)
     assert status_of(transport.value()) == 201
@@ -138,7 +138,7 @@ def test_size_limit_is_413_from_the_headers(harness: Harness) -> None:
     channel, transport = harness.connect()
     channel.dataReceived(put_head(path, 1001, f"v={mac_v1(path, 1001)}"))
     assert status_of(transport.value()) == 413
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
 
 
 def test_length_other_than_signed_is_403(harness: Harness) -> None:
@@ -162,9 +162,9 @@ def test_disconnect_mid_body_leaves_nothing_and_the_slot_still_works(harness: Ha
     query = f"v={mac_v1(path, 100)}"
     channel, transport = harness.connect()
     channel.dataReceived(put_head(path, 100, query) + body[:60])
-    assert len(partial_files(harness.storage.root)) == 1
+    assert len(partial_files(harness.storage)) == 1
     channel.connectionLost(Failure(ConnectionLost("network switch")))
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
     assert visible_files(harness.storage.root) == []
     assert harness.site.uploads == set()
     # The client retries the same URL.
@@ -199,7 +199,7 @@ def test_same_size_different_body_is_409_identical_body_is_201(harness: Harness)
     channel.dataReceived(put_head(path, 3, query) + b"one")
     assert status_of(transport.value()) == 201
     assert (harness.storage.root / "a1b2" / "retry.txt").read_bytes() == b"one"
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
 
 
 def test_other_methods_are_405_before_their_body(harness: Harness) -> None:
@@ -233,7 +233,7 @@ def test_hostile_put_paths_are_refused_from_the_headers(harness: Harness, target
     head = f"PUT {target}?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"
     channel.dataReceived(head.encode())
     assert 400 <= status_of(transport.value()) < 500
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
 
 
 def test_put_outside_the_prefix_is_404(harness: Harness) -> None:
@@ -304,6 +304,6 @@ def test_disk_full_mid_body_is_507_and_leaves_nothing(
     response = transport.value()
     assert status_of(response) == 507
     assert b"No space left on device" in response
-    assert partial_files(harness.storage.root) == []
+    assert partial_files(harness.storage) == []
     assert visible_files(harness.storage.root) == []
     assert harness.site.uploads == set()

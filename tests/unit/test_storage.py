@@ -45,7 +45,7 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     upload.write(b"cd")
     stored = upload.commit()
     assert visible_files(storage.root) == ["a/b.txt"]
-    assert partial_files(storage.root) == []
+    assert partial_files(storage) == []
     found = storage.lookup("a/b.txt")
     assert (found.size, found.content_type, found.sha256) == (4, "text/plain", stored.sha256)
 
@@ -55,7 +55,7 @@ def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
     with pytest.raises(TooLarge):
         upload.write(b"abcd")
     upload.abort()
-    assert partial_files(storage.root) == []
+    assert partial_files(storage) == []
 
 
 def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> None:
@@ -70,7 +70,7 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> Non
     assert found.fs_path.read_bytes() == b"one"
     # The loser's metadata did not replace the winner's.
     assert found.content_type == "image/png"
-    assert partial_files(storage.root) == []
+    assert partial_files(storage) == []
 
 
 def test_concurrent_identical_retries_both_succeed(storage: Storage) -> None:
@@ -133,7 +133,7 @@ def test_sweep_removes_abandoned_partials_but_not_live_ones(
         os.utime(upload.partial, (long_ago, long_ago))
     report = storage.sweep(active=frozenset({live.name}))
     assert report.partials == 1
-    assert partial_files(storage.root) == [live.name]
+    assert partial_files(storage) == [live.name]
     dead.abort()
     live.abort()
 
@@ -161,3 +161,26 @@ def test_upload_through_a_symlinked_directory_is_refused(
     with pytest.raises(Exception, match="leaves the storage"):
         store(storage, "s/x.txt", b"x")
     assert list(outside.iterdir()) == []
+
+
+def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hmacfs import storage as storage_module
+
+    storage.fill_pool()
+    ready = storage.pooled_names()
+    assert len(ready) == storage_module.POOL_SIZE
+    upload = storage.begin("p/q.txt", 2, "text/plain")
+    assert upload.name in ready  # no file was created for it
+    assert upload.name not in storage.pooled_names()
+    upload.write(b"ok")
+    upload.commit()
+    assert storage.lookup("p/q.txt").size == 2
+    # A file that waited too long is not handed out (a sweep elsewhere may remove it).
+    monkeypatch.setattr(storage_module, "POOL_MAX_AGE", -1.0)
+    fresh = storage.begin("p/r.txt", 1, "text/plain")
+    assert fresh.name not in ready
+    assert storage.pooled_names() == frozenset()
+    fresh.abort()
+    storage.fill_pool()
+    storage.drain_pool()
+    assert os.listdir(storage.partial_dir) == []
