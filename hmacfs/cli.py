@@ -210,7 +210,7 @@ def serve(
             print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
             notifier.status(message)
             status[0] = EXIT_FAILURE
-            reactor.stop()
+            stop_once()
 
         service.started.addCallbacks(listening, failed)
 
@@ -222,6 +222,25 @@ def serve(
             reactor.callFromThread(service.reload)
 
         signal.signal(signal.SIGHUP, hangup)
+    stopping = [False]
+
+    def stop_once() -> None:
+        # SIGTERM can come twice (from systemd and from the supervisor, or SIGINT to a whole
+        # terminal's process group): the first starts the graceful stop, the others wait.
+        if not stopping[0]:
+            stopping[0] = True
+            log.info("stopping")
+            reactor.stop()
+
+    def terminate(signum: int, frame: object) -> None:
+        reactor.callFromThread(stop_once)
+
+    def take_signals() -> None:
+        # After Twisted has installed its own handlers (reactor.run), replace them.
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGINT, terminate)
+
+    reactor.callWhenRunning(take_signals)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     try:

@@ -501,14 +501,18 @@ class StatusPipe:
     def __init__(self, fd: int, reactor: Any) -> None:
         self.fd = fd
         self.reactor = reactor
+        self.closed = False
 
     def send(self, line: str) -> None:
+        if self.closed:
+            return
         try:
             os.write(self.fd, line.encode() + b"\n")
         except OSError:
             # The supervisor is gone: a worker must not outlive it.
+            self.closed = True
             _log.error("the supervisor went away; stopping")
-            self.reactor.callLater(0, self.reactor.stop)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as ever
 
 
 def ignore_hangup() -> None:

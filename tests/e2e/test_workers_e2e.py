@@ -120,3 +120,13 @@ def test_reload_keeps_serving_while_workers_are_replaced(tmp_path: Path) -> None
         failures += status != 201
     assert failures == 0
     assert stop_server(server) == 0
+
+
+def test_sigterm_to_every_process_at_once_is_a_clean_stop(tmp_path: Path) -> None:
+    """As a terminal's Ctrl-C (SIGINT to the group) or a stop that signals every process."""
+    server = start_server(tmp_path, server_toml="workers = 2")
+    for pid in (server.process.pid, *workers_of(server, 2)):
+        os.kill(pid, signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    time.sleep(0.2)
+    assert not any("Traceback" in line or "Unhandled" in line for line in server.log)

@@ -149,7 +149,10 @@ def test_install_use_reload_upgrade_remove_purge(box: Container, debs: Path) -> 
         timeout=20,
         what="the configuration error in the journal",
     )
-    assert not any("Traceback" in e.get("MESSAGE", "") for e in box.journal(UNIT))
+    tracebacks = [e["MESSAGE"] for e in box.journal(UNIT) if "Traceback" in e.get("MESSAGE", "")]
+    assert not tracebacks, "\n".join(
+        e.get("MESSAGE", "") for e in box.journal(UNIT)[-60:]
+    )
     box.write_file(CONFIG, edited, 0o640)
     box.run("chown", "root:hmac-file-server", CONFIG)
     box.systemctl("restart", UNIT)
