@@ -99,7 +99,7 @@ def test_notify_ready_status_reload_watchdog_stopping(tmp_path: Path, notify: No
     assert "0 uploads in flight" in ready["STATUS"]
     # Watchdog pings at half the interval (0.2 s): several within a second.
     pings = [m for m in notify.gather(1.0) if m.get("WATCHDOG") == "1"]
-    assert 3 <= len(pings) <= 8
+    assert 2 <= len(pings) <= 10  # every 0.2 s; a loaded machine may delay one or two
     # SIGHUP: RELOADING=1, then READY=1 again.
     server.process.send_signal(signal.SIGHUP)
     notify.collect("RELOADING=1")
