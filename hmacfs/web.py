@@ -71,6 +71,8 @@ MAX_OTHER_BODY = 64 * 1024
 #: that it gets to read the answer instead of a connection reset.
 LINGER_SECONDS = 5.0
 CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
+#: At shutdown, how long an idle connection may still start a request before it is closed.
+IDLE_CLOSE_GRACE = 0.5
 #: Files this large or larger are sent with sendfile(2) over plain connections.
 SENDFILE_MIN = 64 * 1024
 #: Response headers a browser script may read (CORS).
@@ -399,15 +401,27 @@ class UploadSite(server.Site):  # type: ignore[misc]
                 waiter.callback(None)
 
     def close_connections(self, timeout: float) -> defer.Deferred[None]:
-        """Close every connection once what it has been sent is written (answers already
-        given reach their clients); after `timeout`, drop whatever is still open."""
+        """Close every connection without cutting an answer: one in the middle of a request
+        closes after its answer; an idle one gets a moment for a request that may already be
+        on its way (a client that just connected), then closes. After `timeout`, whatever is
+        still open is dropped."""
         if not self.channels:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._closed_waiters.append(waiter)
+
+        def close_if_idle(channel: UploadChannel) -> None:
+            if channel in self.channels and not channel.requests:
+                transport: Any = channel.transport
+                transport.loseConnection()
+
         for channel in list(self.channels):
-            transport: Any = channel.transport
-            transport.loseConnection()
+            if channel.requests:
+                channel.persistent = False  # Twisted closes it after the current answer
+            else:
+                # (not persistent=False here: Twisted would drop the request still to come;
+                # allHeadersReceived makes a request that starts now the connection's last)
+                self.clock.callLater(IDLE_CLOSE_GRACE, close_if_idle, channel)
 
         def abort() -> None:
             for channel in list(self.channels):
@@ -571,6 +585,8 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             self.refuse(request, 500, "internal error", (), body_left=self.length)
             return
         super().allHeadersReceived()
+        if self.site.stopping:
+            self.persistent = False  # the last request on this connection
 
     def refuse(
         self,

@@ -130,3 +130,21 @@ def test_sigterm_to_every_process_at_once_is_a_clean_stop(tmp_path: Path) -> Non
     assert server.process.wait(timeout=30) == 0
     time.sleep(0.2)
     assert not any("Traceback" in line or "Unhandled" in line for line in server.log)
+
+
+def test_a_connection_made_just_before_a_stop_still_gets_its_answer(tmp_path: Path) -> None:
+    import socket
+
+    server = start_server(tmp_path, server_toml="workers = 1")
+    rel = f"{uuid.uuid4()}/late.txt"
+    assert upload(put_url(server.base, rel, 4), b"late") == 201
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        time.sleep(0.2)  # accepted by the server, no request yet
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        sock.sendall(f"GET /upload/{rel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"late")
+    assert server.process.wait(timeout=20) == 0
