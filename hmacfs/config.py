@@ -46,6 +46,18 @@ from hmacfs.units import (
     toml_string,
 )
 
+#: The `[hmac]` switches, one per signing scheme.
+SCHEME_KEYS: Final = (
+    "v1_support",
+    "v2_support",
+    "token_support",
+    "v3_support",
+    "jwt_support",
+    "basic_support",
+    "cookie_support",
+    "x_hmac_support",
+)
+
 #: Every section and key the file may contain, in the order `describe` writes them.
 SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
@@ -69,14 +81,7 @@ SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "secret_file",
             "previous_secrets",
             "algorithm",
-            "v1_support",
-            "v2_support",
-            "token_support",
-            "v3_support",
-            "jwt_support",
-            "basic_support",
-            "cookie_support",
-            "x_hmac_support",
+            *SCHEME_KEYS,
             "clock_skew",
             "x_hmac_window",
         ),
@@ -95,17 +100,6 @@ SCHEMA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
-#: The `[hmac]` switches, one per signing scheme.
-SCHEME_KEYS: Final = (
-    "v1_support",
-    "v2_support",
-    "token_support",
-    "v3_support",
-    "jwt_support",
-    "basic_support",
-    "cookie_support",
-    "x_hmac_support",
-)
 
 #: How `describe` shows a secret.
 MASK: Final = "********"

@@ -320,13 +320,7 @@ class UploadService(MultiService):  # type: ignore[misc]
 
     def status_text(self) -> str:
         """The one line `systemctl status` shows."""
-        uploads = len(self.site.in_flight)
-        parts = [f"listening on {', '.join(self.listeners.describe()) or 'nothing'}"]
-        parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
-        last = self.sweeper.last
-        if last is not None:
-            parts.append(f"{last.files} files stored")
-        return "; ".join(parts)
+        return status_line(self.listeners.describe(), len(self.site.in_flight), self.sweeper.last)
 
     def update_status(self) -> None:
         if not self.stopping:
@@ -372,22 +366,7 @@ class UploadService(MultiService):  # type: ignore[misc]
             _tls_for(new, self.tls)
         for warning in new.warnings:
             _log.warn("config: {warning}", warning=warning)
-        old = self.config
-        for key in ("listen", "storage_dir", "sweep_interval"):
-            if getattr(old.server, key) != getattr(new.server, key):
-                _log.warn("[server] {key} changed: restart the service to apply it", key=key)
-        if old.metrics.listen != new.metrics.listen:
-            _log.warn("[metrics] listen changed: restart the service to apply it")
-        applied = replace(
-            new,
-            server=replace(
-                new.server,
-                listen=old.server.listen,
-                storage_dir=old.server.storage_dir,
-                sweep_interval=old.server.sweep_interval,
-            ),
-            metrics=replace(new.metrics, listen=old.metrics.listen),
-        )
+        applied = reloadable(self.config, new)
         self.config = applied
         self.site.reconfigure(applied)
         self.storage.fsync = applied.server.fsync
@@ -435,6 +414,40 @@ class UploadService(MultiService):  # type: ignore[misc]
             _log.info("stopped")
 
         return stop()  # type: ignore[no-any-return]
+
+
+#: `[server]` keys that a reload cannot apply (the sockets, the directory, the processes).
+RESTART_ONLY = ("listen", "storage_dir", "workers", "sweep_interval")
+
+
+def reloadable(old: Config, new: Config) -> Config:
+    """`new` as a reload can apply it: what only a restart applies keeps its running value
+    (and the log says so)."""
+    kept = {}
+    for key in RESTART_ONLY:
+        if getattr(old.server, key) != getattr(new.server, key):
+            _log.warn("[server] {key} changed: restart the service to apply it", key=key)
+        kept[key] = getattr(old.server, key)
+    if old.metrics.listen != new.metrics.listen:
+        _log.warn("[metrics] listen changed: restart the service to apply it")
+    return replace(
+        new,
+        server=replace(new.server, **kept),
+        metrics=replace(new.metrics, listen=old.metrics.listen),
+    )
+
+
+def status_line(
+    listening: list[str], uploads: int, sweep: SweepReport | None, workers: int | None = None
+) -> str:
+    """The STATUS= line: where it listens, (workers,) uploads in flight, files stored."""
+    parts = [f"listening on {', '.join(listening) or 'nothing'}"]
+    if workers is not None:
+        parts.append(f"{workers} workers")
+    parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
+    if sweep is not None:
+        parts.append(f"{sweep.files} files stored")
+    return "; ".join(parts)
 
 
 def _tls_for(config: Config, current: Any = None) -> Any:

@@ -321,15 +321,14 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 worker.signal("KILL")
 
     def status_text(self) -> str:
-        uploads = sum(w.in_flight for w in self.workers)
-        parts = [
-            f"listening on {', '.join(b.description for b in self.bound)}",
-            f"{len(self.workers)} workers",
-            f"{uploads} upload{'s' if uploads != 1 else ''} in flight",
-        ]
-        if self.sweeper.last is not None:
-            parts.append(f"{self.sweeper.last.files} files stored")
-        return "; ".join(parts)
+        from hmacfs.service import status_line
+
+        return status_line(
+            [b.description for b in self.bound],
+            sum(w.in_flight for w in self.workers),
+            self.sweeper.last,
+            workers=len(self.workers),
+        )
 
     def update_status(self) -> None:
         if not self.stopping:
@@ -350,23 +349,9 @@ class Supervisor(MultiService):  # type: ignore[misc]
             _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
             return
-        old = self.config
-        for key in ("listen", "storage_dir", "workers", "sweep_interval"):
-            if getattr(old.server, key) != getattr(new.server, key):
-                _log.warn("[server] {key} changed: restart the service to apply it", key=key)
-        if old.metrics.listen != new.metrics.listen:
-            _log.warn("[metrics] listen changed: restart the service to apply it")
-        self.config = replace(
-            new,
-            server=replace(
-                new.server,
-                listen=old.server.listen,
-                storage_dir=old.server.storage_dir,
-                workers=old.server.workers,
-                sweep_interval=old.server.sweep_interval,
-            ),
-            metrics=replace(new.metrics, listen=old.metrics.listen),
-        )
+        from hmacfs.service import reloadable
+
+        self.config = reloadable(self.config, new)
         self.storage.file_ttl = new.server.file_ttl
         if self.observer is not None:
             from hmacfs.logs import LEVELS
