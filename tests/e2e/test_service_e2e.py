@@ -33,18 +33,23 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         self.messages: list[dict[str, str]] = []
 
+    def _receive(self) -> dict[str, str] | None:
+        """The next message's fields (recorded in `messages`), or None after 0.2 s."""
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+        return fields
+
     def collect(self, until: str, timeout: float = 20) -> dict[str, str]:
         """Read messages until one contains the field `until` ("READY=1"); return it."""
         name, _, value = until.partition("=")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(fields)
-            if fields.get(name) == value:
+            fields = self._receive()
+            if fields is not None and fields.get(name) == value:
                 return fields
         raise AssertionError(f"no {until} within {timeout}s; got {self.messages}")
 
@@ -53,13 +58,9 @@ class NotifySocket:
         got: list[dict[str, str]] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            got.append(fields)
-        self.messages += got
+            fields = self._receive()
+            if fields is not None:
+                got.append(fields)
         return got
 
     def close(self) -> None:
