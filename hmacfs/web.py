@@ -17,11 +17,13 @@ from __future__ import annotations
 import email.utils
 import io
 import ipaddress
+import math
 import mimetypes
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
@@ -71,10 +73,42 @@ MAX_OTHER_BODY = 64 * 1024
 #: that it gets to read the answer instead of a connection reset.
 LINGER_SECONDS = 5.0
 CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
+#: Headers on every answer of the resource tree.
+BASE_HEADERS = (
+    (b"Server", SERVER_NAME),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    (b"Referrer-Policy", b"no-referrer"),
+)
 #: At shutdown, how long an idle connection may still start a request before it is closed.
 IDLE_CLOSE_GRACE = 0.5
 #: Files this large or larger are sent with sendfile(2) over plain connections.
 SENDFILE_MIN = 64 * 1024
+#: GETs and HEADs of files up to this size that come in one piece, unconditional and without
+#: a range, are answered by the channel itself (`UploadChannel.answer_quickly`).
+QUICK_MAX_SIZE = SENDFILE_MIN
+#: A request head the channel may answer itself: GET or HEAD of an ASCII target, HTTP/1.1,
+#: well-formed header lines, nothing after the blank line. Anything else takes the full path.
+_QUICK_HEAD = re.compile(
+    rb"(GET|HEAD) (/[\x21-\x7e]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+)
+#: Headers that make the answer depend on more than the file (a body, conditions, ranges,
+#: connection handling): a request with one of them takes the full path.
+_QUICK_DECLINED = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"range",
+        b"if-range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+    }
+)
 #: Response headers a browser script may read (CORS).
 EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
 
@@ -143,6 +177,40 @@ def preflight_headers(settings: HttpSettings, origin: str | None) -> list[tuple[
     out.append(("Access-Control-Allow-Headers", ", ".join(settings.cors_headers)))
     out.append(("Access-Control-Max-Age", str(int(settings.cors_max_age))))
     return out
+
+
+@dataclass(frozen=True)
+class Download:
+    """How GET and HEAD answer about a stored file, whichever path answers them."""
+
+    media_type: str
+    etag: str
+    #: Content-Disposition, ETag and Cache-Control.
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def of(cls, stored: StoredFile, now: float) -> Download:
+        name = file_name(stored.rel)
+        media_type = (
+            safe_media_type(stored.content_type)
+            or mimetypes.guess_type(name, strict=False)[0]
+            or "application/octet-stream"
+        )
+        kind = "inline" if is_inline(media_type) else "attachment"
+        etag = (
+            f'"{stored.sha256[:32]}"'
+            if stored.sha256
+            else f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
+        )
+        max_age = 7 * 86400
+        if stored.expires is not None:
+            max_age = max(0, min(max_age, int(stored.expires - now)))
+        headers = (
+            (b"Content-Disposition", content_disposition(kind, name).encode()),
+            (b"ETag", etag.encode()),
+            (b"Cache-Control", f"public, max-age={max_age}".encode()),
+        )
+        return cls(media_type, etag, headers)
 
 
 def _header(request: http.Request, name: bytes) -> str | None:
@@ -226,24 +294,31 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def secure(self, request: http.Request) -> bool:
         """Whether the client used TLS: to us, or to a trusted proxy (X-Forwarded-Proto)."""
-        if request.isSecure():
+        return self._secure(
+            request.isSecure(),
+            _peer_host(request),
+            request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or [],
+        )
+
+    def _secure(self, tls: bool, peer: str | None, proto: Sequence[bytes]) -> bool:
+        if tls:
             return True
-        peer = getattr(request.getClientAddress(), "host", None)
-        if not self._proxies or peer is None or not _in(str(peer), self._proxies):
+        if not self._proxies or peer is None or not _in(peer, self._proxies):
             return False
-        proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
         # The first value is what the client used with the outermost proxy.
         first = proto[0].split(b",")[0].strip().lower() if proto else b""
         return first == b"https"
 
     def client_address(self, request: http.Request) -> str:
         """The client's address: the peer's, or the one a trusted proxy forwarded."""
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", None)
-        address = str(host) if host is not None else "unix"
+        return self._client_address(
+            _peer_host(request), request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        )
+
+    def _client_address(self, peer: str | None, forwarded: Sequence[bytes]) -> str:
+        address = peer if peer is not None else "unix"
         if not self._proxies or not _in(address, self._proxies):
             return address
-        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
         hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",")]
         # The nearest hop that is not one of our proxies is the client.
         for hop in reversed(hops):
@@ -438,19 +513,43 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def log(self, request: http.Request) -> None:
         """One line per finished request (Twisted calls this from Request.finish)."""
-        if request.method in (b"GET", b"HEAD") and getattr(request, "rel", None):
-            self.metrics.download_finished(request.code, request.sentLength)
-        duration = time.monotonic() - getattr(request, "started", time.monotonic())
         grant = getattr(request, "grant", None)
-        _log.info(
-            "{client}{secure} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
+        self.answered(
             client=_client(request),
-            secure=" (https)" if self.secure(request) else "",
-            method=request.method.decode("latin-1"),
-            path=getattr(request, "rel", None) or "-",
+            secure=self.secure(request),
+            method=request.method,
+            rel=getattr(request, "rel", None),
             status=request.code,
             size=request.sentLength if request.method != b"PUT" else _body_size(request),
-            scheme=f" [{grant.scheme}]" if grant is not None else "",
+            scheme=grant.scheme if grant is not None else None,
+            started=getattr(request, "started", None),
+        )
+
+    def answered(
+        self,
+        *,
+        client: str,
+        secure: bool,
+        method: bytes,
+        rel: str | None,
+        status: int,
+        size: int,
+        scheme: str | None,
+        started: float | None,
+    ) -> None:
+        """Count and log a request that got its whole answer."""
+        if method in (b"GET", b"HEAD") and rel:
+            self.metrics.download_finished(status, size)
+        duration = time.monotonic() - started if started is not None else 0.0
+        _log.info(
+            "{client}{secure} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
+            client=client,
+            secure=" (https)" if secure else "",
+            method=method.decode("latin-1"),
+            path=rel or "-",
+            status=status,
+            size=size,
+            scheme=f" [{scheme}]" if scheme is not None else "",
             duration=duration,
         )
 
@@ -467,13 +566,16 @@ def _in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
+def _peer_host(request: http.Request) -> str | None:
+    host = getattr(request.getClientAddress(), "host", None)
+    return str(host) if host is not None else None
+
+
 def _client(request: http.Request) -> str:
     site = getattr(getattr(request, "channel", None), "site", None)
     if isinstance(site, UploadSite):
         return site.client_address(request)
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    return str(host) if host is not None else "-"
+    return _peer_host(request) or "-"
 
 
 def _body_size(request: http.Request) -> int:
@@ -656,7 +758,98 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         if self._refused:
             self._discard(data)
             return
+        if data.endswith(b"\r\n\r\n") and self._between_requests() and self.answer_quickly(data):
+            return
         super().dataReceived(data)
+
+    def _between_requests(self) -> bool:
+        """Whether Twisted holds nothing of a request: the next bytes begin a new one."""
+        return not (
+            self.requests
+            or self._buffer
+            or self.paused
+            or not self.line_mode
+            or self._handlingRequest
+            or self._dataBuffer
+        )
+
+    def answer_quickly(self, head: bytes) -> bool:
+        """Answer a plain GET or HEAD of a small stored file from its request head alone.
+
+        Going through Twisted's Request, the resource tree and static.File costs several
+        times what the answer itself does. The answer is the full path's, header for header
+        (`Download`, `BASE_HEADERS`, `cors_headers`); whatever this does not answer exactly
+        like that (conditions, ranges, errors, a head in pieces, anything unusual) returns
+        False before anything is written, and takes the full path.
+        """
+        started = time.monotonic()
+        match = _QUICK_HEAD.fullmatch(head)
+        if match is None or len(head) > self.MAX_LENGTH or self.site.stopping:
+            return False
+        method, target, lines = match.groups()
+        headers: dict[bytes, bytes] = {}
+        for line in lines.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name in headers or name in _QUICK_DECLINED:
+                return False
+            headers[name] = value.strip(b" \t")
+        if headers.get(b"connection", b"keep-alive").lower() != b"keep-alive":
+            return False
+        site = self.site
+        config = site.config
+        raw_path, _ = split_target(target)
+        health_path = config.metrics.health_path
+        if health_path and raw_path == health_path.encode():
+            return False
+        try:
+            rel = decode_path(raw_path, config.server.upload_prefix)
+            stored = site.storage.lookup(rel) if rel else None
+        except HttpError:
+            return False
+        if stored is None or stored.size > QUICK_MAX_SIZE:
+            return False
+        body = b""
+        if method == b"GET" and stored.size:
+            try:
+                fd = os.open(stored.fs_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    body = os.pread(fd, stored.size, 0)
+                finally:
+                    os.close(fd)
+            except OSError:
+                return False
+            if len(body) != stored.size:
+                return False
+        download = Download.of(stored, site.now())
+        origin = headers.get(b"origin")
+        cors = cors_headers(config.http, origin.decode("latin-1") if origin is not None else None)
+        out = [b"HTTP/1.1 200 OK", b"Date: " + http.datetimeToString()]
+        out += [name + b": " + value for name, value in BASE_HEADERS]
+        out += [f"{name}: {value}".encode("latin-1") for name, value in cors]
+        out += [name + b": " + value for name, value in download.headers]
+        out += [
+            b"Accept-Ranges: bytes",
+            b"Content-Length: %d" % stored.size,
+            b"Content-Type: " + download.media_type.encode("ascii"),
+            b"Last-Modified: " + http.datetimeToString(math.ceil(stored.mtime)),
+        ]
+        self.resetTimeout()
+        transport: Any = self.transport
+        transport.writeSequence([b"\r\n".join(out), b"\r\n\r\n", body])
+        peer = getattr(transport.getPeer(), "host", None)
+        proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
+        site.answered(
+            client=site._client_address(peer, [forwarded] if forwarded is not None else []),
+            secure=site._secure(self.isSecure(), peer, [proto] if proto is not None else []),
+            method=method,
+            rel=rel,
+            status=http.OK,
+            size=len(body),
+            scheme=None,
+            started=started,
+        )
+        return True
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -687,10 +880,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         self.site = site
 
     def render(self, request: UploadRequest) -> bytes | int:
-        request.setHeader(b"server", SERVER_NAME)
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY)
-        request.setHeader(b"referrer-policy", b"no-referrer")
+        self._set_raw(request, BASE_HEADERS)
         origin = _header(request, b"origin")
         http_settings = self.site.config.http
         health_path = self.site.config.metrics.health_path
@@ -721,6 +911,11 @@ class Root(resource.Resource):  # type: ignore[misc]
     def _set(request: http.Request, headers: Iterable[tuple[str, str]]) -> None:
         for name, value in headers:
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    @staticmethod
+    def _set_raw(request: http.Request, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            request.setHeader(name, value)
 
     def _error(
         self, request: http.Request, status: int, reason: str, headers: Iterable[tuple[str, str]]
@@ -810,24 +1005,9 @@ class Root(resource.Resource):  # type: ignore[misc]
             raise NotFound("not found")
         request.rel = rel
         stored = self.site.storage.lookup(rel)
-        name = file_name(rel)
-        media_type = (
-            safe_media_type(stored.content_type)
-            or mimetypes.guess_type(name, strict=False)[0]
-            or "application/octet-stream"
-        )
-        kind = "inline" if is_inline(media_type) else "attachment"
-        request.setHeader(b"content-disposition", content_disposition(kind, name).encode())
-        etag = (
-            f'"{stored.sha256[:32]}"'
-            if stored.sha256
-            else f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
-        )
-        request.setHeader(b"etag", etag.encode())
-        max_age = 7 * 86400
-        if stored.expires is not None:
-            max_age = max(0, min(max_age, int(stored.expires - self.site.now())))
-        request.setHeader(b"cache-control", f"public, max-age={max_age}".encode())
+        download = Download.of(stored, self.site.now())
+        self._set_raw(request, download.headers)
+        media_type, etag = download.media_type, download.etag
 
         if_match = _header(request, b"if-match")
         if if_match is not None and not _etag_matches(if_match, etag, weak=False):
@@ -840,7 +1020,7 @@ class Root(resource.Resource):  # type: ignore[misc]
             if _etag_matches(if_none_match, etag, weak=True):
                 request.setResponseCode(http.NOT_MODIFIED)
                 request.setHeader(
-                    b"last-modified", http.datetimeToString(int(stored.mtime))
+                    b"last-modified", http.datetimeToString(math.ceil(stored.mtime))
                 )
                 return b""
         if_range = _header(request, b"if-range")

@@ -331,3 +331,50 @@ def test_large_file_ranges_and_keep_alive(server: Server, tmp_path: Path) -> Non
     result = curl("-o", str(first), url, "-o", str(second), url, "-w", "%{num_connects} ")
     assert first.read_bytes() == data and second.read_bytes() == data
     assert result.stdout.split() == [b"1", b"0"]
+
+
+def test_client_that_never_reads_is_not_answered_into_memory(
+    server: Server, tmp_path: Path
+) -> None:
+    """GETs sent one after another without reading the answers: once the answers back up, the
+    server stops reading, so the client's sending blocks instead of the server buffering
+    answers without end; every answer then arrives, complete and in order."""
+    source = tmp_path / "small"
+    write_file(source, 60_000)
+    data = source.read_bytes()
+    rel = f"{slot()}/small.bin"
+    assert put(server.url(rel) + f"?v={mac_v1(rel, len(data))}", source) == 201
+    request = (
+        f"GET /upload/{rel} HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 8000}\r\n\r\n"
+    ).encode()
+    limit = 64 * 1024 * 1024  # answers for this many request bytes: ~480 MB
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.setblocking(False)
+        sent = 0
+        blocked_at = None
+        deadline = time.monotonic() + 60
+        while sent < limit and time.monotonic() < deadline:
+            try:
+                sent += sock.send(request[sent % len(request):])
+            except BlockingIOError:
+                # Blocked: give the server a moment in case it is only slow, then decide.
+                time.sleep(0.5)
+                try:
+                    sent += sock.send(request[sent % len(request):])
+                except BlockingIOError:
+                    blocked_at = sent
+                    break
+        assert blocked_at is not None, f"sent {sent} bytes without the server pushing back"
+        # Every complete request gets its answer (the server cannot read the rest of a partly
+        # sent one while this client reads nothing, so that one stays unanswered).
+        sock.settimeout(30)
+        reader = sock.makefile("rb")
+        for _ in range(sent // len(request)):
+            status = reader.readline()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = None
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert length == len(data)
+            assert reader.read(length) == data
