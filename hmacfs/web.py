@@ -8,6 +8,11 @@ Those hooks use the channel's private `_command`/`_path` attributes, which have 
 from Twisted 22.4 to the newest release; `tests/protocol/test_twisted_canary.py` fails loudly
 if that changes.
 
+A plain GET or HEAD of a small stored file that arrives in one piece is answered by the
+channel itself (`UploadChannel.answer_quickly`), with the same headers the resource tree
+would send, without a Request object; that needs the line receiver's and the channel's
+between-requests state (`test_twisted_canary.py` pins those names down too).
+
 Every domain error (`hmacfs.errors.HttpError`, `hmacfs.auth.AuthError`) becomes a response
 in exactly two places: `UploadChannel.refuse` (before the body) and `Root.render` (after it).
 """

@@ -94,3 +94,21 @@ def test_chunked_bodies_report_no_length() -> None:
 def test_twisted_version_is_in_the_tested_range() -> None:
     major = int(twisted.__version__.split(".")[0])
     assert 22 <= major < 27, twisted.__version__
+
+
+def test_between_requests_state_has_the_names_the_quick_path_reads() -> None:
+    # UploadChannel._between_requests reads these to know that Twisted holds nothing of a
+    # request: no request object, no buffered bytes, line mode, not paused or pipelining.
+    channel = Channel()
+    channel.makeConnection(StringTransport())
+    state = (
+        channel.requests,
+        channel._buffer,
+        channel.paused,
+        channel.line_mode,
+        channel._handlingRequest,
+        channel._dataBuffer,
+    )
+    assert state == ([], b"", False, 1, False, [])
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost")
+    assert channel.requests and channel._buffer == b"Host"
