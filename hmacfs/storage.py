@@ -6,8 +6,8 @@ Layout under the storage directory:
   written by another upload server (prosody-filer, the Go HMAC File Server) is served as it is.
 - ``.hmacfs/partial/<random>``: bodies being received. Same filesystem as the final files, so
   ``link(2)`` puts a finished file in place atomically, and fails instead of replacing.
-- ``.hmacfs/meta/<xx>/<inode>.json``: what GET needs (content type, digest, upload time,
-  expiry), keyed by the stored file's inode. It is written before the data is linked into
+- ``.hmacfs/meta/<xx>/<inode>.json``: what GET needs (content type, upload time, expiry),
+  keyed by the stored file's inode. It is written before the data is linked into
   place, under a name no other upload can use, so a file never appears without its metadata
   and a losing concurrent upload of the same path cannot disturb the winner's.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import secrets
@@ -35,7 +34,6 @@ from hmacfs.errors import (
     BadRequest,
     Conflict,
     Gone,
-    HttpError,
     NotFound,
     StorageFailure,
     TooLarge,
@@ -51,6 +49,8 @@ POOL_SIZE = 8
 POOL_MAX_AGE = 3600.0
 #: Metadata younger than this may belong to an upload being linked right now.
 _META_GRACE = 3600.0
+#: How much of each file a comparison of two bodies reads at a time.
+COMPARE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,6 @@ class StoredFile:
     size: int
     mtime: float
     content_type: str | None
-    sha256: str | None
     uploaded: float | None
     expires: float | None
 
@@ -160,14 +159,12 @@ class Storage:
         if expires is not None and expires <= self.clock():
             raise Gone("file has expired")
         content_type = meta.get("content_type")
-        digest = meta.get("sha256")
         return StoredFile(
             rel=rel,
             fs_path=Path(real),
             size=st.st_size,
             mtime=st.st_mtime,
             content_type=content_type if isinstance(content_type, str) else None,
-            sha256=digest if isinstance(digest, str) else None,
             uploaded=_number(meta.get("uploaded")),
             expires=expires,
         )
@@ -175,13 +172,16 @@ class Storage:
     # -- upload ------------------------------------------------------------------------------
 
     def existing(self, rel: str) -> StoredFile | None:
-        """The file already stored at `rel`, if any (expired files count: never overwritten)."""
+        """The file already stored at `rel`, if any.
+
+        Raises Conflict when something else is there (a directory, a link leaving the storage
+        directory) or the file there has expired: expired files are never overwritten, nor is
+        an upload taken for a retry of one.
+        """
         try:
             return self.lookup(rel)
         except Gone:
-            fs_path = self.path_of(rel)
-            st = os.stat(fs_path)
-            return StoredFile(rel, fs_path, st.st_size, st.st_mtime, None, None, None, None)
+            raise Conflict("file already exists") from None
         except NotFound:
             if os.path.lexists(self.path_of(rel)):
                 raise Conflict("path is in use") from None
@@ -218,7 +218,8 @@ class Storage:
 
     def _create_partial(self) -> tuple[Path, int]:
         partial = self.partial_dir / secrets.token_hex(16)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Read as well as written: a retry's body is compared with the stored file.
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return partial, fd
 
     def _take_pooled(self) -> tuple[Path, int]:
@@ -386,7 +387,6 @@ class PartialUpload:
         self.started = started
         self.received = 0
         self._fd: int | None = fd
-        self._hash = hashlib.sha256()
         self.done = False
 
     @property
@@ -407,34 +407,31 @@ class PartialUpload:
                 view = view[written:]
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
-        self._hash.update(data)
         self.received += len(data)
 
-    def commit(self, existing_digest: str | None = None) -> StoredFile:
+    def commit(self, compare: bool = False) -> StoredFile:
         """Make the complete body visible at its path, with its metadata. Blocking.
 
-        With `existing_digest` (a file is already stored there), an identical body is taken
-        as a successful retry and the stored file is left as it is; a different one is a
-        conflict. Raises Conflict, StorageFailure, BadRequest (incomplete body).
+        With `compare` (a file of the same size was stored at the path when the upload was
+        admitted) the body is first compared with that file, byte for byte: an identical body
+        is a client retrying after it lost our 201, a success that leaves the stored file as
+        it is; a different one is a conflict. A concurrent upload that links the path first is
+        judged the same way. Raises Conflict, StorageFailure, BadRequest (incomplete body).
         """
         if self.received != self.size:
             self.abort()
             raise BadRequest("body shorter than Content-Length")
         storage = self.storage
-        digest = self._hash.hexdigest()
         try:
             fd = self._fd
             assert fd is not None
-            if existing_digest is not None:
-                self.abort()
-                if existing_digest == digest:
-                    return storage.lookup(self.rel)
-                raise Conflict("file already exists")
+            if compare:
+                same = self._identical_stored()
+                if same is not None:
+                    return same
             if storage.fsync:
                 os.fsync(fd)
-            os.close(fd)
-            self._fd = None
-            st = os.stat(self.partial)
+            st = os.fstat(fd)
             meta_path = storage._meta_path(st.st_ino)
             uploaded = storage.clock()
             meta = {
@@ -442,7 +439,6 @@ class PartialUpload:
                 "path": self.rel,
                 "size": self.size,
                 "content_type": self.content_type,
-                "sha256": digest,
                 "uploaded": uploaded,
                 "expires": self.expires,
                 "scheme": self.scheme,
@@ -463,17 +459,16 @@ class PartialUpload:
                 _fsync_dir(meta_path.parent)
             try:
                 storage._link_into_place(self)
-            except BaseException as failure:
+            except Conflict:
                 meta_path.unlink(missing_ok=True)
-                if isinstance(failure, Conflict):
-                    # A concurrent retry of the same upload may have won the race with the
-                    # same bytes: that is a success, not a conflict.
-                    try:
-                        winner = storage.lookup(self.rel)
-                    except HttpError:
-                        raise failure from None
-                    if winner.sha256 == digest:
-                        return winner
+                # A concurrent retry of the same upload may have won the race with the
+                # same bytes: that is a success, not a conflict.
+                winner = self._identical_stored()
+                if winner is None:
+                    raise
+                return winner
+            except BaseException:
+                meta_path.unlink(missing_ok=True)
                 raise
             return StoredFile(
                 rel=self.rel,
@@ -481,7 +476,6 @@ class PartialUpload:
                 size=self.size,
                 mtime=st.st_mtime,
                 content_type=self.content_type,
-                sha256=digest,
                 uploaded=uploaded,
                 expires=self.expires,
             )
@@ -492,6 +486,23 @@ class PartialUpload:
         finally:
             self.abort()
 
+    def _identical_stored(self) -> StoredFile | None:
+        """The file stored at our path if it holds exactly our body; None if none is there.
+
+        Raises Conflict when the file there differs (or has expired). Reads both files through,
+        a chunk at a time: blocking.
+        """
+        try:
+            stored = self.storage.lookup(self.rel)
+        except NotFound:
+            return None
+        except Gone:
+            raise Conflict("file already exists") from None
+        assert self._fd is not None
+        if stored.size != self.size or not _same_bytes(self._fd, stored.fs_path, self.size):
+            raise Conflict("file already exists")
+        return stored
+
     def abort(self) -> None:
         """Forget the body: close and remove the partial file. Safe to call more than once."""
         self.done = True
@@ -500,6 +511,47 @@ class PartialUpload:
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial)
+
+
+def _same_bytes(fd: int, path: Path, size: int) -> bool:
+    """Whether the file at `path` holds exactly the `size` bytes that `fd` holds.
+
+    Reads COMPARE_CHUNK bytes of each at a time into the same two buffers, so memory stays flat
+    whatever the size.
+    """
+    try:
+        other = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(other)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        ours, theirs = bytearray(min(COMPARE_CHUNK, size)), bytearray(min(COMPARE_CHUNK, size))
+        offset = 0
+        while offset < size:
+            if size - offset < len(ours):
+                ours, theirs = bytearray(size - offset), bytearray(size - offset)
+            if _pread_full(fd, ours, offset) != len(ours):
+                return False
+            if _pread_full(other, theirs, offset) != len(theirs) or ours != theirs:
+                return False
+            offset += len(ours)
+        return True
+    finally:
+        os.close(other)
+
+
+def _pread_full(fd: int, buffer: bytearray, offset: int) -> int:
+    """Fill `buffer` from `fd` at `offset`; how many bytes were read (fewer only at the end)."""
+    view = memoryview(buffer)
+    got = 0
+    while got < len(buffer):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _number(value: object) -> float | None:

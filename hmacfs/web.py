@@ -294,11 +294,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
         existing = self.storage.existing(rel)
         if existing is not None:
-            if existing.sha256 is None or existing.size != grant.size:
+            if existing.size != grant.size:
                 raise Conflict("file already exists")
             # Same path, same size: take the body and compare; an identical body is a client
             # retrying after it lost our 201, and gets its 201 now.
-            request.existing_digest = existing.sha256
+            request.same_size_stored = True
         content_type = safe_media_type(grant.content_type) or "application/octet-stream"
         upload = self.storage.begin(
             rel, grant.size, content_type, expires=grant.expires, scheme=grant.scheme
@@ -498,7 +498,7 @@ class UploadRequest(server.Request):  # type: ignore[misc]
     _site: UploadSite | None = None
     grant: auth.Grant | None = None
     rel: str | None = None
-    existing_digest: str | None = None
+    same_size_stored = False
     committing = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -738,7 +738,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         if upload is None:
             raise BadRequest("upload was not admitted")
         request.committing = True
-        d = self.site.run_blocking(upload.commit, request.existing_digest)
+        d = self.site.run_blocking(upload.commit, request.same_size_stored)
 
         def done(stored: StoredFile) -> None:
             # Answer before forgetting the upload: a shutdown waiting for it then closes the
@@ -818,11 +818,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         )
         kind = "inline" if is_inline(media_type) else "attachment"
         request.setHeader(b"content-disposition", content_disposition(kind, name).encode())
-        etag = (
-            f'"{stored.sha256[:32]}"'
-            if stored.sha256
-            else f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
-        )
+        etag = f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
         request.setHeader(b"etag", etag.encode())
         max_age = 7 * 86400
         if stored.expires is not None:

@@ -307,3 +307,67 @@ def test_disk_full_mid_body_is_507_and_leaves_nothing(
     assert partial_files(harness.storage) == []
     assert visible_files(harness.storage.root) == []
     assert harness.site.uploads == set()
+
+
+def header_of(response: bytes, name: bytes) -> bytes | None:
+    for line in response.split(b"\r\n"):
+        key, _, value = line.partition(b": ")
+        if key.lower() == name:
+            return value
+    return None
+
+
+def test_a_file_stored_by_another_server_takes_an_identical_retry(harness: Harness) -> None:
+    path = "a1b2/foreign.txt"
+    (harness.storage.root / "a1b2").mkdir()
+    (harness.storage.root / "a1b2" / "foreign.txt").write_bytes(b"old")
+    query = f"v={mac_v1(path, 3)}"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 3, query) + b"new")
+    assert status_of(transport.value()) == 409
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 3, query) + b"old")
+    assert status_of(transport.value()) == 201
+    assert (harness.storage.root / "a1b2" / "foreign.txt").read_bytes() == b"old"
+    assert partial_files(harness.storage) == []
+
+
+def test_etag_is_size_and_mtime_and_survives_an_identical_retry(harness: Harness) -> None:
+    import os
+
+    path = "a1b2/tagged.txt"
+    query = f"v={mac_v1(path, 6)}"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 6, query) + b"tagged")
+    assert status_of(transport.value()) == 201
+    st = os.stat(harness.storage.root / "a1b2" / "tagged.txt")
+
+    def etag() -> bytes | None:
+        channel, transport = harness.connect()
+        channel.dataReceived(f"HEAD /upload/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return header_of(pump(channel, transport), b"etag")
+
+    expected = f'"{6:x}-{int(st.st_mtime * 1_000_000):x}"'.encode()
+    assert etag() == expected
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 6, query) + b"tagged")
+    assert status_of(transport.value()) == 201
+    assert etag() == expected
+
+
+def test_an_expired_file_of_the_same_size_is_409_before_the_body(harness: Harness) -> None:
+    rel = "slot-2/brief.txt"
+    now = harness.clock.seconds()
+    secret = harness.config.hmac.secrets[0]
+    from hmacfs import auth
+
+    signed = auth.sign("jwt", rel, 4, "text/plain", secret, now=now, file_expiry=now + 60)
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(rel, 4, "", f"Authorization: {signed.headers['Authorization']}")
+                         + b"note")
+    assert status_of(transport.value()) == 201
+    harness.clock.advance(61)
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(rel, 4, f"v={mac_v1(rel, 4)}"))
+    assert status_of(transport.value()) == 409
+    assert partial_files(harness.storage) == []

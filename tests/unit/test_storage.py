@@ -47,7 +47,8 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     assert visible_files(storage.root) == ["a/b.txt"]
     assert partial_files(storage) == []
     found = storage.lookup("a/b.txt")
-    assert (found.size, found.content_type, found.sha256) == (4, "text/plain", stored.sha256)
+    assert (found.size, found.content_type, found.uploaded) == (4, "text/plain", stored.uploaded)
+    assert found.fs_path.read_bytes() == b"abcd"
 
 
 def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
@@ -79,7 +80,10 @@ def test_concurrent_identical_retries_both_succeed(storage: Storage) -> None:
     first.write(b"one")
     second.write(b"one")
     first.commit()
-    assert second.commit().sha256 == storage.lookup("s/x.bin").sha256
+    kept = os.stat(storage.path_of("s/x.bin"))
+    assert second.commit().size == 3
+    assert os.stat(storage.path_of("s/x.bin")).st_ino == kept.st_ino
+    assert partial_files(storage) == []
 
 
 def test_a_file_where_a_directory_is_needed_is_a_conflict(storage: Storage) -> None:
@@ -93,7 +97,7 @@ def test_foreign_files_are_served_without_metadata(storage: Storage) -> None:
     (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
     found = storage.lookup("old/photo.jpg")
     assert found.size == 4
-    assert found.content_type is None and found.sha256 is None
+    assert found.content_type is None and found.uploaded is None
 
 
 def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
@@ -102,7 +106,7 @@ def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
     # Replace the file behind our back: its inode changes, the metadata no longer applies.
     os.unlink(one.fs_path)
     (storage.root / "a" / "one.txt").write_bytes(b"22")
-    assert storage.lookup("a/one.txt").sha256 is None
+    assert storage.lookup("a/one.txt").content_type is None
 
 
 def test_expiry_gone_then_swept(storage: Storage, clock: FakeClock) -> None:
@@ -184,3 +188,125 @@ def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPa
     storage.fill_pool()
     storage.drain_pool()
     assert os.listdir(storage.partial_dir) == []
+
+
+# -- a retry of an upload: the same bytes again ------------------------------------------------
+
+
+def retry(storage: Storage, rel: str, body: bytes) -> None:
+    """Upload `body` to `rel` as the server does when a file of that size is already there."""
+    upload = storage.begin(rel, len(body), "text/plain")
+    upload.write(body)
+    upload.commit(compare=True)
+
+
+def test_identical_retry_succeeds_and_leaves_the_stored_file(
+    storage: Storage, clock: FakeClock
+) -> None:
+    store(storage, "r/same.txt", b"payload")
+    before = os.stat(storage.path_of("r/same.txt"))
+    clock.now += 10
+    retry(storage, "r/same.txt", b"payload")
+    after = os.stat(storage.path_of("r/same.txt"))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert storage.lookup("r/same.txt").uploaded == clock.now - 10
+    assert partial_files(storage) == []
+
+
+@pytest.mark.parametrize("where", [0, 3, 4, 9, 10])
+def test_a_different_body_of_the_same_size_is_a_conflict(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, where: int
+) -> None:
+    from hmacfs import storage as storage_module
+
+    # Small chunks: a difference in the first, a middle or the last (short) chunk is found.
+    monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 4)
+    body = b"0123456789a"
+    store(storage, "r/diff.bin", body)
+    changed = bytearray(body)
+    changed[where] ^= 0x20
+    with pytest.raises(Conflict):
+        retry(storage, "r/diff.bin", bytes(changed))
+    assert storage.path_of("r/diff.bin").read_bytes() == body
+    assert partial_files(storage) == []
+    retry(storage, "r/diff.bin", body)
+
+
+def test_comparison_reads_in_bounded_chunks(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmacfs import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 1000)
+    body = os.urandom(10_500)
+    store(storage, "r/big.bin", body)
+    sizes: list[int] = []
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    retry(storage, "r/big.bin", body)
+    assert len(sizes) == 2 * 11  # both files, 10 full chunks and the rest
+    assert max(sizes) == 1000
+
+
+def test_a_file_stored_by_another_server_is_compared_too(storage: Storage) -> None:
+    (storage.root / "old").mkdir()
+    (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
+    retry(storage, "old/photo.jpg", b"jpeg")
+    with pytest.raises(Conflict):
+        retry(storage, "old/photo.jpg", b"JPEG")
+    assert (storage.root / "old" / "photo.jpg").read_bytes() == b"jpeg"
+    assert storage.lookup("old/photo.jpg").content_type is None
+
+
+def test_an_expired_file_is_not_taken_for_a_retry(storage: Storage, clock: FakeClock) -> None:
+    store(storage, "r/old.txt", b"bye", expires=clock.now + 60)
+    assert storage.existing("r/old.txt") is not None
+    clock.now += 61
+    with pytest.raises(Conflict):
+        storage.existing("r/old.txt")
+    with pytest.raises(Conflict):
+        retry(storage, "r/old.txt", b"bye")
+    assert partial_files(storage) == []
+
+
+def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(storage: Storage) -> None:
+    store(storage, "r/gone.txt", b"abc")
+    upload = storage.begin("r/gone.txt", 3, "image/png")
+    upload.write(b"xyz")
+    os.unlink(storage.path_of("r/gone.txt"))
+    upload.commit(compare=True)
+    assert storage.path_of("r/gone.txt").read_bytes() == b"xyz"
+    assert storage.lookup("r/gone.txt").content_type == "image/png"
+
+
+def test_a_concurrent_upload_of_other_bytes_wins_the_link_conflict(storage: Storage) -> None:
+    first = storage.begin("s/y.bin", 3, "text/plain")
+    second = storage.begin("s/y.bin", 3, "text/plain")
+    first.write(b"one")
+    second.write(b"two")
+    first.commit()
+    with pytest.raises(Conflict):
+        second.commit()
+    assert storage.path_of("s/y.bin").read_bytes() == b"one"
+    assert partial_files(storage) == []
+
+
+def test_old_metadata_with_a_digest_is_still_read(storage: Storage) -> None:
+    import json
+
+    (storage.root / "o").mkdir()
+    target = storage.root / "o" / "f.txt"
+    target.write_bytes(b"data")
+    ino = os.stat(target).st_ino
+    meta = {"v": 1, "path": "o/f.txt", "size": 4, "content_type": "text/x-old",
+            "sha256": "ab" * 32, "uploaded": 5.0, "expires": None, "scheme": "v1"}
+    meta_path = storage.root / ".hmacfs" / "meta" / f"{ino % 256:02x}" / f"{ino}.json"
+    meta_path.write_text(json.dumps(meta))
+    found = storage.lookup("o/f.txt")
+    assert (found.content_type, found.uploaded) == ("text/x-old", 5.0)
+    assert not hasattr(found, "sha256")
