@@ -6,10 +6,12 @@ Layout under the storage directory:
   written by another upload server (prosody-filer, the Go HMAC File Server) is served as it is.
 - ``.hmacfs/partial/<random>``: bodies being received. Same filesystem as the final files, so
   ``link(2)`` puts a finished file in place atomically, and fails instead of replacing.
-- ``.hmacfs/meta/<xx>/<inode>.json``: what GET needs (content type, upload time, expiry),
-  keyed by the stored file's inode. It is written before the data is linked into
-  place, under a name no other upload can use, so a file never appears without its metadata
-  and a losing concurrent upload of the same path cannot disturb the winner's.
+- what GET needs (content type, upload time, expiry), as JSON: in the stored file's own
+  extended attribute ``user.hmacfs`` where the filesystem keeps user attributes, else in
+  ``.hmacfs/meta/<xx>/<inode>.json``, keyed by the stored file's inode (older uploads, other
+  filesystems). Either way it is written before the data is linked into place and belongs to
+  that upload's inode alone, so a file never appears without its metadata and a losing
+  concurrent upload of the same path cannot disturb the winner's.
 
 Nothing here touches Twisted; the slow calls (fsync, link, sweeping) are made by the caller
 on a thread.
@@ -51,6 +53,13 @@ POOL_MAX_AGE = 3600.0
 _META_GRACE = 3600.0
 #: How much of each file a comparison of two bodies reads at a time.
 COMPARE_CHUNK = 1 << 20
+#: The extended attribute that holds a stored file's metadata.
+META_XATTR = "user.hmacfs"
+#: Where metadata goes: "auto" (an extended attribute where the filesystem keeps them, else a
+#: file), "xattr" (an extended attribute; a filesystem without them is an error) or "file".
+METADATA_STORES = ("auto", "xattr", "file")
+#: What setxattr answers on a filesystem without user extended attributes.
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,16 @@ class Storage:
         fsync: bool = True,
         file_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
+        metadata: str = "auto",
     ) -> None:
+        """Open (creating what is missing) the storage directory `root`.
+
+        Raises OSError when it cannot be created, or when `metadata` is "xattr" and its
+        filesystem does not keep user extended attributes; ValueError for another `metadata`
+        than those of METADATA_STORES.
+        """
+        if metadata not in METADATA_STORES:
+            raise ValueError(f"metadata must be one of {', '.join(METADATA_STORES)}")
         self.root = root
         self.fsync = fsync
         self.file_ttl = file_ttl
@@ -116,6 +134,29 @@ class Storage:
         self._pool: collections.deque[tuple[Path, int, float]] = collections.deque()
         self._pool_lock = threading.Lock()
         self._real_state = os.path.realpath(self._state)
+        #: Whether new metadata goes into an extended attribute (else into a file).
+        self.xattrs = metadata != "file" and self._xattrs_kept(required=metadata == "xattr")
+        #: Whether stored files may carry metadata in an extended attribute worth reading.
+        self._read_xattrs = self.xattrs or metadata == "file"
+
+    def _xattrs_kept(self, *, required: bool) -> bool:
+        """Whether the filesystem keeps user extended attributes: tried on a scratch file."""
+        if not hasattr(os, "setxattr"):
+            if required:
+                raise OSError(errno.ENOTSUP, "no extended attributes on this system")
+            return False
+        scratch = self.partial_dir / f"probe-{secrets.token_hex(8)}"
+        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.setxattr(fd, META_XATTR, b"{}")
+        except OSError as e:
+            if e.errno not in _NO_XATTRS or required:
+                raise
+            return False
+        finally:
+            os.close(fd)
+            scratch.unlink()
+        return True
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -126,15 +167,18 @@ class Storage:
     def _meta_path(self, ino: int) -> Path:
         return self.meta_dir / f"{ino % 256:02x}" / f"{ino}.json"
 
-    def _read_meta(self, st: os.stat_result, rel: str) -> dict[str, object] | None:
+    def _read_meta(self, path: str, st: os.stat_result, rel: str) -> dict[str, object] | None:
+        """The metadata of the file `path` (`st`) stored at `rel`: its own extended attribute,
+        else the file keyed by its inode; None when neither describes it."""
+        if self._read_xattrs:
+            meta = _valid_meta(_xattr_of(path), st, rel)
+            if meta is not None:
+                return meta
         try:
             raw = self._meta_path(st.st_ino).read_bytes()
-            meta = json.loads(raw)
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if not isinstance(meta, dict) or meta.get("path") != rel or meta.get("size") != st.st_size:
-            return None
-        return meta
+        return _valid_meta(raw, st, rel)
 
     # -- download ----------------------------------------------------------------------------
 
@@ -154,7 +198,7 @@ class Storage:
             raise NotFound("not found") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFound("not found")
-        meta = self._read_meta(st, rel) or {}
+        meta = self._read_meta(real, st, rel) or {}
         expires = _number(meta.get("expires"))
         if expires is not None and expires <= self.clock():
             raise Gone("file has expired")
@@ -333,23 +377,41 @@ class Storage:
                 meta_path.unlink(missing_ok=True)
                 self._prune_dirs(target.parent)
                 report.expired += 1
-        report.files, report.bytes = self._usage()
+        self._sweep_stored(now, report)
         return report
 
-    def _usage(self) -> tuple[int, int]:
-        files = size = 0
-        for directory, subdirs, names in os.walk(self.root):
-            if directory == str(self.root) and RESERVED_SEGMENT in subdirs:
+    def _sweep_stored(self, now: float, report: SweepReport) -> None:
+        """Walk the stored files: remove those whose extended attribute says they have
+        expired, and count the others into `report`."""
+        root = str(self.root)
+        expired: list[str] = []
+        for directory, subdirs, names in os.walk(root):
+            if directory == root and RESERVED_SEGMENT in subdirs:
                 subdirs.remove(RESERVED_SEGMENT)
+            rel_dir = os.path.relpath(directory, root)
+            prefix = "" if rel_dir == "." else rel_dir + "/"
             for name in names:
+                path = os.path.join(directory, name)
                 try:
-                    st = os.lstat(os.path.join(directory, name))
+                    st = os.lstat(path)
                 except OSError:
                     continue
-                if stat.S_ISREG(st.st_mode):
-                    files += 1
-                    size += st.st_size
-        return files, size
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if self._read_xattrs:
+                    meta = _valid_meta(_xattr_of(path), st, prefix + name)
+                    expires = _number(meta.get("expires")) if meta is not None else None
+                    if expires is not None and expires <= now:
+                        expired.append(path)
+                        continue
+                report.files += 1
+                report.bytes += st.st_size
+        # Removed after the walk, which would otherwise step into directories pruned under it.
+        for path in expired:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                report.expired += 1
+            self._prune_dirs(Path(path).parent)
 
     def _prune_dirs(self, directory: Path) -> None:
         """Remove now-empty directories between a removed file and the storage root."""
@@ -429,10 +491,7 @@ class PartialUpload:
                 same = self._identical_stored()
                 if same is not None:
                     return same
-            if storage.fsync:
-                os.fsync(fd)
             st = os.fstat(fd)
-            meta_path = storage._meta_path(st.st_ino)
             uploaded = storage.clock()
             meta = {
                 "v": _META_VERSION,
@@ -443,24 +502,28 @@ class PartialUpload:
                 "expires": self.expires,
                 "scheme": self.scheme,
             }
-            # Written in place: it is keyed by the partial file's inode, which no other existing
-            # file can have, so what may stand there already is stale, and nothing reads it
-            # before the data is linked into place below.
-            meta_fd = os.open(
-                meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-            )
-            try:
-                os.write(meta_fd, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-                if storage.fsync:
-                    os.fsync(meta_fd)
-            finally:
-                os.close(meta_fd)
+            encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            meta_path: Path | None = None
+            if storage.xattrs:
+                try:
+                    # On the partial file itself: the fsync of its data below covers it too.
+                    os.setxattr(fd, META_XATTR, encoded)
+                except OSError as e:
+                    # Too large for this filesystem's attributes (a long path): a file then.
+                    if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                        raise
+                    meta_path = storage._meta_path(st.st_ino)
+            else:
+                meta_path = storage._meta_path(st.st_ino)
             if storage.fsync:
-                _fsync_dir(meta_path.parent)
+                os.fsync(fd)
+            if meta_path is not None:
+                _write_meta_file(meta_path, encoded, fsync=storage.fsync)
             try:
                 storage._link_into_place(self)
             except Conflict:
-                meta_path.unlink(missing_ok=True)
+                if meta_path is not None:
+                    meta_path.unlink(missing_ok=True)
                 # A concurrent retry of the same upload may have won the race with the
                 # same bytes: that is a success, not a conflict.
                 winner = self._identical_stored()
@@ -468,7 +531,8 @@ class PartialUpload:
                     raise
                 return winner
             except BaseException:
-                meta_path.unlink(missing_ok=True)
+                if meta_path is not None:
+                    meta_path.unlink(missing_ok=True)
                 raise
             return StoredFile(
                 rel=self.rel,
@@ -511,6 +575,43 @@ class PartialUpload:
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial)
+
+
+def _write_meta_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:
+    """Write the metadata file of a partial file, before it is linked into place."""
+    # Written in place: it is keyed by the partial file's inode, which no other existing file
+    # can have, so what may stand there already is stale, and nothing reads it before the data
+    # is linked into place.
+    meta_fd = os.open(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(meta_fd, encoded)
+        if fsync:
+            os.fsync(meta_fd)
+    finally:
+        os.close(meta_fd)
+    if fsync:
+        _fsync_dir(meta_path.parent)
+
+
+def _xattr_of(path: str) -> bytes | None:
+    """The metadata attribute of the file `path`, if it has one."""
+    try:
+        return os.getxattr(path, META_XATTR, follow_symlinks=False)
+    except OSError:  # none, or no extended attributes on this filesystem
+        return None
+
+
+def _valid_meta(raw: bytes | None, st: os.stat_result, rel: str) -> dict[str, object] | None:
+    """Metadata `raw` (JSON) if it describes the file `st` stored at `rel`, else None."""
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("path") != rel or meta.get("size") != st.st_size:
+        return None
+    return meta
 
 
 def _same_bytes(fd: int, path: Path, size: int) -> bool:
