@@ -13,8 +13,10 @@ Layout under the storage directory:
   that upload's inode alone, so a file never appears without its metadata and a losing
   concurrent upload of the same path cannot disturb the winner's.
 
-Nothing here touches Twisted; the slow calls (fsync, link, sweeping) are made by the caller
-on a thread.
+Nothing here touches Twisted; the slow calls (fsync, comparing bodies, sweeping) are made by
+the caller on a thread. Without fsync, a commit that has no body to compare only creates names
+and sets attributes, which does not wait for the disk: the caller may make it on its own thread
+(`PartialUpload.can_commit_inline`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ META_XATTR = "user.hmacfs"
 METADATA_STORES = ("auto", "xattr", "file")
 #: What setxattr answers on a filesystem without user extended attributes.
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
+
+
+class CompareOnThread(Exception):
+    """An inline commit found that a concurrent upload linked the path first: the bodies
+    must be compared, which reads the disk. Commit again, on a thread, with `compare`."""
 
 
 @dataclass(frozen=True)
@@ -471,19 +478,30 @@ class PartialUpload:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         self.received += len(data)
 
-    def commit(self, compare: bool = False) -> StoredFile:
+    def can_commit_inline(self, compare: bool = False) -> bool:
+        """Whether `commit(compare, inline=True)` may be made on the reactor's thread.
+
+        True in fast mode (no fsync) with no body to compare: the commit then only opens,
+        creates and links names and sets an attribute, none of which waits for the disk.
+        """
+        return not self.storage.fsync and not compare
+
+    def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
         """Make the complete body visible at its path, with its metadata. Blocking.
 
         With `compare` (a file of the same size was stored at the path when the upload was
         admitted) the body is first compared with that file, byte for byte: an identical body
         is a client retrying after it lost our 201, a success that leaves the stored file as
         it is; a different one is a conflict. A concurrent upload that links the path first is
-        judged the same way. Raises Conflict, StorageFailure, BadRequest (incomplete body).
+        judged the same way, except that an `inline` commit raises CompareOnThread for it and
+        keeps the partial file for the commit that compares. Raises Conflict, StorageFailure,
+        BadRequest (incomplete body).
         """
         if self.received != self.size:
             self.abort()
             raise BadRequest("body shorter than Content-Length")
         storage = self.storage
+        handed_over = False
         try:
             fd = self._fd
             assert fd is not None
@@ -526,6 +544,11 @@ class PartialUpload:
                     meta_path.unlink(missing_ok=True)
                 # A concurrent retry of the same upload may have won the race with the
                 # same bytes: that is a success, not a conflict.
+                if inline:
+                    if not _same_size_file(storage.path_of(self.rel), self.size):
+                        raise
+                    handed_over = True
+                    raise CompareOnThread() from None
                 winner = self._identical_stored()
                 if winner is None:
                     raise
@@ -548,7 +571,8 @@ class PartialUpload:
                 raise BadRequest("file name too long") from e
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         finally:
-            self.abort()
+            if not handed_over:
+                self.abort()
 
     def _identical_stored(self) -> StoredFile | None:
         """The file stored at our path if it holds exactly our body; None if none is there.
@@ -591,6 +615,15 @@ def _write_meta_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:
         os.close(meta_fd)
     if fsync:
         _fsync_dir(meta_path.parent)
+
+
+def _same_size_file(path: Path, size: int) -> bool:
+    """Whether a regular file of `size` bytes is at `path` (a stat: does not read the disk)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _xattr_of(path: str) -> bytes | None:

@@ -56,7 +56,7 @@ from hmacfs.metrics import (
 from hmacfs.paths import decode_path, file_name, split_target
 from hmacfs.sendfile import SendfileProducer, can_sendfile
 from hmacfs.settings import Config, HttpSettings
-from hmacfs.storage import PartialUpload, Storage, StoredFile
+from hmacfs.storage import CompareOnThread, PartialUpload, Storage, StoredFile
 from hmacfs.units import format_size
 
 T = TypeVar("T")
@@ -738,7 +738,14 @@ class Root(resource.Resource):  # type: ignore[misc]
         if upload is None:
             raise BadRequest("upload was not admitted")
         request.committing = True
-        d = self.site.run_blocking(upload.commit, request.same_size_stored)
+        compare = request.same_size_stored
+        d: defer.Deferred[StoredFile]
+        if upload.can_commit_inline(compare):
+            # Fast mode: creating names waits for no disk, so the reactor does it at once.
+            d = defer.maybeDeferred(upload.commit, compare, inline=True)
+            d.addErrback(self._compare_on_thread, upload)
+        else:
+            d = self.site.run_blocking(upload.commit, compare)
 
         def done(stored: StoredFile) -> None:
             # Answer before forgetting the upload: a shutdown waiting for it then closes the
@@ -770,6 +777,13 @@ class Root(resource.Resource):  # type: ignore[misc]
 
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _compare_on_thread(
+        self, failure: Failure, upload: PartialUpload
+    ) -> defer.Deferred[StoredFile]:
+        """A concurrent upload linked the path first: compare the bodies, on a thread."""
+        failure.trap(CompareOnThread)
+        return self.site.run_blocking(upload.commit, True)
 
     # -- GET/HEAD ----------------------------------------------------------------------------
 

@@ -468,3 +468,39 @@ def test_stale_metadata_files_are_swept(storage: Storage, clock: FakeClock) -> N
     assert report.orphans == 1
     assert not stale.exists() and fresh.exists()  # the fresh one may be being linked
     assert storage.lookup("s/kept.txt").content_type == "text/plain"
+
+
+# -- commits on the caller's thread (fast mode) ------------------------------------------------
+
+
+def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> None:
+    fast = Storage(tmp_path / "fast", fsync=False).begin("a", 1, "text/plain")
+    durable = Storage(tmp_path / "durable", fsync=True).begin("a", 1, "text/plain")
+    assert fast.can_commit_inline()
+    assert not fast.can_commit_inline(compare=True)
+    assert not durable.can_commit_inline()
+    fast.abort()
+    durable.abort()
+
+
+def test_an_inline_commit_hands_a_same_size_race_over(tmp_path: Path, metadata: str) -> None:
+    from hmacfs.storage import CompareOnThread
+
+    storage = Storage(tmp_path / "files", fsync=False, metadata=metadata)
+    first = storage.begin("s/z.bin", 3, "text/plain")
+    second = storage.begin("s/z.bin", 3, "text/plain")
+    other_size = storage.begin("s/z.bin", 2, "text/plain")
+    first.write(b"one")
+    second.write(b"one")
+    other_size.write(b"on")
+    first.commit(inline=True)
+    with pytest.raises(CompareOnThread):
+        second.commit(inline=True)
+    assert second.partial.exists()  # kept for the comparison
+    assert second.commit(compare=True).size == 3
+    # Of another size it cannot be the same body: a conflict at once.
+    with pytest.raises(Conflict):
+        other_size.commit(inline=True)
+    assert partial_files(storage) == []
+    assert len(json_metas(storage)) == (1 if metadata == "file" else 0)  # the winner's
+    assert storage.path_of("s/z.bin").read_bytes() == b"one"
