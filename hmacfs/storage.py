@@ -6,13 +6,17 @@ Layout under the storage directory:
   written by another upload server (prosody-filer, the Go HMAC File Server) is served as it is.
 - ``.hmacfs/partial/<random>``: bodies being received. Same filesystem as the final files, so
   ``link(2)`` puts a finished file in place atomically, and fails instead of replacing.
-- ``.hmacfs/meta/<xx>/<inode>.json``: what GET needs (content type, digest, upload time,
-  expiry), keyed by the stored file's inode. It is written before the data is linked into
-  place, under a name no other upload can use, so a file never appears without its metadata
-  and a losing concurrent upload of the same path cannot disturb the winner's.
+- what GET needs (content type, upload time, expiry), as JSON: in the stored file's own
+  extended attribute ``user.hmacfs`` where the filesystem keeps user attributes, else in
+  ``.hmacfs/meta/<xx>/<inode>.json``, keyed by the stored file's inode (older uploads, other
+  filesystems). Either way it is written before the data is linked into place and belongs to
+  that upload's inode alone, so a file never appears without its metadata and a losing
+  concurrent upload of the same path cannot disturb the winner's.
 
-Nothing here touches Twisted; the slow calls (fsync, link, sweeping) are made by the caller
-on a thread.
+Nothing here touches Twisted; the slow calls (fsync, comparing bodies, sweeping) are made by
+the caller on a thread. Without fsync, a commit that has no body to compare only creates names
+and sets attributes, which does not wait for the disk: the caller may make it on its own thread
+(`PartialUpload.can_commit_inline`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import secrets
@@ -35,7 +38,6 @@ from hmacfs.errors import (
     BadRequest,
     Conflict,
     Gone,
-    HttpError,
     NotFound,
     StorageFailure,
     TooLarge,
@@ -51,6 +53,20 @@ POOL_SIZE = 8
 POOL_MAX_AGE = 3600.0
 #: Metadata younger than this may belong to an upload being linked right now.
 _META_GRACE = 3600.0
+#: How much of each file a comparison of two bodies reads at a time.
+COMPARE_CHUNK = 1 << 20
+#: The extended attribute that holds a stored file's metadata.
+META_XATTR = "user.hmacfs"
+#: Where metadata goes: "auto" (an extended attribute where the filesystem keeps them, else a
+#: file), "xattr" (an extended attribute; a filesystem without them is an error) or "file".
+METADATA_STORES = ("auto", "xattr", "file")
+#: What setxattr answers on a filesystem without user extended attributes.
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
+
+
+class CompareOnThread(Exception):
+    """An inline commit found that a concurrent upload linked the path first: the bodies
+    must be compared, which reads the disk. Commit again, on a thread, with `compare`."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,6 @@ class StoredFile:
     size: int
     mtime: float
     content_type: str | None
-    sha256: str | None
     uploaded: float | None
     expires: float | None
 
@@ -101,7 +116,16 @@ class Storage:
         fsync: bool = True,
         file_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
+        metadata: str = "auto",
     ) -> None:
+        """Open (creating what is missing) the storage directory `root`.
+
+        Raises OSError when it cannot be created, or when `metadata` is "xattr" and its
+        filesystem does not keep user extended attributes; ValueError for another `metadata`
+        than those of METADATA_STORES.
+        """
+        if metadata not in METADATA_STORES:
+            raise ValueError(f"metadata must be one of {', '.join(METADATA_STORES)}")
         self.root = root
         self.fsync = fsync
         self.file_ttl = file_ttl
@@ -117,6 +141,29 @@ class Storage:
         self._pool: collections.deque[tuple[Path, int, float]] = collections.deque()
         self._pool_lock = threading.Lock()
         self._real_state = os.path.realpath(self._state)
+        #: Whether new metadata goes into an extended attribute (else into a file).
+        self.xattrs = metadata != "file" and self._xattrs_kept(required=metadata == "xattr")
+        #: Whether stored files may carry metadata in an extended attribute worth reading.
+        self._read_xattrs = self.xattrs or metadata == "file"
+
+    def _xattrs_kept(self, *, required: bool) -> bool:
+        """Whether the filesystem keeps user extended attributes: tried on a scratch file."""
+        if not hasattr(os, "setxattr"):
+            if required:
+                raise OSError(errno.ENOTSUP, "no extended attributes on this system")
+            return False
+        scratch = self.partial_dir / f"probe-{secrets.token_hex(8)}"
+        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.setxattr(fd, META_XATTR, b"{}")
+        except OSError as e:
+            if e.errno not in _NO_XATTRS or required:
+                raise
+            return False
+        finally:
+            os.close(fd)
+            scratch.unlink()
+        return True
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -127,15 +174,18 @@ class Storage:
     def _meta_path(self, ino: int) -> Path:
         return self.meta_dir / f"{ino % 256:02x}" / f"{ino}.json"
 
-    def _read_meta(self, st: os.stat_result, rel: str) -> dict[str, object] | None:
+    def _read_meta(self, path: str, st: os.stat_result, rel: str) -> dict[str, object] | None:
+        """The metadata of the file `path` (`st`) stored at `rel`: its own extended attribute,
+        else the file keyed by its inode; None when neither describes it."""
+        if self._read_xattrs:
+            meta = _valid_meta(_xattr_of(path), st, rel)
+            if meta is not None:
+                return meta
         try:
             raw = self._meta_path(st.st_ino).read_bytes()
-            meta = json.loads(raw)
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if not isinstance(meta, dict) or meta.get("path") != rel or meta.get("size") != st.st_size:
-            return None
-        return meta
+        return _valid_meta(raw, st, rel)
 
     # -- download ----------------------------------------------------------------------------
 
@@ -155,19 +205,17 @@ class Storage:
             raise NotFound("not found") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFound("not found")
-        meta = self._read_meta(st, rel) or {}
+        meta = self._read_meta(real, st, rel) or {}
         expires = _number(meta.get("expires"))
         if expires is not None and expires <= self.clock():
             raise Gone("file has expired")
         content_type = meta.get("content_type")
-        digest = meta.get("sha256")
         return StoredFile(
             rel=rel,
             fs_path=Path(real),
             size=st.st_size,
             mtime=st.st_mtime,
             content_type=content_type if isinstance(content_type, str) else None,
-            sha256=digest if isinstance(digest, str) else None,
             uploaded=_number(meta.get("uploaded")),
             expires=expires,
         )
@@ -175,13 +223,16 @@ class Storage:
     # -- upload ------------------------------------------------------------------------------
 
     def existing(self, rel: str) -> StoredFile | None:
-        """The file already stored at `rel`, if any (expired files count: never overwritten)."""
+        """The file already stored at `rel`, if any.
+
+        Raises Conflict when something else is there (a directory, a link leaving the storage
+        directory) or the file there has expired: expired files are never overwritten, nor is
+        an upload taken for a retry of one.
+        """
         try:
             return self.lookup(rel)
         except Gone:
-            fs_path = self.path_of(rel)
-            st = os.stat(fs_path)
-            return StoredFile(rel, fs_path, st.st_size, st.st_mtime, None, None, None, None)
+            raise Conflict("file already exists") from None
         except NotFound:
             if os.path.lexists(self.path_of(rel)):
                 raise Conflict("path is in use") from None
@@ -218,7 +269,8 @@ class Storage:
 
     def _create_partial(self) -> tuple[Path, int]:
         partial = self.partial_dir / secrets.token_hex(16)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Read as well as written: a retry's body is compared with the stored file.
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return partial, fd
 
     def _take_pooled(self) -> tuple[Path, int]:
@@ -332,23 +384,41 @@ class Storage:
                 meta_path.unlink(missing_ok=True)
                 self._prune_dirs(target.parent)
                 report.expired += 1
-        report.files, report.bytes = self._usage()
+        self._sweep_stored(now, report)
         return report
 
-    def _usage(self) -> tuple[int, int]:
-        files = size = 0
-        for directory, subdirs, names in os.walk(self.root):
-            if directory == str(self.root) and RESERVED_SEGMENT in subdirs:
+    def _sweep_stored(self, now: float, report: SweepReport) -> None:
+        """Walk the stored files: remove those whose extended attribute says they have
+        expired, and count the others into `report`."""
+        root = str(self.root)
+        expired: list[str] = []
+        for directory, subdirs, names in os.walk(root):
+            if directory == root and RESERVED_SEGMENT in subdirs:
                 subdirs.remove(RESERVED_SEGMENT)
+            rel_dir = os.path.relpath(directory, root)
+            prefix = "" if rel_dir == "." else rel_dir + "/"
             for name in names:
+                path = os.path.join(directory, name)
                 try:
-                    st = os.lstat(os.path.join(directory, name))
+                    st = os.lstat(path)
                 except OSError:
                     continue
-                if stat.S_ISREG(st.st_mode):
-                    files += 1
-                    size += st.st_size
-        return files, size
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if self._read_xattrs:
+                    meta = _valid_meta(_xattr_of(path), st, prefix + name)
+                    expires = _number(meta.get("expires")) if meta is not None else None
+                    if expires is not None and expires <= now:
+                        expired.append(path)
+                        continue
+                report.files += 1
+                report.bytes += st.st_size
+        # Removed after the walk, which would otherwise step into directories pruned under it.
+        for path in expired:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                report.expired += 1
+            self._prune_dirs(Path(path).parent)
 
     def _prune_dirs(self, directory: Path) -> None:
         """Remove now-empty directories between a removed file and the storage root."""
@@ -386,7 +456,6 @@ class PartialUpload:
         self.started = started
         self.received = 0
         self._fd: int | None = fd
-        self._hash = hashlib.sha256()
         self.done = False
 
     @property
@@ -407,73 +476,86 @@ class PartialUpload:
                 view = view[written:]
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
-        self._hash.update(data)
         self.received += len(data)
 
-    def commit(self, existing_digest: str | None = None) -> StoredFile:
+    def can_commit_inline(self, compare: bool = False) -> bool:
+        """Whether `commit(compare, inline=True)` may be made on the reactor's thread.
+
+        True in fast mode (no fsync) with no body to compare: the commit then only opens,
+        creates and links names and sets an attribute, none of which waits for the disk.
+        """
+        return not self.storage.fsync and not compare
+
+    def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
         """Make the complete body visible at its path, with its metadata. Blocking.
 
-        With `existing_digest` (a file is already stored there), an identical body is taken
-        as a successful retry and the stored file is left as it is; a different one is a
-        conflict. Raises Conflict, StorageFailure, BadRequest (incomplete body).
+        With `compare` (a file of the same size was stored at the path when the upload was
+        admitted) the body is first compared with that file, byte for byte: an identical body
+        is a client retrying after it lost our 201, a success that leaves the stored file as
+        it is; a different one is a conflict. A concurrent upload that links the path first is
+        judged the same way, except that an `inline` commit raises CompareOnThread for it and
+        keeps the partial file for the commit that compares. Raises Conflict, StorageFailure,
+        BadRequest (incomplete body).
         """
         if self.received != self.size:
             self.abort()
             raise BadRequest("body shorter than Content-Length")
         storage = self.storage
-        digest = self._hash.hexdigest()
+        handed_over = False
         try:
             fd = self._fd
             assert fd is not None
-            if existing_digest is not None:
-                self.abort()
-                if existing_digest == digest:
-                    return storage.lookup(self.rel)
-                raise Conflict("file already exists")
-            if storage.fsync:
-                os.fsync(fd)
-            os.close(fd)
-            self._fd = None
-            st = os.stat(self.partial)
-            meta_path = storage._meta_path(st.st_ino)
+            if compare:
+                same = self._identical_stored()
+                if same is not None:
+                    return same
+            st = os.fstat(fd)
             uploaded = storage.clock()
             meta = {
                 "v": _META_VERSION,
                 "path": self.rel,
                 "size": self.size,
                 "content_type": self.content_type,
-                "sha256": digest,
                 "uploaded": uploaded,
                 "expires": self.expires,
                 "scheme": self.scheme,
             }
-            # Written in place: it is keyed by the partial file's inode, which no other existing
-            # file can have, so what may stand there already is stale, and nothing reads it
-            # before the data is linked into place below.
-            meta_fd = os.open(
-                meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-            )
-            try:
-                os.write(meta_fd, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-                if storage.fsync:
-                    os.fsync(meta_fd)
-            finally:
-                os.close(meta_fd)
+            encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            meta_path: Path | None = None
+            if storage.xattrs:
+                try:
+                    # On the partial file itself: the fsync of its data below covers it too.
+                    os.setxattr(fd, META_XATTR, encoded)
+                except OSError as e:
+                    # Too large for this filesystem's attributes (a long path): a file then.
+                    if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                        raise
+                    meta_path = storage._meta_path(st.st_ino)
+            else:
+                meta_path = storage._meta_path(st.st_ino)
             if storage.fsync:
-                _fsync_dir(meta_path.parent)
+                os.fsync(fd)
+            if meta_path is not None:
+                _write_meta_file(meta_path, encoded, fsync=storage.fsync)
             try:
                 storage._link_into_place(self)
-            except BaseException as failure:
-                meta_path.unlink(missing_ok=True)
-                if isinstance(failure, Conflict):
-                    # A concurrent retry of the same upload may have won the race with the
-                    # same bytes: that is a success, not a conflict.
-                    try:
-                        winner = storage.lookup(self.rel)
-                    except HttpError:
-                        raise failure from None
-                    if winner.sha256 == digest:
-                        return winner
+            except Conflict:
+                if meta_path is not None:
+                    meta_path.unlink(missing_ok=True)
+                # A concurrent retry of the same upload may have won the race with the
+                # same bytes: that is a success, not a conflict.
+                if inline:
+                    if not _same_size_file(storage.path_of(self.rel), self.size):
+                        raise
+                    handed_over = True
+                    raise CompareOnThread() from None
+                winner = self._identical_stored()
+                if winner is None:
+                    raise
+                return winner
+            except BaseException:
+                if meta_path is not None:
+                    meta_path.unlink(missing_ok=True)
                 raise
             return StoredFile(
                 rel=self.rel,
@@ -481,7 +563,6 @@ class PartialUpload:
                 size=self.size,
                 mtime=st.st_mtime,
                 content_type=self.content_type,
-                sha256=digest,
                 uploaded=uploaded,
                 expires=self.expires,
             )
@@ -490,7 +571,25 @@ class PartialUpload:
                 raise BadRequest("file name too long") from e
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         finally:
-            self.abort()
+            if not handed_over:
+                self.abort()
+
+    def _identical_stored(self) -> StoredFile | None:
+        """The file stored at our path if it holds exactly our body; None if none is there.
+
+        Raises Conflict when the file there differs (or has expired). Reads both files through,
+        a chunk at a time: blocking.
+        """
+        try:
+            stored = self.storage.lookup(self.rel)
+        except NotFound:
+            return None
+        except Gone:
+            raise Conflict("file already exists") from None
+        assert self._fd is not None
+        if stored.size != self.size or not _same_bytes(self._fd, stored.fs_path, self.size):
+            raise Conflict("file already exists")
+        return stored
 
     def abort(self) -> None:
         """Forget the body: close and remove the partial file. Safe to call more than once."""
@@ -500,6 +599,93 @@ class PartialUpload:
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.partial)
+
+
+def _write_meta_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:
+    """Write the metadata file of a partial file, before it is linked into place."""
+    # Written in place: it is keyed by the partial file's inode, which no other existing file
+    # can have, so what may stand there already is stale, and nothing reads it before the data
+    # is linked into place.
+    meta_fd = os.open(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(meta_fd, encoded)
+        if fsync:
+            os.fsync(meta_fd)
+    finally:
+        os.close(meta_fd)
+    if fsync:
+        _fsync_dir(meta_path.parent)
+
+
+def _same_size_file(path: Path, size: int) -> bool:
+    """Whether a regular file of `size` bytes is at `path` (a stat: does not read the disk)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def _xattr_of(path: str) -> bytes | None:
+    """The metadata attribute of the file `path`, if it has one."""
+    try:
+        return os.getxattr(path, META_XATTR, follow_symlinks=False)
+    except OSError:  # none, or no extended attributes on this filesystem
+        return None
+
+
+def _valid_meta(raw: bytes | None, st: os.stat_result, rel: str) -> dict[str, object] | None:
+    """Metadata `raw` (JSON) if it describes the file `st` stored at `rel`, else None."""
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("path") != rel or meta.get("size") != st.st_size:
+        return None
+    return meta
+
+
+def _same_bytes(fd: int, path: Path, size: int) -> bool:
+    """Whether the file at `path` holds exactly the `size` bytes that `fd` holds.
+
+    Reads COMPARE_CHUNK bytes of each at a time into the same two buffers, so memory stays flat
+    whatever the size.
+    """
+    try:
+        other = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(other)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        ours, theirs = bytearray(min(COMPARE_CHUNK, size)), bytearray(min(COMPARE_CHUNK, size))
+        offset = 0
+        while offset < size:
+            if size - offset < len(ours):
+                ours, theirs = bytearray(size - offset), bytearray(size - offset)
+            if _pread_full(fd, ours, offset) != len(ours):
+                return False
+            if _pread_full(other, theirs, offset) != len(theirs) or ours != theirs:
+                return False
+            offset += len(ours)
+        return True
+    finally:
+        os.close(other)
+
+
+def _pread_full(fd: int, buffer: bytearray, offset: int) -> int:
+    """Fill `buffer` from `fd` at `offset`; how many bytes were read (fewer only at the end)."""
+    view = memoryview(buffer)
+    got = 0
+    while got < len(buffer):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _number(value: object) -> float | None:

@@ -63,7 +63,7 @@ from hmacfs.metrics import (
 from hmacfs.paths import decode_path, file_name, split_target
 from hmacfs.sendfile import SendfileProducer, can_sendfile
 from hmacfs.settings import Config, HttpSettings
-from hmacfs.storage import PartialUpload, Storage, StoredFile
+from hmacfs.storage import CompareOnThread, PartialUpload, Storage, StoredFile
 from hmacfs.units import format_size
 
 T = TypeVar("T")
@@ -202,11 +202,7 @@ class Download:
             or "application/octet-stream"
         )
         kind = "inline" if is_inline(media_type) else "attachment"
-        etag = (
-            f'"{stored.sha256[:32]}"'
-            if stored.sha256
-            else f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
-        )
+        etag = f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
         max_age = 7 * 86400
         if stored.expires is not None:
             max_age = max(0, min(max_age, int(stored.expires - now)))
@@ -374,11 +370,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
         existing = self.storage.existing(rel)
         if existing is not None:
-            if existing.sha256 is None or existing.size != grant.size:
+            if existing.size != grant.size:
                 raise Conflict("file already exists")
             # Same path, same size: take the body and compare; an identical body is a client
             # retrying after it lost our 201, and gets its 201 now.
-            request.existing_digest = existing.sha256
+            request.same_size_stored = True
         content_type = safe_media_type(grant.content_type) or "application/octet-stream"
         upload = self.storage.begin(
             rel, grant.size, content_type, expires=grant.expires, scheme=grant.scheme
@@ -605,7 +601,7 @@ class UploadRequest(server.Request):  # type: ignore[misc]
     _site: UploadSite | None = None
     grant: auth.Grant | None = None
     rel: str | None = None
-    existing_digest: str | None = None
+    same_size_stored = False
     committing = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -938,7 +934,14 @@ class Root(resource.Resource):  # type: ignore[misc]
         if upload is None:
             raise BadRequest("upload was not admitted")
         request.committing = True
-        d = self.site.run_blocking(upload.commit, request.existing_digest)
+        compare = request.same_size_stored
+        d: defer.Deferred[StoredFile]
+        if upload.can_commit_inline(compare):
+            # Fast mode: creating names waits for no disk, so the reactor does it at once.
+            d = defer.maybeDeferred(upload.commit, compare, inline=True)
+            d.addErrback(self._compare_on_thread, upload)
+        else:
+            d = self.site.run_blocking(upload.commit, compare)
 
         def done(stored: StoredFile) -> None:
             # Answer before forgetting the upload: a shutdown waiting for it then closes the
@@ -970,6 +973,13 @@ class Root(resource.Resource):  # type: ignore[misc]
 
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _compare_on_thread(
+        self, failure: Failure, upload: PartialUpload
+    ) -> defer.Deferred[StoredFile]:
+        """A concurrent upload linked the path first: compare the bodies, on a thread."""
+        failure.trap(CompareOnThread)
+        return self.site.run_blocking(upload.commit, True)
 
     # -- GET/HEAD ----------------------------------------------------------------------------
 

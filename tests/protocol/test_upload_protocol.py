@@ -24,19 +24,22 @@ from hmacfs.web import UploadChannel, make_site
 from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
 
 
-def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
-
-
 class Harness:
     """One site on a fake clock; `connect()` gives a channel wired to a StringTransport."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, fsync: bool = False) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.config = config
-        self.storage = Storage(config.server.storage_dir, fsync=False, clock=self.clock.seconds)
-        self.site = make_site(config, self.storage, self.clock, run_blocking=run_now)
+        self.storage = Storage(config.server.storage_dir, fsync=fsync, clock=self.clock.seconds)
+        #: The blocking calls handed to the thread pool, by name.
+        self.on_thread: list[str] = []
+
+        def run_blocking(f: Any, *args: Any) -> defer.Deferred[Any]:
+            self.on_thread.append(f.__name__)
+            return defer.maybeDeferred(f, *args)
+
+        self.site = make_site(config, self.storage, self.clock, run_blocking=run_blocking)
 
     def connect(self) -> tuple[UploadChannel, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
@@ -306,4 +309,130 @@ def test_disk_full_mid_body_is_507_and_leaves_nothing(
     assert b"No space left on device" in response
     assert partial_files(harness.storage) == []
     assert visible_files(harness.storage.root) == []
+    assert harness.site.uploads == set()
+
+
+def header_of(response: bytes, name: bytes) -> bytes | None:
+    for line in response.split(b"\r\n"):
+        key, _, value = line.partition(b": ")
+        if key.lower() == name:
+            return value
+    return None
+
+
+def test_a_file_stored_by_another_server_takes_an_identical_retry(harness: Harness) -> None:
+    path = "a1b2/foreign.txt"
+    (harness.storage.root / "a1b2").mkdir()
+    (harness.storage.root / "a1b2" / "foreign.txt").write_bytes(b"old")
+    query = f"v={mac_v1(path, 3)}"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 3, query) + b"new")
+    assert status_of(transport.value()) == 409
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 3, query) + b"old")
+    assert status_of(transport.value()) == 201
+    assert (harness.storage.root / "a1b2" / "foreign.txt").read_bytes() == b"old"
+    assert partial_files(harness.storage) == []
+
+
+def test_etag_is_size_and_mtime_and_survives_an_identical_retry(harness: Harness) -> None:
+    import os
+
+    path = "a1b2/tagged.txt"
+    query = f"v={mac_v1(path, 6)}"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 6, query) + b"tagged")
+    assert status_of(transport.value()) == 201
+    st = os.stat(harness.storage.root / "a1b2" / "tagged.txt")
+
+    def etag() -> bytes | None:
+        channel, transport = harness.connect()
+        channel.dataReceived(f"HEAD /upload/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return header_of(pump(channel, transport), b"etag")
+
+    expected = f'"{6:x}-{int(st.st_mtime * 1_000_000):x}"'.encode()
+    assert etag() == expected
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 6, query) + b"tagged")
+    assert status_of(transport.value()) == 201
+    assert etag() == expected
+
+
+def test_an_expired_file_of_the_same_size_is_409_before_the_body(harness: Harness) -> None:
+    rel = "slot-2/brief.txt"
+    now = harness.clock.seconds()
+    secret = harness.config.hmac.secrets[0]
+    from hmacfs import auth
+
+    signed = auth.sign("jwt", rel, 4, "text/plain", secret, now=now, file_expiry=now + 60)
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(rel, 4, "", f"Authorization: {signed.headers['Authorization']}")
+                         + b"note")
+    assert status_of(transport.value()) == 201
+    harness.clock.advance(61)
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(rel, 4, f"v={mac_v1(rel, 4)}"))
+    assert status_of(transport.value()) == 409
+    assert partial_files(harness.storage) == []
+
+
+# -- where the commit runs: on the reactor in fast mode, else on a thread ---------------------
+
+
+def upload(harness: Harness, path: str, body: bytes) -> int:
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body)
+    return status_of(transport.value())
+
+
+def test_fast_mode_commits_on_the_reactor(harness: Harness) -> None:
+    assert upload(harness, "a1b2/fast.txt", b"fast") == 201
+    assert "commit" not in harness.on_thread
+    assert (harness.storage.root / "a1b2" / "fast.txt").read_bytes() == b"fast"
+    assert partial_files(harness.storage) == []
+    # A retry has a body to compare, which reads the disk: that is done on a thread.
+    assert upload(harness, "a1b2/fast.txt", b"fast") == 201
+    assert upload(harness, "a1b2/fast.txt", b"FAST") == 409
+    assert harness.on_thread.count("commit") == 2
+    assert partial_files(harness.storage) == []
+
+
+def test_durable_mode_commits_on_a_thread(storage_dir: Path) -> None:
+    harness = Harness(make_config(storage_dir, max_upload_size=1000), fsync=True)
+    assert upload(harness, "a1b2/durable.txt", b"safe") == 201
+    assert harness.on_thread.count("commit") == 1
+    assert (harness.storage.root / "a1b2" / "durable.txt").read_bytes() == b"safe"
+
+
+def test_fast_mode_errors_are_answered_as_on_a_thread(harness: Harness) -> None:
+    assert upload(harness, "a1b2/dir", b"file") == 201
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head("a1b2/dir/x", 1, f"v={mac_v1('a1b2/dir/x', 1)}") + b"x")
+    response = transport.value()
+    assert status_of(response) == 409
+    assert response.endswith(b"\r\n\r\npath is in use\n")
+    assert "commit" not in harness.on_thread
+    assert partial_files(harness.storage) == []
+    assert harness.site.uploads == set()
+
+
+@pytest.mark.parametrize(("second", "status"), [(b"same", 201), (b"diff", 409)])
+def test_fast_mode_race_for_a_path_is_judged_on_a_thread(
+    harness: Harness, second: bytes, status: int
+) -> None:
+    path = "a1b2/race.txt"
+    query = f"v={mac_v1(path, 4)}"
+    # Both admitted while the path is free; the first to finish links it.
+    channel_a, transport_a = harness.connect()
+    channel_a.dataReceived(put_head(path, 4, query) + b"sa")
+    channel_b, transport_b = harness.connect()
+    channel_b.dataReceived(put_head(path, 4, query) + second[:2])
+    channel_a.dataReceived(b"me")
+    assert status_of(transport_a.value()) == 201
+    assert "commit" not in harness.on_thread
+    channel_b.dataReceived(second[2:])
+    assert status_of(transport_b.value()) == status
+    assert harness.on_thread.count("commit") == 1  # the comparison
+    assert (harness.storage.root / "a1b2" / "race.txt").read_bytes() == b"same"
+    assert partial_files(harness.storage) == []
     assert harness.site.uploads == set()

@@ -1,14 +1,19 @@
-"""Storage: partial files, linking into place without replacing, metadata, sweeping."""
+"""Storage: partial files, linking into place without replacing, metadata, sweeping.
+
+Every test that takes the `storage` fixture runs twice: with the metadata in an extended
+attribute of each file, and in the inode-keyed JSON files (both work on the test filesystem).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from hmacfs.errors import Conflict, Gone, NotFound, TooLarge
-from hmacfs.storage import PARTIAL_MAX_IDLE, Storage
+from hmacfs.storage import META_XATTR, PARTIAL_MAX_IDLE, Storage
 from tests.conftest import partial_files, visible_files
 
 
@@ -25,9 +30,14 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["xattr", "file"])
+def metadata(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def storage(tmp_path: Path, clock: FakeClock) -> Storage:
-    return Storage(tmp_path / "files", fsync=True, clock=clock)
+def storage(tmp_path: Path, clock: FakeClock, metadata: str) -> Storage:
+    return Storage(tmp_path / "files", fsync=True, clock=clock, metadata=metadata)
 
 
 def store(storage: Storage, rel: str, body: bytes, **kw: object) -> None:
@@ -47,7 +57,8 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     assert visible_files(storage.root) == ["a/b.txt"]
     assert partial_files(storage) == []
     found = storage.lookup("a/b.txt")
-    assert (found.size, found.content_type, found.sha256) == (4, "text/plain", stored.sha256)
+    assert (found.size, found.content_type, found.uploaded) == (4, "text/plain", stored.uploaded)
+    assert found.fs_path.read_bytes() == b"abcd"
 
 
 def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
@@ -79,7 +90,10 @@ def test_concurrent_identical_retries_both_succeed(storage: Storage) -> None:
     first.write(b"one")
     second.write(b"one")
     first.commit()
-    assert second.commit().sha256 == storage.lookup("s/x.bin").sha256
+    kept = os.stat(storage.path_of("s/x.bin"))
+    assert second.commit().size == 3
+    assert os.stat(storage.path_of("s/x.bin")).st_ino == kept.st_ino
+    assert partial_files(storage) == []
 
 
 def test_a_file_where_a_directory_is_needed_is_a_conflict(storage: Storage) -> None:
@@ -93,7 +107,7 @@ def test_foreign_files_are_served_without_metadata(storage: Storage) -> None:
     (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
     found = storage.lookup("old/photo.jpg")
     assert found.size == 4
-    assert found.content_type is None and found.sha256 is None
+    assert found.content_type is None and found.uploaded is None
 
 
 def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
@@ -102,23 +116,33 @@ def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
     # Replace the file behind our back: its inode changes, the metadata no longer applies.
     os.unlink(one.fs_path)
     (storage.root / "a" / "one.txt").write_bytes(b"22")
-    assert storage.lookup("a/one.txt").sha256 is None
+    assert storage.lookup("a/one.txt").content_type is None
 
 
 def test_expiry_gone_then_swept(storage: Storage, clock: FakeClock) -> None:
     store(storage, "d/e/short.txt", b"bye", expires=clock.now + 60)
+    store(storage, "d/long.txt", b"stays", expires=clock.now + 600)
+    store(storage, "forever.txt", b"!")
     assert storage.lookup("d/e/short.txt").expires == clock.now + 60
+    report = storage.sweep()
+    assert (report.expired, report.files, report.bytes) == (0, 3, 9)
     clock.now += 61
     with pytest.raises(Gone):
         storage.lookup("d/e/short.txt")
     report = storage.sweep()
-    assert report.expired == 1
-    assert visible_files(storage.root) == []
-    assert not (storage.root / "d").exists()  # emptied directories are removed too
+    assert (report.expired, report.files, report.bytes) == (1, 2, 6)
+    assert visible_files(storage.root) == ["d/long.txt", "forever.txt"]
+    assert not (storage.root / "d" / "e").exists()  # emptied directories are removed too
+    clock.now += 600
+    assert storage.sweep().expired == 1
+    assert visible_files(storage.root) == ["forever.txt"]
+    assert not (storage.root / "d").exists()
 
 
-def test_file_ttl(tmp_path: Path, clock: FakeClock) -> None:
-    storage = Storage(tmp_path / "files", fsync=False, file_ttl=3600, clock=clock)
+def test_file_ttl(tmp_path: Path, clock: FakeClock, metadata: str) -> None:
+    storage = Storage(
+        tmp_path / "files", fsync=False, file_ttl=3600, clock=clock, metadata=metadata
+    )
     store(storage, "a/b.txt", b"x", expires=clock.now + 7200)
     assert storage.lookup("a/b.txt").expires == clock.now + 3600
 
@@ -184,3 +208,299 @@ def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPa
     storage.fill_pool()
     storage.drain_pool()
     assert os.listdir(storage.partial_dir) == []
+
+
+# -- a retry of an upload: the same bytes again ------------------------------------------------
+
+
+def retry(storage: Storage, rel: str, body: bytes) -> None:
+    """Upload `body` to `rel` as the server does when a file of that size is already there."""
+    upload = storage.begin(rel, len(body), "text/plain")
+    upload.write(body)
+    upload.commit(compare=True)
+
+
+def test_identical_retry_succeeds_and_leaves_the_stored_file(
+    storage: Storage, clock: FakeClock
+) -> None:
+    store(storage, "r/same.txt", b"payload")
+    before = os.stat(storage.path_of("r/same.txt"))
+    clock.now += 10
+    retry(storage, "r/same.txt", b"payload")
+    after = os.stat(storage.path_of("r/same.txt"))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert storage.lookup("r/same.txt").uploaded == clock.now - 10
+    assert partial_files(storage) == []
+
+
+@pytest.mark.parametrize("where", [0, 3, 4, 9, 10])
+def test_a_different_body_of_the_same_size_is_a_conflict(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, where: int
+) -> None:
+    from hmacfs import storage as storage_module
+
+    # Small chunks: a difference in the first, a middle or the last (short) chunk is found.
+    monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 4)
+    body = b"0123456789a"
+    store(storage, "r/diff.bin", body)
+    changed = bytearray(body)
+    changed[where] ^= 0x20
+    with pytest.raises(Conflict):
+        retry(storage, "r/diff.bin", bytes(changed))
+    assert storage.path_of("r/diff.bin").read_bytes() == body
+    assert partial_files(storage) == []
+    retry(storage, "r/diff.bin", body)
+
+
+def test_comparison_reads_in_bounded_chunks(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmacfs import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 1000)
+    body = os.urandom(10_500)
+    store(storage, "r/big.bin", body)
+    sizes: list[int] = []
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    retry(storage, "r/big.bin", body)
+    assert len(sizes) == 2 * 11  # both files, 10 full chunks and the rest
+    assert max(sizes) == 1000
+
+
+def test_a_file_stored_by_another_server_is_compared_too(storage: Storage) -> None:
+    (storage.root / "old").mkdir()
+    (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
+    retry(storage, "old/photo.jpg", b"jpeg")
+    with pytest.raises(Conflict):
+        retry(storage, "old/photo.jpg", b"JPEG")
+    assert (storage.root / "old" / "photo.jpg").read_bytes() == b"jpeg"
+    assert storage.lookup("old/photo.jpg").content_type is None
+
+
+def test_an_expired_file_is_not_taken_for_a_retry(storage: Storage, clock: FakeClock) -> None:
+    store(storage, "r/old.txt", b"bye", expires=clock.now + 60)
+    assert storage.existing("r/old.txt") is not None
+    clock.now += 61
+    with pytest.raises(Conflict):
+        storage.existing("r/old.txt")
+    with pytest.raises(Conflict):
+        retry(storage, "r/old.txt", b"bye")
+    assert partial_files(storage) == []
+
+
+def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(storage: Storage) -> None:
+    store(storage, "r/gone.txt", b"abc")
+    upload = storage.begin("r/gone.txt", 3, "image/png")
+    upload.write(b"xyz")
+    os.unlink(storage.path_of("r/gone.txt"))
+    upload.commit(compare=True)
+    assert storage.path_of("r/gone.txt").read_bytes() == b"xyz"
+    assert storage.lookup("r/gone.txt").content_type == "image/png"
+
+
+def test_a_concurrent_upload_of_other_bytes_wins_the_link_conflict(storage: Storage) -> None:
+    first = storage.begin("s/y.bin", 3, "text/plain")
+    second = storage.begin("s/y.bin", 3, "text/plain")
+    first.write(b"one")
+    second.write(b"two")
+    first.commit()
+    with pytest.raises(Conflict):
+        second.commit()
+    assert storage.path_of("s/y.bin").read_bytes() == b"one"
+    assert partial_files(storage) == []
+
+
+def test_old_metadata_with_a_digest_is_still_read(storage: Storage) -> None:
+    (storage.root / "o").mkdir()
+    target = storage.root / "o" / "f.txt"
+    target.write_bytes(b"data")
+    ino = os.stat(target).st_ino
+    meta = {"v": 1, "path": "o/f.txt", "size": 4, "content_type": "text/x-old",
+            "sha256": "ab" * 32, "uploaded": 5.0, "expires": None, "scheme": "v1"}
+    meta_path = storage.root / ".hmacfs" / "meta" / f"{ino % 256:02x}" / f"{ino}.json"
+    meta_path.write_text(json.dumps(meta))
+    found = storage.lookup("o/f.txt")
+    assert (found.content_type, found.uploaded) == ("text/x-old", 5.0)
+    assert not hasattr(found, "sha256")
+
+
+# -- where the metadata is kept ----------------------------------------------------------------
+
+
+def json_metas(storage: Storage) -> list[Path]:
+    return sorted((storage.root / ".hmacfs" / "meta").glob("*/*.json"))
+
+
+def test_metadata_is_in_one_place(storage: Storage, metadata: str) -> None:
+    store(storage, "m/one.txt", b"one", expires=storage.clock() + 60)
+    final = str(storage.path_of("m/one.txt"))
+    if metadata == "xattr":
+        meta = json.loads(os.getxattr(final, META_XATTR))
+        assert json_metas(storage) == []
+    else:
+        with pytest.raises(OSError):
+            os.getxattr(final, META_XATTR)
+        [meta_path] = json_metas(storage)
+        assert meta_path.name == f"{os.stat(final).st_ino}.json"
+        meta = json.loads(meta_path.read_bytes())
+    assert (meta["path"], meta["size"], meta["content_type"]) == ("m/one.txt", 3, "text/plain")
+    assert meta["expires"] == storage.clock() + 60
+    assert "sha256" not in meta
+
+
+def test_metadata_of_a_file_linked_or_grown_elsewhere_is_not_trusted(storage: Storage) -> None:
+    store(storage, "m/orig.txt", b"orig")
+    os.link(storage.path_of("m/orig.txt"), storage.root / "m" / "copy.txt")
+    assert storage.lookup("m/orig.txt").content_type == "text/plain"
+    assert storage.lookup("m/copy.txt").content_type is None  # its path is not ours
+    with open(storage.path_of("m/orig.txt"), "ab") as grown:
+        grown.write(b"+")
+    assert storage.lookup("m/orig.txt").content_type is None  # nor is its size
+
+
+def test_auto_keeps_metadata_in_an_attribute_on_this_filesystem(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "files")
+    assert storage.xattrs
+    assert os.listdir(storage.partial_dir) == []  # the scratch file of the probe is gone
+
+
+def tmpfs_dir() -> Path | None:
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, mount_point, fstype, *_ = line.split()
+            if fstype == "tmpfs" and os.access(mount_point, os.W_OK) and mount_point in (
+                "/dev/shm", "/run", "/tmp"
+            ):
+                return Path(mount_point)
+    return None
+
+
+@pytest.mark.skipif(tmpfs_dir() is None, reason="no writable tmpfs")
+def test_auto_keeps_metadata_in_an_attribute_on_tmpfs(clock: FakeClock) -> None:
+    import shutil
+    import tempfile
+
+    parent = tmpfs_dir()
+    assert parent is not None
+    directory = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        storage = Storage(directory / "files", fsync=False, clock=clock)
+        assert storage.xattrs
+        store(storage, "t/x.txt", b"x", expires=clock.now + 1)
+        assert json_metas(storage) == []
+        assert storage.lookup("t/x.txt").content_type == "text/plain"
+        clock.now += 2
+        assert storage.sweep().expired == 1
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_without_attributes_auto_uses_files(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    with pytest.raises(OSError):
+        Storage(tmp_path / "strict", metadata="xattr")
+    storage = Storage(tmp_path / "files", clock=clock)
+    assert not storage.xattrs
+    assert os.listdir(storage.partial_dir) == []
+    store(storage, "f/a.txt", b"a", expires=clock.now + 5)
+    assert len(json_metas(storage)) == 1
+    assert storage.lookup("f/a.txt").content_type == "text/plain"
+    clock.now += 6
+    assert storage.sweep().expired == 1
+
+
+def test_other_metadata_stores_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Storage(tmp_path / "files", metadata="sqlite")
+
+
+def test_metadata_too_large_for_an_attribute_goes_to_a_file(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "files", metadata="xattr")
+    huge = "text/plain; x=" + "y" * 70_000  # over any filesystem's limit for one attribute
+    upload = storage.begin("h/big.txt", 1, huge)
+    upload.write(b"b")
+    upload.commit()
+    assert len(json_metas(storage)) == 1
+    assert storage.lookup("h/big.txt").content_type == huge
+
+
+@pytest.mark.parametrize(("before", "after"), [("file", "xattr"), ("xattr", "file")])
+def test_metadata_written_by_either_store_is_read_by_the_other(
+    tmp_path: Path, clock: FakeClock, before: str, after: str
+) -> None:
+    first = Storage(tmp_path / "files", clock=clock, metadata=before)
+    store(first, "x/y.txt", b"yy", expires=clock.now + 60)
+    second = Storage(tmp_path / "files", clock=clock, metadata=after)
+    found = second.lookup("x/y.txt")
+    assert (found.content_type, found.expires) == ("text/plain", clock.now + 60)
+    clock.now += 61
+    assert second.sweep().expired == 1
+    assert visible_files(second.root) == []
+    assert json_metas(second) == []
+
+
+def test_stale_metadata_files_are_swept(storage: Storage, clock: FakeClock) -> None:
+    from hmacfs.storage import _META_GRACE
+
+    store(storage, "s/kept.txt", b"k")
+    shard = storage.root / ".hmacfs" / "meta" / "07"
+    stale = shard / "263.json"  # 263 % 256 == 7: an inode no stored file has
+    stale.write_text(json.dumps({"v": 1, "path": "s/gone.txt", "size": 1}))
+    fresh = shard / "519.json"
+    fresh.write_text(json.dumps({"v": 1, "path": "s/new.txt", "size": 1}))
+    long_ago = clock.now - _META_GRACE - 60
+    os.utime(stale, (long_ago, long_ago))
+    os.utime(fresh, (clock.now, clock.now))
+    report = storage.sweep()
+    assert report.orphans == 1
+    assert not stale.exists() and fresh.exists()  # the fresh one may be being linked
+    assert storage.lookup("s/kept.txt").content_type == "text/plain"
+
+
+# -- commits on the caller's thread (fast mode) ------------------------------------------------
+
+
+def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> None:
+    fast = Storage(tmp_path / "fast", fsync=False).begin("a", 1, "text/plain")
+    durable = Storage(tmp_path / "durable", fsync=True).begin("a", 1, "text/plain")
+    assert fast.can_commit_inline()
+    assert not fast.can_commit_inline(compare=True)
+    assert not durable.can_commit_inline()
+    fast.abort()
+    durable.abort()
+
+
+def test_an_inline_commit_hands_a_same_size_race_over(tmp_path: Path, metadata: str) -> None:
+    from hmacfs.storage import CompareOnThread
+
+    storage = Storage(tmp_path / "files", fsync=False, metadata=metadata)
+    first = storage.begin("s/z.bin", 3, "text/plain")
+    second = storage.begin("s/z.bin", 3, "text/plain")
+    other_size = storage.begin("s/z.bin", 2, "text/plain")
+    first.write(b"one")
+    second.write(b"one")
+    other_size.write(b"on")
+    first.commit(inline=True)
+    with pytest.raises(CompareOnThread):
+        second.commit(inline=True)
+    assert second.partial.exists()  # kept for the comparison
+    assert second.commit(compare=True).size == 3
+    # Of another size it cannot be the same body: a conflict at once.
+    with pytest.raises(Conflict):
+        other_size.commit(inline=True)
+    assert partial_files(storage) == []
+    assert len(json_metas(storage)) == (1 if metadata == "file" else 0)  # the winner's
+    assert storage.path_of("s/z.bin").read_bytes() == b"one"
