@@ -176,6 +176,36 @@ def test_symlink_leaving_the_root_is_not_served(storage: Storage, tmp_path: Path
         storage.lookup("s/link")
 
 
+def test_links_that_stay_inside_the_root_are_followed(storage: Storage) -> None:
+    store(storage, "d1/a.txt", b"alpha")
+    (storage.root / "d2").symlink_to(storage.root / "d1")
+    (storage.root / "d1" / "b.txt").symlink_to("a.txt")
+    for rel in ("d2/a.txt", "d1/b.txt", "d2/b.txt"):
+        found = storage.lookup(rel)
+        assert found.fs_path == (storage.root / "d1" / "a.txt").resolve()
+        assert found.size == 5
+
+
+def test_links_into_the_bookkeeping_directory_are_not_followed(storage: Storage) -> None:
+    store(storage, "d1/a.txt", b"alpha")
+    (storage.root / "state").symlink_to(storage.root / ".hmacfs")
+    (storage.root / "d1" / "meta").symlink_to("../.hmacfs/meta")
+    for rel in ("state/partial", "d1/meta", ".hmacfs/meta"):
+        with pytest.raises(NotFound):
+            storage.lookup(rel)
+
+
+@pytest.mark.parametrize(
+    "rel", ["d1/../d1/a.txt", "d1/./a.txt", "d1//a.txt", "/d1/a.txt", "d1/a.txt/", "d1/a.txt/x",
+            "d1", "nothing/a.txt", "d1/a\x00.txt"]
+)
+def test_lookup_finds_only_the_exact_regular_file(storage: Storage, rel: str) -> None:
+    store(storage, "d1/a.txt", b"alpha")
+    assert storage.lookup("d1/a.txt").size == 5
+    with pytest.raises(NotFound):
+        storage.lookup(rel)
+
+
 def test_upload_through_a_symlinked_directory_is_refused(
     storage: Storage, tmp_path: Path
 ) -> None:
