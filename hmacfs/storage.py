@@ -386,7 +386,8 @@ class PartialUpload:
         self.started = started
         self.received = 0
         self._fd: int | None = fd
-        self._hash = hashlib.sha256()
+        #: None once bytes were written past `write` (`wrote`): the digest is then unknown.
+        self._hash: hashlib._Hash | None = hashlib.sha256()
         self.done = False
 
     @property
@@ -407,8 +408,24 @@ class PartialUpload:
                 view = view[written:]
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.received += len(data)
+
+    def fileno(self) -> int:
+        """The partial file's descriptor, for a caller that appends body bytes to it itself
+        (splice(2)) and reports them with `wrote`. Raises StorageFailure once it is closed."""
+        if self._fd is None:
+            raise StorageFailure("upload already closed")
+        return self._fd
+
+    def wrote(self, count: int) -> None:
+        """Count `count` body bytes the caller appended to `fileno()`. They are not hashed: the
+        stored file then has no digest. Raises TooLarge past the declared size."""
+        if count < 0 or self.received + count > self.size:
+            raise TooLarge("body longer than Content-Length")
+        self.received += count
+        self._hash = None
 
     def commit(self, existing_digest: str | None = None) -> StoredFile:
         """Make the complete body visible at its path, with its metadata. Blocking.
@@ -421,7 +438,7 @@ class PartialUpload:
             self.abort()
             raise BadRequest("body shorter than Content-Length")
         storage = self.storage
-        digest = self._hash.hexdigest()
+        digest = self._hash.hexdigest() if self._hash is not None else None
         try:
             fd = self._fd
             assert fd is not None
@@ -472,7 +489,7 @@ class PartialUpload:
                         winner = storage.lookup(self.rel)
                     except HttpError:
                         raise failure from None
-                    if winner.sha256 == digest:
+                    if digest is not None and winner.sha256 == digest:
                         return winner
                 raise
             return StoredFile(
