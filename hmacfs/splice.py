@@ -42,12 +42,13 @@ from hmacfs.errors import StorageFailure
 #: Bodies with a Content-Length this large or larger are spliced. Measured on loopback: a
 #: 256 KiB body costs the same CPU either way, from 1 MiB on splicing takes about half.
 SPLICE_MIN = 512 * 1024
-#: Bytes moved per readable event at most (one reactor turn): a millisecond or so, so that
-#: small requests on other connections are not held up by a large upload.
-CHUNK = 1024 * 1024
+#: Bytes moved per readable event at most (one reactor turn): well under a millisecond, so
+#: that small requests on other connections are not held up by a large upload (a GET takes a
+#: few turns).
+CHUNK = 512 * 1024
 #: The pipe's size, if the system allows (/proc/sys/fs/pipe-max-size). Each splice into the
 #: file moves at most this much; under memory pressure one such call can take milliseconds.
-PIPE_SIZE = 256 * 1024
+PIPE_SIZE = 128 * 1024
 #: Errors that mean splice(2) cannot be used here at all.
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS)
 _PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
