@@ -501,6 +501,20 @@ class PartialUpload:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         self.received += len(data)
 
+    def fileno(self) -> int:
+        """The partial file's descriptor, for a caller that appends body bytes to it itself
+        (splice(2)) and reports them with `wrote`. Raises StorageFailure once it is closed."""
+        if self._fd is None:
+            raise StorageFailure("upload already closed")
+        return self._fd
+
+    def wrote(self, count: int) -> None:
+        """Count `count` body bytes the caller appended to `fileno()`. Raises TooLarge past
+        the declared size."""
+        if count < 0 or self.received + count > self.size:
+            raise TooLarge("body longer than Content-Length")
+        self.received += count
+
     def can_commit_inline(self, compare: bool = False) -> bool:
         """Whether `commit(compare, inline=True)` may be made on the reactor's thread.
 

@@ -6,7 +6,9 @@ Twisted hands a resource the request only after the whole body has arrived, and 
 file, `UploadChannel` hooks `allHeadersReceived` and `UploadRequest` takes the body chunks.
 Those hooks use the channel's private `_command`/`_path` attributes, which have the same shape
 from Twisted 22.4 to the newest release; `tests/protocol/test_twisted_canary.py` fails loudly
-if that changes.
+if that changes. Large bodies on plain connections then go from the socket to the file with
+splice(2) (`hmacfs.splice`), which takes over from Twisted only between the headers and the
+end of the body.
 
 A plain GET or HEAD of a small stored file that arrives in one piece is answered by the
 channel itself (`UploadChannel.answer_quickly`), with the same headers the resource tree
@@ -63,6 +65,7 @@ from hmacfs.metrics import (
 from hmacfs.paths import decode_path, file_name, split_target
 from hmacfs.sendfile import SendfileProducer, can_sendfile
 from hmacfs.settings import Config, HttpSettings
+from hmacfs.splice import BodySplicer, SpliceSupport
 from hmacfs.storage import CompareOnThread, PartialUpload, Storage, StoredFile
 from hmacfs.units import format_size
 
@@ -255,6 +258,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.protocol = UploadChannel  # type: ignore[assignment,method-assign]
         self.requestFactory = UploadRequest
         self.metrics = Metrics()
+        #: Large PUT bodies over plain connections go to their files with splice(2).
+        self.body_splice = SpliceSupport()
         self._refilling = False
         self.health_resource = HealthResource(self.health)
         self.stopping = False
@@ -622,13 +627,17 @@ class UploadRequest(server.Request):  # type: ignore[misc]
         try:
             upload.write(data)
         except HttpError as e:
-            self._drop_upload(e.status)
-            channel = self.channel
-            if isinstance(channel, UploadChannel):
-                channel.refuse(self, e.status, e.reason, e.headers)
+            self.body_failed(e)
             return
         if self.upload_site is not None:
             self.upload_site.metrics.bytes_received(len(data))
+
+    def body_failed(self, e: HttpError) -> None:
+        """The body cannot be stored (too long, disk full): drop the upload, answer `e`."""
+        self._drop_upload(e.status)
+        channel = self.channel
+        if isinstance(channel, UploadChannel):
+            channel.refuse(self, e.status, e.reason, e.headers)
 
     def _drop_upload(self, status: int) -> None:
         """Forget an upload that will not complete (disconnect, storage failure, shutdown)."""
@@ -667,6 +676,9 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _refused = False
     _linger_call: Any = None
     _discard_left: int | None = None
+    #: An admitted PUT whose body is to be spliced once Twisted has handed over what it holds.
+    _splice_request: UploadRequest | None = None
+    _splicer: BodySplicer | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -690,6 +702,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         super().allHeadersReceived()
         if self.site.stopping:
             self.persistent = False  # the last request on this connection
+        if request.upload is not None and self.site.body_splice.wanted(
+            self.length, self.transport
+        ):
+            self._splice_request = request
 
     def refuse(
         self,
@@ -762,6 +778,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         if data.endswith(b"\r\n\r\n") and self._between_requests() and self.answer_quickly(data):
             return
         super().dataReceived(data)
+        if self._splice_request is not None and self._splicer is None:
+            self._splicer = BodySplicer.attempt(
+                self.site.body_splice, self, self._splice_request
+            )
 
     def _between_requests(self) -> bool:
         """Whether Twisted holds nothing of a request: the next bytes begin a new one."""
@@ -859,6 +879,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
+        self._splice_request = self._splicer = None
         if self._refused:
             return
         super().allContentReceived()
@@ -867,6 +888,8 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None
+        if self._splicer is not None:
+            self._splicer.stop()
         super().connectionLost(reason)
         self.site.channel_closed(self)
 

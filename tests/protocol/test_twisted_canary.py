@@ -3,8 +3,11 @@
 `hmacfs.web.UploadChannel` decides on a request between its headers and its body. That needs
 the request line while the body has not arrived (`HTTPChannel._command`/`_path`), the order of
 calls in `allHeadersReceived` (gotLength, then the automatic "100 Continue"), and body chunks
-reaching `Request.handleContentChunk`. If a Twisted release changes any of this, these tests
-fail by name instead of uploads failing in a subtle way.
+reaching `Request.handleContentChunk`. `hmacfs.splice` takes the rest of a large body past
+Twisted: it needs the channel's transfer decoder (`_transferDecoder`, counting the bytes still
+to come) to finish the body as the last bytes would have, and the reactor to read through the
+transport's `doRead` attribute. If a Twisted release changes any of this, these tests fail by
+name instead of uploads failing in a subtle way.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 import inspect
 
 import twisted
+from twisted.internet import main, posixbase, tcp
 from twisted.internet.testing import StringTransport
 from twisted.web import http
+
+from hmacfs.splice import body_decoder
 
 
 class Recorder(http.Request):
@@ -41,7 +47,7 @@ class Channel(http.HTTPChannel):
         super().allHeadersReceived()
 
 
-def drive(data: bytes) -> tuple[list[tuple[str, object]], bytes]:
+def connect() -> tuple[Channel, StringTransport, list[tuple[str, object]]]:
     seen: list[tuple[str, object]] = []
 
     def factory(channel: http.HTTPChannel, queued: bool = False) -> Recorder:
@@ -53,6 +59,11 @@ def drive(data: bytes) -> tuple[list[tuple[str, object]], bytes]:
     channel.requestFactory = factory
     transport = StringTransport()
     channel.makeConnection(transport)
+    return channel, transport, seen
+
+
+def drive(data: bytes) -> tuple[list[tuple[str, object]], bytes]:
+    channel, transport, seen = connect()
     for byte in data:
         channel.dataReceived(bytes([byte]))
     return seen, transport.value()
@@ -94,6 +105,46 @@ def test_chunked_bodies_report_no_length() -> None:
 def test_twisted_version_is_in_the_tested_range() -> None:
     major = int(twisted.__version__.split(".")[0])
     assert 22 <= major < 27, twisted.__version__
+
+
+def test_a_body_can_be_finished_past_the_channel() -> None:
+    # What hmacfs.splice does: find the decoder mid-body, count the bytes it took itself, then
+    # let the decoder end the body; the request is processed and a pipelined one follows.
+    channel, _, seen = connect()
+    channel.dataReceived(b"PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    request = channel.requests[-1]
+    decoder = body_decoder(channel, request)
+    assert decoder is not None, "HTTPChannel's body decoder changed shape: splicing is off"
+    assert decoder is channel._transferDecoder
+    assert isinstance(decoder, http._IdentityTransferDecoder)
+    assert decoder.contentLength == 7
+    decoder.contentLength -= 7  # "defghij" went past the channel
+    decoder.dataReceived(b"")
+    assert seen[-1] == ("process", b"PUT")
+    assert channel._transferDecoder is None
+    assert body_decoder(channel, request) is None
+    channel.dataReceived(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert seen[-1] == ("process", b"GET")
+
+
+def test_no_decoder_is_offered_while_the_channel_holds_bytes_or_has_no_length() -> None:
+    channel, _, _ = connect()
+    channel.dataReceived(b"PUT /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert body_decoder(channel, channel.requests[-1]) is None
+    channel, _, _ = connect()
+    channel.dataReceived(b"PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+    channel._buffer = b"x"  # as while LineReceiver is still handing bytes over
+    assert body_decoder(channel, channel.requests[-1]) is None
+
+
+def test_reactors_read_through_the_transports_do_read_attribute() -> None:
+    # An instance attribute `doRead` on the transport takes its reads; returning
+    # CONNECTION_DONE from it is how the transport itself reports the peer's end of file.
+    assert "selectable.doRead()" in inspect.getsource(posixbase._PollLikeMixin._doReadOrWrite)
+    assert "self._dataReceived(" in inspect.getsource(tcp.Connection.doRead)
+    source = inspect.getsource(tcp.Connection._dataReceived)
+    assert "return main.CONNECTION_DONE" in source
+    assert main.CONNECTION_DONE is not None
 
 
 def test_between_requests_state_has_the_names_the_quick_path_reads() -> None:
