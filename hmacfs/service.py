@@ -53,6 +53,23 @@ def describe_port(port: Any, tls: bool) -> str:
     return f"unix:{name}"
 
 
+def accept_one_at_a_time(port: Any) -> None:
+    """Make `port` take one connection per readiness event.
+
+    An inherited socket may be shared with other worker processes, which all wake when
+    connections arrive. Twisted accepts up to a hundred at once, so the worker that woke first
+    would take a whole burst (all of a client's parallel connections) and leave the others
+    idle; one at a time, they share it (what nginx's default "multi_accept off" does).
+    """
+    read = port.doRead
+
+    def do_read() -> Any:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = do_read
+
+
 class Listeners(Service):  # type: ignore[misc]
     """Listens on a list of `listen` entries; `ready` fires once all of them listen."""
 
@@ -98,6 +115,7 @@ class Listeners(Service):  # type: ignore[misc]
             # The port works on a duplicate: close the original, or the socket would keep
             # accepting connections after stopListening.
             os.close(fd)
+            accept_one_at_a_time(port)
             return defer.succeed((port, listener.tls))
         # Bound here and handed to the reactor like an inherited socket: the same path as
         # worker processes and socket activation take (and no endpoint parser to load).
