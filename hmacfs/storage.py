@@ -4,8 +4,10 @@ Layout under the storage directory:
 
 - ``<signed path>``: the stored files themselves, as plain files, so that a storage directory
   written by another upload server (prosody-filer, the Go HMAC File Server) is served as it is.
-- ``.hmacfs/partial/<random>``: bodies being received. Same filesystem as the final files, so
-  ``link(2)`` puts a finished file in place atomically, and fails instead of replacing.
+- ``.hmacfs/partial/``: bodies being received, in files without a name (``O_TMPFILE``) where
+  the filesystem and /proc allow, else named ``<random>``. Same filesystem as the final files,
+  so ``link(2)`` puts a finished file in place atomically, and fails instead of replacing; an
+  unnamed one leaves nothing behind if the server dies.
 - what GET needs (content type, upload time, expiry), as JSON: in the stored file's own
   extended attribute ``user.hmacfs`` where the filesystem keeps user attributes, else in
   ``.hmacfs/meta/<xx>/<inode>.json``, keyed by the stored file's inode (older uploads, other
@@ -62,6 +64,19 @@ META_XATTR = "user.hmacfs"
 METADATA_STORES = ("auto", "xattr", "file")
 #: What setxattr answers on a filesystem without user extended attributes.
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
+#: What partial files are: "auto" (unnamed where the system allows, else named), "tmpfile"
+#: (unnamed, O_TMPFILE; a system without them is an error) or "named".
+PARTIAL_KINDS = ("auto", "tmpfile", "named")
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """An open partial file: its descriptor, its path (None when it has no name) and the name
+    the sweeper knows it by (for an unnamed one, "#<inode>", as /proc shows it)."""
+
+    fd: int
+    path: Path | None
+    name: str
 
 
 class CompareOnThread(Exception):
@@ -117,15 +132,19 @@ class Storage:
         file_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         metadata: str = "auto",
+        partials: str = "auto",
     ) -> None:
         """Open (creating what is missing) the storage directory `root`.
 
-        Raises OSError when it cannot be created, or when `metadata` is "xattr" and its
-        filesystem does not keep user extended attributes; ValueError for another `metadata`
-        than those of METADATA_STORES.
+        Raises OSError when it cannot be created, when `metadata` is "xattr" and its
+        filesystem does not keep user extended attributes, or when `partials` is "tmpfile"
+        and unnamed files cannot be made and linked there; ValueError for another `metadata`
+        than those of METADATA_STORES, or `partials` than those of PARTIAL_KINDS.
         """
         if metadata not in METADATA_STORES:
             raise ValueError(f"metadata must be one of {', '.join(METADATA_STORES)}")
+        if partials not in PARTIAL_KINDS:
+            raise ValueError(f"partials must be one of {', '.join(PARTIAL_KINDS)}")
         self.root = root
         self.fsync = fsync
         self.file_ttl = file_ttl
@@ -138,13 +157,35 @@ class Storage:
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
-        self._pool: collections.deque[tuple[Path, int, float]] = collections.deque()
+        self._pool: collections.deque[tuple[_Partial, float]] = collections.deque()
         self._pool_lock = threading.Lock()
         self._real_state = os.path.realpath(self._state)
         #: Whether new metadata goes into an extended attribute (else into a file).
         self.xattrs = metadata != "file" and self._xattrs_kept(required=metadata == "xattr")
         #: Whether stored files may carry metadata in an extended attribute worth reading.
         self._read_xattrs = self.xattrs or metadata == "file"
+        #: Whether partial files are unnamed (O_TMPFILE), linked by their /proc/self/fd link.
+        self.tmpfiles = partials != "named" and self._tmpfiles_work(required=partials == "tmpfile")
+
+    def _tmpfiles_work(self, *, required: bool) -> bool:
+        """Whether an unnamed file made in the partial directory can be linked by name there."""
+        try:
+            fd = os.open(self.partial_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except (AttributeError, OSError):  # no O_TMPFILE here, or not on this filesystem
+            if required:
+                raise
+            return False
+        try:
+            scratch = self.partial_dir / f"probe-{secrets.token_hex(8)}"
+            _link_fd(fd, scratch)
+            scratch.unlink()
+        except OSError:  # no /proc
+            if required:
+                raise
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def _xattrs_kept(self, *, required: bool) -> bool:
         """Whether the filesystem keeps user extended attributes: tried on a scratch file."""
@@ -276,39 +317,40 @@ class Storage:
         caller (the reactor) does not wait for the filesystem to create a file. Raises
         StorageFailure when the partial file cannot be created.
         """
-        partial, fd = self._take_pooled()
-        if fd < 0:
+        partial = self._take_pooled()
+        if partial is None:
             try:
-                partial, fd = self._create_partial()
+                partial = self._create_partial()
             except OSError as e:
                 raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         now = self.clock()
         if self.file_ttl is not None:
             ttl_expiry = now + self.file_ttl
             expires = ttl_expiry if expires is None else min(expires, ttl_expiry)
-        return PartialUpload(self, rel, size, content_type, partial, fd, expires, scheme, now)
+        return PartialUpload(self, rel, size, content_type, partial, expires, scheme, now)
 
     # -- partial files made ahead of time -----------------------------------------------------
 
-    def _create_partial(self) -> tuple[Path, int]:
-        partial = self.partial_dir / secrets.token_hex(16)
+    def _create_partial(self) -> _Partial:
         # Read as well as written: a retry's body is compared with the stored file.
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        return partial, fd
+        if self.tmpfiles:
+            fd = os.open(self.partial_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
+            return _Partial(fd, None, f"#{os.fstat(fd).st_ino}")
+        path = self.partial_dir / secrets.token_hex(16)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return _Partial(fd, path, path.name)
 
-    def _take_pooled(self) -> tuple[Path, int]:
-        """A pooled (path, fd), or (partial_dir, -1) when none is fresh enough."""
+    def _take_pooled(self) -> _Partial | None:
+        """A pooled partial file, or None when none is fresh enough."""
         while True:
             with self._pool_lock:
                 if not self._pool:
-                    return self.partial_dir, -1
-                partial, fd, made = self._pool.popleft()
+                    return None
+                partial, made = self._pool.popleft()
             if time.monotonic() - made < POOL_MAX_AGE:
-                return partial, fd
+                return partial
             # Old enough that a sweep (of another process) could take it for abandoned.
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
+            _discard(partial)
 
     def pool_low(self) -> bool:
         """Whether `fill_pool` should run (cheap; reactor thread)."""
@@ -319,14 +361,14 @@ class Storage:
 
         Raises OSError (disk full, permissions): `begin` then reports it for the upload."""
         while len(self._pool) < POOL_SIZE:
-            partial, fd = self._create_partial()
+            partial = self._create_partial()
             with self._pool_lock:
-                self._pool.append((partial, fd, time.monotonic()))
+                self._pool.append((partial, time.monotonic()))
 
     def pooled_names(self) -> frozenset[str]:
         """Partial files waiting in the pool (live: the sweeper must leave them alone)."""
         with self._pool_lock:
-            return frozenset(partial.name for partial, _, _ in self._pool)
+            return frozenset(partial.name for partial, _ in self._pool)
 
     def drain_pool(self) -> None:
         """Remove the pool's files (at shutdown)."""
@@ -334,10 +376,8 @@ class Storage:
             with self._pool_lock:
                 if not self._pool:
                     return
-                partial, fd, _ = self._pool.popleft()
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
+                partial, _ = self._pool.popleft()
+            _discard(partial)
 
     def _link_into_place(self, upload: PartialUpload) -> None:
         final = self.path_of(upload.rel)
@@ -349,7 +389,10 @@ class Storage:
         if not _is_within(os.path.realpath(parent), self._real_root):
             raise BadRequest("path leaves the storage directory")
         try:
-            os.link(upload.partial, final)
+            if upload.partial is None:
+                _link_fd(upload.fd, final)
+            else:
+                os.link(upload.partial, final)
         except FileExistsError:
             raise Conflict("file already exists") from None
         except NotADirectoryError:
@@ -463,8 +506,7 @@ class PartialUpload:
         rel: str,
         size: int,
         content_type: str,
-        partial: Path,
-        fd: int,
+        partial: _Partial,
         expires: float | None,
         scheme: str,
         started: float,
@@ -473,18 +515,23 @@ class PartialUpload:
         self.rel = rel
         self.size = size
         self.content_type = content_type
-        self.partial = partial
+        #: The partial file's path; None when it has no name (O_TMPFILE).
+        self.partial = partial.path
+        #: The partial file's name (for the sweeper's list of live uploads).
+        self.name = partial.name
         self.expires = expires
         self.scheme = scheme
         self.started = started
         self.received = 0
-        self._fd: int | None = fd
+        self._fd: int | None = partial.fd
         self.done = False
 
     @property
-    def name(self) -> str:
-        """The partial file's name (for the sweeper's list of live uploads)."""
-        return self.partial.name
+    def fd(self) -> int:
+        """The partial file's descriptor. Raises StorageFailure once the upload is over."""
+        if self._fd is None:
+            raise StorageFailure("upload already closed")
+        return self._fd
 
     def write(self, data: bytes) -> None:
         """Append a chunk of the body. Raises TooLarge past the declared size, StorageFailure."""
@@ -634,8 +681,27 @@ class PartialUpload:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.partial)
+        if self.partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial)
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """Give the open file `fd` the name `path` (an unnamed file's first name). Never replaces."""
+    # linkat(2) of its /proc/self/fd link, following that link: Python passes
+    # AT_SYMLINK_FOLLOW only along with a directory descriptor, hence the one of `path`'s.
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
+
+
+def _discard(partial: _Partial) -> None:
+    os.close(partial.fd)
+    if partial.path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(partial.path)
 
 
 def _write_meta_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:

@@ -51,10 +51,23 @@ def visible_files(root: Path) -> list[str]:
 
 
 def partial_files(storage: Storage) -> list[str]:
-    """The partial files of uploads (the empty ones kept ready for new uploads left out)."""
+    """The partial files of uploads (the empty ones kept ready for new uploads left out).
+
+    Named ones by their name; unnamed ones (O_TMPFILE) as "#<inode>", found among the open
+    descriptors of this process (the storage's name for them, and what /proc shows).
+    """
     partial = storage.root / ".hmacfs" / "partial"
+    found = os.listdir(partial)
+    unnamed = os.path.realpath(partial) + "/#"
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(unnamed) and target.endswith(" (deleted)"):
+            found.append(target[len(unnamed) - 1 : -len(" (deleted)")])
     ready = storage.pooled_names()
-    return sorted(name for name in os.listdir(partial) if name not in ready)
+    return sorted(name for name in found if name not in ready)
 
 
 @pytest.fixture

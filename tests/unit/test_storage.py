@@ -1,7 +1,8 @@
 """Storage: partial files, linking into place without replacing, metadata, sweeping.
 
-Every test that takes the `storage` fixture runs twice: with the metadata in an extended
-attribute of each file, and in the inode-keyed JSON files (both work on the test filesystem).
+Every test that takes the `storage` fixture runs four times: with the metadata in an extended
+attribute of each file or in the inode-keyed JSON files, and with unnamed (O_TMPFILE) or named
+partial files (all of which work on the test filesystem).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ def metadata(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["tmpfile", "named"])
+def partials(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def storage(tmp_path: Path, clock: FakeClock, metadata: str) -> Storage:
-    return Storage(tmp_path / "files", fsync=True, clock=clock, metadata=metadata)
+def storage(tmp_path: Path, clock: FakeClock, metadata: str, partials: str) -> Storage:
+    return Storage(
+        tmp_path / "files", fsync=True, clock=clock, metadata=metadata, partials=partials
+    )
 
 
 def store(storage: Storage, rel: str, body: bytes, **kw: object) -> None:
@@ -148,8 +156,9 @@ def test_file_ttl(tmp_path: Path, clock: FakeClock, metadata: str) -> None:
 
 
 def test_sweep_removes_abandoned_partials_but_not_live_ones(
-    storage: Storage, clock: FakeClock
+    tmp_path: Path, clock: FakeClock
 ) -> None:
+    storage = Storage(tmp_path / "files", clock=clock, partials="named")
     live = storage.begin("a/live", 10, "text/plain")
     dead = storage.begin("a/dead", 10, "text/plain")
     long_ago = clock.now - PARTIAL_MAX_IDLE - 60
@@ -232,8 +241,9 @@ def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPa
     # A file that waited too long is not handed out (a sweep elsewhere may remove it).
     monkeypatch.setattr(storage_module, "POOL_MAX_AGE", -1.0)
     fresh = storage.begin("p/r.txt", 1, "text/plain")
-    assert fresh.name not in ready
-    assert storage.pooled_names() == frozenset()
+    assert storage.pooled_names() == frozenset()  # all taken out: `fresh` was made for it
+    if fresh.partial is not None:
+        assert fresh.name not in ready  # (an unnamed one may get a freed inode's number)
     fresh.abort()
     storage.fill_pool()
     storage.drain_pool()
@@ -421,7 +431,7 @@ def test_auto_keeps_metadata_in_an_attribute_on_tmpfs(clock: FakeClock) -> None:
     directory = Path(tempfile.mkdtemp(dir=parent))
     try:
         storage = Storage(directory / "files", fsync=False, clock=clock)
-        assert storage.xattrs
+        assert storage.xattrs and storage.tmpfiles
         store(storage, "t/x.txt", b"x", expires=clock.now + 1)
         assert json_metas(storage) == []
         assert storage.lookup("t/x.txt").content_type == "text/plain"
@@ -455,6 +465,8 @@ def test_without_attributes_auto_uses_files(
 def test_other_metadata_stores_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Storage(tmp_path / "files", metadata="sqlite")
+    with pytest.raises(ValueError):
+        Storage(tmp_path / "files", partials="memory")
 
 
 def test_metadata_too_large_for_an_attribute_goes_to_a_file(tmp_path: Path) -> None:
@@ -513,10 +525,12 @@ def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> N
     durable.abort()
 
 
-def test_an_inline_commit_hands_a_same_size_race_over(tmp_path: Path, metadata: str) -> None:
+def test_an_inline_commit_hands_a_same_size_race_over(
+    tmp_path: Path, metadata: str, partials: str
+) -> None:
     from hmacfs.storage import CompareOnThread
 
-    storage = Storage(tmp_path / "files", fsync=False, metadata=metadata)
+    storage = Storage(tmp_path / "files", fsync=False, metadata=metadata, partials=partials)
     first = storage.begin("s/z.bin", 3, "text/plain")
     second = storage.begin("s/z.bin", 3, "text/plain")
     other_size = storage.begin("s/z.bin", 2, "text/plain")
@@ -526,7 +540,7 @@ def test_an_inline_commit_hands_a_same_size_race_over(tmp_path: Path, metadata: 
     first.commit(inline=True)
     with pytest.raises(CompareOnThread):
         second.commit(inline=True)
-    assert second.partial.exists()  # kept for the comparison
+    assert second.name in partial_files(storage)  # kept for the comparison
     assert second.commit(compare=True).size == 3
     # Of another size it cannot be the same body: a conflict at once.
     with pytest.raises(Conflict):
@@ -534,3 +548,96 @@ def test_an_inline_commit_hands_a_same_size_race_over(tmp_path: Path, metadata: 
     assert partial_files(storage) == []
     assert len(json_metas(storage)) == (1 if metadata == "file" else 0)  # the winner's
     assert storage.path_of("s/z.bin").read_bytes() == b"one"
+
+
+# -- unnamed partial files (O_TMPFILE) ---------------------------------------------------------
+
+
+def test_auto_makes_partial_files_without_a_name_here(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "files", fsync=False)
+    assert storage.tmpfiles
+    upload = storage.begin("u/n.txt", 4, "text/plain")
+    upload.write(b"body")
+    assert upload.partial is None
+    assert os.listdir(storage.partial_dir) == []  # nothing to see, nothing to sweep
+    assert partial_files(storage) == [upload.name]  # but open, as "#<inode>"
+    upload.commit(inline=True)
+    final = storage.path_of("u/n.txt")
+    assert final.read_bytes() == b"body"
+    assert upload.name == f"#{os.stat(final).st_ino}"  # the very file, linked
+    assert os.stat(final).st_nlink == 1
+    assert partial_files(storage) == []
+
+
+CRASH = """
+import os, sys
+from pathlib import Path
+from hmacfs.storage import Storage
+storage = Storage(Path(sys.argv[1]), partials=sys.argv[2])
+upload = storage.begin("c/crash.bin", 10, "text/plain")
+upload.write(b"12345")
+os._exit(0)  # no abort, no cleanup: as if killed
+"""
+
+
+@pytest.mark.parametrize(("partials", "left"), [("tmpfile", 0), ("named", 1)])
+def test_a_server_that_dies_mid_upload_leaves_no_partial_file(
+    tmp_path: Path, partials: str, left: int
+) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run(
+        [sys.executable, "-c", CRASH, str(tmp_path / "files"), partials], check=True, env=env
+    )
+    assert len(os.listdir(tmp_path / "files" / ".hmacfs" / "partial")) == left
+    assert visible_files(tmp_path / "files") == []
+
+
+def test_without_o_tmpfile_or_proc_auto_names_partial_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmacfs import storage as storage_module
+
+    def no_proc(fd: int, path: Path) -> None:
+        raise FileNotFoundError(2, "No such file or directory", f"/proc/self/fd/{fd}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage_module, "_link_fd", no_proc)
+        with pytest.raises(OSError):
+            Storage(tmp_path / "strict", partials="tmpfile")
+        assert not Storage(tmp_path / "no-proc").tmpfiles
+    monkeypatch.delattr(os, "O_TMPFILE")
+    storage = Storage(tmp_path / "files")
+    assert not storage.tmpfiles
+    assert os.listdir(storage.partial_dir) == []  # the probes left nothing
+    store(storage, "n/x.txt", b"x")
+    assert storage.path_of("n/x.txt").read_bytes() == b"x"
+    assert partial_files(storage) == []
+
+
+def test_named_partials_of_an_earlier_run_are_still_swept(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    earlier = Storage(tmp_path / "files", clock=clock, partials="named")
+    abandoned = earlier.begin("a/old", 10, "text/plain")
+    abandoned.write(b"12")
+    assert abandoned.partial is not None
+    long_ago = clock.now - PARTIAL_MAX_IDLE - 60
+    os.utime(abandoned.partial, (long_ago, long_ago))
+    storage = Storage(tmp_path / "files", clock=clock)
+    assert storage.tmpfiles
+    live = storage.begin("a/live", 10, "text/plain")
+    live.write(b"34")
+    storage.fill_pool()
+    report = storage.sweep(active=frozenset({live.name}) | storage.pooled_names())
+    assert report.partials == 1
+    assert os.listdir(storage.partial_dir) == []
+    live.write(b"56789012")
+    live.commit()
+    assert storage.path_of("a/live").read_bytes() == b"3456789012"
+    abandoned.abort()
+    storage.drain_pool()
+    assert partial_files(storage) == []
