@@ -7,6 +7,7 @@ encoded slash can never create a segment boundary that the signer did not see.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 from hmacfs.errors import BadRequest, NotFound, UriTooLong
@@ -17,6 +18,8 @@ MAX_SEGMENT_BYTES = 255
 MAX_PATH_BYTES = 1024
 #: First segment reserved for the server's own bookkeeping inside the storage directory.
 RESERVED_SEGMENT = ".hmacfs"
+#: A path with nothing to decode: printable ASCII without "%" decodes to itself.
+_PLAIN = re.compile(rb"[\x21-\x24\x26-\x7e]*")
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -50,7 +53,10 @@ def decode_path(raw_path: bytes, prefix: str) -> str:
         raise BadRequest("path must start with /")
     if len(raw_path) > 4 * MAX_PATH_BYTES:
         raise UriTooLong("path too long")
-    decoded = "/".join(_decode_segment(s) for s in raw_path.split(b"/"))
+    if _PLAIN.fullmatch(raw_path):
+        decoded = raw_path.decode("ascii")
+    else:
+        decoded = "/".join(_decode_segment(s) for s in raw_path.split(b"/"))
     if not decoded.startswith(prefix):
         if decoded + "/" == prefix:
             return ""

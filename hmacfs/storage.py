@@ -89,7 +89,8 @@ class StoredFile:
     """A file that GET can serve, with what is known about it."""
 
     rel: str
-    fs_path: Path
+    #: Its real path (no links on the way).
+    fs_path: str
     size: int
     mtime: float
     content_type: str | None
@@ -276,7 +277,7 @@ class Storage:
         content_type = meta.get("content_type")
         return StoredFile(
             rel=rel,
-            fs_path=Path(real),
+            fs_path=real,
             size=st.st_size,
             mtime=st.st_mtime,
             content_type=content_type if isinstance(content_type, str) else None,
@@ -643,7 +644,7 @@ class PartialUpload:
                 raise
             return StoredFile(
                 rel=self.rel,
-                fs_path=storage.path_of(self.rel),
+                fs_path=str(storage.path_of(self.rel)),
                 size=self.size,
                 mtime=st.st_mtime,
                 content_type=self.content_type,
@@ -750,7 +751,7 @@ def _valid_meta(raw: bytes | None, st: os.stat_result, rel: str) -> dict[str, ob
     return meta
 
 
-def _same_bytes(fd: int, path: Path, size: int) -> bool:
+def _same_bytes(fd: int, path: str | Path, size: int) -> bool:
     """Whether the file at `path` holds exactly the `size` bytes that `fd` holds.
 
     Reads COMPARE_CHUNK bytes of each at a time into the same two buffers, so memory stays flat

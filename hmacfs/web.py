@@ -38,9 +38,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
+from twisted.web.http import datetimeToString
 
 from hmacfs import auth
 from hmacfs.errors import (
@@ -53,6 +54,7 @@ from hmacfs.errors import (
     StorageFailure,
     TooLarge,
 )
+from hmacfs.logs import LEVELS
 from hmacfs.metrics import (
     DISCONNECTED,
     HealthReport,
@@ -127,6 +129,20 @@ _MEDIA_TYPE = re.compile(
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
 _log = Logger(namespace="hmacfs.web")
+
+
+#: The last Date header value made, with its second.
+_date_cache: list[tuple[int, bytes]] = [(0, b"")]
+
+
+def http_date_now() -> bytes:
+    """The Date header's value for now (made once a second)."""
+    now = int(time.time())
+    second, value = _date_cache[0]
+    if second != now:
+        value = datetimeToString(now)
+        _date_cache[0] = (now, value)
+    return value
 
 
 def safe_media_type(value: str | None) -> str | None:
@@ -264,6 +280,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.health_resource = HealthResource(self.health)
         self.stopping = False
         self.config = config
+        self._log_answers = LEVELS[config.server.log_level] <= LogLevel.info
         self._proxies = _networks(config.server.trusted_proxies)
         self.storage = storage
         self.clock: Any = reactor
@@ -289,6 +306,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def reconfigure(self, config: Config) -> None:
         """Use `config` for requests from now on (SIGHUP); connections keep their channel."""
         self.config = config
+        self._log_answers = LEVELS[config.server.log_level] <= LogLevel.info
         self.timeOut = config.server.idle_timeout
         self._proxies = _networks(config.server.trusted_proxies)
 
@@ -546,6 +564,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         """Count and log a request that got its whole answer."""
         if method in (b"GET", b"HEAD") and rel:
             self.metrics.download_finished(status, size)
+        if not self._log_answers:
+            return  # (formatting the event would cost more than the answer)
         duration = time.monotonic() - started if started is not None else 0.0
         _log.info(
             "{client}{secure} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
@@ -845,7 +865,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         download = Download.of(stored, site.now())
         origin = headers.get(b"origin")
         cors = cors_headers(config.http, origin.decode("latin-1") if origin is not None else None)
-        out = [b"HTTP/1.1 200 OK", b"Date: " + http.datetimeToString()]
+        out = [b"HTTP/1.1 200 OK", b"Date: " + http_date_now()]
         out += [name + b": " + value for name, value in BASE_HEADERS]
         out += [f"{name}: {value}".encode("latin-1") for name, value in cors]
         out += [name + b": " + value for name, value in download.headers]
@@ -853,7 +873,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             b"Accept-Ranges: bytes",
             b"Content-Length: %d" % stored.size,
             b"Content-Type: " + download.media_type.encode("ascii"),
-            b"Last-Modified: " + http.datetimeToString(math.ceil(stored.mtime)),
+            b"Last-Modified: " + datetimeToString(math.ceil(stored.mtime)),
         ]
         self.resetTimeout()
         transport: Any = self.transport
@@ -865,7 +885,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             secure=site._secure(self.isSecure(), peer, [proto] if proto is not None else []),
             method=method,
             rel=rel,
-            status=http.OK,
+            status=200,
             size=len(body),
             scheme=None,
             started=started,

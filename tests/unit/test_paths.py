@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hmacfs import paths
 from hmacfs.errors import BadRequest, HttpError, NotFound, UriTooLong
 from hmacfs.paths import decode_path, file_name, split_target
 
@@ -80,3 +82,23 @@ def test_any_encoding_of_a_path_decodes_to_it(segments: list[str]) -> None:
         encoded = "/".join(quote(s, safe=safe) for s in segments)
         assert decode_path(("/upload/" + encoded).encode(), PREFIX) == rel
         assert decode_path(("/upload/" + encoded.lower()).encode(), PREFIX).lower() == rel.lower()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/upload/a/b.txt", b"/upload/x+y/~!$&'()*,;=:@.bin", b"/upload/%41/b", b"/upload/a b/c",
+     b"/upload/caf\xc3\xa9/x", b"/upload/a/%2e%2e/b", b"/upload/a/\x7f", b"/upload/.hmacfs/x",
+     b"/upload/a/../b", b"/upload//b", b"/upload/", b"/other/a"],
+)
+def test_plain_paths_take_a_shortcut_to_the_same_result(
+    raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def outcome() -> object:
+        try:
+            return decode_path(raw, "/upload/")
+        except HttpError as e:
+            return (type(e), e.reason)
+
+    shortcut = outcome()
+    monkeypatch.setattr(paths, "_PLAIN", re.compile(rb"(?!)"))  # every path decoded in full
+    assert outcome() == shortcut

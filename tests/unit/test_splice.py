@@ -155,7 +155,7 @@ def test_exactly_the_rest_of_the_body_reaches_the_file(
     assert channel.timeouts_reset > 0
     assert splicer._pipe is None
     stored = upload.commit()
-    assert stored.fs_path.read_bytes() == body
+    assert Path(stored.fs_path).read_bytes() == body
 
 
 def test_each_read_moves_a_bounded_amount(
@@ -174,7 +174,7 @@ def test_each_read_moves_a_bounded_amount(
         assert splicer.spliced - before <= 64 * 1024
         before = splicer.spliced
     sender.join()
-    assert upload.commit().fs_path.read_bytes() == body
+    assert Path(upload.commit().fs_path).read_bytes() == body
 
 
 def test_nothing_to_read_waits(pair: tuple[socket.socket, socket.socket], storage: Storage) -> None:

@@ -66,7 +66,7 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     assert partial_files(storage) == []
     found = storage.lookup("a/b.txt")
     assert (found.size, found.content_type, found.uploaded) == (4, "text/plain", stored.uploaded)
-    assert found.fs_path.read_bytes() == b"abcd"
+    assert Path(found.fs_path).read_bytes() == b"abcd"
 
 
 def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
@@ -86,7 +86,7 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> Non
     with pytest.raises(Conflict):
         second.commit()
     found = storage.lookup("s/x.bin")
-    assert found.fs_path.read_bytes() == b"one"
+    assert Path(found.fs_path).read_bytes() == b"one"
     # The loser's metadata did not replace the winner's.
     assert found.content_type == "image/png"
     assert partial_files(storage) == []
@@ -191,7 +191,7 @@ def test_links_that_stay_inside_the_root_are_followed(storage: Storage) -> None:
     (storage.root / "d1" / "b.txt").symlink_to("a.txt")
     for rel in ("d2/a.txt", "d1/b.txt", "d2/b.txt"):
         found = storage.lookup(rel)
-        assert found.fs_path == (storage.root / "d1" / "a.txt").resolve()
+        assert found.fs_path == str((storage.root / "d1" / "a.txt").resolve())
         assert found.size == 5
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hmacfs.settings import HttpSettings
@@ -115,3 +117,15 @@ def test_preflight_lists_methods_headers_and_max_age() -> None:
 )
 def test_single_range(header: str, expected: tuple[int, int] | None) -> None:
     assert single_range(header, 100) == expected
+
+
+def test_date_header_is_now_to_the_second() -> None:
+    from twisted.web.http import datetimeToString
+
+    from hmacfs.web import http_date_now
+
+    before = datetimeToString(int(time.time()))
+    value = http_date_now()
+    after = datetimeToString(int(time.time()))
+    assert value in (before, after)
+    assert http_date_now() in (value, after, datetimeToString(int(time.time())))
