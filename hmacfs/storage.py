@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -110,6 +111,33 @@ class SweepReport:
     bytes: int = 0
 
 
+#: In durable mode, each stretch of this many body bytes is sent to the disk as it arrives.
+WRITEBACK_STEP = 32 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[..., int] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, count: int) -> bool:
+    """Start writing `count` bytes of `fd` from `offset` to the disk, without waiting for
+    them (sync_file_range(2) with SYNC_FILE_RANGE_WRITE; it may wait for room in the disk's
+    queue: call it on a thread). A hint: False where it is not available or fails."""
+    if _SYNC_FILE_RANGE is None:
+        return False
+    return _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE) == 0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -148,6 +176,9 @@ class Storage:
             raise ValueError(f"partials must be one of {', '.join(PARTIAL_KINDS)}")
         self.root = root
         self.fsync = fsync
+        #: Runs a blocking call off the caller's thread, ignoring its outcome (set by the
+        #: server; None: no early writeback).
+        self.background: Callable[..., object] | None = None
         self.file_ttl = file_ttl
         self.clock = clock
         self._state = root / RESERVED_SEGMENT
@@ -391,7 +422,7 @@ class Storage:
             raise BadRequest("path leaves the storage directory")
         try:
             if upload.partial is None:
-                _link_fd(upload.fd, final)
+                _link_fd(upload.fileno(), final)
             else:
                 os.link(upload.partial, final)
         except FileExistsError:
@@ -525,14 +556,9 @@ class PartialUpload:
         self.started = started
         self.received = 0
         self._fd: int | None = partial.fd
+        #: Bytes of the body handed to `start_writeback` so far.
+        self._written_back = 0
         self.done = False
-
-    @property
-    def fd(self) -> int:
-        """The partial file's descriptor. Raises StorageFailure once the upload is over."""
-        if self._fd is None:
-            raise StorageFailure("upload already closed")
-        return self._fd
 
     def write(self, data: bytes) -> None:
         """Append a chunk of the body. Raises TooLarge past the declared size, StorageFailure."""
@@ -548,6 +574,7 @@ class PartialUpload:
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         self.received += len(data)
+        self._maybe_write_back()
 
     def fileno(self) -> int:
         """The partial file's descriptor, for a caller that appends body bytes to it itself
@@ -562,6 +589,17 @@ class PartialUpload:
         if count < 0 or self.received + count > self.size:
             raise TooLarge("body longer than Content-Length")
         self.received += count
+        self._maybe_write_back()
+
+    def _maybe_write_back(self) -> None:
+        """In durable mode, have the disk start writing each WRITEBACK_STEP of the body as it
+        arrives, so that the fsync at the end waits only for the last stretch."""
+        storage = self.storage
+        behind = self.received - self._written_back
+        if storage.fsync and behind >= WRITEBACK_STEP and storage.background is not None:
+            assert self._fd is not None
+            storage.background(start_writeback, self._fd, self._written_back, behind)
+            self._written_back = self.received
 
     def can_commit_inline(self, compare: bool = False) -> bool:
         """Whether `commit(compare, inline=True)` may be made on the reactor's thread.

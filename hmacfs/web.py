@@ -300,6 +300,13 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
         self.run_blocking = run_blocking
 
+        def in_background(f: Callable[..., object], *args: Any) -> None:
+            run_blocking(f, *args).addErrback(
+                lambda failure: _log.debug("{e}", e=failure.getErrorMessage())
+            )
+
+        storage.background = in_background
+
     def now(self) -> float:
         return float(self.clock.seconds())
 

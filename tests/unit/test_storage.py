@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -572,6 +573,7 @@ def test_auto_makes_partial_files_without_a_name_here(tmp_path: Path) -> None:
 CRASH = """
 import os, sys
 from pathlib import Path
+from typing import Any
 from hmacfs.storage import Storage
 storage = Storage(Path(sys.argv[1]), partials=sys.argv[2])
 upload = storage.begin("c/crash.bin", 10, "text/plain")
@@ -641,3 +643,34 @@ def test_named_partials_of_an_earlier_run_are_still_swept(
     abandoned.abort()
     storage.drain_pool()
     assert partial_files(storage) == []
+
+
+def test_durable_bodies_are_sent_to_the_disk_as_they_arrive(tmp_path: Path) -> None:
+    from hmacfs import storage as storage_module
+
+    calls: list[tuple[int, int]] = []
+    results: list[bool] = []
+
+    def background(f: Any, fd: int, offset: int, count: int) -> None:
+        calls.append((offset, count))
+        results.append(f(fd, offset, count))  # the real sync_file_range, on a real file
+
+    durable = Storage(tmp_path / "durable", fsync=True)
+    durable.background = background
+    step = storage_module.WRITEBACK_STEP
+    upload = durable.begin("w/big.bin", 2 * step + 100, "application/octet-stream")
+    piece = b"w" * (step // 4)
+    for _ in range(8):
+        upload.write(piece)
+    upload.wrote(0)
+    upload.write(b"x" * 100)
+    upload.commit()
+    assert calls == [(0, step), (step, step)]
+    assert results == [True, True]
+
+    fast = Storage(tmp_path / "fast", fsync=False)
+    fast.background = background
+    upload = fast.begin("w/big.bin", step + 1, "application/octet-stream")
+    upload.write(b"f" * (step + 1))
+    upload.commit()
+    assert len(calls) == 2  # nothing to hurry without fsync
