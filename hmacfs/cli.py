@@ -118,6 +118,27 @@ def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def load_reactor_without_openssl() -> None:
+    """Import Twisted's reactor without pyOpenSSL, for a server with no TLS listener.
+
+    twisted.internet's TCP support and its reactor load pyOpenSSL (and with it cryptography,
+    about 8 MiB per process) for startTLS and listenSSL whenever it is installed; this server
+    uses neither. Hiding it for that one import leaves TCP as it is. TLS listeners, should a
+    reload add some, wrap their connections in twisted.protocols.tls, which then imports
+    pyOpenSSL itself.
+    """
+    if "twisted.internet.reactor" in sys.modules or "OpenSSL" in sys.modules:
+        return
+    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+    try:
+        import twisted.internet.reactor  # noqa: F401
+    finally:
+        del sys.modules["OpenSSL"]
+        # What failed to import for want of it is tried again when next imported.
+        sys.modules.pop("twisted.protocols.tls", None)
+        sys.modules.pop("twisted.internet._newtls", None)
+
+
 def serve(
     cfg: Config,
     on_ready: Callable[[list[str]], None] | None = None,
@@ -149,6 +170,9 @@ def serve(
         metrics_dir = multiprocess_dir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
+    entries = (*cfg.server.listen, *cfg.metrics.listen)
+    if not any(parse_listen(entry).tls for entry in entries):
+        load_reactor_without_openssl()
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 

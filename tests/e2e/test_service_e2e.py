@@ -432,3 +432,29 @@ def test_ipv4_ipv6_and_unix_listeners_at_once(tmp_path: Path) -> None:
     assert curl(f"{server.base}/upload/{rel}").stdout == b"six"
     assert curl("--unix-socket", str(path), f"http://x/upload/{rel}").stdout == b"six"
     assert stop_server(server) == 0
+
+
+def _loaded(pid: int, library: str) -> bool:
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_no_tls_listener_no_openssl_in_memory(tmp_path: Path, ca: TestCA) -> None:
+    """pyOpenSSL and cryptography (about 8 MiB a process) stay out of a server that has no
+    TLS listener; one with an https listener has them, and serves TLS."""
+    (tmp_path / "plain").mkdir()
+    plain = start_server(tmp_path / "plain")
+    try:
+        result = curl("-o", "/dev/null", "-w", "%{http_code}", plain.url("x/none"))
+        assert result.stdout == b"404"
+        assert not _loaded(plain.process.pid, "cryptography")
+    finally:
+        assert stop_server(plain) == 0
+    (tmp_path / "tls").mkdir()
+    secure, _, _ = tls_server(tmp_path / "tls", ca)
+    try:
+        url = f"{https_base(secure)}/upload/x/none"
+        result = curl("--cacert", str(ca.path), "-o", "/dev/null", "-w", "%{http_code}", url)
+        assert result.stdout == b"404", result.stderr
+        assert _loaded(secure.process.pid, "cryptography")
+    finally:
+        assert stop_server(secure) == 0
