@@ -703,6 +703,9 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _refused = False
     _linger_call: Any = None
     _discard_left: int | None = None
+    #: A file the quick path looked up but left to the full path (too large), which the full
+    #: path then takes instead of looking it up again: (signed path, file).
+    looked_up: tuple[str, StoredFile] | None = None
     #: An admitted PUT whose body is to be spliced once Twisted has handed over what it holds.
     _splice_request: UploadRequest | None = None
     _splicer: BodySplicer | None = None
@@ -855,7 +858,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             stored = site.storage.lookup(rel) if rel else None
         except HttpError:
             return False
-        if stored is None or stored.size > QUICK_MAX_SIZE:
+        if stored is None:
+            return False
+        if stored.size > QUICK_MAX_SIZE:
+            self.looked_up = (rel, stored)  # the full path answers it in this same call
             return False
         body = b""
         if method == b"GET" and stored.size:
@@ -1063,13 +1069,22 @@ class Root(resource.Resource):  # type: ignore[misc]
         SendfileProducer(request, fd, first, last - first + 1).start()
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
 
+    def _stored(self, request: UploadRequest, rel: str) -> StoredFile:
+        """The file at `rel`, as the quick path just found it, else looked up now."""
+        channel = request.channel
+        if isinstance(channel, UploadChannel) and channel.looked_up is not None:
+            found, channel.looked_up = channel.looked_up, None
+            if found[0] == rel:
+                return found[1]
+        return self.site.storage.lookup(rel)
+
     def _download(self, request: UploadRequest) -> bytes | int:
         raw_path, _ = split_target(request.uri)
         rel = decode_path(raw_path, self.site.config.server.upload_prefix)
         if rel == "":
             raise NotFound("not found")
         request.rel = rel
-        stored = self.site.storage.lookup(rel)
+        stored = self._stored(request, rel)
         download = Download.of(stored, self.site.now())
         self._set_raw(request, download.headers)
         media_type, etag = download.media_type, download.etag

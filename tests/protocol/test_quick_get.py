@@ -156,6 +156,18 @@ def test_files_over_the_quick_size_take_the_full_path(stocked: Harness) -> None:
     channel, transport = stocked.connect()
     assert not channel.answer_quickly(head("GET", "/upload/big2/over.bin"))
     assert transport.value() == b""
+    # What the quick path found is what the full path answers with, once, for that path only
+    # (a changed content type shows which one was used).
+    assert channel.looked_up is not None and channel.looked_up[0] == "big2/over.bin"
+    marked = replace(channel.looked_up[1], content_type="a/b")
+    for path, expected in (("big2/over.bin", b"a/b"), ("other/path", b"application/octet-stream")):
+        channel.looked_up = (path, marked)
+        transport.clear()
+        channel.dataReceived(head("GET", "/upload/big2/over.bin", FULL_PATH))
+        response = pump(channel, transport)
+        assert status_of(response) == 200 and b"Content-Type: " + expected in response
+        assert response.endswith(b"o" * (QUICK_MAX_SIZE + 1))
+        assert channel.looked_up is None
 
 
 def test_symlinked_file_takes_the_full_path_and_leaves_nothing_outside(

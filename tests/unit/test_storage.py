@@ -345,18 +345,6 @@ def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(storage:
     assert storage.lookup("r/gone.txt").content_type == "image/png"
 
 
-def test_a_concurrent_upload_of_other_bytes_wins_the_link_conflict(storage: Storage) -> None:
-    first = storage.begin("s/y.bin", 3, "text/plain")
-    second = storage.begin("s/y.bin", 3, "text/plain")
-    first.write(b"one")
-    second.write(b"two")
-    first.commit()
-    with pytest.raises(Conflict):
-        second.commit()
-    assert storage.path_of("s/y.bin").read_bytes() == b"one"
-    assert partial_files(storage) == []
-
-
 def test_old_metadata_with_a_digest_is_still_read(storage: Storage) -> None:
     (storage.root / "o").mkdir()
     target = storage.root / "o" / "f.txt"
