@@ -133,10 +133,7 @@ def load_reactor_without_openssl() -> None:
     try:
         import twisted.internet.reactor  # noqa: F401
     finally:
-        del sys.modules["OpenSSL"]
-        # What failed to import for want of it is tried again when next imported.
-        sys.modules.pop("twisted.protocols.tls", None)
-        sys.modules.pop("twisted.internet._newtls", None)
+        del sys.modules["OpenSSL"]  # (what failed to import without it is not kept)
 
 
 def serve(
