@@ -146,6 +146,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Absent(NotFound):
+    """Nothing is at the path: one of its components does not exist (no link on the way)."""
+
+
 def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -276,6 +280,8 @@ class Storage:
             path = f"{path}/{segment}"
             try:
                 st = os.lstat(path)
+            except FileNotFoundError:
+                raise _Absent("not found") from None
             except (OSError, ValueError):
                 raise NotFound("not found") from None
             if stat.S_ISLNK(st.st_mode):
@@ -329,6 +335,8 @@ class Storage:
             return self.lookup(rel)
         except Gone:
             raise Conflict("file already exists") from None
+        except _Absent:
+            return None  # a directory on the way, or the file, is missing: nothing is there
         except NotFound:
             if os.path.lexists(self.path_of(rel)):
                 raise Conflict("path is in use") from None
@@ -412,25 +420,110 @@ class Storage:
             _discard(partial)
 
     def _link_into_place(self, upload: PartialUpload) -> None:
+        """Give the complete partial file its name at the upload's path, creating the missing
+        directories on the way. Never replaces. Raises Conflict (the path, or a directory on
+        it, is taken), BadRequest (a link on the way leaves the storage directory), OSError.
+
+        The directories are walked one at a time, each opened relative to its parent without
+        following links, so no path is resolved twice and nothing can be swapped in between;
+        a link on the way takes the slower route that checks where it leads. In durable mode
+        every directory that got a new entry is synced: the file's and each one created.
+        """
+        *parents, name = upload.rel.split("/")
+        for _ in range(3):
+            try:
+                opened = self._open_parents(parents)
+            except FileNotFoundError:
+                continue  # a sweep pruned a directory as we made the one below it
+            if opened is None:
+                self._link_through_links(upload)
+                return
+            try:
+                try:
+                    self._link_at(upload, opened[-1][0], name)
+                except FileNotFoundError:
+                    continue  # a sweep pruned the (empty) directory we had just opened
+                if self.fsync:
+                    for fd, got_entry in opened:
+                        if got_entry:
+                            os.fsync(fd)
+                return
+            finally:
+                for fd, _ in opened:
+                    os.close(fd)
+        raise StorageFailure("cannot store: directories keep disappearing")
+
+    def _open_parents(self, parents: list[str]) -> list[tuple[int, bool]] | None:
+        """Open (making what is missing) the storage root and the directories `parents` below
+        it; return each descriptor, deepest last, with whether an entry is made in it (a new
+        directory below it, or the file in the last). None when one of them is a link."""
+        fd = os.open(self._real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        opened = [(fd, not parents)]
+        try:
+            for segment in parents:
+                try:
+                    os.mkdir(segment, dir_fd=fd)
+                    opened[-1] = (fd, True)
+                except FileExistsError:
+                    pass
+                except NotADirectoryError:
+                    raise Conflict("path is in use") from None
+                try:
+                    fd = os.open(
+                        segment,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=fd,
+                    )
+                except OSError as e:
+                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    if stat.S_ISLNK(os.lstat(segment, dir_fd=fd).st_mode):
+                        for held, _ in opened:
+                            os.close(held)
+                        return None
+                    raise Conflict("path is in use") from None
+                opened.append((fd, False))
+            opened[-1] = (fd, True)
+        except BaseException:
+            for held, _ in opened:
+                os.close(held)
+            raise
+        return opened
+
+    def _link_at(self, upload: PartialUpload, dir_fd: int, name: str) -> None:
+        try:
+            if upload.partial is None:
+                # linkat(2) of the unnamed file's /proc/self/fd link, following that link.
+                os.link(
+                    f"/proc/self/fd/{upload.fileno()}", name, dst_dir_fd=dir_fd,
+                    follow_symlinks=True,
+                )
+            else:
+                os.link(upload.partial, name, dst_dir_fd=dir_fd)
+        except FileExistsError:
+            raise Conflict("file already exists") from None
+        except NotADirectoryError:
+            raise Conflict("path is in use") from None
+
+    def _link_through_links(self, upload: PartialUpload) -> None:
+        """`_link_into_place` for a path through a symbolic link, which must lead to a
+        directory inside the storage directory (and outside its bookkeeping directory)."""
         final = self.path_of(upload.rel)
         parent = final.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise Conflict("path is in use") from None
-        if not _is_within(os.path.realpath(parent), self._real_root):
+        real = os.path.realpath(parent)
+        if not _is_within(real, self._real_root) or _is_within(real, self._real_state):
             raise BadRequest("path leaves the storage directory")
+        dir_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if upload.partial is None:
-                _link_fd(upload.fileno(), final)
-            else:
-                os.link(upload.partial, final)
-        except FileExistsError:
-            raise Conflict("file already exists") from None
-        except NotADirectoryError:
-            raise Conflict("path is in use") from None
-        if self.fsync:
-            _fsync_dir(parent)
+            self._link_at(upload, dir_fd, final.name)
+            if self.fsync:
+                os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     # -- sweeping ----------------------------------------------------------------------------
 

@@ -227,6 +227,85 @@ def test_upload_through_a_symlinked_directory_is_refused(
     assert list(outside.iterdir()) == []
 
 
+def test_upload_through_a_link_inside_the_root_is_stored_where_it_leads(
+    storage: Storage,
+) -> None:
+    (storage.root / "real").mkdir()
+    (storage.root / "alias").symlink_to("real")
+    store(storage, "alias/x.txt", b"x")
+    assert (storage.root / "real" / "x.txt").read_bytes() == b"x"
+    assert storage.lookup("alias/x.txt").size == 1
+
+
+def test_upload_through_a_link_into_the_bookkeeping_directory_is_refused(
+    storage: Storage,
+) -> None:
+    (storage.root / "state").symlink_to(".hmacfs/meta")
+    with pytest.raises(Exception, match="leaves the storage"):
+        store(storage, "state/x.json", b"{}")
+    assert not (storage.root / ".hmacfs" / "meta" / "x.json").exists()
+
+
+@pytest.mark.parametrize("taken", ["file", "dangling link", "link to a file"])
+def test_anything_but_a_directory_on_the_way_is_a_conflict(
+    storage: Storage, taken: str
+) -> None:
+    where = storage.root / "a"
+    if taken == "file":
+        where.write_bytes(b"")
+    elif taken == "dangling link":
+        where.symlink_to("nowhere")
+    else:
+        (storage.root / "f").write_bytes(b"")
+        where.symlink_to("f")
+    with pytest.raises(Conflict):
+        store(storage, "a/b/c.txt", b"x")
+    assert partial_files(storage) == []
+
+
+def test_durable_commit_syncs_every_directory_given_an_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = Storage(tmp_path / "files", fsync=True)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store(storage, "a/b/c.txt", b"x")
+    inode = {rel: os.stat(storage.root / rel).st_ino for rel in ("", "a", "a/b", "a/b/c.txt")}
+    # The file's data, and each directory that got a new entry: a new directory or the file.
+    assert sorted(synced) == sorted(inode.values())
+    synced.clear()
+    store(storage, "a/b/d.txt", b"y")
+    assert sorted(synced) == sorted([inode["a/b"], os.stat(storage.root / "a/b/d.txt").st_ino])
+
+
+def test_a_directory_pruned_while_linking_is_made_again(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweeper removes directories left empty by expired files; one may go between our
+    # making it and linking the file into it.
+    walks = []
+    open_parents = storage._open_parents
+
+    def pruned_once(parents: list[str]) -> object:
+        opened = open_parents(parents)
+        walks.append(parents)
+        if len(walks) == 1:
+            os.rmdir(storage.root / "/".join(parents))
+        return opened
+
+    monkeypatch.setattr(storage, "_open_parents", pruned_once)
+    store(storage, "fresh/x.txt", b"x")
+    assert len(walks) == 2
+    assert storage.lookup("fresh/x.txt").size == 1
+    assert partial_files(storage) == []
+
+
 def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     from hmacfs import storage as storage_module
 
