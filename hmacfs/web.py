@@ -709,10 +709,19 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     #: An admitted PUT whose body is to be spliced once Twisted has handed over what it holds.
     _splice_request: UploadRequest | None = None
     _splicer: BodySplicer | None = None
+    _local_address: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def getHost(self) -> Any:
+        # Asked for by every request (Twisted's Request keeps it); the local address of a
+        # connection does not change, so one getsockname(2) per connection is enough.
+        if self._local_address is None:
+            transport: Any = self.transport
+            self._local_address = transport.getHost()
+        return self._local_address
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
