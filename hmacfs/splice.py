@@ -42,13 +42,15 @@ from hmacfs.errors import StorageFailure
 #: Bodies with a Content-Length this large or larger are spliced. Measured on loopback: a
 #: 256 KiB body costs the same CPU either way, from 1 MiB on splicing takes about half.
 SPLICE_MIN = 512 * 1024
-#: Bytes moved per readable event at most (one reactor turn): well under a millisecond, so
+#: Bytes moved per readable event at most (one reactor turn): about half a millisecond, so
 #: that small requests on other connections are not held up by a large upload (a GET takes a
 #: few turns).
-CHUNK = 512 * 1024
-#: The pipe's size, if the system allows (/proc/sys/fs/pipe-max-size). Each splice into the
-#: file moves at most this much; under memory pressure one such call can take milliseconds.
-PIPE_SIZE = 128 * 1024
+CHUNK = 1024 * 1024
+#: The pipe's size, if the system allows (/proc/sys/fs/pipe-max-size, 1 MiB by default). Each
+#: splice moves at most this much: a 1 GiB upload on loopback went from about 1.1 to 1.4 GB/s
+#: when this grew from 128 KiB to 1 MiB (fewer calls per chunk). Under memory pressure one
+#: call can take milliseconds.
+PIPE_SIZE = 1024 * 1024
 #: Errors that mean splice(2) cannot be used here at all.
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS)
 _PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
