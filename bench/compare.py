@@ -732,6 +732,67 @@ def big_put_get(server: Server, test_file: Path, size: int, round_no: int, *,
 # --------------------------------------------------------------------------- wrk
 
 
+@contextlib.contextmanager
+def bare_sendfile_server(path: Path) -> Iterator[int]:
+    """A loopback server (a thread of this process) that answers every connection with the
+    whole of ``path`` through blocking sendfile(2), then closes it; yields its port.
+
+    No parsing, no event loop, no headers beyond Content-Length: the least work any server
+    can do per byte sent, so curl's rate from it is what loopback allows a 1-connection GET
+    on this machine, the ceiling for both servers' GET figures.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the 0.2 s timeout, or closed at the end
+                continue
+            with conn, open(path, "rb") as body:
+                conn.settimeout(HTTP_TIMEOUT_S)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                size = os.fstat(body.fileno()).st_size
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n" % size)
+                conn.setblocking(True)  # sendfile(2) waits for room instead of EAGAIN
+                offset = 0
+                with contextlib.suppress(OSError):  # curl gave up: its error is reported
+                    while offset < size:
+                        sent = os.sendfile(conn.fileno(), body.fileno(), offset, size - offset)
+                        if sent == 0:
+                            break
+                        offset += sent
+
+    thread = threading.Thread(target=serve, name="bare-sendfile", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=10)
+
+
+def bare_get(test_file: Path, size: int) -> tuple[float | None, str | None]:
+    """MB/s of one curl GET of ``test_file`` from `bare_sendfile_server`; an error or None."""
+    settle()
+    with bare_sendfile_server(test_file) as port:
+        got = lt.run_curl([f"http://{HOST}:{port}/"], size, upload=False)
+    if got.error or got.status != 200 or got.bytes != size:
+        return None, got.error or f"status {got.status}, {got.bytes} of {size} bytes"
+    return lt.mb_per_s(size, got.seconds), None
+
+
 @dataclass
 class WrkRun:
     """One wrk run against one server: rates, latency (ms) and every kind of error."""
@@ -1391,6 +1452,8 @@ class Results:
     big: list[BigTransfer] = field(default_factory=list)
     durable: list[BigTransfer] = field(default_factory=list)
     dd_mb_s: list[float] = field(default_factory=list)
+    #: 1-connection GETs of the test file from `bare_sendfile_server`, one per round.
+    bare_get_mb_s: list[float] = field(default_factory=list)
     wrk: list[WrkRun] = field(default_factory=list)
     loops: list[LatencyLoop] = field(default_factory=list)
     memory: dict[str, object] = field(default_factory=dict)
@@ -1459,6 +1522,11 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
                   f"CPU {_num(t.put_cpu_s_per_gb, 2)}/{_num(t.get_cpu_s_per_gb, 2)} s/GB  "
                   f"others {t.put_other_load_cores}/{t.get_other_load_cores} cores "
                   f"{'; '.join(t.errors)}", flush=True)
+        bare, error = bare_get(test_file, big)
+        if bare is not None:
+            res.bare_get_mb_s.append(bare)
+        print(f"  {'bare sendfile':<14} GET {_num(bare, 1)} MB/s  (the loopback ceiling) "
+              f"{error or ''}", flush=True)
 
     print("\n[2] PUTs of fresh paths (wrk)", flush=True)
     res.wrk += put_runs((ours, nginx), profile, workdir, "disk", (SMALL, MEDIUM))
@@ -1562,6 +1630,12 @@ def build_rows(res: Results) -> list[TableRow]:
                 if load is not None and load > BUSY_MACHINE_CORES]
         rows.append(TableRow(f"{size} GET (1 conn)", "MB/s", o_get, n_get,
                              target=TARGET_BIG_GET, note="; ".join(busy)))
+    if res.big and res.bare_get_mb_s:
+        rows.append(TableRow(f"{size} GET beside a bare sendfile loop", "MB/s", o_get,
+                             max(res.bare_get_mb_s), ref_name="sendfile loop",
+                             note=f"nginx {_num(n_get, 1)} MB/s is "
+                                  f"{_num(n_get / max(res.bare_get_mb_s) if n_get else None, 2)}"
+                                  " of the loop"))
     if res.durable and res.dd_mb_s:
         d_put, _, d_err = best_of(res.durable, "ours durable")
         rows.append(TableRow(f"{size} PUT durable (fsync)", "MB/s", d_put, max(res.dd_mb_s),
@@ -1736,6 +1810,7 @@ def run(args: argparse.Namespace) -> int:
         "big_transfers": [asdict(t) for t in res.big],
         "durable": [asdict(t) for t in res.durable],
         "dd_fdatasync_mb_s": res.dd_mb_s,
+        "bare_sendfile_get_mb_s": res.bare_get_mb_s,
         "wrk": [asdict(r) for r in res.wrk],
         "single_connection_gets": [asdict(x) for x in res.loops],
         "memory": res.memory,
