@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,54 @@ def test_durable_commit_syncs_every_directory_given_an_entry(
     synced.clear()
     store(storage, "a/b/d.txt", b"y")
     assert sorted(synced) == sorted([inode["a/b"], os.stat(storage.root / "a/b/d.txt").st_ino])
+
+
+def test_metadata_is_read_once_per_file_state(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmacfs import storage as storage_module
+
+    reads: list[str] = []
+    read = storage._read_meta_from_disk
+
+    def counting(path: str, st: os.stat_result, rel: str) -> object:
+        reads.append(rel)
+        return read(path, st, rel)
+
+    monkeypatch.setattr(storage, "_read_meta_from_disk", counting)
+    monkeypatch.setattr(storage_module, "META_CACHE_SIZE", 3)
+    for i in range(5):
+        store(storage, f"c/{i}.txt", b"%d" % i)
+    for _ in range(3):
+        assert storage.lookup("c/0.txt").content_type == "text/plain"
+    assert reads == ["c/0.txt"]
+    # A new link to the file changes its ctime: read again (and trusted only at its own path).
+    # File times move in clock ticks (up to 10 ms): let one pass so the ctime does change.
+    time.sleep(0.05)
+    os.link(storage.path_of("c/0.txt"), storage.path_of("c/copy.txt"))
+    assert storage.lookup("c/0.txt").content_type == "text/plain"
+    assert storage.lookup("c/copy.txt").content_type is None
+    assert reads == ["c/0.txt", "c/0.txt", "c/copy.txt"]
+    for i in range(1, 5):
+        storage.lookup(f"c/{i}.txt")
+    assert len(storage._meta_cache) == 3  # the oldest entries made room
+
+
+def test_concurrent_uploads_into_one_new_directory_all_land(storage: Storage) -> None:
+    # Durable commits run on a thread pool: several may make the same directories at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = []
+    for i in range(16):
+        upload = storage.begin(f"shared/deep/dir/f{i}.txt", 2, "text/plain")
+        upload.write(b"%02d" % i)
+        uploads.append(upload)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        stored = list(pool.map(lambda u: u.commit(), uploads))
+    assert [s.rel for s in stored] == [f"shared/deep/dir/f{i}.txt" for i in range(16)]
+    for i in range(16):
+        assert storage.path_of(f"shared/deep/dir/f{i}.txt").read_bytes() == b"%02d" % i
+    assert partial_files(storage) == []
 
 
 def test_a_directory_pruned_while_linking_is_made_again(
