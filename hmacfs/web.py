@@ -696,6 +696,34 @@ class UploadRequest(server.Request):  # type: ignore[misc]
             self._site.request_ended(self)
 
 
+def write_now(transport: Any, data: bytes, channel: object) -> None:
+    """Write `data` to `transport`, straight to its socket when nothing waits to go before it
+    and no producer other than `channel` (the usual one) feeds it.
+
+    Twisted's `write` only queues: the socket is written on the reactor's next turn, after two
+    epoll changes (watch for writable, then stop). For a small answer on an idle plain TCP or
+    Unix connection that round costs more than the answer; the socket takes it now. Whatever it
+    does not take (and anything over TLS, or behind queued data) goes through `write`.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is not None
+        and not ISSLTransport.providedBy(transport)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and getattr(transport, "producer", None) in (None, channel)
+    ):
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or a broken connection the transport finds out about itself
+        data = data[sent:]
+    if data:
+        transport.write(data)
+
+
 class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     """An HTTP/1.1 channel that admits or refuses a request as soon as its headers are in."""
 
@@ -710,6 +738,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _splice_request: UploadRequest | None = None
     _splicer: BodySplicer | None = None
     _local_address: Any = None
+    _over_tls: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -722,6 +751,13 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             transport: Any = self.transport
             self._local_address = transport.getHost()
         return self._local_address
+
+    def isSecure(self) -> bool:
+        # Twisted answers by adapting the transport to ISSLTransport, for every request; a
+        # connection does not change from plain to TLS (no STARTTLS in HTTP), so ask once.
+        if self._over_tls is None:
+            self._over_tls = bool(super().isSecure())
+        return self._over_tls
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -899,7 +935,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         ]
         self.resetTimeout()
         transport: Any = self.transport
-        transport.writeSequence([b"\r\n".join(out), b"\r\n\r\n", body])
+        write_now(transport, b"\r\n".join(out) + b"\r\n\r\n" + body, self)
         peer = getattr(transport.getPeer(), "host", None)
         proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
         site.answered(

@@ -15,8 +15,8 @@ from __future__ import annotations
 import inspect
 
 import twisted
-from twisted.internet import main, posixbase, tcp
-from twisted.internet.testing import StringTransport
+from twisted.internet import abstract, main, posixbase, tcp
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 
 from hmacfs.splice import body_decoder
@@ -163,3 +163,13 @@ def test_between_requests_state_has_the_names_the_quick_path_reads() -> None:
     assert state == ([], b"", False, 1, False, [])
     channel.dataReceived(b"GET /a HTTP/1.1\r\nHost")
     assert channel.requests and channel._buffer == b"Host"
+
+
+def test_an_idle_transport_has_empty_write_buffers_with_the_names_write_now_reads() -> None:
+    # web.write_now sends straight to the socket only when both of a FileDescriptor's write
+    # buffers are empty; anything Twisted queued must show up in one of them.
+    transport = abstract.FileDescriptor(MemoryReactor())
+    transport.connected = True
+    assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])
+    transport.write(b"queued")
+    assert transport.dataBuffer or transport._tempDataBuffer

@@ -1,10 +1,14 @@
-"""Response-header helpers: media types, Content-Disposition, CORS."""
+"""Response helpers: media types, Content-Disposition, CORS, writing small answers."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
 
 import pytest
+from twisted.internet.interfaces import ISSLTransport
+from zope.interface import directlyProvides
 
 from hmacfs.settings import HttpSettings
 from hmacfs.web import (
@@ -14,6 +18,7 @@ from hmacfs.web import (
     preflight_headers,
     safe_media_type,
     single_range,
+    write_now,
 )
 
 
@@ -129,3 +134,77 @@ def test_date_header_is_now_to_the_second() -> None:
     after = datetimeToString(int(time.time()))
     assert value in (before, after)
     assert http_date_now() in (value, after, datetimeToString(int(time.time())))
+
+
+class _PlainTransport:
+    """The parts of a Twisted TCP transport that `write_now` looks at, over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.connected = True
+        self.disconnecting = False
+        self.dataBuffer = b""
+        self._tempDataBuffer: list[bytes] = []
+        self.producer: object = None
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    with ours, peer:
+        yield ours, peer
+
+
+def test_write_now_sends_at_once_on_an_idle_plain_connection(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    transport = _PlainTransport(ours)
+    write_now(transport, b"HTTP/1.1 200 OK\r\n\r\nbody", channel=None)
+    assert peer.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+    assert transport.written == []
+
+
+@pytest.mark.parametrize("state", ["queued", "temp queued", "other producer", "closing", "tls"])
+def test_write_now_leaves_to_twisted_what_must_keep_its_order(
+    socket_pair: tuple[socket.socket, socket.socket], state: str
+) -> None:
+    ours, peer = socket_pair
+    transport = _PlainTransport(ours)
+    if state == "queued":
+        transport.dataBuffer = b"earlier"
+    elif state == "temp queued":
+        transport._tempDataBuffer.append(b"earlier")
+    elif state == "other producer":
+        transport.producer = object()
+    elif state == "closing":
+        transport.disconnecting = True
+    else:
+        directlyProvides(transport, ISSLTransport)
+    write_now(transport, b"answer", channel=None)
+    assert transport.written == [b"answer"]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+
+
+def test_write_now_queues_what_the_socket_does_not_take(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    transport = _PlainTransport(ours)
+    data = bytes(range(256)) * 40_000  # far more than a socket buffer holds
+    write_now(transport, data, channel=None)
+    assert len(transport.written) == 1
+    taken = len(data) - len(transport.written[0])
+    assert 0 < taken < len(data)
+    got = b""
+    peer.settimeout(5)
+    while len(got) < taken:
+        got += peer.recv(1 << 20)
+    assert got + transport.written[0] == data
