@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -208,6 +208,8 @@ class Metrics:
             ("status",),
             registry=registry,
         )
+        #: The labelled child of `_downloads` per status (looked up once, not per answer).
+        self._download_counters: dict[int, Any] = {}
         self._download_bytes = Counter(
             "hmacfs_download_bytes",
             "Response body bytes sent for GET requests.",
@@ -261,7 +263,12 @@ class Metrics:
 
         Raises ValueError if `size` is negative.
         """
-        self._downloads.labels(status_label(status)).inc()
+        counter = self._download_counters.get(status)
+        if counter is None:
+            counter = self._download_counters[status] = self._downloads.labels(
+                status_label(status)
+            )
+        counter.inc()
         self._download_bytes.inc(size)
 
     def bytes_received(self, n: int) -> None:

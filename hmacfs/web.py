@@ -22,6 +22,7 @@ in exactly two places: `UploadChannel.refuse` (before the body) and `Root.render
 from __future__ import annotations
 
 import email.utils
+import functools
 import io
 import ipaddress
 import math
@@ -214,23 +215,38 @@ class Download:
 
     @classmethod
     def of(cls, stored: StoredFile, now: float) -> Download:
-        name = file_name(stored.rel)
-        media_type = (
-            safe_media_type(stored.content_type)
-            or mimetypes.guess_type(name, strict=False)[0]
-            or "application/octet-stream"
+        media_type, etag, fixed = _described(
+            stored.rel, stored.content_type, stored.size, stored.mtime
         )
-        kind = "inline" if is_inline(media_type) else "attachment"
-        etag = f'"{stored.size:x}-{int(stored.mtime * 1_000_000):x}"'
         max_age = 7 * 86400
         if stored.expires is not None:
             max_age = max(0, min(max_age, int(stored.expires - now)))
-        headers = (
-            (b"Content-Disposition", content_disposition(kind, name).encode()),
-            (b"ETag", etag.encode()),
-            (b"Cache-Control", f"public, max-age={max_age}".encode()),
-        )
-        return cls(media_type, etag, headers)
+        return cls(media_type, etag, (*fixed, (b"Cache-Control", b"public, max-age=%d" % max_age)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(
+    rel: str, content_type: str | None, size: int, mtime: float
+) -> tuple[str, str, tuple[tuple[bytes, bytes], ...]]:
+    """Media type, ETag, and the Content-Disposition and ETag headers of a stored file (the
+    same for every answer about it: worked out once for the files asked for most)."""
+    name = file_name(rel)
+    media_type = (
+        safe_media_type(content_type)
+        or mimetypes.guess_type(name, strict=False)[0]
+        or "application/octet-stream"
+    )
+    kind = "inline" if is_inline(media_type) else "attachment"
+    etag = f'"{size:x}-{int(mtime * 1_000_000):x}"'
+    headers = (
+        (b"Content-Disposition", content_disposition(kind, name).encode()),
+        (b"ETag", etag.encode()),
+    )
+    return media_type, etag, headers
+
+
+#: The HTTP date of a whole second, for Last-Modified (files asked for again and again).
+http_date_of = functools.lru_cache(maxsize=1024)(datetimeToString)
 
 
 def _header(request: http.Request, name: bytes) -> str | None:
@@ -280,7 +296,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.health_resource = HealthResource(self.health)
         self.stopping = False
         self.config = config
-        self._log_answers = LEVELS[config.server.log_level] <= LogLevel.info
+        self._log_answers: bool = LEVELS[config.server.log_level] <= LogLevel.info
         self._proxies = _networks(config.server.trusted_proxies)
         self.storage = storage
         self.clock: Any = reactor
@@ -555,6 +571,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
             scheme=grant.scheme if grant is not None else None,
             started=getattr(request, "started", None),
         )
+
+    @property
+    def logs_answers(self) -> bool:
+        """Whether `answered` logs (the log level is info or lower); else it only counts."""
+        return self._log_answers
 
     def answered(
         self,
@@ -931,16 +952,20 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             b"Accept-Ranges: bytes",
             b"Content-Length: %d" % stored.size,
             b"Content-Type: " + download.media_type.encode("ascii"),
-            b"Last-Modified: " + datetimeToString(math.ceil(stored.mtime)),
+            b"Last-Modified: " + http_date_of(math.ceil(stored.mtime)),
         ]
         self.resetTimeout()
         transport: Any = self.transport
         write_now(transport, b"\r\n".join(out) + b"\r\n\r\n" + body, self)
-        peer = getattr(transport.getPeer(), "host", None)
-        proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
+        client, secure = "", False
+        if site.logs_answers:
+            peer = getattr(transport.getPeer(), "host", None)
+            proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
+            client = site._client_address(peer, [forwarded] if forwarded is not None else [])
+            secure = site._secure(self.isSecure(), peer, [proto] if proto is not None else [])
         site.answered(
-            client=site._client_address(peer, [forwarded] if forwarded is not None else []),
-            secure=site._secure(self.isSecure(), peer, [proto] if proto is not None else []),
+            client=client,
+            secure=secure,
             method=method,
             rel=rel,
             status=200,
