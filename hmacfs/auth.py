@@ -123,7 +123,7 @@ def compute_mac(secret: bytes, message: bytes, algorithm: str = "sha256") -> str
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unsupported HMAC algorithm {algorithm!r}")
-    return hmac.new(secret, message, algorithm).hexdigest()
+    return hmac.digest(secret, message, algorithm).hex()
 
 
 def v1_message(path: str, size: int) -> bytes:
@@ -327,12 +327,15 @@ def _cookie(header: str | None, name: str) -> str | None:
     return None
 
 
+_DIGEST_SIZES = {algorithm: hashlib.new(algorithm).digest_size for algorithm in ALGORITHMS}
+
+
 def _matching(
     settings: HmacSettings, provided: str, candidates: Iterable[tuple[_T, bytes]]
 ) -> _T | None:
     """The label of the first (label, message) whose MAC, under any secret, is `provided`."""
     algorithm = settings.algorithm
-    digest_size = hashlib.new(algorithm).digest_size
+    digest_size = _DIGEST_SIZES[algorithm]
     mac = provided.strip().lower()
     if len(mac) != 2 * digest_size or not _HEX_DIGITS.issuperset(mac):
         return None

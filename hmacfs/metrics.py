@@ -208,7 +208,8 @@ class Metrics:
             ("status",),
             registry=registry,
         )
-        #: The labelled child of `_downloads` per status (looked up once, not per answer).
+        #: The labelled children of `_uploads` and `_downloads` (looked up once, not each time).
+        self._upload_counters: dict[tuple[int, str], Any] = {}
         self._download_counters: dict[int, Any] = {}
         self._download_bytes = Counter(
             "hmacfs_download_bytes",
@@ -243,7 +244,13 @@ class Metrics:
         if size < 0:
             raise ValueError(f"negative upload size {size}")
         self._in_flight.dec()
-        self._uploads.labels(status_label(status), scheme_label(scheme)).inc()
+        key = (status, scheme)
+        counter = self._upload_counters.get(key)
+        if counter is None:
+            counter = self._upload_counters[key] = self._uploads.labels(
+                status_label(status), scheme_label(scheme)
+            )
+        counter.inc()
         self._duration.observe(max(seconds, 0.0))
         self._size.observe(size)
 
