@@ -534,14 +534,14 @@ class Storage:
         """`_link_into_place` for a path through a symbolic link, which must lead to a
         directory inside the storage directory (and outside its bookkeeping directory)."""
         final = self.path_of(upload.rel)
-        parent = final.parent
+        # Where the links lead is checked before any directory is made (realpath resolves
+        # the part that exists), so none is made outside; and again once they all exist.
+        self._inside_or_refuse(final.parent)
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise Conflict("path is in use") from None
-        real = os.path.realpath(parent)
-        if not _is_within(real, self._real_root) or _is_within(real, self._real_state):
-            raise BadRequest("path leaves the storage directory")
+        real = self._inside_or_refuse(final.parent)
         dir_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self._link_at(upload, dir_fd, final.name)
@@ -549,6 +549,14 @@ class Storage:
                 os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _inside_or_refuse(self, path: Path) -> str:
+        """The real path of `path`; BadRequest if it is outside the storage directory or in
+        its bookkeeping directory."""
+        real = os.path.realpath(path)
+        if not _is_within(real, self._real_root) or _is_within(real, self._real_state):
+            raise BadRequest("path leaves the storage directory")
+        return real
 
     # -- sweeping ----------------------------------------------------------------------------
 

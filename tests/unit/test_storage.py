@@ -225,6 +225,8 @@ def test_upload_through_a_symlinked_directory_is_refused(
     (storage.root / "s").symlink_to(outside)
     with pytest.raises(Exception, match="leaves the storage"):
         store(storage, "s/x.txt", b"x")
+    with pytest.raises(Exception, match="leaves the storage"):
+        store(storage, "s/new/dirs/x.txt", b"x")  # nor are directories made out there
     assert list(outside.iterdir()) == []
 
 
