@@ -717,21 +717,27 @@ class UploadRequest(server.Request):  # type: ignore[misc]
             self._site.request_ended(self)
 
 
-def write_now(transport: Any, data: bytes, channel: object) -> None:
+def write_now(
+    transport: Any, data: bytes, channel: object, queue: Callable[[bytes], None] | None = None
+) -> None:
     """Write `data` to `transport`, straight to its socket when nothing waits to go before it
     and no producer other than `channel` (the usual one) feeds it.
 
     Twisted's `write` only queues: the socket is written on the reactor's next turn, after two
     epoll changes (watch for writable, then stop). For a small answer on an idle plain TCP or
     Unix connection that round costs more than the answer; the socket takes it now. Whatever it
-    does not take (and anything over TLS, or behind queued data) goes through `write`.
+    does not take (and anything over TLS, or behind queued data) goes to `queue` (the
+    transport's own `write` unless given).
     """
     sock = getattr(transport, "socket", None)
     if (
-        sock is not None
+        data
+        and sock is not None
         and not ISSLTransport.providedBy(transport)
         and transport.connected
         and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
         and not transport.dataBuffer
         and not transport._tempDataBuffer
         and getattr(transport, "producer", None) in (None, channel)
@@ -742,7 +748,30 @@ def write_now(transport: Any, data: bytes, channel: object) -> None:
             sent = 0  # EAGAIN, or a broken connection the transport finds out about itself
         data = data[sent:]
     if data:
-        transport.write(data)
+        (queue or transport.write)(data)
+
+
+class _DirectWrites:
+    """Stands in for a plain transport's `write` and `writeSequence` (instance attributes, as
+    the reactor's own methods are looked up), so that every answer of the channel goes out as
+    `write_now` sends it. `remove` puts Twisted's methods back."""
+
+    def __init__(self, transport: Any, channel: object) -> None:
+        self.transport = transport
+        self.channel = channel
+        self.queue = transport.write
+        transport.write = self.write
+        transport.writeSequence = self.write_sequence
+
+    def write(self, data: bytes) -> None:
+        write_now(self.transport, data, self.channel, self.queue)
+
+    def write_sequence(self, iovec: Iterable[bytes]) -> None:
+        write_now(self.transport, b"".join(iovec), self.channel, self.queue)
+
+    def remove(self) -> None:
+        for name in ("write", "writeSequence"):
+            vars(self.transport).pop(name, None)
 
 
 class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
@@ -760,10 +789,14 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _splicer: BodySplicer | None = None
     _local_address: Any = None
     _over_tls: bool | None = None
+    _direct_writes: _DirectWrites | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+        transport: Any = self.transport
+        if can_sendfile(transport):  # a plain TCP or Unix socket transport of the reactor's
+            self._direct_writes = _DirectWrites(transport, self)
 
     def getHost(self) -> Any:
         # Asked for by every request (Twisted's Request keeps it); the local address of a
@@ -956,7 +989,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         ]
         self.resetTimeout()
         transport: Any = self.transport
-        write_now(transport, b"\r\n".join(out) + b"\r\n\r\n" + body, self)
+        transport.write(b"\r\n".join(out) + b"\r\n\r\n" + body)  # at once: see _DirectWrites
         client, secure = "", False
         if site.logs_answers:
             peer = getattr(transport.getPeer(), "host", None)
@@ -993,6 +1026,9 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         self._linger_call = None
         if self._splicer is not None:
             self._splicer.stop()
+        if self._direct_writes is not None:
+            self._direct_writes.remove()  # (and no reference cycle is left behind)
+            self._direct_writes = None
         super().connectionLost(reason)
         self.site.channel_closed(self)
 

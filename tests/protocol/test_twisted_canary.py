@@ -165,11 +165,14 @@ def test_between_requests_state_has_the_names_the_quick_path_reads() -> None:
     assert channel.requests and channel._buffer == b"Host"
 
 
-def test_an_idle_transport_has_empty_write_buffers_with_the_names_write_now_reads() -> None:
+def test_an_idle_transport_has_the_write_state_write_now_reads() -> None:
     # web.write_now sends straight to the socket only when both of a FileDescriptor's write
     # buffers are empty; anything Twisted queued must show up in one of them.
     transport = abstract.FileDescriptor(MemoryReactor())
     transport.connected = True
     assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])
+    assert (transport._writeDisconnecting, transport._writeDisconnected) == (False, False)
+    transport.loseWriteConnection()
+    assert transport._writeDisconnecting
     transport.write(b"queued")
     assert transport.dataBuffer or transport._tempDataBuffer

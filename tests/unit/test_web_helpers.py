@@ -143,6 +143,8 @@ class _PlainTransport:
         self.socket = sock
         self.connected = True
         self.disconnecting = False
+        self._writeDisconnecting = False
+        self._writeDisconnected = False
         self.dataBuffer = b""
         self._tempDataBuffer: list[bytes] = []
         self.producer: object = None
@@ -170,7 +172,10 @@ def test_write_now_sends_at_once_on_an_idle_plain_connection(
     assert transport.written == []
 
 
-@pytest.mark.parametrize("state", ["queued", "temp queued", "other producer", "closing", "tls"])
+@pytest.mark.parametrize(
+    "state",
+    ["queued", "temp queued", "other producer", "closing", "half closing", "half closed", "tls"],
+)
 def test_write_now_leaves_to_twisted_what_must_keep_its_order(
     socket_pair: tuple[socket.socket, socket.socket], state: str
 ) -> None:
@@ -184,6 +189,10 @@ def test_write_now_leaves_to_twisted_what_must_keep_its_order(
         transport.producer = object()
     elif state == "closing":
         transport.disconnecting = True
+    elif state == "half closing":
+        transport._writeDisconnecting = True
+    elif state == "half closed":
+        transport._writeDisconnected = True
     else:
         directlyProvides(transport, ISSLTransport)
     write_now(transport, b"answer", channel=None)
