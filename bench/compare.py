@@ -1525,7 +1525,7 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
         bare, error = bare_get(test_file, big)
         if bare is not None:
             res.bare_get_mb_s.append(bare)
-        print(f"  {'bare sendfile':<14} GET {_num(bare, 1)} MB/s  (the loopback ceiling) "
+        print(f"  {'bare sendfile':<14} GET {_num(bare, 1)} MB/s  (a loop doing no other work) "
               f"{error or ''}", flush=True)
 
     print("\n[2] PUTs of fresh paths (wrk)", flush=True)
