@@ -216,9 +216,13 @@ class Storage:
                 raise
             return False
         try:
-            scratch = self.partial_dir / f"probe-{secrets.token_hex(8)}"
-            _link_fd(fd, scratch)
-            scratch.unlink()
+            scratch = f"probe-{secrets.token_hex(8)}"
+            dir_fd = os.open(self.partial_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _link_unnamed(fd, dir_fd, scratch)
+                os.unlink(scratch, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError:  # no /proc
             if required:
                 raise
@@ -518,11 +522,7 @@ class Storage:
     def _link_at(self, upload: PartialUpload, dir_fd: int, name: str) -> None:
         try:
             if upload.partial is None:
-                # linkat(2) of the unnamed file's /proc/self/fd link, following that link.
-                os.link(
-                    f"/proc/self/fd/{upload.fileno()}", name, dst_dir_fd=dir_fd,
-                    follow_symlinks=True,
-                )
+                _link_unnamed(upload.fileno(), dir_fd, name)
             else:
                 os.link(upload.partial, name, dst_dir_fd=dir_fd)
         except FileExistsError:
@@ -851,15 +851,11 @@ class PartialUpload:
                 os.unlink(self.partial)
 
 
-def _link_fd(fd: int, path: Path) -> None:
-    """Give the open file `fd` the name `path` (an unnamed file's first name). Never replaces."""
-    # linkat(2) of its /proc/self/fd link, following that link: Python passes
-    # AT_SYMLINK_FOLLOW only along with a directory descriptor, hence the one of `path`'s.
-    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
-    finally:
-        os.close(dir_fd)
+def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
+    """Give the open file `fd` the name `name` in the directory `dir_fd` (an unnamed file's
+    first name). Never replaces."""
+    # linkat(2) of its /proc/self/fd link, following that link (AT_SYMLINK_FOLLOW).
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
 
 def _discard(partial: _Partial) -> None:

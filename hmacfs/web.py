@@ -132,18 +132,14 @@ _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 _log = Logger(namespace="hmacfs.web")
 
 
-#: The last Date header value made, with its second.
-_date_cache: list[tuple[int, bytes]] = [(0, b"")]
+#: The HTTP date of a whole second: Date (one new second at a time) and Last-Modified (files
+#: asked for again and again).
+http_date_of: Callable[[int], bytes] = functools.lru_cache(maxsize=1024)(datetimeToString)
 
 
 def http_date_now() -> bytes:
     """The Date header's value for now (made once a second)."""
-    now = int(time.time())
-    second, value = _date_cache[0]
-    if second != now:
-        value = datetimeToString(now)
-        _date_cache[0] = (now, value)
-    return value
+    return http_date_of(int(time.time()))
 
 
 def safe_media_type(value: str | None) -> str | None:
@@ -243,10 +239,6 @@ def _described(
         (b"ETag", etag.encode()),
     )
     return media_type, etag, headers
-
-
-#: The HTTP date of a whole second, for Last-Modified (files asked for again and again).
-http_date_of = functools.lru_cache(maxsize=1024)(datetimeToString)
 
 
 def _header(request: http.Request, name: bytes) -> str | None:
@@ -717,57 +709,77 @@ class UploadRequest(server.Request):  # type: ignore[misc]
             self._site.request_ended(self)
 
 
-def write_now(
-    transport: Any, data: bytes, channel: object, queue: Callable[[bytes], None] | None = None
-) -> None:
-    """Write `data` to `transport`, straight to its socket when nothing waits to go before it
-    and no producer other than `channel` (the usual one) feeds it.
+def _plain_socket(transport: Any) -> Any:
+    """The socket of a plain TCP or Unix transport of the reactor's, else None (TLS, tests)."""
+    if not can_sendfile(transport):
+        return None
+    return transport.socket
 
-    Twisted's `write` only queues: the socket is written on the reactor's next turn, after two
-    epoll changes (watch for writable, then stop). For a small answer on an idle plain TCP or
-    Unix connection that round costs more than the answer; the socket takes it now. Whatever it
-    does not take (and anything over TLS, or behind queued data) goes to `queue` (the
-    transport's own `write` unless given).
-    """
-    sock = getattr(transport, "socket", None)
+
+def _send_if_idle(transport: Any, sock: Any, data: bytes, channel: object) -> bytes:
+    """Send what the socket takes of `data` now if nothing of the transport's waits to go
+    before it and no producer other than `channel` (the usual one) feeds it; return the rest."""
     if (
         data
-        and sock is not None
-        and not ISSLTransport.providedBy(transport)
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
         and not transport.dataBuffer
         and not transport._tempDataBuffer
-        and getattr(transport, "producer", None) in (None, channel)
+        and transport.producer in (None, channel)
     ):
         try:
             sent = sock.send(data)
         except OSError:
             sent = 0  # EAGAIN, or a broken connection the transport finds out about itself
-        data = data[sent:]
+        return data[sent:]
+    return data
+
+
+def write_now(transport: Any, data: bytes, channel: object) -> None:
+    """Write `data` to `transport`, straight to its socket when nothing waits to go before it
+    and no producer other than `channel` (the usual one) feeds it.
+
+    Twisted's `write` only queues: the socket is written on the reactor's next turn, after two
+    epoll changes (watch for writable, then stop). For a small answer on an idle plain TCP or
+    Unix connection that round costs more than the answer; the socket takes it now. Whatever it
+    does not take (and anything over TLS, or behind queued data) goes through `write`.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is not None and not ISSLTransport.providedBy(transport):
+        data = _send_if_idle(transport, sock, data, channel)
     if data:
-        (queue or transport.write)(data)
+        transport.write(data)
 
 
 class _DirectWrites:
     """Stands in for a plain transport's `write` and `writeSequence` (instance attributes, as
     the reactor's own methods are looked up), so that every answer of the channel goes out as
-    `write_now` sends it. `remove` puts Twisted's methods back."""
+    `write_now` sends it; the transport is known to be plain once, at `install`. `remove` puts
+    Twisted's methods back."""
 
-    def __init__(self, transport: Any, channel: object) -> None:
+    def __init__(self, transport: Any, sock: Any, channel: object) -> None:
         self.transport = transport
+        self.sock = sock
         self.channel = channel
         self.queue = transport.write
         transport.write = self.write
         transport.writeSequence = self.write_sequence
 
+    @classmethod
+    def install(cls, transport: Any, channel: object) -> _DirectWrites | None:
+        """Stand in for `transport`'s writes if it is a plain socket transport; else None."""
+        sock = _plain_socket(transport)
+        return None if sock is None else cls(transport, sock, channel)
+
     def write(self, data: bytes) -> None:
-        write_now(self.transport, data, self.channel, self.queue)
+        rest = _send_if_idle(self.transport, self.sock, data, self.channel)
+        if rest:
+            self.queue(rest)
 
     def write_sequence(self, iovec: Iterable[bytes]) -> None:
-        write_now(self.transport, b"".join(iovec), self.channel, self.queue)
+        self.write(b"".join(iovec))
 
     def remove(self) -> None:
         for name in ("write", "writeSequence"):
@@ -794,9 +806,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
-        transport: Any = self.transport
-        if can_sendfile(transport):  # a plain TCP or Unix socket transport of the reactor's
-            self._direct_writes = _DirectWrites(transport, self)
+        self._direct_writes = _DirectWrites.install(self.transport, self)
 
     def getHost(self) -> Any:
         # Asked for by every request (Twisted's Request keeps it); the local address of a

@@ -717,11 +717,11 @@ def test_without_o_tmpfile_or_proc_auto_names_partial_files(
 ) -> None:
     from hmacfs import storage as storage_module
 
-    def no_proc(fd: int, path: Path) -> None:
+    def no_proc(fd: int, dir_fd: int, name: str) -> None:
         raise FileNotFoundError(2, "No such file or directory", f"/proc/self/fd/{fd}")
 
     with monkeypatch.context() as patch:
-        patch.setattr(storage_module, "_link_fd", no_proc)
+        patch.setattr(storage_module, "_link_unnamed", no_proc)
         with pytest.raises(OSError):
             Storage(tmp_path / "strict", partials="tmpfile")
         assert not Storage(tmp_path / "no-proc").tmpfiles
