@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
-from hmacfs import __version__, auth, config
-from hmacfs.config import ConfigError, parse_listen
-from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
-from hmacfs.systemd import stream_is_journal
+from hmacfs import __version__
+from hmacfs.core import auth, config
+from hmacfs.core.config import ConfigError, parse_listen
+from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
+from hmacfs.process.systemd import stream_is_journal
 
 DEFAULT_CONFIG = Path("/etc/hmac-file-server/config.toml")
 #: Exit statuses (documented in hmac-file-server(8)).
@@ -150,8 +151,8 @@ def serve(
     import shutil
     import signal
 
-    from hmacfs.systemd import Notifier, activated_sockets
-    from hmacfs.workers import multiprocess_dir, worker_config, worker_count, worker_plan
+    from hmacfs.process.supervisor import multiprocess_dir, worker_config, worker_count, worker_plan
+    from hmacfs.process.systemd import Notifier, activated_sockets
 
     # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
     # activation variables for itself when it is first imported.
@@ -173,9 +174,9 @@ def serve(
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
-    from hmacfs.logs import start_logging
-    from hmacfs.service import make_service
-    from hmacfs.workers import StatusPipe, Supervisor, ignore_hangup
+    from hmacfs.process.logs import start_logging
+    from hmacfs.process.node import make_service
+    from hmacfs.process.supervisor import StatusPipe, Supervisor, ignore_hangup
 
     reactor: Any = global_reactor
     log = Logger(namespace="hmacfs")

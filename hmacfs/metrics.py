@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES
+from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 
 #: The text exposition format `generate_latest` writes. Spelled out rather than taken from
 #: ``CONTENT_TYPE_LATEST``, which newer prometheus-client releases changed to ``version=1.0.0``

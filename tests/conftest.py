@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hmacfs.settings import Config, HmacSettings, HttpSettings, ServerSettings
-from hmacfs.storage import Storage
+from hmacfs.core.settings import Config, HmacSettings, HttpSettings, ServerSettings
+from hmacfs.storage.local import Storage
 
 SECRET = b"test-secret-0123456789"
 

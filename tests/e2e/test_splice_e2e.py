@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hmacfs.splice import SPLICE_MIN
+from hmacfs.http.fast.splice import SPLICE_MIN
 from tests.certs import TestCA
 from tests.conftest import mac_v1
 from tests.e2e.conftest import Server, curl, start_server, stop_server

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from hmacfs.settings import HttpSettings
-from hmacfs.web import QUICK_MAX_SIZE
+from hmacfs.core.settings import HttpSettings
+from hmacfs.http.site import QUICK_MAX_SIZE
 from tests.conftest import mac_v2, make_config
 from tests.protocol.test_upload_protocol import Harness, pump, put_head, status_of
 

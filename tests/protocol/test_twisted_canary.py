@@ -1,9 +1,9 @@
 """Canaries: the Twisted internals the upload channel relies on.
 
-`hmacfs.web.UploadChannel` decides on a request between its headers and its body. That needs
+`hmacfs.http.site.UploadChannel` decides on a request between its headers and its body. That needs
 the request line while the body has not arrived (`HTTPChannel._command`/`_path`), the order of
 calls in `allHeadersReceived` (gotLength, then the automatic "100 Continue"), and body chunks
-reaching `Request.handleContentChunk`. `hmacfs.splice` takes the rest of a large body past
+reaching `Request.handleContentChunk`. `hmacfs.http.fast.splice` takes the rest of a large body past
 Twisted: it needs the channel's transfer decoder (`_transferDecoder`, counting the bytes still
 to come) to finish the body as the last bytes would have, and the reactor to read through the
 transport's `doRead` attribute. If a Twisted release changes any of this, these tests fail by
@@ -19,7 +19,7 @@ from twisted.internet import abstract, main, posixbase, tcp
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 
-from hmacfs.splice import body_decoder
+from hmacfs.http.fast.splice import body_decoder
 
 
 class Recorder(http.Request):
@@ -108,8 +108,9 @@ def test_twisted_version_is_in_the_tested_range() -> None:
 
 
 def test_a_body_can_be_finished_past_the_channel() -> None:
-    # What hmacfs.splice does: find the decoder mid-body, count the bytes it took itself, then
-    # let the decoder end the body; the request is processed and a pipelined one follows.
+    # What hmacfs.http.fast.splice does: find the decoder mid-body, count the bytes it took
+    # itself, then let the decoder end the body; the request is processed and a pipelined one
+    # follows.
     channel, _, seen = connect()
     channel.dataReceived(b"PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
     request = channel.requests[-1]

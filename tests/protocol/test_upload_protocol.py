@@ -18,9 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from hmacfs.settings import Config
-from hmacfs.storage import Storage
-from hmacfs.web import UploadChannel, make_site
+from hmacfs.core.settings import Config
+from hmacfs.http.site import UploadChannel, make_site
+from hmacfs.storage.local import Storage
 from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
 
 
@@ -267,7 +267,7 @@ def test_pipelined_get_after_upload(harness: Harness) -> None:
 
 
 def test_jwt_expires_claim_becomes_the_file_expiry(harness: Harness) -> None:
-    from hmacfs import auth
+    from hmacfs.core import auth
 
     rel = "slot-1/note.txt"
     now = harness.clock.seconds()
@@ -302,7 +302,7 @@ def test_disk_full_mid_body_is_507_and_leaves_nothing(
     def no_space(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("hmacfs.storage.os.write", no_space)
+    monkeypatch.setattr("hmacfs.storage.local.os.write", no_space)
     channel.dataReceived(b"67890")
     response = transport.value()
     assert status_of(response) == 507
@@ -362,7 +362,7 @@ def test_an_expired_file_of_the_same_size_is_409_before_the_body(harness: Harnes
     rel = "slot-2/brief.txt"
     now = harness.clock.seconds()
     secret = harness.config.hmac.secrets[0]
-    from hmacfs import auth
+    from hmacfs.core import auth
 
     signed = auth.sign("jwt", rel, 4, "text/plain", secret, now=now, file_expiry=now + 60)
     channel, transport = harness.connect()

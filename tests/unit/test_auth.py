@@ -1,4 +1,4 @@
-"""Tests for hmacfs.auth: every signing scheme, against vectors computed independently.
+"""Tests for hmacfs.core.auth: every signing scheme, against vectors computed independently.
 
 Expected MACs are built here with `hmac`/`hashlib`/`json`/`base64` directly from the formulas
 in docs/SIGNING.md, never through the module's own message builders.
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hmacfs.auth import (
+from hmacfs.core.auth import (
     AuthError,
     Grant,
     PutAttempt,
@@ -35,7 +35,7 @@ from hmacfs.auth import (
     verify,
     x_hmac_message,
 )
-from hmacfs.settings import ALGORITHMS, HmacSettings
+from hmacfs.core.settings import ALGORITHMS, HmacSettings
 
 SECRET = b"mysecret"
 OLD_SECRET = b"the secret of last year"

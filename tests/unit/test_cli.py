@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hmacfs import cli
-from hmacfs.settings import Config, HmacSettings, ServerSettings
+from hmacfs.core.settings import Config, HmacSettings, ServerSettings
 
 
 def config(*listen: str, public_url: str | None = None) -> Config:

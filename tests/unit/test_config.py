@@ -1,4 +1,4 @@
-"""Loading and validating the configuration file (hmacfs.config)."""
+"""Loading and validating the configuration file (hmacfs.core.config)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from twisted.internet.endpoints import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 
-from hmacfs import config as cfg
-from hmacfs.config import (
+from hmacfs.core import config as cfg
+from hmacfs.core.config import (
     MASK,
     SCHEMA,
     ConfigError,
@@ -31,7 +31,7 @@ from hmacfs.config import (
     load,
     parse,
 )
-from hmacfs.settings import (
+from hmacfs.core.settings import (
     ALGORITHMS,
     Config,
     HmacSettings,
@@ -40,7 +40,7 @@ from hmacfs.settings import (
     ServerSettings,
     TlsSettings,
 )
-from hmacfs.units import MAX_DURATION, MAX_SIZE, toml_string
+from hmacfs.core.units import MAX_DURATION, MAX_SIZE, toml_string
 
 SECRET = "0123456789abcdef0123456789abcdef"
 MINIMAL = f'[hmac]\nsecret = "{SECRET}"\n'

@@ -3,7 +3,7 @@
 They must render without a single groff or man warning, give lexgrog (and so lintian) a
 proper whatis entry, use minus signs where a reader types a dash, and agree with the code:
 every subcommand and option of `hmacfs.cli.build_parser()`, the exit statuses of
-`hmacfs.cli`, every section and key of `hmacfs.config.SCHEMA` with the default that
+`hmacfs.cli`, every section and key of `hmacfs.core.config.SCHEMA` with the default that
 `check-config` prints, and the error messages quoted.
 
 Needs the Debian packages groff-base (groff) and man-db (man, lexgrog); the spelling test
@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from hmacfs import __version__, cli
-from hmacfs import config as config_module
-from hmacfs.config import SCHEMA, ConfigError
+from hmacfs.core import config as config_module
+from hmacfs.core.config import SCHEMA, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_PAGE = ROOT / "man" / "hmac-file-server.8"
@@ -611,7 +611,7 @@ def test_quoted_error_messages_are_real(tmp_path: Path) -> None:
 
 
 def test_sizes_and_durations_quoted_are_valid() -> None:
-    from hmacfs.units import parse_duration, parse_size
+    from hmacfs.core.units import parse_duration, parse_size
 
     lines = section(rendered(CONFIG_PAGE), "VALUE SYNTAX")
     sizes = " ".join(subsection(lines, "Sizes"))
@@ -644,7 +644,7 @@ def test_listen_forms_are_accepted() -> None:
 
 
 def test_signing_schemes_are_all_listed() -> None:
-    from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES
+    from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 
     lines = section(rendered(CONFIG_PAGE), "SIGNING SCHEMES")
     tags = {m.group(1) for line in lines if (m := re.fullmatch(r" {7}([\w-]+) \(.*\)", line))}

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 from hmacfs.metrics import (
     DISCONNECTED,
     REASONS,
@@ -20,7 +21,6 @@ from hmacfs.metrics import (
     check_storage,
     reason_key,
 )
-from hmacfs.settings import HEADER_SCHEMES, QUERY_SCHEMES
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hmacfs import paths
-from hmacfs.errors import BadRequest, HttpError, NotFound, UriTooLong
-from hmacfs.paths import decode_path, file_name, split_target
+from hmacfs.core import paths
+from hmacfs.core.paths import decode_path, file_name, split_target
+from hmacfs.core.refusals import BadRequest, HttpError, NotFound, UriTooLong
 
 PREFIX = "/upload/"
 

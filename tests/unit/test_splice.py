@@ -16,10 +16,10 @@ import pytest
 from twisted.internet import main
 from twisted.web import http
 
-from hmacfs import splice
-from hmacfs.errors import HttpError, StorageFailure, TooLarge
-from hmacfs.splice import BodySplicer, SpliceSupport
-from hmacfs.storage import Storage
+from hmacfs.core.refusals import HttpError, StorageFailure, TooLarge
+from hmacfs.http.fast import splice
+from hmacfs.http.fast.splice import BodySplicer, SpliceSupport
+from hmacfs.storage.local import Storage
 
 
 class Transport:

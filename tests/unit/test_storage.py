@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from hmacfs.errors import Conflict, Gone, NotFound, TooLarge
-from hmacfs.storage import META_XATTR, PARTIAL_MAX_IDLE, Storage
+from hmacfs.core.refusals import Conflict, Gone, NotFound, TooLarge
+from hmacfs.storage.local import META_XATTR, PARTIAL_MAX_IDLE, Storage
 from tests.conftest import partial_files, visible_files
 
 
@@ -290,7 +290,7 @@ def test_durable_commit_syncs_every_directory_given_an_entry(
 def test_metadata_is_read_once_per_file_state(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     reads: list[str] = []
     read = storage._read_meta_from_disk
@@ -358,7 +358,7 @@ def test_a_directory_pruned_while_linking_is_made_again(
 
 
 def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     storage.fill_pool()
     ready = storage.pooled_names()
@@ -408,7 +408,7 @@ def test_identical_retry_succeeds_and_leaves_the_stored_file(
 def test_a_different_body_of_the_same_size_is_a_conflict(
     storage: Storage, monkeypatch: pytest.MonkeyPatch, where: int
 ) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     # Small chunks: a difference in the first, a middle or the last (short) chunk is found.
     monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 4)
@@ -426,7 +426,7 @@ def test_a_different_body_of_the_same_size_is_a_conflict(
 def test_comparison_reads_in_bounded_chunks(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     monkeypatch.setattr(storage_module, "COMPARE_CHUNK", 1000)
     body = os.urandom(10_500)
@@ -610,7 +610,7 @@ def test_metadata_written_by_either_store_is_read_by_the_other(
 
 
 def test_stale_metadata_files_are_swept(storage: Storage, clock: FakeClock) -> None:
-    from hmacfs.storage import _META_GRACE
+    from hmacfs.storage.local import _META_GRACE
 
     store(storage, "s/kept.txt", b"k")
     shard = storage.root / ".hmacfs" / "meta" / "07"
@@ -643,7 +643,7 @@ def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> N
 def test_an_inline_commit_hands_a_same_size_race_over(
     tmp_path: Path, metadata: str, partials: str
 ) -> None:
-    from hmacfs.storage import CompareOnThread
+    from hmacfs.storage.local import CompareOnThread
 
     storage = Storage(tmp_path / "files", fsync=False, metadata=metadata, partials=partials)
     first = storage.begin("s/z.bin", 3, "text/plain")
@@ -688,7 +688,7 @@ CRASH = """
 import os, sys
 from pathlib import Path
 from typing import Any
-from hmacfs.storage import Storage
+from hmacfs.storage.local import Storage
 storage = Storage(Path(sys.argv[1]), partials=sys.argv[2])
 upload = storage.begin("c/crash.bin", 10, "text/plain")
 upload.write(b"12345")
@@ -715,7 +715,7 @@ def test_a_server_that_dies_mid_upload_leaves_no_partial_file(
 def test_without_o_tmpfile_or_proc_auto_names_partial_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     def no_proc(fd: int, dir_fd: int, name: str) -> None:
         raise FileNotFoundError(2, "No such file or directory", f"/proc/self/fd/{fd}")
@@ -760,7 +760,7 @@ def test_named_partials_of_an_earlier_run_are_still_swept(
 
 
 def test_durable_bodies_are_sent_to_the_disk_as_they_arrive(tmp_path: Path) -> None:
-    from hmacfs import storage as storage_module
+    from hmacfs.storage import local as storage_module
 
     calls: list[tuple[int, int]] = []
     results: list[bool] = []

@@ -1,4 +1,4 @@
-"""Sizes and durations as written in the configuration file (hmacfs.units)."""
+"""Sizes and durations as written in the configuration file (hmacfs.core.units)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hmacfs.units import (
+from hmacfs.core.units import (
     MAX_DURATION,
     MAX_SIZE,
     format_duration,

@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides
 
-from hmacfs.settings import HttpSettings
-from hmacfs.web import (
+from hmacfs.core.settings import HttpSettings
+from hmacfs.http.site import (
     content_disposition,
     cors_headers,
     is_inline,
@@ -127,7 +127,7 @@ def test_single_range(header: str, expected: tuple[int, int] | None) -> None:
 def test_date_header_is_now_to_the_second() -> None:
     from twisted.web.http import datetimeToString
 
-    from hmacfs.web import http_date_now
+    from hmacfs.http.site import http_date_now
 
     before = datetimeToString(int(time.time()))
     value = http_date_now()

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http
 
-from hmacfs.errors import StorageFailure
+from hmacfs.core.refusals import StorageFailure
 
 #: Bodies with a Content-Length this large or larger are spliced. Measured on loopback: a
 #: 256 KiB body costs the same CPU either way, from 1 MiB on splicing takes about half.
@@ -55,7 +55,7 @@ PIPE_SIZE = 1024 * 1024
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS)
 _PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
 
-_log = Logger(namespace="hmacfs.splice")
+_log = Logger(namespace="hmacfs.http.fast.splice")
 
 
 def _pipe_size() -> int:
@@ -136,7 +136,7 @@ def body_decoder(channel: Any, request: Any) -> Any | None:
 class BodySplicer:
     """Moves the rest of one request body from the connection's socket to its partial file.
 
-    `request` is an `hmacfs.web.UploadRequest` with an upload; `channel` its channel.
+    `request` is an `hmacfs.http.site.UploadRequest` with an upload; `channel` its channel.
     """
 
     def __init__(self, support: SpliceSupport, channel: Any, request: Any, decoder: Any) -> None:

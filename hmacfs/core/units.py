@@ -63,7 +63,7 @@ def show(value: object) -> str:
     """Render `value` the way it would be written in TOML, for one-line error messages.
 
     Strings get double quotes and escapes (so a message never spans lines), long values are
-    shortened. Used by this module and by `hmacfs.config`; raises nothing.
+    shortened. Used by this module and by `hmacfs.core.config`; raises nothing.
     """
     if isinstance(value, bool):
         text = "true" if value else "false"

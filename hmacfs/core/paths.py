@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from hmacfs.errors import BadRequest, NotFound, UriTooLong
+from hmacfs.core.refusals import BadRequest, NotFound, UriTooLong
 
 #: Longest file or directory name, in UTF-8 bytes (NAME_MAX on Linux filesystems).
 MAX_SEGMENT_BYTES = 255

@@ -1,7 +1,7 @@
 """Reading and validating the configuration file (`/etc/hmac-file-server/config.toml`).
 
 `load` reads a TOML file, `parse` validates a mapping that is already parsed; both return the
-frozen `hmacfs.settings.Config` or raise `ConfigError`, whose message is one line naming the
+frozen `hmacfs.core.settings.Config` or raise `ConfigError`, whose message is one line naming the
 file and the key. `describe` writes a `Config` back as TOML for `check-config`,
 `listen_endpoint` turns a `listen` entry into a Twisted endpoint description, and
 `development_config` is the built-in default for running from a checkout.
@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
-from hmacfs.settings import (
+from hmacfs.core.settings import (
     ALGORITHMS,
     Config,
     HmacSettings,
@@ -37,7 +37,7 @@ from hmacfs.settings import (
     ServerSettings,
     TlsSettings,
 )
-from hmacfs.units import (
+from hmacfs.core.units import (
     format_duration,
     format_size,
     parse_duration,
@@ -497,7 +497,7 @@ def _tls(section: _Section, needed: bool) -> TlsSettings:
         raise section.error("certificate", "an https:// listener needs a certificate file")
     if key is None:
         raise section.error("key", "an https:// listener needs a private key file")
-    from hmacfs import tls  # late: only configurations with TLS need pyOpenSSL loaded
+    from hmacfs.process import tls  # late: only configurations with TLS need pyOpenSSL loaded
 
     try:
         tls.build_context(settings)

@@ -25,7 +25,7 @@ from zope.interface import implementer
 #: Bytes per sendfile call (one reactor turn).
 CHUNK = 4 * 1024 * 1024
 
-_log = Logger(namespace="hmacfs.sendfile")
+_log = Logger(namespace="hmacfs.http.fast.sendfile")
 
 
 def can_sendfile(transport: Any) -> bool:

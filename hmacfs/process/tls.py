@@ -13,7 +13,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from hmacfs.settings import TlsSettings
+from hmacfs.core.settings import TlsSettings
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _ALPN = b"http/1.1"

@@ -24,15 +24,15 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from hmacfs import config as config_module
-from hmacfs.config import ConfigError, parse_listen
-from hmacfs.logs import LEVELS, LineObserver
-from hmacfs.settings import Config
-from hmacfs.storage import Storage, SweepReport
-from hmacfs.systemd import ActivatedSockets, Notifier, socket_family, watchdog_interval
-from hmacfs.web import make_site
+from hmacfs.core import config as config_module
+from hmacfs.core.config import ConfigError, parse_listen
+from hmacfs.core.settings import Config
+from hmacfs.http.site import make_site
+from hmacfs.process.logs import LEVELS, LineObserver
+from hmacfs.process.systemd import ActivatedSockets, Notifier, socket_family, watchdog_interval
+from hmacfs.storage.local import Storage, SweepReport
 
-_log = Logger(namespace="hmacfs.service")
+_log = Logger(namespace="hmacfs.process.node")
 
 #: At shutdown, how long open connections get to take their last answer before they are dropped.
 CLOSE_TIMEOUT = 5.0
@@ -119,7 +119,7 @@ class Listeners(Service):  # type: ignore[misc]
             return defer.succeed((port, listener.tls))
         # Bound here and handed to the reactor like an inherited socket: the same path as
         # worker processes and socket activation take (and no endpoint parser to load).
-        from hmacfs.workers import bind
+        from hmacfs.process.supervisor import bind
 
         try:
             sock = bind(entry, self.activated)
@@ -345,7 +345,7 @@ class UploadService(MultiService):  # type: ignore[misc]
             self.notifier.status(self.status_text())
 
     def _log_certificate(self) -> None:
-        from hmacfs.tls import TlsError, certificate_summary, hostname_mismatch
+        from hmacfs.process.tls import TlsError, certificate_summary, hostname_mismatch
 
         assert self.tls is not None
         try:
@@ -476,7 +476,7 @@ def _tls_for(config: Config, current: Any = None) -> Any:
     if not any(parse_listen(entry).tls for entry in entries):
         return current
     # Loaded only here: a server without TLS listeners never loads OpenSSL.
-    from hmacfs.tls import ReloadableTls, TlsError
+    from hmacfs.process.tls import ReloadableTls, TlsError
 
     try:
         if current is None:

@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hmacfs.errors import (
+from hmacfs.core.paths import RESERVED_SEGMENT
+from hmacfs.core.refusals import (
     BadRequest,
     Conflict,
     Gone,
@@ -45,7 +46,6 @@ from hmacfs.errors import (
     StorageFailure,
     TooLarge,
 )
-from hmacfs.paths import RESERVED_SEGMENT
 
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
@@ -253,7 +253,7 @@ class Storage:
     # -- paths -------------------------------------------------------------------------------
 
     def path_of(self, rel: str) -> Path:
-        """The filesystem path for a signed path (already validated by hmacfs.paths)."""
+        """The filesystem path for a signed path (already validated by hmacfs.core.paths)."""
         return self.root.joinpath(*rel.split("/"))
 
     def _meta_path(self, ino: int) -> Path:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import TypeVar
 
-from hmacfs.settings import ALGORITHMS, QUERY_SCHEMES, HmacSettings
+from hmacfs.core.settings import ALGORITHMS, QUERY_SCHEMES, HmacSettings
 
 __all__ = (
     "AuthError",
@@ -119,7 +119,7 @@ def _utf8(text: str) -> bytes:
 def compute_mac(secret: bytes, message: bytes, algorithm: str = "sha256") -> str:
     """Return the lowercase hex HMAC of `message` under `secret`.
 
-    Raises ValueError if `algorithm` is not one of `hmacfs.settings.ALGORITHMS`.
+    Raises ValueError if `algorithm` is not one of `hmacfs.core.settings.ALGORITHMS`.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unsupported HMAC algorithm {algorithm!r}")

@@ -1,6 +1,6 @@
 """The typed, validated settings the server runs with.
 
-`hmacfs.config` builds these from a TOML file; everything else only reads them. Durations are
+`hmacfs.core.config` builds these from a TOML file; everything else only reads them. Durations are
 seconds (float), sizes are bytes (int). A value of ``None`` for a duration means "never".
 """
 

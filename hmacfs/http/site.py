@@ -7,16 +7,17 @@ file, `UploadChannel` hooks `allHeadersReceived` and `UploadRequest` takes the b
 Those hooks use the channel's private `_command`/`_path` attributes, which have the same shape
 from Twisted 22.4 to the newest release; `tests/protocol/test_twisted_canary.py` fails loudly
 if that changes. Large bodies on plain connections then go from the socket to the file with
-splice(2) (`hmacfs.splice`), which takes over from Twisted only between the headers and the
-end of the body.
+splice(2) (`hmacfs.http.fast.splice`), which takes over from Twisted only between the
+headers and the end of the body.
 
 A plain GET or HEAD of a small stored file that arrives in one piece is answered by the
 channel itself (`UploadChannel.answer_quickly`), with the same headers the resource tree
 would send, without a Request object; that needs the line receiver's and the channel's
 between-requests state (`test_twisted_canary.py` pins those names down too).
 
-Every domain error (`hmacfs.errors.HttpError`, `hmacfs.auth.AuthError`) becomes a response
-in exactly two places: `UploadChannel.refuse` (before the body) and `Root.render` (after it).
+Every domain error (`hmacfs.core.refusals.HttpError`, `hmacfs.core.auth.AuthError`) becomes a
+response in exactly two places: `UploadChannel.refuse` (before the body) and `Root.render`
+(after it).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 from twisted.web.http import datetimeToString
 
-from hmacfs import auth
-from hmacfs.errors import (
+from hmacfs.core import auth
+from hmacfs.core.paths import decode_path, file_name, split_target
+from hmacfs.core.refusals import (
     BadRequest,
     Conflict,
     HttpError,
@@ -55,7 +57,10 @@ from hmacfs.errors import (
     StorageFailure,
     TooLarge,
 )
-from hmacfs.logs import LEVELS
+from hmacfs.core.settings import Config, HttpSettings
+from hmacfs.core.units import format_size
+from hmacfs.http.fast.sendfile import SendfileProducer, can_sendfile
+from hmacfs.http.fast.splice import BodySplicer, SpliceSupport
 from hmacfs.metrics import (
     DISCONNECTED,
     HealthReport,
@@ -65,12 +70,8 @@ from hmacfs.metrics import (
     check_storage,
     reason_key,
 )
-from hmacfs.paths import decode_path, file_name, split_target
-from hmacfs.sendfile import SendfileProducer, can_sendfile
-from hmacfs.settings import Config, HttpSettings
-from hmacfs.splice import BodySplicer, SpliceSupport
-from hmacfs.storage import CompareOnThread, PartialUpload, Storage, StoredFile
-from hmacfs.units import format_size
+from hmacfs.process.logs import LEVELS
+from hmacfs.storage.local import CompareOnThread, PartialUpload, Storage, StoredFile
 
 T = TypeVar("T")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -129,7 +130,7 @@ _MEDIA_TYPE = re.compile(
 )
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
-_log = Logger(namespace="hmacfs.web")
+_log = Logger(namespace="hmacfs.http.site")
 
 
 #: The HTTP date of a whole second: Date (one new second at a time) and Last-Modified (files

@@ -33,13 +33,13 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from hmacfs import config as config_module
-from hmacfs.config import ConfigError, parse_listen
-from hmacfs.settings import Config, Listener
-from hmacfs.storage import Storage
-from hmacfs.systemd import ActivatedSockets, Notifier, watchdog_interval
+from hmacfs.core import config as config_module
+from hmacfs.core.config import ConfigError, parse_listen
+from hmacfs.core.settings import Config, Listener
+from hmacfs.process.systemd import ActivatedSockets, Notifier, watchdog_interval
+from hmacfs.storage.local import Storage
 
-_log = Logger(namespace="hmacfs.workers")
+_log = Logger(namespace="hmacfs.process.supervisor")
 
 #: Environment variable carrying a worker's sockets and status pipe (JSON).
 WORKER_ENV = "HMACFS_WORKER"
@@ -189,7 +189,7 @@ class Supervisor(MultiService):  # type: ignore[misc]
         )
         # Workers leave sweeping to the supervisor (one sweep, not one per worker).
         from hmacfs.metrics import Metrics
-        from hmacfs.service import Sweeper
+        from hmacfs.process.node import Sweeper
 
         pool = reactor.getThreadPool()
         self.sweeper = Sweeper(
@@ -321,7 +321,7 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 worker.signal("KILL")
 
     def status_text(self) -> str:
-        from hmacfs.service import status_line
+        from hmacfs.process.node import status_line
 
         return status_line(
             [b.description for b in self.bound],
@@ -349,12 +349,12 @@ class Supervisor(MultiService):  # type: ignore[misc]
             _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
             return
-        from hmacfs.service import reloadable
+        from hmacfs.process.node import reloadable
 
         self.config = reloadable(self.config, new)
         self.storage.file_ttl = new.server.file_ttl
         if self.observer is not None:
-            from hmacfs.logs import LEVELS
+            from hmacfs.process.logs import LEVELS
 
             self.observer.level = LEVELS[new.server.log_level]
         self._roll().addBoth(lambda _: self.notifier.ready(self.status_text()))

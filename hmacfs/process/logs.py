@@ -21,7 +21,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from hmacfs.systemd import stream_is_journal
+from hmacfs.process.systemd import stream_is_journal
 
 #: sd-daemon(3) priorities for Twisted's levels.
 PRIORITY = {

@@ -1,0 +1,1 @@
+"""Pure pieces with no Twisted: settings, units, paths, signatures, refusals, config."""

@@ -1,0 +1,1 @@
+"""The HTTP side: site, channel, request, the upload state machine, answers."""

@@ -1,0 +1,1 @@
+"""Optional fast paths (quick answers, sendfile, splice, direct writes)."""

@@ -1,0 +1,1 @@
+"""Processes: listeners, the node service, the supervisor, systemd, logs, TLS."""

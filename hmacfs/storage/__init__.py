@@ -1,0 +1,1 @@
+"""Storage backends: what uploads and downloads need from wherever files are kept."""
