@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 
 from hmacfs import __version__
 from hmacfs.core import auth, config
-from hmacfs.core.config import ConfigError, parse_listen
+from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
 from hmacfs.process.systemd import stream_is_journal
 
@@ -36,11 +36,10 @@ def base_url(cfg: Config) -> str:
     Raises ValueError when neither says (only Unix or socket-activated listeners)."""
     if cfg.server.public_url:
         return cfg.server.public_url.rstrip("/")
-    for entry in cfg.server.listen:
-        listener = parse_listen(entry)
-        if listener.endpoint is None or entry.startswith("unix:"):
-            continue
-        address = entry.split("://", 1)[-1]
+    for listener in cfg.server.listeners:
+        if listener.host is None:
+            continue  # a Unix socket or one systemd passes: no address a client could use
+        address = listener.text.split("://", 1)[-1]
         return f"{'https' if listener.tls else 'http'}://{address}"
     raise ValueError("set [server] public_url: no listener says where clients reach the server")
 
@@ -168,8 +167,7 @@ def serve(
         metrics_dir = multiprocess_dir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
-    entries = (*cfg.server.listen, *cfg.metrics.listen)
-    if not any(parse_listen(entry).tls for entry in entries):
+    if not any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
         load_reactor_without_openssl()
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger

@@ -3,7 +3,7 @@
 `load` reads a TOML file, `parse` validates a mapping that is already parsed; both return the
 frozen `hmacfs.core.settings.Config` or raise `ConfigError`, whose message is one line naming the
 file and the key. `describe` writes a `Config` back as TOML for `check-config`,
-`listen_endpoint` turns a `listen` entry into a Twisted endpoint description, and
+`parse_listen` (from `hmacfs.core.listen`) reads one `listen` entry, and
 `development_config` is the built-in default for running from a checkout.
 
 The file has five sections, `[server]`, `[hmac]`, `[http]`, `[tls]` and `[metrics]`; every key
@@ -27,12 +27,14 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
+from hmacfs.core.listen import LISTEN_EXAMPLES
+from hmacfs.core.listen import parse_listen as parse_listen  # noqa: PLC0414 (re-exported)
+from hmacfs.core.listen import valid_host as _valid_host
 from hmacfs.core.settings import (
     ALGORITHMS,
     Config,
     HmacSettings,
     HttpSettings,
-    Listener,
     MetricsSettings,
     ServerSettings,
     TlsSettings,
@@ -113,20 +115,6 @@ _SENSITIVE = frozenset({"secret", "previous_secrets"})
 # A secret file larger than this is not a secret file (and is not read whole into memory).
 _MAX_SECRET_FILE = 64 * 1024
 
-# sun_path is 108 bytes on Linux, including the terminating NUL.
-_MAX_UNIX_PATH = 107
-
-_LISTEN_EXAMPLES = (
-    '(examples: "127.0.0.1:5050", "0.0.0.0:443", "[::1]:5050", "[::]:443", '
-    '"unix:/run/hmac-file-server/http.sock")'
-)
-# Twisted endpoint types someone might write instead of an address ("tcp:80" would otherwise
-# read as host "tcp", port 80).
-_ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "tls", "systemd", "unix"})
-_HOSTNAME_RE = re.compile(
-    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?",
-    re.ASCII | re.IGNORECASE,
-)
 # RFC 3986 path characters other than "%": percent-encoded prefixes are not supported, since
 # the prefix is compared with the request path before it is percent-decoded.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*", re.ASCII)
@@ -360,7 +348,7 @@ def _build(data: Mapping[str, object], source: Path | None, *, secret: bytes | N
     hmac = _hmac(sections["hmac"], secret)
     http = _http(sections["http"])
     metrics = _metrics(sections["metrics"], server)
-    needs_tls = any(parse_listen(e).tls for e in (*server.listen, *metrics.listen))
+    needs_tls = any(listener.tls for listener in (*server.listeners, *metrics.listeners))
     tls = _tls(sections["tls"], needs_tls)
     return Config(
         server=server,
@@ -377,7 +365,7 @@ def _server(section: _Section) -> ServerSettings:
     default = ServerSettings()
     listen = section.strings("listen", default.listen, single=True)
     if not listen:
-        raise section.error("listen", "give at least one address to listen on " + _LISTEN_EXAMPLES)
+        raise section.error("listen", "give at least one address to listen on " + LISTEN_EXAMPLES)
     _check_listeners(section, "listen", listen)
 
     prefix = section.string("upload_prefix", default.upload_prefix)
@@ -553,14 +541,6 @@ def _public_url(value: str) -> str:
         except ValueError:
             raise ValueError(f"{show(value)} has an invalid IPv6 address") from None
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path}".rstrip("/")
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return _HOSTNAME_RE.fullmatch(host) is not None and not host.replace(".", "").isdigit()
-    return True
 
 
 def _hmac(section: _Section, override: bytes | None) -> HmacSettings:
@@ -743,103 +723,6 @@ def _origin(value: str) -> str:
     if port is None or port == {"http": 80, "https": 443}[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
-
-
-def parse_listen(entry: str) -> Listener:
-    """Understand one `listen` entry.
-
-    Forms: "host:port" or "http://host:port" (plain HTTP), "https://host:port" (TLS),
-    "[v6]:port" likewise, "unix:/path" (plain HTTP on a Unix socket, for a reverse proxy),
-    "systemd:NAME" and "https+systemd:NAME" (a socket handed over by systemd socket
-    activation, by its FileDescriptorName or its position, 0 being the first). Raises
-    ValueError naming the entry otherwise.
-    """
-    tls = False
-    address = entry
-    if entry.startswith("https+systemd:") or entry.startswith("systemd:"):
-        tls = entry.startswith("https+")
-        name = entry.partition("systemd:")[2]
-        if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,255}", name):
-            raise ValueError(
-                f"{show(entry)}: name the socket by its FileDescriptorName or its position "
-                '(examples: "systemd:http", "systemd:0", "https+systemd:https")'
-            )
-        return Listener(text=entry, tls=tls, endpoint=None, activated=name)
-    if entry.startswith("https://"):
-        tls, address = True, entry[len("https://") :]
-    elif entry.startswith("http://"):
-        address = entry[len("http://") :]
-    if address.endswith("/"):
-        raise ValueError(f"{show(entry)}: no path after the port")
-    return Listener(text=entry, tls=tls, endpoint=listen_endpoint(address), activated=None)
-
-
-def listen_endpoint(listen: str) -> str:
-    """Turn one `[server] listen` entry into a Twisted server endpoint description, for
-    `twisted.internet.endpoints.serverFromString`.
-
-    "127.0.0.1:5050" → "tcp:5050:interface=127.0.0.1"; "[::1]:5050" →
-    "tcp6:5050:interface=\\:\\:1" (colons in arguments are escaped with backslashes);
-    "unix:/run/x.sock" → "unix:/run/x.sock". A host name ("localhost:5050") is bound over
-    IPv4. Raises ValueError, naming the entry, for anything else: no host (":5050"; use
-    "0.0.0.0" or "[::]" for every interface), an IPv6 address without brackets, a port
-    outside 0-65535, a relative or too long socket path, and a Twisted endpoint description
-    ("tcp:80", "systemd:...") written where an address belongs.
-    """
-    if listen.startswith("unix:"):
-        path = listen[len("unix:") :]
-        if not path.startswith("/"):
-            raise ValueError(f"{show(listen)}: the socket path must be absolute")
-        if "\x00" in path:
-            raise ValueError(f"{show(listen)}: the socket path contains a NUL character")
-        try:
-            encoded = os.fsencode(path)
-        except UnicodeEncodeError:
-            raise ValueError(f"{show(listen)}: the socket path is not valid text") from None
-        if len(encoded) > _MAX_UNIX_PATH:
-            raise ValueError(
-                f"{show(listen)}: the socket path is longer than {_MAX_UNIX_PATH} bytes"
-            )
-        return "unix:" + _quote_endpoint(path)
-    if listen.partition(":")[0].lower() in _ENDPOINT_TYPES:
-        raise ValueError(
-            f"{show(listen)}: write an address, not a Twisted endpoint {_LISTEN_EXAMPLES}"
-        )
-    if listen.startswith("["):
-        host, bracket, port = listen[1:].partition("]:")
-        if not bracket:
-            raise ValueError(f"{show(listen)} is not a listen address {_LISTEN_EXAMPLES}")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{show(listen)}: {show(host)} is not an IPv6 address") from None
-        return f"tcp6:{_port(listen, port)}:interface={_quote_endpoint(host)}"
-    host, colon, port = listen.rpartition(":")
-    if not colon:
-        raise ValueError(f"{show(listen)} is not a listen address {_LISTEN_EXAMPLES}")
-    if not host:
-        raise ValueError(
-            f'{show(listen)} has no host: give one ("0.0.0.0:{port}" or "[::]:{port}" '
-            "for every interface)"
-        )
-    if ":" in host:
-        raise ValueError(f'{show(listen)}: write an IPv6 address in brackets, like "[::1]:5050"')
-    if not _valid_host(host):
-        raise ValueError(f"{show(listen)} is not a listen address {_LISTEN_EXAMPLES}")
-    return f"tcp:{_port(listen, port)}:interface={_quote_endpoint(host)}"
-
-
-def _port(listen: str, port: str) -> int:
-    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"{show(listen)}: {show(port)} is not a port number (0-65535)")
-    return int(port)
-
-
-def _quote_endpoint(argument: str) -> str:
-    # Twisted's endpoint syntax separates arguments with ":" and keywords with "="; a
-    # backslash makes the next character literal (cf. endpoints.quoteStringArgument, which
-    # leaves "=" alone because it only quotes keyword values).
-    return re.sub(r"([\\:=])", r"\\\1", argument)
 
 
 def load(path: Path) -> Config:

@@ -7,7 +7,23 @@ seconds (float), sizes are bytes (int). A value of ``None`` for a duration means
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+from hmacfs.core.listen import Listener, parse_listen
+
+__all__ = [
+    "ALGORITHMS",
+    "HEADER_SCHEMES",
+    "QUERY_SCHEMES",
+    "Config",
+    "HmacSettings",
+    "HttpSettings",
+    "Listener",
+    "MetricsSettings",
+    "ServerSettings",
+    "TlsSettings",
+]
 
 #: The HMAC algorithms `[hmac] algorithm` may name (Prosody, ejabberd and Metronome use sha256).
 ALGORITHMS = ("sha256", "sha384", "sha512")
@@ -15,18 +31,6 @@ ALGORITHMS = ("sha256", "sha384", "sha512")
 #: Every signing scheme the server knows, in the order a query string is examined.
 QUERY_SCHEMES = ("v3", "v2", "token", "v")
 HEADER_SCHEMES = ("jwt", "basic", "cookie", "x-hmac")
-
-
-@dataclass(frozen=True)
-class Listener:
-    """One parsed `listen` entry."""
-
-    text: str
-    tls: bool
-    #: Twisted server endpoint description, for addresses we bind ourselves.
-    endpoint: str | None
-    #: FileDescriptorName or position of a socket handed over by systemd.
-    activated: str | None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class ServerSettings:
     workers: int = 0
     #: Peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed.
     trusted_proxies: tuple[str, ...] = ()
+
+    @cached_property
+    def listeners(self) -> tuple[Listener, ...]:
+        """`listen`, parsed (once per settings object). Raises ValueError for an entry that
+        is not a listen address (never for settings `hmacfs.core.config` built)."""
+        return tuple(parse_listen(entry) for entry in self.listen)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,12 @@ class MetricsSettings:
     listen: tuple[str, ...] = ()
     #: Path of the health check on the upload listeners ("" turns it off there).
     health_path: str = "/health"
+
+    @cached_property
+    def listeners(self) -> tuple[Listener, ...]:
+        """`listen`, parsed (once per settings object). Raises ValueError for an entry that
+        is not a listen address (never for settings `hmacfs.core.config` built)."""
+        return tuple(parse_listen(entry) for entry in self.listen)
 
 
 @dataclass(frozen=True)

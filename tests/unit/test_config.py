@@ -11,14 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from twisted.internet.endpoints import (
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    UNIXServerEndpoint,
-    serverFromString,
-)
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
 
 from hmacfs.core import config as cfg
 from hmacfs.core.config import (
@@ -27,15 +19,16 @@ from hmacfs.core.config import (
     ConfigError,
     describe,
     development_config,
-    listen_endpoint,
     load,
     parse,
+    parse_listen,
 )
 from hmacfs.core.settings import (
     ALGORITHMS,
     Config,
     HmacSettings,
     HttpSettings,
+    Listener,
     MetricsSettings,
     ServerSettings,
     TlsSettings,
@@ -1099,49 +1092,46 @@ def test_http_errors(tmp_path: Path, body: str, message: str) -> None:
     assert http_error(tmp_path, body) == message
 
 
-# --- listen_endpoint -------------------------------------------------------------------------
+# --- parse_listen ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("listen", "description"),
+    ("entry", "listener"),
     [
-        ("127.0.0.1:5050", "tcp:5050:interface=127.0.0.1"),
-        ("0.0.0.0:0", "tcp:0:interface=0.0.0.0"),
-        ("localhost:80", "tcp:80:interface=localhost"),
-        ("[::1]:5050", "tcp6:5050:interface=\\:\\:1"),
-        ("[::]:443", "tcp6:443:interface=\\:\\:"),
-        ("unix:/run/x.sock", "unix:/run/x.sock"),
-        ("unix:/run/a:b=c\\d.sock", "unix:/run/a\\:b\\=c\\\\d.sock"),
+        ("127.0.0.1:5050", Listener("127.0.0.1:5050", False, host="127.0.0.1", port=5050)),
+        ("0.0.0.0:0", Listener("0.0.0.0:0", False, host="0.0.0.0", port=0)),
+        ("localhost:80", Listener("localhost:80", False, host="localhost", port=80)),
+        ("[::1]:5050", Listener("[::1]:5050", False, host="::1", port=5050)),
+        ("[::]:443", Listener("[::]:443", False, host="::", port=443)),
+        (
+            "[fe80::1%eth0]:65535",
+            Listener("[fe80::1%eth0]:65535", False, host="fe80::1%eth0", port=65535),
+        ),
+        (
+            "http://127.0.0.1:5050",
+            Listener("http://127.0.0.1:5050", False, host="127.0.0.1", port=5050),
+        ),
+        ("https://[::1]:443", Listener("https://[::1]:443", True, host="::1", port=443)),
+        ("unix:/run/x.sock", Listener("unix:/run/x.sock", False, unix_path="/run/x.sock")),
+        (
+            "unix:/run/a:b=c\\d.sock",
+            Listener("unix:/run/a:b=c\\d.sock", False, unix_path="/run/a:b=c\\d.sock"),
+        ),
+        (
+            "https://unix:/run/x.sock",
+            Listener("https://unix:/run/x.sock", True, unix_path="/run/x.sock"),
+        ),
+        ("systemd:http", Listener("systemd:http", False, activated="http")),
+        ("systemd:0", Listener("systemd:0", False, activated="0")),
+        ("https+systemd:https", Listener("https+systemd:https", True, activated="https")),
     ],
 )
-def test_listen_endpoint(listen: str, description: str) -> None:
-    assert listen_endpoint(listen) == description
-
-
-def _listen_with_twisted(description: str) -> MemoryReactor:
-    reactor = MemoryReactor()
-    endpoint = serverFromString(reactor, description)
-    endpoint.listen(Factory.forProtocol(Protocol))
-    return reactor
-
-
-@pytest.mark.parametrize(
-    ("listen", "kind", "port", "interface"),
-    [
-        ("127.0.0.1:5050", TCP4ServerEndpoint, 5050, "127.0.0.1"),
-        ("0.0.0.0:0", TCP4ServerEndpoint, 0, "0.0.0.0"),
-        ("[::1]:5050", TCP6ServerEndpoint, 5050, "::1"),
-        ("[::]:443", TCP6ServerEndpoint, 443, "::"),
-        ("[fe80::1%eth0]:65535", TCP6ServerEndpoint, 65535, "fe80::1%eth0"),
-    ],
-)
-def test_listen_endpoint_with_twisted_tcp(
-    listen: str, kind: type, port: int, interface: str
-) -> None:
-    description = listen_endpoint(listen)
-    assert isinstance(serverFromString(MemoryReactor(), description), kind)
-    (server,) = _listen_with_twisted(description).tcpServers
-    assert (server[0], server[3]) == (port, interface)
+def test_parse_listen(entry: str, listener: Listener) -> None:
+    parsed = parse_listen(entry)
+    assert parsed == listener
+    where = (parsed.activated, parsed.unix_path, (parsed.host, parsed.port))
+    assert sum(part not in (None, (None, None)) for part in where) == 1
+    assert (parsed.host is None) == (parsed.port is None)
 
 
 @given(st.text(alphabet=st.characters(exclude_characters="\x00"), min_size=1, max_size=80))
@@ -1149,21 +1139,57 @@ def test_listen_endpoint_with_twisted_tcp(
 @example("\udcff")  # an undecodable byte, as os.fsdecode gives it
 @example("a:b=c\\d")
 @settings(suppress_health_check=[HealthCheck.too_slow])
-def test_listen_endpoint_with_twisted_unix(name: str) -> None:
+def test_parse_listen_unix(name: str) -> None:
     path = "/run/" + name
     try:
-        description = listen_endpoint("unix:" + path)
-    except ValueError as e:
-        assert "longer than 107 bytes" in str(e) or "not valid text" in str(e)
-        return
-    assert isinstance(serverFromString(MemoryReactor(), description), UNIXServerEndpoint)
-    (server,) = _listen_with_twisted(description).unixServers
-    assert server[0] == path
+        encoded: bytes | None = os.fsencode(path)
+    except UnicodeEncodeError:
+        encoded = None
+    if encoded is None or len(encoded) > 107:
+        reason = "not valid text" if encoded is None else "longer than 107 bytes"
+        with pytest.raises(ValueError, match=reason):
+            parse_listen("unix:" + path)
+    else:
+        assert parse_listen("unix:" + path) == Listener("unix:" + path, False, unix_path=path)
 
 
-def test_listen_endpoint_rejects() -> None:
-    with pytest.raises(ValueError, match="has no host"):
-        listen_endpoint(":5050")
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (":5050", "has no host"),
+        ("https://127.0.0.1:5050/", "no path after the port"),
+        ("https://:5050", '":5050" has no host'),
+        ("systemd:", "name the socket by its FileDescriptorName"),
+        ("https+systemd:a b", "name the socket by its FileDescriptorName"),
+    ],
+)
+def test_parse_listen_rejects(entry: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_listen(entry)
+
+
+def test_listeners_parsed_once_per_settings_object() -> None:
+    server = ServerSettings(listen=("127.0.0.1:0", "unix:/run/x.sock"))
+    assert server.listeners == (
+        Listener("127.0.0.1:0", False, host="127.0.0.1", port=0),
+        Listener("unix:/run/x.sock", False, unix_path="/run/x.sock"),
+    )
+    assert server.listeners is server.listeners
+    assert MetricsSettings().listeners == ()
+    moved = dataclasses.replace(server, listen=("[::1]:1",))
+    assert moved.listeners == (Listener("[::1]:1", False, host="::1", port=1),)
+    assert moved == ServerSettings(listen=("[::1]:1",))
+
+
+def test_listeners_of_a_loaded_config(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        '[server]\nlisten = ["127.0.0.1:0", "systemd:http"]\n'
+        '[metrics]\nlisten = "[::1]:0"\n' + MINIMAL,
+    )
+    assert [listener.text for listener in config.server.listeners] == list(config.server.listen)
+    assert config.server.listeners[1].activated == "http"
+    assert config.metrics.listeners == (Listener("[::1]:0", False, host="::1", port=0),)
 
 
 # --- describe --------------------------------------------------------------------------------
