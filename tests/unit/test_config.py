@@ -34,6 +34,7 @@ from hmacfs.core.settings import (
     TlsSettings,
 )
 from hmacfs.core.units import MAX_DURATION, MAX_SIZE, toml_string
+from tests.certs import Leaf, TestCA
 
 SECRET = "0123456789abcdef0123456789abcdef"
 MINIMAL = f'[hmac]\nsecret = "{SECRET}"\n'
@@ -1090,6 +1091,219 @@ ORIGIN_EXAMPLES = '(examples: "*", "https://chat.example.org", "http://localhost
 )
 def test_http_errors(tmp_path: Path, body: str, message: str) -> None:
     assert http_error(tmp_path, body) == message
+
+
+# --- [server] workers, trusted_proxies, shutdown_timeout -------------------------------------
+
+
+@pytest.mark.parametrize(("value", "workers"), [("0", 0), ("1", 1), ("4", 4), ("256", 256)])
+def test_workers(tmp_path: Path, value: str, workers: int) -> None:
+    assert load_text(tmp_path, f"[server]\nworkers = {value}\n{MINIMAL}").server.workers == workers
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "-1 is out of range: 0 (one per core) to 256"),
+        ("257", "257 is out of range: 0 (one per core) to 256"),
+        ("true", "expected an integer (0 for one per core), got a boolean true"),
+        ('"4"', 'expected an integer (0 for one per core), got a string "4"'),
+        ("1.5", "expected an integer (0 for one per core), got a float 1.5"),
+    ],
+)
+def test_workers_errors(tmp_path: Path, value: str, message: str) -> None:
+    assert server_error(tmp_path, f"workers = {value}") == f"[server] workers: {message}"
+
+
+def test_trusted_proxies(tmp_path: Path) -> None:
+    text = '[server]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1", "10.1.2.3/8"]\n'
+    config = load_text(tmp_path, text + MINIMAL)
+    assert config.server.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1", "10.1.2.3/8")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            '["127.0.0.1", "nope"]',
+            '"nope" is not an IP address or network (examples: "127.0.0.1", "10.0.0.0/8", "::1")',
+        ),
+        (
+            '"127.0.0.1"',
+            'expected an array of strings, got a string "127.0.0.1" (write ["127.0.0.1"])',
+        ),
+    ],
+)
+def test_trusted_proxies_errors(tmp_path: Path, value: str, message: str) -> None:
+    got = server_error(tmp_path, f"trusted_proxies = {value}")
+    assert got == f"[server] trusted_proxies: {message}"
+
+
+def test_shutdown_timeout(tmp_path: Path) -> None:
+    config = load_text(tmp_path, f"[server]\nshutdown_timeout = 0\n{MINIMAL}")
+    assert config.server.shutdown_timeout == 0.0
+    assert server_error(tmp_path, 'shutdown_timeout = "never"') == (
+        '[server] shutdown_timeout: "never" is not allowed here: give a duration '
+        + DURATION_EXAMPLES
+    )
+
+
+# --- [metrics] -------------------------------------------------------------------------------
+
+
+def metrics_error(tmp_path: Path, text: str) -> str:
+    return error_of(tmp_path, text + MINIMAL)
+
+
+def test_metrics_listen(tmp_path: Path) -> None:
+    config = load_text(tmp_path, f'[metrics]\nlisten = "127.0.0.1:9100"\n{MINIMAL}')
+    assert config.metrics == MetricsSettings(listen=("127.0.0.1:9100",))
+    assert load_text(tmp_path, f"[metrics]\nlisten = []\n{MINIMAL}").metrics == MetricsSettings()
+
+
+def test_metrics_listen_may_share_port_zero(tmp_path: Path) -> None:
+    text = f'[server]\nlisten = "127.0.0.1:0"\n[metrics]\nlisten = "127.0.0.1:0"\n{MINIMAL}'
+    assert load_text(tmp_path, text).metrics.listen == ("127.0.0.1:0",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[server]\nlisten = ["127.0.0.1:5050", "127.0.0.1:9100"]\n'
+            '[metrics]\nlisten = ["[::1]:9100", "127.0.0.1:9100"]\n',
+            '[metrics] listen: "127.0.0.1:9100" is also a [server] listen address; '
+            "use another port",
+        ),
+        (
+            '[metrics]\nlisten = ["tcp:9100"]\n',
+            f'[metrics] listen: "tcp:9100": write an address, not a Twisted endpoint '
+            f"{LISTEN_EXAMPLES}",
+        ),
+        (
+            '[metrics]\nlisten = ["[::1]:1", "[::1]:1"]\n',
+            '[metrics] listen: "[::1]:1" is listed twice',
+        ),
+        (
+            "[metrics]\nlisten = 9100\n",
+            "[metrics] listen: expected an array of strings, got an integer 9100",
+        ),
+    ],
+)
+def test_metrics_listen_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert metrics_error(tmp_path, text) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "health"),
+    [
+        ("", "/health"),
+        ('[metrics]\nhealth_path = "/healthz"\n', "/healthz"),
+        ('[metrics]\nhealth_path = ""\n', ""),
+        ('[metrics]\nhealth_path = "/up"\n', "/up"),
+        ('[server]\nupload_prefix = "/"\n', ""),
+        ('[server]\nupload_prefix = "/a/"\n[metrics]\nhealth_path = "/a"\n', None),
+        ('[server]\nupload_prefix = "/files/"\n[metrics]\nhealth_path = "/f/x/"\n', "/f/x/"),
+    ],
+)
+def test_health_path(tmp_path: Path, text: str, health: str | None) -> None:
+    if health is None:
+        assert "under upload_prefix" in metrics_error(tmp_path, text)
+    else:
+        assert load_text(tmp_path, text + MINIMAL).metrics.health_path == health
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('health_path = "health"', '"health" is not a path like "/health"'),
+        ('health_path = "/a//b"', '"/a//b" is not a path like "/health"'),
+        ('health_path = "/a b"', '"/a b" is not a path like "/health"'),
+        ("health_path = 1", "expected a string, got an integer 1"),
+        (
+            'health_path = "/upload/health"',
+            '"/upload/health" is under upload_prefix "/upload/", where it could be a stored '
+            'file; choose another path or ""',
+        ),
+        (
+            'health_path = "/upload"',
+            '"/upload" is under upload_prefix "/upload/", where it could be a stored file; '
+            'choose another path or ""',
+        ),
+    ],
+)
+def test_health_path_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert metrics_error(tmp_path, f"[metrics]\n{text}\n") == f"[metrics] health_path: {message}"
+
+
+def test_health_path_under_a_root_prefix(tmp_path: Path) -> None:
+    text = '[server]\nupload_prefix = "/"\n[metrics]\nhealth_path = "/health"\n'
+    assert metrics_error(tmp_path, text) == (
+        '[metrics] health_path: "/health" is under upload_prefix "/", where it could be a '
+        'stored file; choose another path or ""'
+    )
+
+
+# --- [tls] -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def leaf(tmp_path: Path) -> Leaf:
+    return TestCA(tmp_path / "ca").issue("server")
+
+
+def test_tls_files_are_not_read_without_an_https_listener(tmp_path: Path) -> None:
+    text = f'[tls]\ncertificate = "nope.pem"\nkey = "/nope.key"\nmin_version = "1.3"\n{MINIMAL}'
+    config = load_text(tmp_path, text)
+    assert config.tls == TlsSettings(
+        certificate=tmp_path / "nope.pem", key=Path("/nope.key"), min_version="1.3"
+    )
+    assert load_text(tmp_path, MINIMAL).tls == TlsSettings()
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        '[server]\nlisten = "https://127.0.0.1:0"\n',
+        '[server]\nlisten = ["127.0.0.1:0", "https+systemd:https"]\n',
+        '[metrics]\nlisten = "https://[::1]:0"\n',
+    ],
+)
+def test_tls_needed_by_https_listeners(tmp_path: Path, leaf: Leaf, listen: str) -> None:
+    assert error_of(tmp_path, listen + MINIMAL) == (
+        "[tls] certificate: an https:// listener needs a certificate file"
+    )
+    tls = f'[tls]\ncertificate = "{leaf.certificate}"\n'
+    assert error_of(tmp_path, listen + tls + MINIMAL) == (
+        "[tls] key: an https:// listener needs a private key file"
+    )
+    tls += f'key = "{leaf.key}"\nciphers = "ECDHE+AESGCM"\n'
+    config = load_text(tmp_path, listen + tls + MINIMAL)
+    assert config.tls == TlsSettings(
+        certificate=leaf.certificate, key=leaf.key, ciphers="ECDHE+AESGCM"
+    )
+    assert f"certificate = {toml_string(str(leaf.certificate))}\n" in describe(config)
+    assert "# chain is not set\n" in describe(config)
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        (
+            'chain = "missing.pem"',
+            "[tls] chain: cannot read {tmp}/missing.pem: No such file or directory",
+        ),
+        ('ciphers = "NOPE"', "[tls] ciphers: OpenSSL accepts none of them: "),
+        ('min_version = "1.1"', '[tls] min_version: "1.1" is not one of 1.2, 1.3'),
+        ("min_version = 1.3", "[tls] min_version: expected a string, got a float 1.3"),
+    ],
+)
+def test_tls_errors(tmp_path: Path, leaf: Leaf, tls: str, message: str) -> None:
+    text = (
+        '[server]\nlisten = "https://127.0.0.1:0"\n'
+        f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{leaf.key}"\n{tls}\n{MINIMAL}'
+    )
+    assert error_of(tmp_path, text).startswith(message.format(tmp=tmp_path))
 
 
 # --- parse_listen ----------------------------------------------------------------------------
