@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from hmacfs import __version__
-from tests.conftest import SECRET
-from tests.e2e.conftest import Server, curl
+from tests.helpers.client import curl
+from tests.helpers.server import Server
+from tests.helpers.signing import SECRET
 
 
 def hmacfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

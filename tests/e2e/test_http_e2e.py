@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import SECRET, mac_v1, mac_v2
-from tests.e2e.conftest import Server, curl, start_server, stop_server
+from tests.helpers.client import curl
+from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.signing import SECRET, mac_v1, mac_v2
 
 
 def write_file(path: Path, size: int) -> str:

@@ -19,8 +19,9 @@ import pytest
 
 from hmacfs.http.fast.splice import SPLICE_MIN
 from tests.certs import TestCA
-from tests.conftest import mac_v1
-from tests.e2e.conftest import Server, curl, start_server, stop_server
+from tests.helpers.client import curl
+from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.signing import mac_v1
 
 MIB = 1024 * 1024
 

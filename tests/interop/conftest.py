@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from tests.certs import TestCA
-from tests.conftest import SECRET
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.signing import SECRET
 from tests.interop.matrix import (
     CLIENTS,
     FILES,
@@ -210,7 +210,7 @@ def nothing_left_running(interop_dir: Path, session_token: str) -> Iterator[None
 
 def start_upload_server(directory: Path, max_upload_size: int, tls: HTTPSCertificate) -> Server:
     """Start hmacfs with `max_upload_size`, a plain and a TLS listener on loopback (through
-    tests.e2e.conftest.start_server)."""
+    tests.helpers.server.start_server)."""
     directory.mkdir(parents=True, exist_ok=True)
     return start_server(
         directory,

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.helpers.server import Server
 from tests.interop.matrix import (
     CLIENTS,
     FILES,
