@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from hmacfs.core.refusals import Reason
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 
 #: The text exposition format `generate_latest` writes. Spelled out rather than taken from
@@ -56,22 +57,8 @@ SCHEMES: Final = frozenset((*QUERY_SCHEMES, *HEADER_SCHEMES))
 NO_SCHEME: Final = "none"
 OTHER: Final = "other"
 
-#: Label values for ``reason`` (see `reason_key`).
-REASONS: Final = frozenset(
-    (
-        "signature",  # missing, wrong or disabled signature or token; URL outside the token
-        "expired",  # a signed URL or token past its expiry; a timestamp outside the window
-        "too_large",  # over max_upload_size, other than the signed size, body too long
-        "length_required",  # PUT without Content-Length
-        "conflict",  # the file exists, or another upload is writing it
-        "bad_path",  # undecodable, hostile, over-long or misplaced path
-        "bad_request",  # any other malformed request (duplicate query parameter, short body)
-        "method",  # a method the server does not serve
-        "storage",  # the disk refused (full, read-only, permissions)
-        "internal",  # a bug: an unexpected exception
-        OTHER,
-    )
-)
+#: Label values for ``reason``: every `Reason`.
+REASONS: Final = frozenset({*(reason.value for reason in Reason), OTHER})
 
 #: Upload durations from a small file on a LAN to a large one on a slow link (1 ms .. 30 min).
 DURATION_BUCKETS: Final = (
@@ -87,20 +74,6 @@ MIN_FREE_BYTES: Final = 16 * 1024 * 1024
 MIN_FREE_FRACTION: Final = 0.01
 
 _ALLOWED: Final = b"GET, HEAD"
-#: The refusals whose status alone says why (see `reason_key`).
-_REASON_BY_STATUS: Final = {
-    404: "bad_path",  # a PUT outside upload_prefix
-    405: "method",
-    409: "conflict",
-    410: "expired",
-    411: "length_required",
-    413: "too_large",
-    414: "bad_path",
-    500: "internal",
-    507: "storage",
-}
-
-
 def status_label(status: int) -> str:
     """The label value for an HTTP status: the code itself if it is one, else "other"."""
     return str(status) if 100 <= status <= 599 else OTHER
@@ -116,27 +89,6 @@ def scheme_label(scheme: str | None) -> str:
 def reason_label(reason: str) -> str:
     """The label value for a refusal reason: one of `REASONS`, else "other"."""
     return reason if reason in REASONS else OTHER
-
-
-def reason_key(status: int, reason_text: str) -> str:
-    """Reduce one of our refusals (its status and short reason text) to one of `REASONS`.
-
-    The status decides wherever it is unambiguous; the text only tells apart the refusals
-    that share a status (403 "expired" from 403 "signature mismatch", a bad path from another
-    malformed request). Unknown combinations give "other"; nothing raises.
-    """
-    text = reason_text.lower()
-    if status in (401, 403):
-        if "expired" in text or "outside the allowed window" in text:
-            return "expired"
-        return "signature"
-    if status == 400:
-        if "token" in text:  # "URL does not match the token's slot": the token's refusal
-            return "signature"
-        if "path" in text or "file name" in text:
-            return "bad_path"
-        return "bad_request"
-    return _REASON_BY_STATUS.get(status, OTHER)
 
 
 class Metrics:
@@ -254,10 +206,10 @@ class Metrics:
         self._duration.observe(max(seconds, 0.0))
         self._size.observe(size)
 
-    def refused(self, status: int, reason: str, scheme: str | None) -> None:
+    def refused(self, status: int, reason: Reason | str, scheme: str | None) -> None:
         """A request was refused before or while its body was read.
 
-        `reason` is one of `REASONS` (see `reason_key`); `scheme` the signing scheme, None if
+        `reason` is the refusal's `Reason` (a value of `REASONS`); `scheme` the signing scheme, None if
         none had been chosen yet. Unknown values are counted as "other". The scheme is
         accepted for the callers' convenience but not used as a label: the reason says more,
         and the upload counter already splits by scheme.

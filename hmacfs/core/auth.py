@@ -1,11 +1,11 @@
 """Who may PUT what: every signing scheme XMPP servers use for XEP-0363 upload slots.
 
 Pure functions only: `verify` turns a `PutAttempt` (what the web layer saw of a PUT) into a
-`Grant` (what may be stored) or raises `AuthError` (the status to answer). The signing side
+`Grant` (what may be stored) or raises a `hmacfs.core.refusals.Refusal` (the status to answer). The signing side
 (`sign` and the message builders) is used by the ``sign`` command, the tests and the benchmarks.
 docs/SIGNING.md describes every scheme, where it comes from and every rule applied here.
 
-Nothing here logs, and no `AuthError.reason` ever contains a MAC, a token or a secret.
+Nothing here logs, and no refusal's text ever contains a MAC, a token or a secret.
 """
 
 from __future__ import annotations
@@ -23,10 +23,17 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import TypeVar
 
+from hmacfs.core.refusals import (
+    BadRequest,
+    Forbidden,
+    Gone,
+    Reason,
+    TooLarge,
+    Unauthorized,
+)
 from hmacfs.core.settings import ALGORITHMS, QUERY_SCHEMES, HmacSettings
 
 __all__ = (
-    "AuthError",
     "Grant",
     "PutAttempt",
     "Signed",
@@ -82,18 +89,6 @@ class Grant:
     expires: float | None
     #: The uploader's bare JID (JWT `sub` claim), else None.
     uploader: str | None
-
-
-class AuthError(Exception):
-    """A PUT that may not proceed: the HTTP status, a short reason and extra headers."""
-
-    def __init__(
-        self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -254,16 +249,16 @@ def sign(
 def verify(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
     """Decide whether `attempt` is a PUT the XMPP server approved, at unix time `now`.
 
-    Returns the `Grant` describing what may be stored. Raises `AuthError` with the status to
+    Returns the `Grant` describing what may be stored. Raises a `Refusal` with the status to
     answer: 400 (malformed request), 401 (JWT problems, with `WWW-Authenticate`), 403
     (missing, disabled or wrong signature, expired URL), 410 (expired JWT) or 413 (size
     differs from the JWT's).
     """
     if attempt.content_length < 0:
-        raise AuthError(400, "invalid Content-Length")
+        raise BadRequest("invalid Content-Length")
     scheme = _choose_scheme(attempt)
     if not settings.enabled(scheme):
-        raise AuthError(403, f"{scheme} signing is disabled")
+        raise Forbidden(f"{scheme} signing is disabled")
     try:
         if scheme == "jwt":
             return _verify_jwt(attempt, settings, now)
@@ -276,14 +271,14 @@ def verify(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
         return _verify_query(scheme, attempt, settings)
     except UnicodeEncodeError:
         # A path or header holding lone surrogates cannot have been signed by anyone.
-        raise AuthError(400, "malformed request") from None
+        raise BadRequest("malformed request") from None
 
 
 def _choose_scheme(attempt: PutAttempt) -> str:
-    """Pick the one scheme to check (no fallback); raise AuthError if there is none."""
+    """Pick the one scheme to check (no fallback); raise a Refusal if there is none."""
     for name in (*QUERY_SCHEMES, "expires"):
         if len(attempt.query.get(name, ())) > 1:
-            raise AuthError(400, f"query parameter {name!r} given more than once")
+            raise BadRequest(f"query parameter {name!r} given more than once")
     for name in QUERY_SCHEMES:  # ordered highest first
         if attempt.query.get(name):
             return name
@@ -299,8 +294,8 @@ def _choose_scheme(attempt: PutAttempt) -> str:
     if _cookie(attempt.headers.get("cookie"), "auth") is not None:
         return "cookie"
     if authorization is not None:
-        raise AuthError(401, "unsupported Authorization scheme", _BEARER)
-    raise AuthError(403, "missing signature")
+        raise Unauthorized("unsupported Authorization scheme", headers=_BEARER)
+    raise Forbidden("missing signature")
 
 
 def _auth_scheme(value: str) -> str:
@@ -370,41 +365,41 @@ def _verify_query(scheme: str, attempt: PutAttempt, settings: HmacSettings) -> G
     path, size = attempt.path, attempt.content_length
     if scheme == "v":
         if _matching(settings, provided, [(True, v1_message(path, size))]) is None:
-            raise AuthError(403, _MISMATCH)
+            raise Forbidden(_MISMATCH)
         return _grant(attempt, scheme, _stored_type(attempt.headers))
     candidates = [(ct, v2_message(path, size, ct)) for ct in _v2_types(attempt.headers)]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
-        raise AuthError(403, _MISMATCH)
+        raise Forbidden(_MISMATCH)
     return _grant(attempt, scheme, content_type)
 
 
 def _verify_v3(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
     raw = (attempt.query.get("expires") or [""])[0]
     if not _DECIMAL.fullmatch(raw):
-        raise AuthError(403, "missing or invalid expires")
+        raise Forbidden("missing or invalid expires")
     expires = int(raw)
     message = v3_message(attempt.method, expires, attempt.path)
     if _matching(settings, attempt.query["v3"][0], [(True, message)]) is None:
-        raise AuthError(403, _MISMATCH)
+        raise Forbidden(_MISMATCH)
     if now > expires + settings.clock_skew:
-        raise AuthError(403, "expired")
+        raise Forbidden("expired", Reason.EXPIRED)
     return _grant(attempt, "v3", _stored_type(attempt.headers))
 
 
 def _verify_x_hmac(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
     raw = attempt.headers.get("x-hmac-timestamp", "").strip()
     if not _DECIMAL.fullmatch(raw):
-        raise AuthError(403, "missing or invalid X-HMAC-Timestamp")
+        raise Forbidden("missing or invalid X-HMAC-Timestamp")
     timestamp = int(raw)
     algorithm, _, provided = attempt.headers["x-hmac-signature"].strip().partition("=")
     if algorithm.strip().lower() != settings.algorithm:
-        raise AuthError(403, _MISMATCH)
+        raise Forbidden(_MISMATCH)
     message = x_hmac_message(attempt.method, attempt.path, attempt.content_length, timestamp)
     if _matching(settings, provided, [(True, message)]) is None:
-        raise AuthError(403, _MISMATCH)
+        raise Forbidden(_MISMATCH)
     if abs(now - timestamp) > settings.x_hmac_window:
-        raise AuthError(403, "X-HMAC-Timestamp outside the allowed window")
+        raise Forbidden("X-HMAC-Timestamp outside the allowed window", Reason.EXPIRED)
     return _grant(attempt, "x-hmac", _stored_type(attempt.headers))
 
 
@@ -415,7 +410,7 @@ def _expires_at(text: str) -> float:
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
-        raise AuthError(400, "invalid Expires header") from None
+        raise BadRequest("invalid Expires header") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
@@ -448,17 +443,17 @@ def _verify_slot_header(
     ]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
-        raise AuthError(403, _MISMATCH)
+        raise Forbidden(_MISMATCH)
     if deadline is not None and now > deadline + settings.clock_skew:
-        raise AuthError(403, "expired")
+        raise Forbidden("expired", Reason.EXPIRED)
     return _grant(attempt, scheme, content_type)
 
 
 # JWT ----------------------------------------------------------------------------------------
 
 
-def _invalid_token(reason: str = "invalid token") -> AuthError:
-    return AuthError(401, reason, _INVALID_TOKEN)
+def _invalid_token(reason: str = "invalid token") -> Unauthorized:
+    return Unauthorized(reason, headers=_INVALID_TOKEN)
 
 
 def _b64url_decode(segment: str) -> bytes:
@@ -560,14 +555,14 @@ def _verify_jwt(attempt: PutAttempt, settings: HmacSettings, now: float) -> Gran
     assert isinstance(exp, int | float) and isinstance(filesize, int | float)
 
     if exp < now - settings.clock_skew:
-        raise AuthError(410, "token expired")
+        raise Gone("token expired")
     segments = attempt.path.split("/")
     if not segments[0] or segments[0] != slot:
-        raise AuthError(400, "URL does not match the token's slot")
+        raise BadRequest("URL does not match the token's slot", Reason.SIGNATURE)
     if len(segments) != 2 or not segments[1] or segments[1] != filename:
-        raise AuthError(400, "URL does not match the token's filename")
+        raise BadRequest("URL does not match the token's filename", Reason.SIGNATURE)
     if filesize != attempt.content_length:
-        raise AuthError(413, "size does not match the token")
+        raise TooLarge("size does not match the token")
 
     content_type = filetype if isinstance(filetype, str) and filetype else None
     return Grant(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from hmacfs.core.refusals import BadRequest, NotFound, UriTooLong
+from hmacfs.core.refusals import BadRequest, NotFound, Reason, UriTooLong
 
 #: Longest file or directory name, in UTF-8 bytes (NAME_MAX on Linux filesystems).
 MAX_SEGMENT_BYTES = 255
@@ -33,11 +33,11 @@ def _decode_segment(raw: bytes) -> str:
     try:
         text = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("path is not valid UTF-8") from None
+        raise BadRequest("path is not valid UTF-8", Reason.BAD_PATH) from None
     if "/" in text:
-        raise BadRequest("encoded slash in path")
+        raise BadRequest("encoded slash in path", Reason.BAD_PATH)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise BadRequest("control character in path")
+        raise BadRequest("control character in path", Reason.BAD_PATH)
     return text
 
 
@@ -50,7 +50,7 @@ def decode_path(raw_path: bytes, prefix: str) -> str:
     UTF-8) and UriTooLong for absurdly long names. The result may be "" (the prefix itself).
     """
     if not raw_path.startswith(b"/"):
-        raise BadRequest("path must start with /")
+        raise BadRequest("path must start with /", Reason.BAD_PATH)
     if len(raw_path) > 4 * MAX_PATH_BYTES:
         raise UriTooLong("path too long")
     if _PLAIN.fullmatch(raw_path):
@@ -60,7 +60,7 @@ def decode_path(raw_path: bytes, prefix: str) -> str:
     if not decoded.startswith(prefix):
         if decoded + "/" == prefix:
             return ""
-        raise NotFound("not found")
+        raise NotFound("not found", Reason.BAD_PATH)
     rel = decoded[len(prefix) :]
     if rel == "":
         return ""
@@ -69,11 +69,11 @@ def decode_path(raw_path: bytes, prefix: str) -> str:
     segments = rel.split("/")
     for segment in segments:
         if segment in ("", ".", ".."):
-            raise BadRequest("empty or dot segment in path")
+            raise BadRequest("empty or dot segment in path", Reason.BAD_PATH)
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise UriTooLong("file name too long")
     if segments[0] == RESERVED_SEGMENT:
-        raise NotFound("not found")
+        raise NotFound("not found", Reason.BAD_PATH)
     return rel
 
 

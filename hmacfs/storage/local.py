@@ -18,7 +18,7 @@ Layout under the storage directory:
 Nothing here touches Twisted; the slow calls (fsync, comparing bodies, sweeping) are made by
 the caller on a thread. Without fsync, a commit that has no body to compare only creates names
 and sets attributes, which does not wait for the disk: the caller may make it on its own thread
-(`PartialUpload.can_commit_inline`).
+(`LocalPartial.can_commit_inline`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -46,6 +48,7 @@ from hmacfs.core.refusals import (
     StorageFailure,
     TooLarge,
 )
+from hmacfs.storage.backend import CompareOnThread, StoredFile, SweepReport
 
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
@@ -78,37 +81,6 @@ class _Partial:
     fd: int
     path: Path | None
     name: str
-
-
-class CompareOnThread(Exception):
-    """An inline commit found that a concurrent upload linked the path first: the bodies
-    must be compared, which reads the disk. Commit again, on a thread, with `compare`."""
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A file that GET can serve, with what is known about it."""
-
-    rel: str
-    #: Its real path (no links on the way).
-    fs_path: str
-    size: int
-    mtime: float
-    content_type: str | None
-    uploaded: float | None
-    expires: float | None
-
-
-@dataclass
-class SweepReport:
-    """What one sweep removed."""
-
-    expired: int = 0
-    partials: int = 0
-    orphans: int = 0
-    #: What is stored after the sweep.
-    files: int = 0
-    bytes: int = 0
 
 
 #: In durable mode, each stretch of this many body bytes is sent to the disk as it arrives.
@@ -336,20 +308,10 @@ class Storage:
         real, st = self._resolve(rel)
         if not stat.S_ISREG(st.st_mode):
             raise NotFound("not found")
-        meta = self._read_meta(real, st, rel) or {}
-        expires = _number(meta.get("expires"))
-        if expires is not None and expires <= self.clock():
+        stored = self._stored(rel, real, st)
+        if stored.expires is not None and stored.expires <= self.clock():
             raise Gone("file has expired")
-        content_type = meta.get("content_type")
-        return StoredFile(
-            rel=rel,
-            fs_path=real,
-            size=st.st_size,
-            mtime=st.st_mtime,
-            content_type=content_type if isinstance(content_type, str) else None,
-            uploaded=_number(meta.get("uploaded")),
-            expires=expires,
-        )
+        return stored
 
     # -- upload ------------------------------------------------------------------------------
 
@@ -379,30 +341,109 @@ class Storage:
         *,
         expires: float | None = None,
         scheme: str = "",
-    ) -> PartialUpload:
+        reopenable: bool = False,
+    ) -> LocalPartial:
         """Open a partial file for an upload of `size` bytes to `rel`.
 
-        Takes a partial file made ahead of time (`fill_pool`) when there is one, so that the
-        caller (the reactor) does not wait for the filesystem to create a file. Raises
-        StorageFailure when the partial file cannot be created.
+        Takes a partial file made ahead of time (`refill`) when there is one, so that the
+        caller (the reactor) does not wait for the filesystem to create a file. A
+        `reopenable` partial is a named file with its upload's facts beside it
+        (``<id>.json``), which `reopen` finds again, from any process. Raises StorageFailure
+        when the partial file cannot be created.
         """
-        partial = self._take_pooled()
-        if partial is None:
-            try:
-                partial = self._create_partial()
-            except OSError as e:
-                raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         now = self.clock()
         if self.file_ttl is not None:
             ttl_expiry = now + self.file_ttl
             expires = ttl_expiry if expires is None else min(expires, ttl_expiry)
-        return PartialUpload(self, rel, size, content_type, partial, expires, scheme, now)
+        facts = _PartialFacts(rel, size, content_type, expires, scheme, now)
+        try:
+            if reopenable:
+                partial = self._create_partial(named=True)
+                _write_file(self._facts_path(partial.name), facts.encode(), fsync=False)
+            else:
+                partial = self._take_pooled() or self._create_partial()
+        except OSError as e:
+            raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
+        return LocalPartial(self, facts, partial, reopenable=reopenable)
+
+    def reopen(self, upload_id: str) -> LocalPartial:
+        """The reopenable partial `upload_id` (see `begin`), positioned after what it holds.
+        Raises NotFound when there is none (never was, committed, aborted or swept)."""
+        if not _PARTIAL_ID.fullmatch(upload_id):
+            raise NotFound("no such upload")
+        path = self.partial_dir / upload_id
+        try:
+            facts = _PartialFacts.decode(self._facts_path(upload_id).read_bytes())
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except (OSError, ValueError):
+            raise NotFound("no such upload") from None
+        received = os.lseek(fd, 0, os.SEEK_END)
+        partial = LocalPartial(self, facts, _Partial(fd, path, upload_id), reopenable=True)
+        partial.received = received
+        return partial
+
+    def _facts_path(self, name: str) -> Path:
+        return self.partial_dir / f"{name}{_FACTS_SUFFIX}"
+
+    def open_reader(self, stored: StoredFile) -> LocalReader:
+        """Open `stored` for reading. Raises NotFound when it is gone."""
+        try:
+            return LocalReader(os.open(stored.location, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            raise NotFound("not found") from None
+
+    def delete(self, rel: str) -> bool:
+        """Remove the file at `rel` (and a metadata file of its) and prune emptied
+        directories; whether one was there. Blocking."""
+        try:
+            real, st = self._resolve(rel)
+        except NotFound:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            os.unlink(real)
+        except FileNotFoundError:
+            return False
+        self._meta_path(st.st_ino).unlink(missing_ok=True)
+        self._prune_dirs(Path(real).parent)
+        return True
+
+    def files(self) -> Iterator[StoredFile]:
+        """Every stored file with its metadata, expired ones included. Blocking."""
+        root = str(self.root)
+        for directory, subdirs, names in os.walk(root):
+            if directory == root and RESERVED_SEGMENT in subdirs:
+                subdirs.remove(RESERVED_SEGMENT)
+            rel_dir = os.path.relpath(directory, root)
+            prefix = "" if rel_dir == "." else rel_dir + "/"
+            for name in sorted(names):
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield self._stored(prefix + name, path, st)
+
+    def _stored(self, rel: str, real: str, st: os.stat_result) -> StoredFile:
+        meta = self._read_meta(real, st, rel) or {}
+        content_type = meta.get("content_type")
+        return StoredFile(
+            rel=rel,
+            location=real,
+            size=st.st_size,
+            mtime=st.st_mtime,
+            content_type=content_type if isinstance(content_type, str) else None,
+            uploaded=_number(meta.get("uploaded")),
+            expires=_number(meta.get("expires")),
+        )
 
     # -- partial files made ahead of time -----------------------------------------------------
 
-    def _create_partial(self) -> _Partial:
+    def _create_partial(self, *, named: bool = False) -> _Partial:
         # Read as well as written: a retry's body is compared with the stored file.
-        if self.tmpfiles:
+        if self.tmpfiles and not named:
             fd = os.open(self.partial_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
             return _Partial(fd, None, f"#{os.fstat(fd).st_ino}")
         path = self.partial_dir / secrets.token_hex(16)
@@ -416,30 +457,30 @@ class Storage:
                 if not self._pool:
                     return None
                 partial, made = self._pool.popleft()
-            if time.monotonic() - made < POOL_MAX_AGE:
+            if self.clock() - made < POOL_MAX_AGE:
                 return partial
             # Old enough that a sweep (of another process) could take it for abandoned.
             _discard(partial)
 
-    def pool_low(self) -> bool:
-        """Whether `fill_pool` should run (cheap; reactor thread)."""
+    def wants_refill(self) -> bool:
+        """Whether `refill` should run (cheap; reactor thread)."""
         return len(self._pool) < POOL_SIZE // 2
 
-    def fill_pool(self) -> None:
+    def refill(self) -> None:
         """Make empty partial files ahead of time, up to POOL_SIZE. Blocking: on a thread.
 
         Raises OSError (disk full, permissions): `begin` then reports it for the upload."""
         while len(self._pool) < POOL_SIZE:
             partial = self._create_partial()
             with self._pool_lock:
-                self._pool.append((partial, time.monotonic()))
+                self._pool.append((partial, self.clock()))
 
-    def pooled_names(self) -> frozenset[str]:
+    def live_names(self) -> frozenset[str]:
         """Partial files waiting in the pool (live: the sweeper must leave them alone)."""
         with self._pool_lock:
             return frozenset(partial.name for partial, _ in self._pool)
 
-    def drain_pool(self) -> None:
+    def close(self) -> None:
         """Remove the pool's files (at shutdown)."""
         while True:
             with self._pool_lock:
@@ -448,7 +489,11 @@ class Storage:
                 partial, _ = self._pool.popleft()
             _discard(partial)
 
-    def _link_into_place(self, upload: PartialUpload) -> None:
+    # TRANSITION: the old names, until every caller uses the interface's.
+    pooled_names = live_names
+    drain_pool = close
+
+    def _link_into_place(self, upload: LocalPartial) -> None:
         """Give the complete partial file its name at the upload's path, creating the missing
         directories on the way. Never replaces. Raises Conflict (the path, or a directory on
         it, is taken), BadRequest (a link on the way leaves the storage directory), OSError.
@@ -519,7 +564,7 @@ class Storage:
             raise
         return opened
 
-    def _link_at(self, upload: PartialUpload, dir_fd: int, name: str) -> None:
+    def _link_at(self, upload: LocalPartial, dir_fd: int, name: str) -> None:
         try:
             if upload.partial is None:
                 _link_unnamed(upload.fileno(), dir_fd, name)
@@ -530,7 +575,7 @@ class Storage:
         except NotADirectoryError:
             raise Conflict("path is in use") from None
 
-    def _link_through_links(self, upload: PartialUpload) -> None:
+    def _link_through_links(self, upload: LocalPartial) -> None:
         """`_link_into_place` for a path through a symbolic link, which must lead to a
         directory inside the storage directory (and outside its bookkeeping directory)."""
         final = self.path_of(upload.rel)
@@ -574,7 +619,8 @@ class Storage:
         report = SweepReport()
         now = self.clock()
         for entry in self.partial_dir.iterdir():
-            if entry.name in active:
+            # (a reopenable partial's facts file goes with the partial)
+            if entry.name.removesuffix(_FACTS_SUFFIX) in active:
                 continue
             try:
                 if entry.stat().st_mtime < now - PARTIAL_MAX_IDLE:
@@ -655,31 +701,79 @@ class Storage:
             directory = directory.parent
 
 
-class PartialUpload:
-    """One body being received: written as it arrives, then committed or aborted."""
+_PARTIAL_ID = re.compile(r"[0-9a-f]{32}")
+_FACTS_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class _PartialFacts:
+    """What a partial upload is for (kept beside a reopenable partial as JSON)."""
+
+    rel: str
+    size: int
+    content_type: str
+    expires: float | None
+    scheme: str
+    started: float
+
+    def encode(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _PartialFacts:
+        """Raises ValueError when `raw` is not what `encode` wrote."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        try:
+            facts = cls(**data)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        if not isinstance(facts.rel, str) or type(facts.size) is not int:
+            raise ValueError("wrong types")
+        return facts
+
+
+class LocalReader:
+    """A stored file opened for reading ranges (`pread`, or `sendfile` from `fileno`)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def read(self, offset: int, count: int) -> bytes:
+        assert self._fd is not None
+        return os.pread(self._fd, count, offset)
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class LocalPartial:
+    """One body being received into a file of the storage directory's partial directory:
+    written as it arrives, then committed (linked into place) or aborted."""
 
     def __init__(
-        self,
-        storage: Storage,
-        rel: str,
-        size: int,
-        content_type: str,
-        partial: _Partial,
-        expires: float | None,
-        scheme: str,
-        started: float,
+        self, storage: Storage, facts: _PartialFacts, partial: _Partial, *, reopenable: bool
     ) -> None:
         self.storage = storage
-        self.rel = rel
-        self.size = size
-        self.content_type = content_type
+        self.rel = facts.rel
+        self.size = facts.size
+        self.content_type = facts.content_type
         #: The partial file's path; None when it has no name (O_TMPFILE).
         self.partial = partial.path
         #: The partial file's name (for the sweeper's list of live uploads).
         self.name = partial.name
-        self.expires = expires
-        self.scheme = scheme
-        self.started = started
+        #: A reopenable partial is known by its name; any other gets an identity of its own.
+        self.reopenable = reopenable
+        self.id = partial.name if reopenable else secrets.token_hex(16)
+        self.expires = facts.expires
+        self.scheme = facts.scheme
+        self.started = facts.started
         self.received = 0
         self._fd: int | None = partial.fd
         #: Bytes of the body handed to `start_writeback` so far.
@@ -785,7 +879,7 @@ class PartialUpload:
             if storage.fsync:
                 os.fsync(fd)
             if meta_path is not None:
-                _write_meta_file(meta_path, encoded, fsync=storage.fsync)
+                _write_file(meta_path, encoded, fsync=storage.fsync)
             try:
                 storage._link_into_place(self)
             except Conflict:
@@ -808,7 +902,7 @@ class PartialUpload:
                 raise
             return StoredFile(
                 rel=self.rel,
-                fs_path=str(storage.path_of(self.rel)),
+                location=str(storage.path_of(self.rel)),
                 size=self.size,
                 mtime=st.st_mtime,
                 content_type=self.content_type,
@@ -836,7 +930,7 @@ class PartialUpload:
         except Gone:
             raise Conflict("file already exists") from None
         assert self._fd is not None
-        if stored.size != self.size or not _same_bytes(self._fd, stored.fs_path, self.size):
+        if stored.size != self.size or not _same_bytes(self._fd, stored.location, self.size):
             raise Conflict("file already exists")
         return stored
 
@@ -849,6 +943,19 @@ class PartialUpload:
         if self.partial is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial)
+            if self.reopenable:
+                self.storage._facts_path(self.name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Let go of the descriptor but keep a reopenable partial for `Storage.reopen` (an
+        upload cut off that may be resumed); anything else is aborted."""
+        if not self.reopenable:
+            self.abort()
+            return
+        self.done = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
@@ -865,8 +972,9 @@ def _discard(partial: _Partial) -> None:
             os.unlink(partial.path)
 
 
-def _write_meta_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:
-    """Write the metadata file of a partial file, before it is linked into place."""
+def _write_file(meta_path: Path, encoded: bytes, *, fsync: bool) -> None:
+    """Write a small bookkeeping file (the metadata of a partial file, before it is linked
+    into place; the facts of a reopenable partial)."""
     # Written in place: it is keyed by the partial file's inode, which no other existing file
     # can have, so what may stand there already is stale, and nothing reads it before the data
     # is linked into place.

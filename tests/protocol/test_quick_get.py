@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import pytest
 
 from hmacfs.core.settings import HttpSettings
-from hmacfs.http.site import QUICK_MAX_SIZE
+from hmacfs.http.fast.quick import QUICK_MAX_SIZE, answer_quickly
 from tests.conftest import mac_v2, make_config
 from tests.protocol.test_upload_protocol import Harness, pump, put_head, status_of
 
@@ -49,7 +49,7 @@ def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
 
 def quick(harness: Harness, data: bytes) -> bytes:
     channel, transport = harness.connect()
-    assert channel.answer_quickly(data), "the quick path declined"
+    assert answer_quickly(channel, data), "the quick path declined"
     assert channel.requests == []
     return transport.value()
 
@@ -146,7 +146,7 @@ def test_quick_answer_follows_the_cors_settings(storage_dir: Path) -> None:
 )
 def test_what_the_quick_path_leaves_alone(stocked: Harness, data: bytes) -> None:
     channel, transport = stocked.connect()
-    assert not channel.answer_quickly(data)
+    assert not answer_quickly(channel, data)
     assert transport.value() == b""
     assert not channel.requests
 
@@ -154,7 +154,7 @@ def test_what_the_quick_path_leaves_alone(stocked: Harness, data: bytes) -> None
 def test_files_over_the_quick_size_take_the_full_path(stocked: Harness) -> None:
     upload(stocked, "big2/over.bin", b"o" * (QUICK_MAX_SIZE + 1), "application/octet-stream")
     channel, transport = stocked.connect()
-    assert not channel.answer_quickly(head("GET", "/upload/big2/over.bin"))
+    assert not answer_quickly(channel, head("GET", "/upload/big2/over.bin"))
     assert transport.value() == b""
     # What the quick path found is what the full path answers with, once, for that path only
     # (a changed content type shows which one was used).
@@ -178,7 +178,7 @@ def test_symlinked_file_takes_the_full_path_and_leaves_nothing_outside(
     os.symlink(secret, stocked.storage.root / "other" / "link.txt")
     data = head("GET", "/upload/other/link.txt")
     channel, _ = stocked.connect()
-    assert not channel.answer_quickly(data)
+    assert not answer_quickly(channel, data)
     assert status_of(full(stocked, data)) == 404
 
 
@@ -212,7 +212,7 @@ def test_quick_answers_are_counted_and_logged(stocked: Harness) -> None:
 def test_no_quick_answer_while_stopping(stocked: Harness) -> None:
     stocked.site.stopping = True
     channel, transport = stocked.connect()
-    assert not channel.answer_quickly(head("GET", "/upload/other/notes.txt"))
+    assert not answer_quickly(channel, head("GET", "/upload/other/notes.txt"))
     channel.dataReceived(head("GET", "/upload/other/notes.txt"))
     assert pump(channel, transport).endswith(b"plain\n")
     assert transport.disconnecting  # the full path makes it the connection's last answer

@@ -19,7 +19,7 @@ from twisted.internet import abstract, main, posixbase, tcp
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 
-from hmacfs.http.fast.splice import body_decoder
+from hmacfs.http._twisted import body_decoder
 
 
 class Recorder(http.Request):

@@ -19,7 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from hmacfs.core.settings import Config
-from hmacfs.http.site import UploadChannel, make_site
+from hmacfs.http.channel import UploadChannel
+from hmacfs.http.site import make_site
 from hmacfs.storage.local import Storage
 from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
 

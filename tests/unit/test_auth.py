@@ -21,7 +21,6 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hmacfs.core.auth import (
-    AuthError,
     Grant,
     PutAttempt,
     Signed,
@@ -35,6 +34,7 @@ from hmacfs.core.auth import (
     verify,
     x_hmac_message,
 )
+from hmacfs.core.refusals import Reason, Refusal
 from hmacfs.core.settings import ALGORITHMS, HmacSettings
 
 SECRET = b"mysecret"
@@ -115,8 +115,8 @@ def cfg(**kwargs: Any) -> HmacSettings:
 
 
 def refused(attempt: PutAttempt, settings: HmacSettings | None = None,
-            now: float = NOW) -> AuthError:
-    with pytest.raises(AuthError) as info:
+            now: float = NOW) -> Refusal:
+    with pytest.raises(Refusal) as info:
         verify(attempt, settings or cfg(), now)
     return info.value
 
@@ -206,7 +206,8 @@ def test_uppercase_hex_accepted() -> None:
                                  "é" * 64])
 def test_malformed_mac_is_a_mismatch(bad: str) -> None:
     error = refused(put(query={"v": bad}))
-    assert (error.status, error.reason) == (403, "signature mismatch")
+    assert (error.status, error.text) == (403, "signature mismatch")
+    assert error.reason is Reason.SIGNATURE
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,11 +262,12 @@ def test_v_content_type_from_header(header: str | None, stored: str) -> None:
 
 def test_nothing_at_all() -> None:
     error = refused(put())
-    assert (error.status, error.reason, error.headers) == (403, "missing signature", ())
+    assert (error.status, error.text, error.headers) == (403, "missing signature", ())
+    assert error.reason is Reason.SIGNATURE
 
 
 def test_unrelated_cookie_is_no_signature() -> None:
-    assert refused(put(headers={"Cookie": "session=abc; lang=en"})).reason == "missing signature"
+    assert refused(put(headers={"Cookie": "session=abc; lang=en"})).text == "missing signature"
 
 
 def test_other_authorization_type_is_401_bearer() -> None:
@@ -282,7 +284,7 @@ def test_other_authorization_type_with_cookie_uses_cookie() -> None:
 
 def test_v2_wins_over_valid_v() -> None:
     attempt = put(query={"v": FILER_V, "v2": "0" * 64}, headers={"Content-Type": "image/jpeg"})
-    assert refused(attempt).reason == "signature mismatch"
+    assert refused(attempt).text == "signature mismatch"
 
 
 def test_valid_v2_with_bad_v() -> None:
@@ -295,7 +297,7 @@ def test_token_wins_over_v_and_v3_over_v2() -> None:
     assert refused(attempt).status == 403
     attempt = put(query={"v2": FILER_V2, "v3": "1" * 64, "expires": str(int(NOW) + 60)},
                   headers={"Content-Type": "image/jpeg"})
-    assert refused(attempt).reason == "signature mismatch"
+    assert refused(attempt).text == "signature mismatch"
 
 
 def test_query_wins_over_headers() -> None:
@@ -314,18 +316,20 @@ def test_each_scheme_disabled(scheme: str) -> None:
     flag = {"v": "v1_support", "x-hmac": "x_hmac_support"}.get(scheme, f"{scheme}_support")
     error = refused(attempt, cfg(**{flag: False}))
     assert error.status == 403
-    assert scheme in error.reason
-    assert "disabled" in error.reason
+    assert scheme in error.text
+    assert "disabled" in error.text
 
 
 @pytest.mark.parametrize("param", ["v", "v2", "token", "v3", "expires"])
 def test_duplicate_params(param: str) -> None:
     query: dict[str, str | list[str]] = {"v": FILER_V, param: [FILER_V, FILER_V]}
-    assert refused(put(query=query)).status == 400
+    error = refused(put(query=query))
+    assert (error.status, error.reason) == (400, Reason.BAD_REQUEST)
 
 
 def test_negative_content_length() -> None:
-    assert refused(put(size=-1, query={"v": FILER_V})).status == 400
+    error = refused(put(size=-1, query={"v": FILER_V}))
+    assert (error.status, error.reason) == (400, Reason.BAD_REQUEST)
 
 
 def test_unencodable_path_is_400() -> None:
@@ -379,8 +383,9 @@ def test_v3_expiry_boundary() -> None:
     settings = cfg(clock_skew=30.0)
     assert verify(v3_attempt(expires), settings, expires + 30.0).scheme == "v3"
     error = refused(v3_attempt(expires), settings, expires + 30.001)
-    assert (error.status, error.reason) == (403, "expired")
-    assert refused(v3_attempt(expires), cfg(clock_skew=0.0), expires + 0.5).reason == "expired"
+    assert (error.status, error.text) == (403, "expired")
+    assert error.reason is Reason.EXPIRED
+    assert refused(v3_attempt(expires), cfg(clock_skew=0.0), expires + 0.5).text == "expired"
 
 
 @pytest.mark.parametrize("expires", [None, "", "abc", "1.5", "-5", "1e9", " 17"])
@@ -404,7 +409,7 @@ def test_v3_binds_method_and_path_but_not_size() -> None:
 
 def test_v3_expired_forgery_says_mismatch() -> None:
     attempt = put(query={"v3": "0" * 64, "expires": "1"})
-    assert refused(attempt).reason == "signature mismatch"
+    assert refused(attempt).text == "signature mismatch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,8 +450,8 @@ def test_x_hmac_missing_timestamp() -> None:
 
 def test_x_hmac_algorithm_prefix() -> None:
     ts = int(NOW)
-    assert refused(xhmac_attempt(ts, prefix="sha512")).reason == "signature mismatch"
-    assert refused(xhmac_attempt(ts, prefix="")).reason == "signature mismatch"
+    assert refused(xhmac_attempt(ts, prefix="sha512")).text == "signature mismatch"
+    assert refused(xhmac_attempt(ts, prefix="")).text == "signature mismatch"
     assert verify(xhmac_attempt(ts, prefix="SHA256"), cfg(), NOW).scheme == "x-hmac"
     attempt = xhmac_attempt(ts, prefix="sha512", digest="sha512")
     assert verify(attempt, cfg(algorithm="sha512"), NOW).scheme == "x-hmac"
@@ -493,7 +498,8 @@ def test_basic_lowercase_scheme_name() -> None:
                                    basic("u:" + "0" * 64), basic("u:")])
 def test_basic_bad(value: str) -> None:
     error = refused(put(headers={"Authorization": value}))
-    assert (error.status, error.reason) == (403, "signature mismatch")
+    assert (error.status, error.text) == (403, "signature mismatch")
+    assert error.reason is Reason.SIGNATURE
 
 
 @pytest.mark.parametrize(
@@ -514,11 +520,11 @@ def test_cookie_syntax(cookie: str) -> None:
 
 def test_cookie_name_is_exact() -> None:
     attempt = put(headers={"Cookie": f"xauth={header_mac()}; Auth={header_mac()}"})
-    assert refused(attempt).reason == "missing signature"
+    assert refused(attempt).text == "missing signature"
 
 
 def test_cookie_bad_mac() -> None:
-    assert refused(put(headers={"Cookie": "auth=" + "0" * 64})).reason == "signature mismatch"
+    assert refused(put(headers={"Cookie": "auth=" + "0" * 64})).text == "signature mismatch"
 
 
 @pytest.mark.parametrize("header", [None, "", "image/jpeg"])
@@ -545,7 +551,8 @@ def test_expires_http_date() -> None:
     headers = {"Authorization": basic(f"u:{header_mac(expires=expires)}"), "Expires": expires}
     assert verify(put(headers=headers), cfg(), NOW).scheme == "basic"
     error = refused(put(headers=headers), cfg(clock_skew=30.0), NOW + 60 + 31)
-    assert (error.status, error.reason) == (403, "expired")
+    assert (error.status, error.text) == (403, "expired")
+    assert error.reason is Reason.EXPIRED
     assert verify(put(headers=headers), cfg(clock_skew=30.0), NOW + 60 + 30).scheme == "basic"
 
 
@@ -553,13 +560,13 @@ def test_expires_http_date_without_zone_is_utc() -> None:
     expires = "Tue, 14 Nov 2023 22:14:20 -0000"  # NOW + 60
     headers = {"Cookie": f"auth={header_mac(expires=expires)}", "Expires": expires}
     assert verify(put(headers=headers), cfg(clock_skew=0.0), NOW + 60).scheme == "cookie"
-    assert refused(put(headers=headers), cfg(clock_skew=0.0), NOW + 61).reason == "expired"
+    assert refused(put(headers=headers), cfg(clock_skew=0.0), NOW + 61).text == "expired"
 
 
 def test_expires_decimal_expired() -> None:
     expires = str(int(NOW) - 31)
     attempt = put(headers={"Cookie": f"auth={header_mac(expires=expires)}", "Expires": expires})
-    assert refused(attempt, cfg(clock_skew=30.0)).reason == "expired"
+    assert refused(attempt, cfg(clock_skew=30.0)).text == "expired"
 
 
 @pytest.mark.parametrize("expires", ["tomorrow", "", "1.5", "Mon, 99 Foo 2023 00:00:00 GMT"])
@@ -578,7 +585,7 @@ def jwt_put(token: str, size: int = 1234, path: str = PROSODY_PATH,
     return put(path, size, None, {**bearer(token), **(headers or {})})
 
 
-def assert_invalid_token(error: AuthError) -> None:
+def assert_invalid_token(error: Refusal) -> None:
     assert error.status == 401
     assert any(name == "WWW-Authenticate" and value.startswith("Bearer")
                for name, value in error.headers)
@@ -678,12 +685,15 @@ def test_jwt_expired() -> None:
     settings = cfg(clock_skew=30.0)
     assert verify(jwt_put(token), settings, NOW).scheme == "jwt"
     error = refused(jwt_put(token), settings, NOW + 0.5)
-    assert (error.status, error.reason) == (410, "token expired")
+    assert (error.status, error.text) == (410, "token expired")
+    assert error.reason is Reason.EXPIRED
 
 
 def test_jwt_slot_mismatch() -> None:
     token = make_jwt(prosody_claims(slot="another-slot"))
-    assert refused(jwt_put(token)).status == 400
+    error = refused(jwt_put(token))
+    # A URL outside the token is the token's refusal, counted with the signatures.
+    assert (error.status, error.reason) == (400, Reason.SIGNATURE)
 
 
 def test_jwt_filename_mismatch() -> None:
@@ -743,7 +753,7 @@ def test_reasons_never_contain_credentials() -> None:
     for attempt in attempts:
         error = refused(attempt)
         for secret_text in (mac, token, token.split(".")[2], SECRET.decode()):
-            assert secret_text not in error.reason
+            assert secret_text not in error.text
             assert secret_text not in str(error)
             assert all(secret_text not in value for _, value in error.headers)
 

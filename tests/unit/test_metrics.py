@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
+from hmacfs.core.refusals import Reason
 from hmacfs.metrics import (
     DISCONNECTED,
     REASONS,
@@ -19,7 +20,6 @@ from hmacfs.metrics import (
     HealthReport,
     Metrics,
     check_storage,
-    reason_key,
 )
 
 
@@ -237,73 +237,16 @@ def test_two_metrics_on_one_registry_is_an_error() -> None:
         Metrics(registry)
 
 
-# -- reason_key ---------------------------------------------------------------------------------
+# -- reasons --------------------------------------------------------------------------------
 
 
-# Every refusal text the code base produces today, and the key it should count under.
-@pytest.mark.parametrize(
-    ("status", "text", "key"),
-    [
-        (403, "signature mismatch", "signature"),
-        (403, "missing signature", "signature"),
-        (403, "v2 signing is disabled", "signature"),
-        (403, "missing or invalid expires", "signature"),
-        (403, "missing or invalid X-HMAC-Timestamp", "signature"),
-        (401, "unsupported Authorization scheme", "signature"),
-        (401, "invalid token", "signature"),
-        (401, "malformed token", "signature"),
-        (401, "unsupported token algorithm", "signature"),
-        (400, "URL does not match the token's slot", "signature"),
-        (400, "URL does not match the token's filename", "signature"),
-        (403, "expired", "expired"),
-        (403, "X-HMAC-Timestamp outside the allowed window", "expired"),
-        (410, "token expired", "expired"),
-        (410, "file has expired", "expired"),
-        (413, "size does not match the token", "too_large"),
-        (413, "file too large (limit 100 MiB)", "too_large"),
-        (413, "request body too large", "too_large"),
-        (413, "body longer than Content-Length", "too_large"),
-        (411, "Content-Length required", "length_required"),
-        (409, "file already exists", "conflict"),
-        (409, "path is in use", "conflict"),
-        (400, "path is not valid UTF-8", "bad_path"),
-        (400, "encoded slash in path", "bad_path"),
-        (400, "control character in path", "bad_path"),
-        (400, "path must start with /", "bad_path"),
-        (400, "empty or dot segment in path", "bad_path"),
-        (400, "no file name in path", "bad_path"),
-        (400, "path leaves the storage directory", "bad_path"),
-        (400, "file name too long", "bad_path"),
-        (414, "path too long", "bad_path"),
-        (414, "file name too long", "bad_path"),
-        (404, "not found", "bad_path"),
-        (400, "invalid Content-Length", "bad_request"),
-        (400, "malformed request", "bad_request"),
-        (400, "query parameter 'v' given more than once", "bad_request"),
-        (400, "invalid Expires header", "bad_request"),
-        (400, "body shorter than Content-Length", "bad_request"),
-        (405, "method not allowed", "method"),
-        (507, "cannot store: No space left on device", "storage"),
-        (507, "upload already closed", "storage"),
-        (500, "internal error", "internal"),
-        (416, "requested range not satisfiable", "other"),
-        (502, "bad gateway", "other"),
-        (0, "", "other"),
-    ],
-)
-def test_reason_key(status: int, text: str, key: str) -> None:
-    assert reason_key(status, text) == key
-    assert key in REASONS
+def test_the_reason_labels_are_the_refusal_reasons() -> None:
+    assert {reason.value for reason in Reason} | {"other"} == REASONS
 
 
-def test_reason_key_is_always_a_fixed_key() -> None:
-    rng = random.Random(0)
-    for _ in range(500):
-        text = "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 30)))
-        assert reason_key(rng.randint(-1, 1000), text) in REASONS
-
-
-# -- HealthReport -------------------------------------------------------------------------------
+def test_a_refusal_is_counted_under_its_reason(metrics: Metrics) -> None:
+    metrics.refused(403, Reason.EXPIRED, "v3")
+    assert value(metrics, "hmacfs_refusals_total", status="403", reason="expired") == 1
 
 
 def test_health_report_from_checks() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hmacfs.core import paths
 from hmacfs.core.paths import decode_path, file_name, split_target
-from hmacfs.core.refusals import BadRequest, HttpError, NotFound, UriTooLong
+from hmacfs.core.refusals import BadRequest, NotFound, Reason, Refusal, UriTooLong
 
 PREFIX = "/upload/"
 
@@ -52,9 +52,11 @@ def test_split_target() -> None:
         (b"/upload/" + b"/".join([b"a" * 200] * 6), UriTooLong),
     ],
 )
-def test_refused(raw: bytes, error: type[HttpError]) -> None:
-    with pytest.raises(error):
+def test_refused(raw: bytes, error: type[Refusal]) -> None:
+    with pytest.raises(error) as info:
         decode_path(raw, PREFIX)
+    # Every path refusal, a PUT outside the prefix included, counts as a bad path.
+    assert info.value.reason is Reason.BAD_PATH
 
 
 def test_root_prefix() -> None:
@@ -96,8 +98,8 @@ def test_plain_paths_take_a_shortcut_to_the_same_result(
     def outcome() -> object:
         try:
             return decode_path(raw, "/upload/")
-        except HttpError as e:
-            return (type(e), e.reason)
+        except Refusal as e:
+            return (type(e), e.reason, e.text)
 
     shortcut = outcome()
     monkeypatch.setattr(paths, "_PLAIN", re.compile(rb"(?!)"))  # every path decoded in full

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import main
+from twisted.internet import defer, main
 from twisted.web import http
 
-from hmacfs.core.refusals import HttpError, StorageFailure, TooLarge
+from hmacfs.core.auth import Grant
+from hmacfs.core.refusals import Refusal, StorageFailure, TooLarge
 from hmacfs.http.fast import splice
 from hmacfs.http.fast.splice import BodySplicer, SpliceSupport
+from hmacfs.http.upload import Upload
 from hmacfs.storage.local import Storage
 
 
@@ -48,29 +50,41 @@ class Metrics:
     def __init__(self) -> None:
         self.received = 0
 
+    def upload_started(self) -> None:
+        pass
+
+    def upload_finished(self, *args: object) -> None:
+        pass
+
     def bytes_received(self, n: int) -> None:
         self.received += n
 
 
-class Site:
-    def __init__(self) -> None:
-        self.metrics = Metrics()
-
-
 class Request:
-    def __init__(self, upload: Any) -> None:
-        self.upload = upload
-        self.upload_site = Site()
-        self.failed: list[HttpError] = []
+    """The part of an UploadRequest the splicer uses: its upload, and `body_failed`."""
+
+    def __init__(self, partial: Any) -> None:
+        self.metrics = Metrics()
+        grant = Grant(partial.rel, partial.size, "application/octet-stream", "v", None, None)
+        self.upload = Upload(
+            grant,
+            partial,
+            compare=False,
+            metrics=self.metrics,  # type: ignore[arg-type]
+            run_blocking=lambda f, *args: defer.maybeDeferred(f, *args),
+            clock=lambda: 0.0,
+            ended=lambda upload: None,
+        )
+        self.failed: list[Refusal] = []
         self.chunks: list[bytes] = []
         self.finished: list[bytes] = []
 
     def handleContentChunk(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def body_failed(self, e: HttpError) -> None:
+    def body_failed(self, e: Refusal) -> None:
         self.failed.append(e)
-        self.upload.abort()
+        self.upload.abort(e.status)
 
 
 class FdUpload:
@@ -82,6 +96,7 @@ class FdUpload:
         self.received = 0
         self.rel = "a/b.bin"
         self.done = False
+        self.id = self.name = "fd-upload"
 
     def fileno(self) -> int:
         return self.fd
@@ -151,11 +166,11 @@ def test_exactly_the_rest_of_the_body_reaches_the_file(
     assert request.chunks == [b""]
     assert server.recv(100) == b"GET / HTTP/1.1"
     assert upload.received == len(body)
-    assert request.upload_site.metrics.received == len(body) - 1000
+    assert request.metrics.received == len(body) - 1000
     assert channel.timeouts_reset > 0
     assert splicer._pipe is None
     stored = upload.commit()
-    assert Path(stored.fs_path).read_bytes() == body
+    assert Path(stored.location).read_bytes() == body
 
 
 def test_each_read_moves_a_bounded_amount(
@@ -174,7 +189,7 @@ def test_each_read_moves_a_bounded_amount(
         assert splicer.spliced - before <= 64 * 1024
         before = splicer.spliced
     sender.join()
-    assert Path(upload.commit().fs_path).read_bytes() == body
+    assert Path(upload.commit().location).read_bytes() == body
 
 
 def test_nothing_to_read_waits(pair: tuple[socket.socket, socket.socket], storage: Storage) -> None:
@@ -258,7 +273,7 @@ def test_a_full_disk_refuses_the_upload(
         client.sendall(b"z" * 400)
         assert transport.doRead() is None
         assert [type(e) for e in request.failed] == [StorageFailure]
-        assert "No space left" in request.failed[0].reason
+        assert "No space left" in request.failed[0].text
         assert "doRead" not in vars(transport)
     finally:
         os.close(fd)

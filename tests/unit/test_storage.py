@@ -68,7 +68,7 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     assert partial_files(storage) == []
     found = storage.lookup("a/b.txt")
     assert (found.size, found.content_type, found.uploaded) == (4, "text/plain", stored.uploaded)
-    assert Path(found.fs_path).read_bytes() == b"abcd"
+    assert Path(found.location).read_bytes() == b"abcd"
 
 
 def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
@@ -88,7 +88,7 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> Non
     with pytest.raises(Conflict):
         second.commit()
     found = storage.lookup("s/x.bin")
-    assert Path(found.fs_path).read_bytes() == b"one"
+    assert Path(found.location).read_bytes() == b"one"
     # The loser's metadata did not replace the winner's.
     assert found.content_type == "image/png"
     assert partial_files(storage) == []
@@ -124,7 +124,7 @@ def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
     store(storage, "a/one.txt", b"1")
     one = storage.lookup("a/one.txt")
     # Replace the file behind our back: its inode changes, the metadata no longer applies.
-    os.unlink(one.fs_path)
+    os.unlink(one.location)
     (storage.root / "a" / "one.txt").write_bytes(b"22")
     assert storage.lookup("a/one.txt").content_type is None
 
@@ -193,7 +193,7 @@ def test_links_that_stay_inside_the_root_are_followed(storage: Storage) -> None:
     (storage.root / "d1" / "b.txt").symlink_to("a.txt")
     for rel in ("d2/a.txt", "d1/b.txt", "d2/b.txt"):
         found = storage.lookup(rel)
-        assert found.fs_path == str((storage.root / "d1" / "a.txt").resolve())
+        assert found.location == str((storage.root / "d1" / "a.txt").resolve())
         assert found.size == 5
 
 
@@ -360,24 +360,24 @@ def test_a_directory_pruned_while_linking_is_made_again(
 def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     from hmacfs.storage import local as storage_module
 
-    storage.fill_pool()
-    ready = storage.pooled_names()
+    storage.refill()
+    ready = storage.live_names()
     assert len(ready) == storage_module.POOL_SIZE
     upload = storage.begin("p/q.txt", 2, "text/plain")
     assert upload.name in ready  # no file was created for it
-    assert upload.name not in storage.pooled_names()
+    assert upload.name not in storage.live_names()
     upload.write(b"ok")
     upload.commit()
     assert storage.lookup("p/q.txt").size == 2
     # A file that waited too long is not handed out (a sweep elsewhere may remove it).
     monkeypatch.setattr(storage_module, "POOL_MAX_AGE", -1.0)
     fresh = storage.begin("p/r.txt", 1, "text/plain")
-    assert storage.pooled_names() == frozenset()  # all taken out: `fresh` was made for it
+    assert storage.live_names() == frozenset()  # all taken out: `fresh` was made for it
     if fresh.partial is not None:
         assert fresh.name not in ready  # (an unnamed one may get a freed inode's number)
     fresh.abort()
-    storage.fill_pool()
-    storage.drain_pool()
+    storage.refill()
+    storage.close()
     assert os.listdir(storage.partial_dir) == []
 
 
@@ -643,7 +643,7 @@ def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> N
 def test_an_inline_commit_hands_a_same_size_race_over(
     tmp_path: Path, metadata: str, partials: str
 ) -> None:
-    from hmacfs.storage.local import CompareOnThread
+    from hmacfs.storage.backend import CompareOnThread
 
     storage = Storage(tmp_path / "files", fsync=False, metadata=metadata, partials=partials)
     first = storage.begin("s/z.bin", 3, "text/plain")
@@ -747,15 +747,15 @@ def test_named_partials_of_an_earlier_run_are_still_swept(
     assert storage.tmpfiles
     live = storage.begin("a/live", 10, "text/plain")
     live.write(b"34")
-    storage.fill_pool()
-    report = storage.sweep(active=frozenset({live.name}) | storage.pooled_names())
+    storage.refill()
+    report = storage.sweep(active=frozenset({live.name}) | storage.live_names())
     assert report.partials == 1
     assert os.listdir(storage.partial_dir) == []
     live.write(b"56789012")
     live.commit()
     assert storage.path_of("a/live").read_bytes() == b"3456789012"
     abandoned.abort()
-    storage.drain_pool()
+    storage.close()
     assert partial_files(storage) == []
 
 

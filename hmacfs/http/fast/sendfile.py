@@ -18,9 +18,12 @@ import errno
 import os
 from typing import Any
 
-from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from hmacfs.http import _twisted
+from hmacfs.storage.backend import Reader
 
 #: Bytes per sendfile call (one reactor turn).
 CHUNK = 4 * 1024 * 1024
@@ -28,26 +31,18 @@ CHUNK = 4 * 1024 * 1024
 _log = Logger(namespace="hmacfs.http.fast.sendfile")
 
 
-def can_sendfile(transport: Any) -> bool:
-    """Whether `transport` is a plain socket transport this module can drive."""
-    return (
-        transport is not None
-        and not ISSLTransport.providedBy(transport)
-        and hasattr(transport, "startWriting")
-        and hasattr(transport, "socket")
-        and hasattr(transport, "registerProducer")
-        and getattr(transport, "producer", None) is not None
-    )
-
-
 @implementer(IPullProducer)
 class SendfileProducer:
     """Sends bytes [offset, offset + count) of an open file to the request's socket."""
 
-    def __init__(self, request: Any, fd: int, offset: int, count: int) -> None:
+    def __init__(self, request: Any, reader: Reader, offset: int, count: int) -> None:
+        """Send from `reader` (a local file), which this producer closes when done."""
         self.request = request
         self.channel = request.channel
         self.transport = self.channel.transport
+        self.reader = reader
+        fd = reader.fileno()
+        assert fd is not None
         self.fd = fd
         self.offset = offset
         self.left = count
@@ -117,13 +112,13 @@ class SendfileProducer:
         if transport.connected and not transport.disconnecting:
             transport.registerProducer(channel, True)
         request.sentLength += self.sent
-        if not request._disconnected:
+        if not _twisted.request_disconnected(request):
             request.finish()
 
     def _close(self) -> None:
         if not self._done:
             self._done = True
-            os.close(self.fd)
+            self.reader.close()
 
     def stopProducing(self) -> None:
         # The connection is gone; the channel tells the request.

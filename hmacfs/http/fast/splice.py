@@ -35,9 +35,9 @@ from typing import Any
 from twisted.internet import main, tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
-from twisted.web import http
 
-from hmacfs.core.refusals import StorageFailure
+from hmacfs.core.refusals import Refusal, StorageFailure
+from hmacfs.http import _twisted
 
 #: Bodies with a Content-Length this large or larger are spliced. Measured on loopback: a
 #: 256 KiB body costs the same CPU either way, from 1 MiB on splicing takes about half.
@@ -102,41 +102,18 @@ def can_splice(transport: Any) -> bool:
     return (
         isinstance(transport, tcp.Connection)
         and not ISSLTransport.providedBy(transport)
-        and "doRead" not in vars(transport)
+        and _twisted.reads_taken(transport) is None
         and bool(transport.connected)
         and not transport.disconnecting
     )
 
 
-def body_decoder(channel: Any, request: Any) -> Any | None:
-    """The channel's transfer decoder for `request`'s body if it has the shape this module
-    relies on and waits for more body bytes, with nothing held back in the channel; else None.
-    """
-    decoder_type = getattr(http, "_IdentityTransferDecoder", None)
-    decoder = getattr(channel, "_transferDecoder", None)
-    if decoder_type is None or type(decoder) is not decoder_type:
-        return None
-    left = getattr(decoder, "contentLength", None)
-    if type(left) is not int or left <= 0:
-        return None
-    if (
-        getattr(decoder, "dataCallback", None) != getattr(request, "handleContentChunk", 0)
-        or getattr(decoder, "finishCallback", None) != getattr(channel, "_finishRequestBody", 0)
-        or getattr(channel, "_buffer", None) != b""
-        or getattr(channel, "_busyReceiving", None) is not False
-        or getattr(channel, "line_mode", None) != 0
-        or getattr(channel, "_handlingRequest", None) is not False
-        or not channel.requests
-        or channel.requests[-1] is not request
-    ):
-        return None
-    return decoder
-
-
 class BodySplicer:
     """Moves the rest of one request body from the connection's socket to its partial file.
 
-    `request` is an `hmacfs.http.site.UploadRequest` with an upload; `channel` its channel.
+    `request` is an `hmacfs.http.request.UploadRequest` with an upload; `channel` its
+    channel. The bytes moved are reported to the request's `Upload`; a failure to store them
+    goes to the request's `body_failed`, as for a body read the ordinary way.
     """
 
     def __init__(self, support: SpliceSupport, channel: Any, request: Any, decoder: Any) -> None:
@@ -146,7 +123,7 @@ class BodySplicer:
         self.upload = request.upload
         self.decoder = decoder
         self.transport = channel.transport
-        self.left: int = decoder.contentLength
+        self.left = _twisted.body_left(decoder)
         self.spliced = 0
         self._pipe: tuple[int, int] | None = None
         self._pipe_capacity = 0
@@ -156,12 +133,12 @@ class BodySplicer:
     def attempt(cls, support: SpliceSupport, channel: Any, request: Any) -> BodySplicer | None:
         """Take over the rest of `request`'s body now, if possible; None if not (now)."""
         upload = request.upload
-        if not support.usable or upload is None or upload.done:
+        if not support.usable or upload is None or not upload.interruptible:
             return None
-        decoder = body_decoder(channel, request)
+        decoder = _twisted.body_decoder(channel, request)
         if decoder is None or not can_splice(channel.transport):
             return None
-        if upload.size - upload.received != decoder.contentLength:
+        if upload.size - upload.received != _twisted.body_left(decoder):
             return None  # not a state this module knows how to continue from
         splicer = cls(support, channel, request, decoder)
         return splicer if splicer._start() else None
@@ -178,7 +155,7 @@ class BodySplicer:
             # EPERM once the user's pipes use up pipe-user-pages-soft: the default size works.
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.support.pipe_size)
         self._pipe_capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
-        self.transport.doRead = self._do_read
+        _twisted.take_reads(self.transport, self._do_read)
         _log.debug("{path}: splicing the body, {left} bytes to go", path=self.upload.rel,
                    left=self.left)
         return True
@@ -188,8 +165,8 @@ class BodySplicer:
         if self._stopped:
             return
         self._stopped = True
-        if vars(self.transport).get("doRead") == self._do_read:
-            del self.transport.doRead
+        if _twisted.reads_taken(self.transport) == self._do_read:
+            _twisted.give_back_reads(self.transport)
         if self._pipe is not None:
             for fd in self._pipe:
                 os.close(fd)
@@ -198,7 +175,7 @@ class BodySplicer:
     def _do_read(self) -> object:
         """The transport's doRead while splicing: None, or why the connection ended."""
         upload = self.upload
-        if self._pipe is None or upload.done:
+        if self._pipe is None or not upload.interruptible:
             # Dropped under us (cut off, refused): nothing more goes to its file.
             self.stop()
             return None
@@ -233,16 +210,16 @@ class BodySplicer:
                     break
                 # Taken from the socket: the decoder must not count these again.
                 self.left -= got
-                self.decoder.contentLength -= got
+                _twisted.body_taken(self.decoder, got)
                 fall_back = self._to_file(read_end, file_fd, got)
-                upload.wrote(got)
+                upload.received_directly(got)
                 moved += got
                 if fall_back:
                     break
-        except (StorageFailure, OSError) as e:
+        except (Refusal, OSError) as e:
             failure = (
                 e
-                if isinstance(e, StorageFailure)
+                if isinstance(e, Refusal)
                 else StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}")
             )
             self._count(moved)
@@ -281,9 +258,6 @@ class BodySplicer:
             return
         self.spliced += moved
         self.support.bytes += moved
-        site = self.request.upload_site
-        if site is not None:
-            site.metrics.bytes_received(moved)
         self.channel.resetTimeout()
 
     def _finish(self) -> None:
@@ -296,6 +270,4 @@ class BodySplicer:
             spliced=self.spliced,
             size=self.upload.size,
         )
-        # With nothing left to count, an empty chunk makes the decoder finish the body (and
-        # the channel process the request) as the body's last bytes would have.
-        self.decoder.dataReceived(b"")
+        _twisted.end_body(self.decoder)

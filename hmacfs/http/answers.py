@@ -1,0 +1,66 @@
+"""The one writer of error answers: a `Refusal` becomes the same status, headers and body
+whether it is written before the body was read (straight to the transport) or after it
+(through the request)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import http
+
+from hmacfs.core.headers import BASE_HEADERS, cors_headers, encoded, http_date_now
+from hmacfs.core.refusals import InternalError, Refusal
+from hmacfs.core.settings import HttpSettings
+
+_log = Logger(namespace="hmacfs.http")
+
+
+def as_refusal(error: BaseException, what: str) -> Refusal:
+    """`error` if it is a Refusal; anything else is a bug, logged with `what` was being done,
+    and answered as a bare internal error."""
+    if isinstance(error, Refusal):
+        return error
+    _log.failure("{what} failed", what=what)
+    return InternalError("internal error")
+
+
+def refusal_headers(
+    refusal: Refusal, settings: HttpSettings, origin: str | None
+) -> list[tuple[bytes, bytes]]:
+    """Every header of an error answer but Date, Content-Length and Connection."""
+    return [
+        *BASE_HEADERS,
+        *encoded(cors_headers(settings, origin)),
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Cache-Control", b"no-store"),
+        *encoded(list(refusal.headers)),
+    ]
+
+
+def refusal_body(refusal: Refusal) -> bytes:
+    return (refusal.text + "\n").encode("utf-8")
+
+
+def raw_refusal(refusal: Refusal, settings: HttpSettings, origin: str | None) -> bytes:
+    """The whole answer, as bytes for the transport, ending the connection (before the body:
+    nothing of the request is read any more)."""
+    body = refusal_body(refusal)
+    reason = http.RESPONSES.get(refusal.status, b"Error")
+    lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason), b"Date: " + http_date_now()]
+    lines += [name + b": " + value for name, value in refusal_headers(refusal, settings, origin)]
+    lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def write_refusal(request: Any, refusal: Refusal, settings: HttpSettings) -> bytes:
+    """Set the status and headers of `request` for `refusal`; return the body to write."""
+    origin = request.getHeader(b"origin")
+    request.setResponseCode(refusal.status)
+    for name, value in refusal_headers(
+        refusal, settings, origin.decode("latin-1") if origin is not None else None
+    ):
+        request.setHeader(name, value)
+    body = refusal_body(refusal)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body

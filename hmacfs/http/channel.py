@@ -1,0 +1,175 @@
+"""The channel: admits or refuses each request as soon as its headers are in.
+
+Twisted hands a resource the request only after the whole body has arrived, and answers
+``Expect: 100-continue`` by itself. To refuse an upload before a single body byte is stored
+(and without inviting the body), `UploadChannel.allHeadersReceived` asks the site to admit
+the request first; a refusal is written at once (`hmacfs.http.answers`) and nothing more of the
+request is read. With the fast paths on, a small plain GET is answered from its head
+(`hmacfs.http.fast.quick`), a large body on a plain connection is spliced into its file
+(`hmacfs.http.fast.splice`), and answers go straight to an idle socket
+(`hmacfs.http.fast.direct`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from hmacfs.core.refusals import Refusal
+from hmacfs.http import _twisted
+from hmacfs.http.answers import as_refusal, raw_refusal
+from hmacfs.http.fast.direct import DirectWrites
+from hmacfs.http.fast.quick import answer_quickly
+from hmacfs.http.fast.splice import BodySplicer
+from hmacfs.http.request import UploadRequest
+from hmacfs.storage.backend import StoredFile
+
+if TYPE_CHECKING:
+    from hmacfs.http.site import UploadSite
+
+#: After a refusal, how long to keep reading (and discarding) what the client still sends, so
+#: that it gets to read the answer instead of a connection reset.
+LINGER_SECONDS = 5.0
+
+_log = Logger(namespace="hmacfs.http")
+
+
+class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
+    """An HTTP/1.1 channel that admits or refuses a request as soon as its headers are in."""
+
+    site: UploadSite
+    _refused = False
+    _linger_call: Any = None
+    _discard_left: int | None = None
+    #: A file the quick path looked up but left to the full path (too large), which the full
+    #: path then takes instead of looking it up again: (signed path, file).
+    looked_up: tuple[str, StoredFile] | None = None
+    #: An admitted PUT whose body is to be spliced once Twisted has handed over what it holds.
+    _splice_request: UploadRequest | None = None
+    _splicer: BodySplicer | None = None
+    _local_address: Any = None
+    _over_tls: bool | None = None
+    _direct_writes: DirectWrites | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
+        if self.site.fast.enabled:
+            self._direct_writes = DirectWrites.install(self.transport, self)
+
+    def getHost(self) -> Any:
+        # Asked for by every request; the local address of a connection does not change.
+        if self._local_address is None:
+            transport: Any = self.transport
+            self._local_address = transport.getHost()
+        return self._local_address
+
+    def isSecure(self) -> bool:
+        # A connection does not change from plain to TLS (no STARTTLS in HTTP): ask once.
+        if self._over_tls is None:
+            self._over_tls = bool(super().isSecure())
+        return self._over_tls
+
+    def allHeadersReceived(self) -> None:
+        request: UploadRequest = self.requests[-1]
+        method, target = _twisted.request_line(self)
+        try:
+            self.site.admit(method, target, request, self.length)
+        except Exception as e:  # every failure is answered; a bug is logged
+            # Before super(): no "100 Continue" goes out for a refused request.
+            self.refuse(request, as_refusal(e, "admitting a request"), body_left=self.length)
+            return
+        super().allHeadersReceived()
+        if self.site.stopping:
+            self.persistent = False  # the last request on this connection
+        if request.upload is not None and self.site.fast.splice.wanted(
+            self.length, self.transport
+        ):
+            self._splice_request = request
+
+    def refuse(
+        self, request: UploadRequest, refusal: Refusal, body_left: int | None = None
+    ) -> None:
+        """Answer `refusal` now, read no more of the request, and close the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self.setTimeout(None)
+        origin = request.getHeader(b"origin")
+        transport: Any = self.transport
+        transport.write(
+            raw_refusal(
+                refusal,
+                self.site.config.http,
+                origin.decode("latin-1") if origin is not None else None,
+            )
+        )
+        self.site.refused(request, _twisted.request_line(self)[0], refusal)
+        self._discard_left = body_left
+        if body_left == 0:
+            self.loseConnection()
+            return
+        # Keep reading (and dropping) what the client is still sending for a moment, so it
+        # reads our answer rather than a reset; a TCP half-close tells it we are done. Not over
+        # TLS: its close_notify would end the session while the client's records still come
+        # (the TLS wrapper also claims ITCPTransport, so ask about TLS first).
+        if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
+            transport.loseWriteConnection()
+        self._linger_call = self.callLater(LINGER_SECONDS, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._linger_call = None
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def _discard(self, data: bytes) -> None:
+        if self._discard_left is not None:
+            self._discard_left -= len(data)
+            if self._discard_left <= 0:
+                self.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._discard(data)
+            return
+        if (
+            self.site.fast.enabled
+            and data.endswith(b"\r\n\r\n")
+            and _twisted.between_requests(self)
+            and answer_quickly(self, data)
+        ):
+            return
+        super().dataReceived(data)
+        if self._splice_request is not None and self._splicer is None:
+            self._splicer = BodySplicer.attempt(
+                self.site.fast.splice, self, self._splice_request
+            )
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._discard(data)
+            return
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._splice_request = self._splicer = None
+        if self._refused:
+            return
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._linger_call = None
+        if self._splicer is not None:
+            self._splicer.stop()
+        if self._direct_writes is not None:
+            self._direct_writes.remove()  # (and no reference cycle is left behind)
+            self._direct_writes = None
+        super().connectionLost(reason)
+        self.site.channel_closed(self)

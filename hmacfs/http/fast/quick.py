@@ -1,0 +1,123 @@
+"""Small GETs and HEADs answered from the request head, without a Request object.
+
+Going through Twisted's Request and the resource tree costs several times what the answer to
+a small file does. A GET or HEAD that arrives in one piece, asks for a stored file of
+`QUICK_MAX_SIZE` or less and carries nothing that changes the answer (no Range, no If-*, no
+body, no ``Connection: close``) is answered here with the download plan's own headers; anything
+else, every error included, returns False before anything is written and takes the full path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from hmacfs.core import download
+from hmacfs.core.headers import BASE_HEADERS, cors_headers, encoded, http_date_now
+from hmacfs.core.paths import decode_path, split_target
+from hmacfs.core.refusals import Refusal
+
+if TYPE_CHECKING:
+    from hmacfs.http.channel import UploadChannel
+
+#: Files up to this size may be answered quickly (the same as where sendfile starts).
+QUICK_MAX_SIZE = 64 * 1024
+#: A request head answered here: GET or HEAD of an ASCII target, HTTP/1.1, well-formed header
+#: lines, nothing after the blank line.
+_QUICK_HEAD = re.compile(
+    rb"(GET|HEAD) (/[\x21-\x7e]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+)
+#: Headers that make the answer depend on more than the file (a body, conditions, ranges,
+#: connection handling): a request with one of them takes the full path.
+_DECLINED = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"range",
+        b"if-range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+    }
+)
+
+
+def _parse(head: bytes, limit: int) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
+    match = _QUICK_HEAD.fullmatch(head)
+    if match is None or len(head) > limit:
+        return None
+    method, target, lines = match.groups()
+    headers: dict[bytes, bytes] = {}
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in headers or name in _DECLINED:
+            return None
+        headers[name] = value.strip(b" \t")
+    if headers.get(b"connection", b"keep-alive").lower() != b"keep-alive":
+        return None
+    return method, target, headers
+
+
+def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
+    """Answer `head` (a whole request head, nothing after it) if it is a plain GET or HEAD of
+    a small stored file; False, with nothing written, for anything else."""
+    site = channel.site
+    started = site.now()
+    parsed = _parse(head, channel.MAX_LENGTH)
+    if parsed is None or site.stopping:
+        return False
+    method, target, headers = parsed
+    config = site.config
+    raw_path, _ = split_target(target)
+    health_path = config.metrics.health_path
+    if health_path and raw_path == health_path.encode():
+        return False
+    try:
+        rel = decode_path(raw_path, config.server.upload_prefix)
+        stored = site.storage.lookup(rel) if rel else None
+    except Refusal:
+        return False
+    if stored is None:
+        return False
+    if stored.size > QUICK_MAX_SIZE:
+        channel.looked_up = (rel, stored)  # the full path answers it in this same call
+        return False
+    answer = download.plan(method, {}, stored, site.now())
+    body = b""
+    if answer.body:
+        try:
+            reader = site.storage.open_reader(stored)
+        except Refusal:
+            return False
+        try:
+            body = reader.read(0, stored.size)
+        except OSError:
+            return False
+        finally:
+            reader.close()
+        if len(body) != stored.size:
+            return False
+    origin = headers.get(b"origin")
+    cors = cors_headers(config.http, origin.decode("latin-1") if origin is not None else None)
+    out = [b"HTTP/1.1 %d OK" % answer.status, b"Date: " + http_date_now()]
+    out += [name + b": " + value for name, value in (*BASE_HEADERS, *encoded(cors))]
+    out += [name + b": " + value for name, value in answer.headers]
+    channel.resetTimeout()
+    transport: Any = channel.transport
+    transport.write(b"\r\n".join(out) + b"\r\n\r\n" + body)  # at once: see DirectWrites
+    client, secure = "", False
+    if site.logs_answers:
+        peer = getattr(transport.getPeer(), "host", None)
+        proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
+        client = site.proxies.client_address(peer, [forwarded] if forwarded is not None else [])
+        secure = site.proxies.secure(channel.isSecure(), peer, [proto] if proto is not None else [])
+    site.answered(
+        client=client, secure=secure, method=method, rel=rel, status=answer.status,
+        size=len(body), scheme=None, started=started,
+    )
+    return True

@@ -1,0 +1,128 @@
+"""Everything under the site: uploads (the commit once the body is in), downloads (through
+the download plan) and CORS preflights. Refusals become answers in `hmacfs.http.answers`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.web import http, resource, server
+
+from hmacfs.core import download
+from hmacfs.core.headers import (
+    ALLOWED_METHODS,
+    BASE_HEADERS,
+    cors_headers,
+    encoded,
+    preflight_headers,
+)
+from hmacfs.core.paths import decode_path, split_target
+from hmacfs.core.refusals import BadRequest, InternalError, MethodNotAllowed, NotFound, Refusal
+from hmacfs.http import _twisted
+from hmacfs.http.answers import write_refusal
+from hmacfs.http.body import send_body
+from hmacfs.storage.backend import StoredFile
+
+if TYPE_CHECKING:
+    from hmacfs.http.request import UploadRequest
+    from hmacfs.http.site import UploadSite
+
+
+def _header(request: http.Request, name: bytes) -> str | None:
+    value = request.requestHeaders.getRawHeaders(name)
+    return value[0].decode("latin-1") if value else None
+
+
+#: The request headers the download plan looks at.
+_PLAN_HEADERS = (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since")
+
+
+class Root(resource.Resource):  # type: ignore[misc]
+    """Everything under the site: uploads, downloads, CORS preflight."""
+
+    isLeaf = True
+
+    def __init__(self, site: UploadSite) -> None:
+        super().__init__()
+        self.site = site
+
+    def render(self, request: UploadRequest) -> bytes | int:
+        for name, value in BASE_HEADERS:
+            request.setHeader(name, value)
+        health_path = self.site.config.metrics.health_path
+        if health_path and split_target(request.uri)[0] == health_path.encode():
+            return self.site.health_resource.render(request)  # type: ignore[no-any-return]
+        origin = _header(request, b"origin")
+        settings = self.site.config.http
+        try:
+            if request.method == b"OPTIONS":
+                preflight = _header(request, b"access-control-request-method") is not None
+                extra = (preflight_headers if preflight else cors_headers)(settings, origin)
+                self._set(request, encoded(extra))
+                request.setHeader(b"allow", ALLOWED_METHODS.encode())
+                request.setHeader(b"content-length", b"0")
+                return b""
+            self._set(request, encoded(cors_headers(settings, origin)))
+            if request.method == b"PUT":
+                return self._finish_put(request)
+            if request.method in (b"GET", b"HEAD"):
+                return self._download(request)
+            raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
+        except Refusal as e:
+            return write_refusal(request, e, settings)
+
+    @staticmethod
+    def _set(request: http.Request, headers: list[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            request.setHeader(name, value)
+
+    # -- PUT: the body is in; make it visible ------------------------------------------------
+
+    def _finish_put(self, request: UploadRequest) -> int:
+        upload = request.upload
+        if upload is None:
+            raise BadRequest("upload was not admitted")
+        settings = self.site.config.http
+
+        def answer(status: int, refusal: Refusal | None) -> None:
+            if _twisted.request_disconnected(request):
+                return
+            if status == http.CREATED:
+                request.setResponseCode(http.CREATED)
+                request.setHeader(b"content-length", b"0")
+            else:
+                request.write(
+                    write_refusal(request, refusal or InternalError("internal error"), settings)
+                )
+            request.finish()
+
+        upload.commit(answer)
+        return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    # -- GET/HEAD ----------------------------------------------------------------------------
+
+    def _stored(self, request: UploadRequest, rel: str) -> StoredFile:
+        """The file at `rel`, as the quick path just found it, else looked up now."""
+        channel: Any = request.channel
+        found = getattr(channel, "looked_up", None)
+        if found is not None:
+            channel.looked_up = None
+            if found[0] == rel:
+                return found[1]  # type: ignore[no-any-return]
+        return self.site.storage.lookup(rel)
+
+    def _download(self, request: UploadRequest) -> bytes | int:
+        raw_path, _ = split_target(request.uri)
+        rel = decode_path(raw_path, self.site.config.server.upload_prefix)
+        if rel == "":
+            raise NotFound("not found")
+        request.rel = rel
+        stored = self._stored(request, rel)
+        wanted = {name: value for name in _PLAN_HEADERS if (value := _header(request, name))}
+        plan = download.plan(request.method, wanted, stored, self.site.now())
+        request.setResponseCode(plan.status)
+        self._set(request, list(plan.headers))
+        if not plan.body:
+            return b""
+        reader = self.site.storage.open_reader(stored)
+        send_body(request, plan, reader, sendfile=self.site.fast.enabled)
+        return server.NOT_DONE_YET  # type: ignore[no-any-return]

@@ -1,0 +1,207 @@
+"""One upload, from its admission to its answer: the only owner of its state.
+
+An `Upload` holds the grant, the storage partial, the byte count and the metrics of one PUT,
+and moves through named states along one table of transitions::
+
+    admitted ──▶ receiving ──▶ committing ──▶ answered
+        │            │
+        └────────────┴──────▶ aborted
+
+The channel, the request and the splicer only feed it (`receive`, `received_directly`) and
+tell it what happened (`commit`, `abort`); whether the upload is over, how it is counted and
+what becomes of its partial is decided here, in `_end`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hmacfs.core.auth import Grant
+from hmacfs.core.refusals import Refusal, StorageFailure
+from hmacfs.metrics import Metrics
+from hmacfs.storage.backend import CompareOnThread, Partial, StoredFile
+
+_log = Logger(namespace="hmacfs.http")
+
+BlockingRunner = Callable[..., "defer.Deferred[Any]"]
+
+
+class State(enum.Enum):
+    ADMITTED = "admitted"  # the headers were accepted; no body byte yet
+    RECEIVING = "receiving"  # body bytes are arriving
+    COMMITTING = "committing"  # the whole body is in; it is being made visible
+    ANSWERED = "answered"  # the commit ended (201, or 409/507/...) and the client was told
+    ABORTED = "aborted"  # ended without a commit (disconnect, cut off, bad body)
+
+
+#: The only moves an upload can make.
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.ADMITTED: frozenset({State.RECEIVING, State.COMMITTING, State.ABORTED}),
+    State.RECEIVING: frozenset({State.COMMITTING, State.ABORTED}),
+    State.COMMITTING: frozenset({State.ANSWERED}),
+    State.ANSWERED: frozenset(),
+    State.ABORTED: frozenset(),
+}
+
+#: Told the outcome of a commit (201 with the file, or the refusal) before the upload ends.
+Answer = Callable[[int, Refusal | None], None]
+
+
+class Upload:
+    """One PUT body on its way into storage."""
+
+    def __init__(
+        self,
+        grant: Grant,
+        partial: Partial,
+        *,
+        compare: bool,
+        metrics: Metrics,
+        run_blocking: BlockingRunner,
+        clock: Callable[[], float],
+        ended: Callable[[Upload], None],
+    ) -> None:
+        """`compare`: a file of the same size is stored at the path already, so the body is
+        compared with it (an identical one is a retry that gets its 201). `ended` is called
+        once, when the upload is over, whichever way."""
+        self.grant = grant
+        self.partial = partial
+        self.compare = compare
+        self.state = State.ADMITTED
+        self.status: int | None = None
+        self._metrics = metrics
+        self._run_blocking = run_blocking
+        self._clock = clock
+        self._ended = ended
+        self.started = clock()
+        metrics.upload_started()
+
+    def __repr__(self) -> str:
+        return f"<Upload {self.id} {self.rel} {self.state.value} {self.received}/{self.size}>"
+
+    @property
+    def id(self) -> str:
+        return self.partial.id
+
+    @property
+    def name(self) -> str:
+        """The partial's name, for the sweeper's list of live partials."""
+        return self.partial.name
+
+    @property
+    def rel(self) -> str:
+        return self.partial.rel
+
+    @property
+    def size(self) -> int:
+        return self.partial.size
+
+    @property
+    def received(self) -> int:
+        return self.partial.received
+
+    @property
+    def over(self) -> bool:
+        return not TRANSITIONS[self.state]
+
+    @property
+    def interruptible(self) -> bool:
+        """Whether cutting the connection now would abort it (its body is still coming)."""
+        return self.state in (State.ADMITTED, State.RECEIVING)
+
+    def _move(self, to: State) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"upload {self.id}: no move from {self.state.value} to {to.value}")
+        self.state = to
+
+    # -- the body ---------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Append body bytes. Raises a Refusal (too long, storage failure): the caller then
+        refuses the request and aborts the upload."""
+        self._receiving()
+        self.partial.write(data)
+        self._metrics.bytes_received(len(data))
+
+    def fileno(self) -> int:
+        """The descriptor the body may be appended to directly (splice)."""
+        self._receiving()
+        return self.partial.fileno()
+
+    def received_directly(self, count: int) -> None:
+        """Count `count` body bytes appended to `fileno()`. Raises TooLarge past the size."""
+        self._receiving()
+        self.partial.wrote(count)
+        self._metrics.bytes_received(count)
+
+    def _receiving(self) -> None:
+        if self.state is State.ADMITTED:
+            self._move(State.RECEIVING)
+        elif self.state is not State.RECEIVING:
+            raise StorageFailure("upload already closed")
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def commit(self, answer: Answer) -> None:
+        """The whole body is in: make it visible (inline when that waits for no disk, else on
+        a thread), tell `answer` the outcome, then end as answered."""
+        self._move(State.COMMITTING)
+        partial, compare = self.partial, self.compare
+        d: defer.Deferred[StoredFile]
+        if partial.can_commit_inline(compare):
+            # Fast mode: creating names waits for no disk, so the reactor does it at once.
+            d = defer.maybeDeferred(partial.commit, compare, inline=True)
+            d.addErrback(self._compare_on_thread)
+        else:
+            d = self._run_blocking(partial.commit, compare)
+
+        def done(_: StoredFile) -> None:
+            self._answer(answer, 201, None)
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, Refusal):
+                if isinstance(error, StorageFailure):
+                    _log.error("storing {path} failed: {reason}", path=self.rel, reason=error.text)
+                self._answer(answer, error.status, error)
+                return
+            _log.failure("storing {path} failed", failure, path=self.rel)
+            self._answer(answer, 500, None)
+
+        d.addCallbacks(done, failed)
+
+    def _compare_on_thread(self, failure: Failure) -> defer.Deferred[StoredFile]:
+        """A concurrent upload linked the path first: compare the bodies, on a thread."""
+        failure.trap(CompareOnThread)
+        return self._run_blocking(self.partial.commit, True)
+
+    def _answer(self, answer: Answer, status: int, refusal: Refusal | None) -> None:
+        # Answer before ending: a shutdown waiting for this upload closes the connection only
+        # after the answer is written.
+        try:
+            answer(status, refusal)
+        finally:
+            self._end(State.ANSWERED, status)
+
+    def abort(self, status: int) -> None:
+        """The body will not complete (disconnect, cut off, refused mid-body, shutdown): drop
+        the partial and end as aborted. Nothing happens once the body is in (a commit under
+        way finishes on its own) or the upload is over."""
+        if not self.interruptible:
+            return
+        self.partial.abort()
+        self._end(State.ABORTED, status)
+
+    def _end(self, state: State, status: int) -> None:
+        self._move(state)
+        self.status = status
+        self._metrics.upload_finished(
+            status, self.grant.scheme, self.received, self._clock() - self.started
+        )
+        self._ended(self)

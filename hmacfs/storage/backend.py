@@ -1,0 +1,167 @@
+"""The storage backend interface: what the upload and download paths need from wherever the
+files are kept. No HTTP here: a backend raises `hmacfs.core.refusals.Refusal`s, and the HTTP
+layer alone turns them into answers.
+
+The local filesystem (`hmacfs.storage.local.LocalStorage`) is the first implementation; an
+object store is meant to be a second one without touching the HTTP layer. Calls marked
+blocking are made off the reactor thread by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class CompareOnThread(Exception):
+    """An inline commit found that a concurrent upload stored the path first: the bodies
+    must be compared, which reads the storage. Commit again, on a thread, with `compare`."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file that GET can serve, with what is known about it."""
+
+    rel: str
+    #: Where the backend keeps it (for the local backend, its real path).
+    location: str
+    size: int
+    mtime: float
+    content_type: str | None
+    uploaded: float | None
+    expires: float | None
+
+
+@dataclass
+class SweepReport:
+    """What one sweep removed, and what is stored after it."""
+
+    expired: int = 0
+    partials: int = 0
+    orphans: int = 0
+    files: int = 0
+    bytes: int = 0
+
+
+class Reader(Protocol):
+    """An open stored file, read by ranges."""
+
+    def read(self, offset: int, count: int) -> bytes:
+        """Up to `count` bytes from `offset` (fewer only at the end of the file)."""
+        ...
+
+    def fileno(self) -> int | None:
+        """A descriptor the kernel can send from (sendfile), or None for remote stores."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Partial(Protocol):
+    """The body of one upload being received: appended to, then committed or aborted."""
+
+    #: The upload's identity in the store (at least 128 random bits).
+    id: str
+    #: The name the sweeper knows its partial by (live partials are left alone).
+    name: str
+    rel: str
+    size: int
+    received: int
+    #: Whether `abort` has been called or the commit has ended.
+    done: bool
+    #: Whether the partial survives its process (`Backend.reopen` finds it by `id`).
+    reopenable: bool
+
+    def write(self, data: bytes) -> None:
+        """Append body bytes. Raises TooLarge past the size, StorageFailure."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor body bytes may be appended to directly (then reported with `wrote`).
+        Raises StorageFailure once closed."""
+        ...
+
+    def wrote(self, count: int) -> None:
+        """Count bytes appended to `fileno()` directly. Raises TooLarge past the size."""
+        ...
+
+    def can_commit_inline(self, compare: bool = False) -> bool:
+        """Whether `commit(compare, inline=True)` waits for no disk (may run on the reactor)."""
+        ...
+
+    def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
+        """Make the complete body visible at its path, never replacing another file.
+        Blocking unless `can_commit_inline`. Raises Conflict, StorageFailure, BadRequest,
+        CompareOnThread (inline only: the commit must be made again on a thread)."""
+        ...
+
+    def abort(self) -> None:
+        """Forget the body (idempotent)."""
+        ...
+
+
+class Backend(Protocol):
+    """Where uploads go and downloads come from."""
+
+    #: Whether commits wait for the data to be durable.
+    fsync: bool
+    file_ttl: float | None
+
+    def existing(self, rel: str) -> StoredFile | None:
+        """The file stored at `rel`, if any. Raises Conflict when something else is there."""
+        ...
+
+    def begin(
+        self,
+        rel: str,
+        size: int,
+        content_type: str,
+        *,
+        expires: float | None = None,
+        scheme: str = "",
+        reopenable: bool = False,
+    ) -> Partial:
+        """Start receiving a body of `size` bytes for `rel`. Raises StorageFailure."""
+        ...
+
+    def reopen(self, upload_id: str) -> Partial:
+        """The reopenable partial `upload_id`, to append more. Raises NotFound."""
+        ...
+
+    def lookup(self, rel: str) -> StoredFile:
+        """The stored file for `rel`. Raises NotFound, Gone."""
+        ...
+
+    def open_reader(self, stored: StoredFile) -> Reader:
+        """Open `stored` for reading ranges. Raises NotFound."""
+        ...
+
+    def delete(self, rel: str) -> bool:
+        """Remove the file at `rel` and its metadata; whether there was one. Blocking."""
+        ...
+
+    def files(self) -> Iterator[StoredFile]:
+        """Every stored file, expired ones included. Blocking."""
+        ...
+
+    def sweep(self, active: frozenset[str] = frozenset()) -> SweepReport:
+        """Remove expired files and abandoned partials (except those named in `active`).
+        Blocking."""
+        ...
+
+    def wants_refill(self) -> bool:
+        """Whether `refill` would help (cheap; any thread)."""
+        ...
+
+    def refill(self) -> None:
+        """Prepare what makes the next `begin` cheap. Blocking."""
+        ...
+
+    def live_names(self) -> frozenset[str]:
+        """Partials the backend itself keeps alive (prepared ahead): never swept."""
+        ...
+
+    def close(self) -> None:
+        """Release what was prepared ahead (at shutdown)."""
+        ...
