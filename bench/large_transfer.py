@@ -2,8 +2,8 @@
 """Large-file throughput and memory benchmark for the hmacfs upload server.
 
 For every requested size and for ``fsync = true`` (durable, the default) and
-``fsync = false`` (fast mode) this script starts ``python -m hmacfs`` on a free
-127.0.0.1 port, PUTs a test file with curl, GETs it back, checks status codes
+``fsync = false`` (fast mode) this script starts ``python -m hmacfs`` on port 0
+of 127.0.0.1 (see bench/harness), PUTs a test file with curl, GETs it back, checks status codes
 and sizes, and samples the server's resident memory while each phase runs.
 It also measures ``dd ... conv=fdatasync`` on the same filesystem so the
 durable PUT rate can be compared with what the disk itself can do.
@@ -17,55 +17,46 @@ See bench/README.md for how to run it and what the columns mean.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import hashlib
-import hmac
-import json
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-CURL = "/usr/bin/curl"
-DD = "dd"
-SECRET = "bench-secret-0123456789"
-UPLOAD_PREFIX = "/upload/"
-HOST = "127.0.0.1"
+# bench/ is not a package: running `python bench/large_transfer.py` puts this directory on
+# sys.path.
+from harness import REPO_ROOT
+from harness.common import (
+    CURL,
+    DD,
+    HOST,
+    KIB,
+    MIB,
+    UPLOAD_PREFIX,
+    BenchError,
+    mb_per_s,
+    size_label,
+)
+from harness.curl import run_curl, sha256_of_download
+from harness.files import check_free_space, create_test_file, dd_fdatasync
+from harness.report import write_json
+from harness.sampling import RssSampler, kib_to_mib, read_tree_max_kib
+from harness.servers import running_ours
 
-KIB = 1024
-MIB = 1024 * KIB
-MB = 1_000_000
+from tests.helpers.signing import mac_v1
 
-BLOCK_SIZE = MIB
-READY_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
-SAMPLE_INTERVAL_S = 0.05
-# Per-transfer curl / dd time limit: a fixed allowance plus 1 MB/s worth of data.
-BASE_TIMEOUT_S = 60.0
-MIN_RATE_B_S = 1 * MB
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "large_transfer.json"
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_MULT = {"": 1, "k": KIB, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
-
-
-class BenchError(Exception):
-    """A problem that makes further measurement pointless (server will not start...)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,333 +78,6 @@ def parse_sizes(text: str) -> list[int]:
     if not sizes:
         raise argparse.ArgumentTypeError("no sizes given")
     return sizes
-
-
-def size_label(size: int) -> str:
-    for suffix, mult in (("T", 1024**4), ("G", 1024**3), ("M", MIB), ("K", KIB)):
-        if size >= mult and size % mult == 0:
-            return f"{size // mult}{suffix}"
-    return f"{size}B"
-
-
-def mb_per_s(size: int, seconds: float) -> float | None:
-    return size / seconds / MB if seconds > 0 else None
-
-
-def transfer_timeout(size: int) -> float:
-    return BASE_TIMEOUT_S + size / MIN_RATE_B_S
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def upload_mac(path: str, size: int) -> str:
-    """Prosody's v1 scheme: HMAC-SHA256(secret, "<path> <size>") as lowercase hex."""
-    return hmac.new(SECRET.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for child processes: no proxies (only 127.0.0.1 is contacted), C locale."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["LC_ALL"] = "C"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (the server's supervisor and worker processes)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(parents.get(current, []))
-    return tree
-
-
-def read_proc_kib(pid: int, fieldname: str) -> int | None:
-    """The largest VmRSS / VmHWM (kB) of any process of the server (`pid` and its worker
-    processes): the figure that must stay flat is per process. None if it is gone."""
-    values = [v for p in process_tree(pid) if (v := read_one_kib(p, fieldname)) is not None]
-    return max(values) if values else None
-
-
-def read_one_kib(pid: int, fieldname: str) -> int | None:
-    """Read e.g. VmRSS / VmHWM (kB) from /proc/PID/status; None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(fieldname + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def kib_to_mib(kib: int | None) -> float | None:
-    return None if kib is None else kib / KIB
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
-
-
-# --------------------------------------------------------------------------- test file
-
-
-def create_test_file(path: Path, size: int) -> str:
-    """Write ``size`` bytes (one random 1 MiB block repeated) in chunks; return its sha256.
-
-    The file is fsynced so later measurements do not compete with its write-back.
-    """
-    block = os.urandom(BLOCK_SIZE)
-    digest = hashlib.sha256()
-    remaining = size
-    with open(path, "wb") as fh:
-        while remaining > 0:
-            chunk = block if remaining >= BLOCK_SIZE else block[:remaining]
-            fh.write(chunk)
-            digest.update(chunk)
-            remaining -= len(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return digest.hexdigest()
-
-
-def check_free_space(directory: Path, needed: int) -> None:
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise BenchError(
-            f"not enough free space in {directory}: need ~{needed / MIB:.0f} MiB, "
-            f"have {free / MIB:.0f} MiB (use --tmpdir or smaller sizes)"
-        )
-
-
-# --------------------------------------------------------------------------- dd
-
-
-_DD_RE = re.compile(r"^(\d+) bytes .*copied, ([0-9.]+) s", re.MULTILINE)
-
-
-def dd_fdatasync(src: Path, dst: Path, size: int) -> float:
-    """Copy ``src`` to ``dst`` with ``dd bs=1M conv=fdatasync``; return MB/s (10^6 B/s)."""
-    os.sync()
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [DD, f"if={src}", f"of={dst}", "bs=1M", "conv=fdatasync"],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=transfer_timeout(size),
-            check=False,
-        )
-        wall = time.monotonic() - start
-    finally:
-        dst.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise BenchError(f"dd failed ({proc.returncode}): {proc.stderr.strip()}")
-    m = _DD_RE.search(proc.stderr)
-    copied, seconds = (int(m.group(1)), float(m.group(2))) if m else (size, wall)
-    if copied != size:
-        raise BenchError(f"dd copied {copied} bytes, expected {size}")
-    rate = mb_per_s(size, seconds if seconds > 0 else wall)
-    if rate is None:
-        raise BenchError("dd reported a zero duration")
-    return rate
-
-
-# --------------------------------------------------------------------------- memory
-
-
-class RssSampler:
-    """Sample VmRSS of ``pid`` every 50 ms in a thread while the ``with`` block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kib: int | None = None
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _sample(self) -> bool:
-        rss = read_proc_kib(self.pid, "VmRSS")
-        if rss is None:
-            return False
-        self.samples += 1
-        if self.peak_kib is None or rss > self.peak_kib:
-            self.peak_kib = rss
-        return True
-
-    def _run(self) -> None:
-        # Bounded: ends when stopped or when the process disappears.
-        while self._sample() and not self._stop.wait(SAMPLE_INTERVAL_S):
-            pass
-
-    def __enter__(self) -> RssSampler:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sample()
-
-
-# --------------------------------------------------------------------------- server
-
-
-def write_config(workdir: Path, port: int, storage: Path, fsync: bool) -> Path:
-    config = workdir / f"hmacfs-{port}.toml"
-    # json.dumps yields a valid TOML basic string for any path.
-    config.write_text(
-        "[server]\n"
-        f'listen = ["{HOST}:{port}"]\n'
-        f"upload_prefix = {json.dumps(UPLOAD_PREFIX)}\n"
-        f"storage_dir = {json.dumps(str(storage))}\n"
-        'max_upload_size = "2G"\n'
-        f"fsync = {'true' if fsync else 'false'}\n"
-        "\n[hmac]\n"
-        f"secret = {json.dumps(SECRET)}\n",
-        encoding="utf-8",
-    )
-    return config
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(
-                f"server exited with status {proc.returncode} before listening; "
-                f"log tail:\n{tail(log)}"
-            )
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise BenchError(
-        f"server did not accept connections on {HOST}:{port} within "
-        f"{READY_TIMEOUT_S:.0f} s; log tail:\n{tail(log)}"
-    )
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print(f"  server pid {proc.pid} ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s; killing",
-              file=sys.stderr)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-@contextlib.contextmanager
-def running_server(
-    python: str, workdir: Path, fsync: bool
-) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """Start ``python -m hmacfs`` with a fresh storage dir; yield (process, port, log)."""
-    port = free_port()
-    storage = workdir / f"files-{port}"
-    storage.mkdir()
-    config = write_config(workdir, port, storage, fsync)
-    log = workdir / f"server-{port}.log"
-    try:
-        with open(log, "wb") as log_fh:
-            proc = subprocess.Popen(
-                [python, "-m", "hmacfs", "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT,
-                env=clean_env(),
-            )
-        try:
-            wait_ready(proc, port, log)
-            yield proc, port, log
-        finally:
-            stop_server(proc)
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-        config.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- curl
-
-
-@dataclass
-class CurlResult:
-    status: int
-    seconds: float
-    speed_b_s: float
-    bytes: int
-    error: str | None = None
-
-
-def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:
-    var = "upload" if upload else "download"
-    cmd = [
-        CURL, "-q", "-sS", "-g", "--noproxy", "*",
-        "--max-time", f"{transfer_timeout(size):.0f}",
-        "-o", "/dev/null",
-        "-w", f"%{{http_code}} %{{time_total}} %{{speed_{var}}} %{{size_{var}}}",
-        *args,
-    ]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=clean_env(),
-            timeout=transfer_timeout(size) + 30, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return CurlResult(0, 0.0, 0.0, 0, "curl timed out")
-    try:
-        code, total, speed, nbytes = proc.stdout.split()
-        result = CurlResult(int(code), float(total), float(speed), int(float(nbytes)))
-    except ValueError:
-        return CurlResult(0, 0.0, 0.0, 0, f"unparsable curl output {proc.stdout!r}")
-    if proc.returncode != 0:
-        result.error = f"curl exit {proc.returncode}: {proc.stderr.strip()}"
-    return result
-
-
-def sha256_of_download(url: str, size: int) -> str:
-    """Untimed content check: stream the body through sha256 without storing it."""
-    digest = hashlib.sha256()
-    cmd = [CURL, "-q", "-sS", "-g", "--noproxy", "*", "--fail",
-           "--max-time", f"{transfer_timeout(size):.0f}", url]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, env=clean_env()) as proc:
-        out = proc.stdout
-        assert out is not None
-        while chunk := out.read(BLOCK_SIZE):  # ends at EOF; curl is bounded by --max-time
-            digest.update(chunk)
-        proc.wait(timeout=transfer_timeout(size))
-        if proc.returncode != 0:
-            return f"curl exit {proc.returncode}"
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- measurement
@@ -453,17 +117,17 @@ def measure_one(
     size = row.size_bytes
     path = f"bench-{os.urandom(8).hex()}/large-{row.size}-fsync{int(row.fsync)}-r{row.run}.bin"
     url = f"http://{HOST}:{port}{UPLOAD_PREFIX}{path}"
-    row.rss_idle_mib = kib_to_mib(read_proc_kib(pid, "VmRSS"))
+    row.rss_idle_mib = kib_to_mib(read_tree_max_kib(pid, "VmRSS"))
 
     os.sync()  # do not let earlier dirty pages (fsync = false runs) leak into this one
     with RssSampler(pid) as sampler:
         put = run_curl(
-            ["-T", str(test_file), "-H", "Expect:", f"{url}?v={upload_mac(path, size)}"],
+            ["-T", str(test_file), "-H", "Expect:", f"{url}?v={mac_v1(path, size)}"],
             size, upload=True,
         )
     row.rss_peak_upload_mib = kib_to_mib(sampler.peak_kib)
     row.rss_samples_upload = sampler.samples
-    row.vmhwm_after_upload_mib = kib_to_mib(read_proc_kib(pid, "VmHWM"))
+    row.vmhwm_after_upload_mib = kib_to_mib(read_tree_max_kib(pid, "VmHWM"))
     row.put_status, row.put_seconds = put.status, put.seconds
     row.put_mb_s = mb_per_s(size, put.seconds)
     if put.error:
@@ -480,7 +144,7 @@ def measure_one(
         get = run_curl([url], size, upload=False)
     row.rss_peak_download_mib = kib_to_mib(sampler.peak_kib)
     row.rss_samples_download = sampler.samples
-    row.vmhwm_final_mib = kib_to_mib(read_proc_kib(pid, "VmHWM"))
+    row.vmhwm_final_mib = kib_to_mib(read_tree_max_kib(pid, "VmHWM"))
     row.get_status, row.get_seconds, row.get_bytes = get.status, get.seconds, get.bytes
     row.get_mb_s = mb_per_s(size, get.seconds)
     if get.error:
@@ -667,29 +331,48 @@ def measure_all(
             dd_results.append({"size_bytes": size, "size": label,
                                "runs_mb_s": dd_rates, "median_mb_s": dd_median})
             for fsync in (True, False):
-                with running_server(args.python, workdir, fsync) as (proc, port, log):
-                    print(f"[{label}] fsync={str(fsync).lower()}: server pid {proc.pid} "
-                          f"on {HOST}:{port}", flush=True)
-                    for n in range(1, runs + 1):
-                        row = Row(size_bytes=size, size=label, fsync=fsync, run=n)
-                        rows.append(row)
-                        measure_one(row, proc.pid, port, test_file,
-                                    test_sha if args.verify_content else None)
-                        row.dd_fdatasync_mb_s = dd_median
-                        if row.put_mb_s is not None and not row.errors:
-                            row.put_vs_dd_ratio = row.put_mb_s / dd_median
-                        row.ok = not row.errors
-                        status = "ok" if row.ok else "FAIL: " + "; ".join(row.errors)
-                        print(f"[{label}] fsync={str(fsync).lower()} run {n}: "
-                              f"PUT {_cell('put_mb_s', row.put_mb_s)} MB/s, "
-                              f"GET {_cell('get_mb_s', row.get_mb_s)} MB/s, "
-                              f"peak RSS up/down {_cell('x', row.rss_peak_upload_mib)}/"
-                              f"{_cell('x', row.rss_peak_download_mib)} MiB - {status}",
-                              flush=True)
-                        if not row.ok:
-                            print(f"  server log tail:\n{tail(log, 15)}", file=sys.stderr)
+                storage = Path(tempfile.mkdtemp(prefix="files-", dir=workdir))
+                try:
+                    measure_server(args, workdir, storage, fsync, size, test_file, test_sha,
+                                   dd_median, rows)
+                finally:
+                    shutil.rmtree(storage, ignore_errors=True)
         finally:
             test_file.unlink(missing_ok=True)
+
+
+def measure_server(
+    args: argparse.Namespace, workdir: Path, storage: Path, fsync: bool, size: int,
+    test_file: Path, test_sha: str, dd_median: float, rows: list[Row],
+) -> None:
+    """The runs of one size on one server (started here, fresh storage); appends to ``rows``.
+
+    The server's ``workers`` is left at its default (one per core), as it was before the
+    server was started through the tests' helper: the memory columns are per process.
+    """
+    label = size_label(size)
+    with running_ours(args.python, workdir, storage, label=f"large-{label}-fsync-{fsync}",
+                      fsync=fsync, workers=None, log_level="info") as server:
+        pid, port = server.process.pid, server.port
+        print(f"[{label}] fsync={str(fsync).lower()}: server pid {pid} "
+              f"on {HOST}:{port}", flush=True)
+        for n in range(1, args.runs + 1):
+            row = Row(size_bytes=size, size=label, fsync=fsync, run=n)
+            rows.append(row)
+            measure_one(row, pid, port, test_file, test_sha if args.verify_content else None)
+            row.dd_fdatasync_mb_s = dd_median
+            if row.put_mb_s is not None and not row.errors:
+                row.put_vs_dd_ratio = row.put_mb_s / dd_median
+            row.ok = not row.errors
+            status = "ok" if row.ok else "FAIL: " + "; ".join(row.errors)
+            print(f"[{label}] fsync={str(fsync).lower()} run {n}: "
+                  f"PUT {_cell('put_mb_s', row.put_mb_s)} MB/s, "
+                  f"GET {_cell('get_mb_s', row.get_mb_s)} MB/s, "
+                  f"peak RSS up/down {_cell('x', row.rss_peak_upload_mib)}/"
+                  f"{_cell('x', row.rss_peak_download_mib)} MiB - {status}",
+                  flush=True)
+            if not row.ok:
+                print(f"  server log tail:\n{server.log_tail(15)}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -750,8 +433,7 @@ def run(args: argparse.Namespace) -> int:
         "notes": notes,
     }
     output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(output, report)
     print(f"\nresults written to {output}")
     if fatal is not None:
         return 2

@@ -1,0 +1,62 @@
+"""curl as the benchmarks run it: one transfer, its status, time and size, bounded in time."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.common import CURL, MIB, clean_env, transfer_timeout
+
+
+@dataclass
+class CurlResult:
+    status: int
+    seconds: float
+    speed_b_s: float
+    bytes: int
+    error: str | None = None
+
+
+def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:
+    """One curl run of ``size`` bytes (up or down), the body to /dev/null; never raises."""
+    var = "upload" if upload else "download"
+    cmd = [
+        CURL, "-q", "-sS", "-g", "--noproxy", "*",
+        "--max-time", f"{transfer_timeout(size):.0f}",
+        "-o", "/dev/null",
+        "-w", f"%{{http_code}} %{{time_total}} %{{speed_{var}}} %{{size_{var}}}",
+        *args,
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=clean_env(),
+            timeout=transfer_timeout(size) + 30, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return CurlResult(0, 0.0, 0.0, 0, "curl timed out")
+    try:
+        code, total, speed, nbytes = proc.stdout.split()
+        result = CurlResult(int(code), float(total), float(speed), int(float(nbytes)))
+    except ValueError:
+        return CurlResult(0, 0.0, 0.0, 0, f"unparsable curl output {proc.stdout!r}")
+    if proc.returncode != 0:
+        result.error = f"curl exit {proc.returncode}: {proc.stderr.strip()}"
+    return result
+
+
+def sha256_of_download(url: str, size: int) -> str:
+    """Untimed content check: stream the body through sha256 without storing it."""
+    digest = hashlib.sha256()
+    cmd = [CURL, "-q", "-sS", "-g", "--noproxy", "*", "--fail",
+           "--max-time", f"{transfer_timeout(size):.0f}", url]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, env=clean_env()) as proc:
+        out = proc.stdout
+        assert out is not None
+        while chunk := out.read(MIB):  # ends at EOF; curl is bounded by --max-time
+            digest.update(chunk)
+        proc.wait(timeout=transfer_timeout(size))
+        if proc.returncode != 0:
+            return f"curl exit {proc.returncode}"
+    return digest.hexdigest()

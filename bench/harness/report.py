@@ -1,0 +1,343 @@
+"""compare.py's report: the results of a run, the table rows and the targets they are judged by,
+the tables as text and Markdown, the JSON and Markdown files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.common import num, size_name
+from harness.sampling import BUSY_MACHINE_CORES
+from harness.workloads import MEDIUM, SMALL, BigTransfer, LatencyLoop
+from harness.wrk import WrkRun
+
+
+@dataclass
+class Results:
+    profile: str
+    workers_requested: int | None
+    ours_processes: int = 1
+    nginx_workers: int = 1
+    workers_note: str = ""
+    big: list[BigTransfer] = field(default_factory=list)
+    durable: list[BigTransfer] = field(default_factory=list)
+    dd_mb_s: list[float] = field(default_factory=list)
+    #: 1-connection GETs of the test file from `bare_sendfile_server`, one per round.
+    bare_get_mb_s: list[float] = field(default_factory=list)
+    wrk: list[WrkRun] = field(default_factory=list)
+    loops: list[LatencyLoop] = field(default_factory=list)
+    memory: dict[str, object] = field(default_factory=dict)
+    profiles: dict[str, dict[str, object]] = field(default_factory=dict)
+    other_load_at_start: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one row: ours/reference at least ``ratio``, or ours below ``below``."""
+
+    ratio: float | None = None
+    below: float | None = None
+
+    def text(self) -> str:
+        if self.ratio is not None:
+            return f">= {self.ratio:g}x"
+        return f"< {self.below:g}"
+
+    def met(self, ours: float | None, ref: float | None) -> bool | None:
+        if self.ratio is not None:
+            return None if ours is None or not ref else ours / ref >= self.ratio
+        if self.below is not None and ours is not None:
+            return ours < self.below
+        return None
+
+
+@dataclass
+class TableRow:
+    workload: str
+    unit: str
+    ours: float | None
+    ref: float | None
+    ref_name: str = "nginx"
+    target: Target | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.ours is None or not self.ref else self.ours / self.ref
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.target.met(self.ours, self.ref)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"workload": self.workload, "unit": self.unit, "ours": self.ours,
+                "reference": self.ref, "reference_name": self.ref_name, "ratio": self.ratio,
+                "target": self.target.text() if self.target else None, "met": self.met,
+                "note": self.note}
+
+
+TARGET_BIG_PUT = Target(ratio=1.2)
+TARGET_DURABLE = Target(ratio=0.9)
+TARGET_BIG_GET = Target(ratio=1.5)
+TARGET_SMALL_PUT = Target(ratio=0.8)
+TARGET_MEDIUM_PUT = Target(ratio=1.0)
+TARGET_SMALL_GET = Target(ratio=0.3)
+TARGET_P99_DURING_UPLOAD_MS = Target(below=20.0)
+
+
+def _digits(unit: str) -> int:
+    return {"req/s": 0, "MB/s": 1, "ms": 2}.get(unit, 2)
+
+
+def _note_for(ours: WrkRun | None, ref: WrkRun | None) -> str:
+    parts = []
+    for who, r in (("ours", ours), ("nginx", ref)):
+        if r is None:
+            continue
+        if r.error:
+            parts.append(f"{who}: {r.error}")
+            continue
+        if r.non_2xx or r.socket_errors:
+            parts.append(f"{who}: {r.non_2xx} non-2xx, {r.socket_errors} socket errors")
+        if r.list_exhausted:
+            parts.append(f"{who}: list used up (lower bound)")
+        if r.other_load_cores is not None and r.other_load_cores > BUSY_MACHINE_CORES:
+            parts.append(f"{who}: machine busy ({r.other_load_cores} cores used by others)")
+    return "; ".join(parts)
+
+
+def best_run(runs: Sequence[WrkRun], label: str, storage: str | None, method: str, size: int,
+             conc: int) -> WrkRun | None:
+    """The fastest error-free of a workload's rounds for one server (else its first round)."""
+    mine = [r for r in runs if r.server == label and r.method == method and r.size == size
+            and r.concurrency == conc and (storage is None or r.storage == storage)]
+    good = [r for r in mine if not r.error and r.req_s is not None]
+    if good:
+        return max(good, key=lambda r: r.req_s or 0.0)
+    return mine[0] if mine else None
+
+
+def _rounds_note(runs: Sequence[WrkRun], ours: WrkRun | None, ref: WrkRun | None) -> str:
+    """"rounds ours 1500/1700, nginx 1600/2100" when a workload ran more than once."""
+    parts = []
+    for who, best in (("ours", ours), ("nginx", ref)):
+        if best is None:
+            continue
+        rates = [r.req_s for r in sorted(runs, key=lambda r: r.round)
+                 if r.server == best.server and r.storage == best.storage
+                 and r.method == best.method and r.size == best.size
+                 and r.concurrency == best.concurrency]
+        if len(rates) > 1:
+            parts.append(f"{who} " + "/".join(num(x, 0) for x in rates))
+    return "best of rounds: " + ", ".join(parts) if parts else ""
+
+
+def wrk_rows(runs: Sequence[WrkRun], ours_label: str, ref_label: str, *,
+             with_targets: bool, tag: str = "") -> list[TableRow]:
+    rows = []
+    keys = sorted({(r.method, r.size, r.concurrency) for r in runs},
+                  key=lambda k: (k[0] != "PUT", k[1], k[2]))
+    for method, size, conc in keys:
+        ours = best_run(runs, ours_label, None, method, size, conc)
+        ref = best_run(runs, ref_label, None, method, size, conc)
+        target = None
+        if with_targets:
+            if method == "PUT" and size == SMALL and conc == 10:
+                target = TARGET_SMALL_PUT
+            elif method == "PUT" and size == MEDIUM:
+                target = TARGET_MEDIUM_PUT
+            elif method == "GET" and size == SMALL:
+                target = TARGET_SMALL_GET
+        rows.append(TableRow(
+            f"{tag}{size_name(size)} {method} c={conc}", "req/s",
+            ours.req_s if ours and not ours.error else None,
+            ref.req_s if ref and not ref.error else None,
+            target=target,
+            note="; ".join(x for x in (_note_for(ours, ref), _rounds_note(runs, ours, ref)) if x),
+        ))
+    return rows
+
+
+def format_table(rows: Sequence[TableRow], markdown: bool = False) -> str:
+    head = ["workload", "unit", "ours", "nginx / ref", "ours/ref", "target", "met"]
+    body = []
+    for r in rows:
+        digits = _digits(r.unit)
+        ref = num(r.ref, digits) + (f" ({r.ref_name})" if r.ref_name != "nginx" else "")
+        met = {True: "yes", False: "NO", None: "-"}[r.met]
+        body.append([r.workload, r.unit, num(r.ours, digits), ref, num(r.ratio, 2),
+                     r.target.text() if r.target else "", met if r.target else ""])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c) + " |" for c in body]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h)
+              for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, 1, 5) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(c) for c in body)])
+
+
+def latency_table(runs: Sequence[WrkRun], ours_label: str, ref_label: str,
+                  markdown: bool = False) -> str:
+    head = ["workload", "ours p50", "nginx p50", "ours p99", "nginx p99", "ours max",
+            "nginx max", "errors ours/nginx"]
+    body = []
+    keys = sorted({(r.storage, r.method, r.size, r.concurrency) for r in runs},
+                  key=lambda k: (k[0], k[1] != "PUT", k[2], k[3]))
+    for storage, method, size, conc in keys:
+        def pick(label: str, storage: str = storage, method: str = method, size: int = size,
+                 conc: int = conc) -> WrkRun | None:
+            server = next((r.server for r in runs if r.server.startswith(label)
+                           and r.storage == storage), label)
+            return best_run(runs, server, storage, method, size, conc)
+
+        o, n = pick(ours_label), pick(ref_label)
+
+        def err(r: WrkRun | None) -> str:
+            if r is None:
+                return "-"
+            return "ERR" if r.error else str(r.non_2xx + r.socket_errors)
+
+        body.append([
+            f"{'tmpfs ' if storage == 'tmpfs' else ''}{size_name(size)} {method} c={conc}",
+            num(o.p50_ms if o else None, 2), num(n.p50_ms if n else None, 2),
+            num(o.p99_ms if o else None, 2), num(n.p99_ms if n else None, 2),
+            num(o.max_ms if o else None, 1), num(n.max_ms if n else None, 1),
+            f"{err(o)}/{err(n)}",
+        ])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c) + " |" for c in body]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h)
+              for i, h in enumerate(head)]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        for cells in [head, ["-" * w for w in widths], *body]
+    )
+
+
+def best_of(transfers: Sequence[BigTransfer], label: str
+            ) -> tuple[float | None, float | None, list[str]]:
+    """Best PUT and GET MB/s over the rounds of one server, and every error seen."""
+    mine = [t for t in transfers if t.server == label]
+    puts = [t.put_mb_s for t in mine if t.put_mb_s is not None and not t.errors]
+    gets = [t.get_mb_s for t in mine if t.get_mb_s is not None and not t.errors]
+    errors = [f"{label} round {t.round}: {e}" for t in mine for e in t.errors]
+    return (max(puts) if puts else None, max(gets) if gets else None, errors)
+
+
+def build_rows(res: Results) -> list[TableRow]:
+    rows: list[TableRow] = []
+    size = size_name(res.big[0].size) if res.big else "1 GiB"
+    o_put, o_get, o_err = best_of(res.big, "ours")
+    n_put, n_get, n_err = best_of(res.big, "nginx")
+    if res.big:
+        busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
+                for t in res.big for load in (t.put_other_load_cores,)
+                if load is not None and load > BUSY_MACHINE_CORES]
+        rows.append(TableRow(f"{size} PUT (1 conn)", "MB/s", o_put, n_put,
+                             target=TARGET_BIG_PUT, note="; ".join(o_err + n_err + busy)))
+        busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
+                for t in res.big for load in (t.get_other_load_cores,)
+                if load is not None and load > BUSY_MACHINE_CORES]
+        rows.append(TableRow(f"{size} GET (1 conn)", "MB/s", o_get, n_get,
+                             target=TARGET_BIG_GET, note="; ".join(busy)))
+    if res.big and res.bare_get_mb_s:
+        rows.append(TableRow(f"{size} GET beside a bare sendfile loop", "MB/s", o_get,
+                             max(res.bare_get_mb_s), ref_name="sendfile loop",
+                             note=f"nginx {num(n_get, 1)} MB/s is "
+                                  f"{num(n_get / max(res.bare_get_mb_s) if n_get else None, 2)}"
+                                  " of the loop"))
+    if res.durable and res.dd_mb_s:
+        d_put, _, d_err = best_of(res.durable, "ours durable")
+        rows.append(TableRow(f"{size} PUT durable (fsync)", "MB/s", d_put, max(res.dd_mb_s),
+                             ref_name="dd", target=TARGET_DURABLE, note="; ".join(d_err)))
+    disk = [r for r in res.wrk if r.storage == "disk"]
+    rows += wrk_rows(disk, "ours", "nginx", with_targets=True)
+    for what in ("idle", "during"):
+        o = next((x for x in res.loops if x.server == "ours" and x.what.startswith(what)), None)
+        n = next((x for x in res.loops if x.server == "nginx" and x.what.startswith(what)), None)
+        label = "4 KiB GET c=1, idle" if what == "idle" else (
+            f"4 KiB GET c=1 {o.what}" if o else f"4 KiB GET c=1 during {size} PUT")
+        for pct in ("p50", "p99"):
+            ours_v = getattr(o, f"{pct}_ms") if o else None
+            ref_v = getattr(n, f"{pct}_ms") if n else None
+            target = TARGET_P99_DURING_UPLOAD_MS if (what, pct) == ("during", "p99") else None
+            note = ""
+            if what == "during" and o and n:
+                note = f"n={o.requests}/{n.requests}, max {num(o.max_ms, 1)}/" \
+                       f"{num(n.max_ms, 1)} ms" + "".join(
+                           f"; {x.server}: {x.error}" for x in (o, n) if x.error) + "".join(
+                           f"; {x.server}: machine busy ({x.other_load_cores} cores used by "
+                           "others)" for x in (o, n)
+                           if (x.other_load_cores or 0) > BUSY_MACHINE_CORES)
+            rows.append(TableRow(f"{label} {pct}", "ms", ours_v, ref_v, target=target,
+                                 note=note if pct == "p99" else ""))
+    tmpfs = [r for r in res.wrk if r.storage == "tmpfs"]
+    if tmpfs:
+        rows += wrk_rows(tmpfs, "ours tmpfs", "nginx tmpfs", with_targets=False, tag="tmpfs ")
+    return rows
+
+
+def resource_lines(res: Results) -> list[str]:
+    lines = []
+    for label, rep in res.memory.items():
+        if not isinstance(rep, dict):
+            continue
+        procs = rep.get("processes")
+        nprocs = len(procs) if isinstance(procs, list) else 0
+        lines.append(
+            f"{label:<14} processes {nprocs}  peak RSS (sampled) sum "
+            f"{rep.get('sampled_peak_sum_mib')} MiB, largest {rep.get('sampled_peak_max_mib')}"
+            f" MiB; VmHWM sum {rep.get('vmhwm_sum_mib')} MiB, largest "
+            f"{rep.get('vmhwm_max_mib')} MiB"
+        )
+    transfers = [*res.big, *res.durable]
+    for label in dict.fromkeys(t.server for t in transfers):
+        mine = [t for t in transfers if t.server == label and not t.errors]
+
+        def med(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None]
+            return statistics.median(known) if known else None
+
+        lines.append(f"{label:<14} CPU s/GB ({size_name(transfers[0].size)}, median of "
+                     f"{len(mine)}): PUT {num(med([t.put_cpu_s_per_gb for t in mine]), 2)}, "
+                     f"GET {num(med([t.get_cpu_s_per_gb for t in mine]), 2)}")
+    return lines
+
+
+
+def write_json(output: Path, report: dict[str, object]) -> None:
+    """Write ``report`` to ``output`` as indented JSON (its directory made if need be)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def write_report(output: Path, report: dict[str, object], res: Results,
+                 rows: Sequence[TableRow]) -> Path:
+    """Write ``report`` as JSON to ``output`` and the tables as Markdown beside it (``.md``);
+    return the Markdown file's path."""
+    notes = [r for r in rows if r.note]
+    write_json(output, report)
+    md = output.with_suffix(".md")
+    md.write_text(
+        f"# hmacfs beside nginx ({res.profile} run, {report['timestamp']})\n\n"
+        f"{res.workers_note}. Ratio = ours / nginx (dd for the durable PUT); latency in ms.\n\n"
+        + format_table(rows, markdown=True) + "\n\n"
+        + "".join(f"- {r.workload}: {r.note}\n" for r in notes) + ("\n" if notes else "")
+        + (latency_table(res.wrk, "ours", "nginx", markdown=True) + "\n\n" if res.wrk else "")
+        + "".join(f"- {line}\n" for line in resource_lines(res)),
+        encoding="utf-8",
+    )
+    return md
