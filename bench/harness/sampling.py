@@ -191,7 +191,7 @@ class TreeSampler:
                 for pid in self._pids:
                     self._read_hwm(pid)
             self._count += 1
-            values = [v for pid in self._pids if (v := read_tree_max_kib(pid, "VmRSS"))]
+            values = [v for pid in self._pids if (v := read_one_kib(pid, "VmRSS"))]
             if not values:
                 return
             total, biggest = sum(values), max(values)
@@ -202,7 +202,7 @@ class TreeSampler:
                 peak.samples += 1
 
     def _read_hwm(self, pid: int) -> None:
-        hwm = read_tree_max_kib(pid, "VmHWM")
+        hwm = read_one_kib(pid, "VmHWM")
         if hwm is not None:
             self.hwm_kib[pid] = max(hwm, self.hwm_kib.get(pid, 0))
             self.names.setdefault(pid, process_name(pid))
