@@ -1148,6 +1148,16 @@ def test_shutdown_timeout(tmp_path: Path) -> None:
     )
 
 
+def test_fast_paths(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).server.fast_paths is True
+    config = load_text(tmp_path, f"[server]\nfast_paths = false\n{MINIMAL}")
+    assert config.server.fast_paths is False
+    assert "\nfast_paths = false\n" in describe(config)
+    assert server_error(tmp_path, 'fast_paths = "off"') == (
+        '[server] fast_paths: expected a boolean (true or false), got a string "off"'
+    )
+
+
 # --- [metrics] -------------------------------------------------------------------------------
 
 

@@ -3,8 +3,8 @@
 They must render without a single groff or man warning, give lexgrog (and so lintian) a
 proper whatis entry, use minus signs where a reader types a dash, and agree with the code:
 every subcommand and option of `hmacfs.cli.build_parser()`, the exit statuses of
-`hmacfs.cli`, every section and key of `hmacfs.core.config.SCHEMA` with the default that
-`check-config` prints, and the error messages quoted.
+`hmacfs.cli`, every key declared in `hmacfs.core.settings` (`hmacfs.core.config.KEYS`) with its
+type and default, in both the manual and etc/config.toml, and the error messages quoted.
 
 Needs the Debian packages groff-base (groff) and man-db (man, lexgrog); the spelling test
 uses lintian's word list when lintian is installed and is skipped otherwise.
@@ -28,12 +28,13 @@ import pytest
 
 from hmacfs import __version__, cli
 from hmacfs.core import config as config_module
-from hmacfs.core.config import SCHEMA, ConfigError
+from hmacfs.core.config import KEYS, SCHEMA, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_PAGE = ROOT / "man" / "hmac-file-server.8"
 CONFIG_PAGE = ROOT / "man" / "hmac-file-server.toml.5"
 PAGES = (COMMAND_PAGE, CONFIG_PAGE)
+ETC_CONFIG = ROOT / "etc" / "config.toml"
 SERVICE_UNIT = ROOT / "systemd" / "hmac-file-server.service"
 SOCKET_UNIT = ROOT / "systemd" / "hmac-file-server.socket"
 SPELLING = Path("/usr/share/lintian/data/spelling")
@@ -515,24 +516,98 @@ def effective_defaults() -> dict[str, dict[str, str | None]]:
     return described
 
 
-def test_every_key_is_documented_under_its_section() -> None:
-    documented = documented_keys()
-    assert list(documented) == list(SCHEMA)
-    for name, keys in SCHEMA.items():
-        assert list(documented[name]) == list(keys), name
+def documented_types() -> dict[str, dict[str, str]]:
+    """{section: {key: type}} from the tag lines ("listen = array of strings") of SECTIONS."""
+    types: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in section(rendered(CONFIG_PAGE), "SECTIONS"):
+        if match := re.fullmatch(r" {3}\[(\w+)\]", line):
+            current = types.setdefault(match.group(1), {})
+        elif match := re.fullmatch(r" {7}(\w+) = ([a-z ]+)", line):
+            current[match.group(1)] = match.group(2)
+    return types
 
 
-@pytest.mark.parametrize(
-    ("name", "key"), [(name, key) for name, keys in SCHEMA.items() for key in keys]
-)
-def test_documented_default_is_the_effective_one(name: str, key: str) -> None:
-    body = documented_keys()[name][key]
-    default = effective_defaults()[name][key]
-    (line,) = [line for line in body if line.startswith("Default:")]
-    if default is None:
-        assert line.startswith("Default: not set"), line
-    else:
-        assert line == f"Default: {default}"
+def annotated_file_keys() -> dict[str, dict[str, str | None]]:
+    """{section: {key: default}} from etc/config.toml: every key it sets or shows commented
+    out, with the "Default:" of the comment block just above it (None where it shows none)."""
+    keys: dict[str, dict[str, str | None]] = {}
+    current: dict[str, str | None] = {}
+    block: list[str] = []
+    for line in ETC_CONFIG.read_text(encoding="utf-8").splitlines():
+        if header := re.fullmatch(r"\[(\w+)\]", line):
+            current = keys.setdefault(header[1], {})
+            block = []
+        elif assignment := re.match(r"(?:# )?(\w+) = ", line):
+            defaults = [text for text in block if text.startswith("# Default: ")]
+            current[assignment[1]] = defaults[-1].removeprefix("# Default: ") if defaults else None
+            block = []
+        elif line.startswith("#"):
+            block.append(line)
+        else:
+            block = []
+    return keys
+
+
+def _notes(default: str) -> list[str]:
+    """The notes a "Default:" line of etc/config.toml may end with ("(no metrics listener)",
+    "for each")."""
+    return re.findall(r"(\(.*\)|for each)$", default)
+
+
+def test_keys_agree_with_the_table() -> None:
+    """The keys declared in hmacfs.core.settings (as hmacfs.core.config.KEYS lists them) are
+    the one source: the manual documents each, in their order, with its type and the default
+    check-config prints; etc/config.toml sets or shows each, with the same default where it
+    shows one; neither has a key or section the table lacks."""
+    page_defaults = {
+        name: {
+            key: next(line for line in body if line.startswith("Default:"))
+            for key, body in keys.items()
+        }
+        for name, keys in documented_keys().items()
+    }
+    page_types = documented_types()
+    annotated = annotated_file_keys()
+    problems = [
+        f"{where} has sections {list(sections)}, the table {list(KEYS)}"
+        for where, sections in (("the manual", page_defaults), ("etc/config.toml", annotated))
+        if set(sections) != set(KEYS)
+    ]
+    for name, keys in KEYS.items():
+        table = [key.name for key in keys]
+        page, in_file = page_defaults.get(name, {}), annotated.get(name, {})
+        if list(page) != table:
+            problems.append(f"[{name}]: the manual documents {list(page)}, the table has {table}")
+        if set(in_file) != set(table):
+            problems.append(f"[{name}]: etc/config.toml has {list(in_file)}, the table {table}")
+        for key in keys:
+            default = key.kind.show(key.default)
+            where = f"[{name}] {key.name}"
+            if not key.doc or "\n" in key.doc:
+                problems.append(f"{where}: the table gives no one-line doc")
+            if effective_defaults()[name].get(key.name, "nothing") != default:
+                problems.append(f"{where}: check-config prints another default than {default}")
+            if key.name in page:
+                # "not set" may be followed by a note: "(one of secret and secret_file ...)"
+                shown = "Default: not set" if default is None else f"Default: {default}"
+                said = page[key.name] if default is not None else page[key.name][: len(shown)]
+                if said != shown:
+                    problems.append(f"{where}: the manual says {page[key.name]!r}, not {shown!r}")
+                if page_types[name][key.name] != key.kind.type_name:
+                    problems.append(
+                        f"{where}: the manual says {page_types[name][key.name]}, "
+                        f"the table {key.kind.type_name}"
+                    )
+            # The file may add a note after the value: "[] (no metrics listener)".
+            written = in_file.get(key.name)
+            shown = "not set" if default is None else default
+            if written is not None and written not in (
+                shown,
+                *(f"{shown} {n}" for n in _notes(written)),
+            ):
+                problems.append(f"{where}: etc/config.toml says {written!r}, not {shown!r}")
+    assert problems == []
 
 
 @pytest.mark.parametrize(
