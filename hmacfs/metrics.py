@@ -209,8 +209,8 @@ class Metrics:
     def refused(self, status: int, reason: Reason | str, scheme: str | None) -> None:
         """A request was refused before or while its body was read.
 
-        `reason` is the refusal's `Reason` (a value of `REASONS`); `scheme` the signing scheme, None if
-        none had been chosen yet. Unknown values are counted as "other". The scheme is
+        `reason` is the refusal's `Reason` (a value of `REASONS`); `scheme` the signing scheme,
+        None if none had been chosen yet. Unknown values are counted as "other". The scheme is
         accepted for the callers' convenience but not used as a label: the reason says more,
         and the upload counter already splits by scheme.
         """

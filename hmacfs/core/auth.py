@@ -1,8 +1,9 @@
 """Who may PUT what: every signing scheme XMPP servers use for XEP-0363 upload slots.
 
 Pure functions only: `verify` turns a `PutAttempt` (what the web layer saw of a PUT) into a
-`Grant` (what may be stored) or raises a `hmacfs.core.refusals.Refusal` (the status to answer). The signing side
-(`sign` and the message builders) is used by the ``sign`` command, the tests and the benchmarks.
+`Grant` (what may be stored) or raises a `hmacfs.core.refusals.Refusal` (the status to answer).
+The signing side (`sign` and the message builders) is used by the ``sign`` command, the tests
+and the benchmarks.
 docs/SIGNING.md describes every scheme, where it comes from and every rule applied here.
 
 Nothing here logs, and no refusal's text ever contains a MAC, a token or a secret.

@@ -88,7 +88,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.requestFactory = UploadRequest
         self.metrics = Metrics()
         if fast is None:
-            fast = FastPaths(enabled=getattr(config.server, "fast_paths", True))
+            fast = FastPaths(enabled=config.server.fast_paths)
         self.fast = fast
         self._refilling = False
         self.health_resource = HealthResource(self.health)

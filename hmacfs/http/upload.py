@@ -186,8 +186,9 @@ class Upload:
         # after the answer is written.
         try:
             answer(status, refusal)
-        finally:
-            self._end(State.ANSWERED, status)
+        except Exception:  # the upload still ends, and is counted
+            _log.failure("answering the upload of {path} failed", path=self.rel)
+        self._end(State.ANSWERED, status)
 
     def abort(self, status: int) -> None:
         """The body will not complete (disconnect, cut off, refused mid-body, shutdown): drop

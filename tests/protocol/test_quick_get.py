@@ -216,3 +216,38 @@ def test_no_quick_answer_while_stopping(stocked: Harness) -> None:
     channel.dataReceived(head("GET", "/upload/other/notes.txt"))
     assert pump(channel, transport).endswith(b"plain\n")
     assert transport.disconnecting  # the full path makes it the connection's last answer
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    "size", [0, 1, 4096, QUICK_MAX_SIZE - 1, QUICK_MAX_SIZE, QUICK_MAX_SIZE + 1, 300_000]
+)
+@pytest.mark.parametrize("extra", [(), ("Range: bytes=1-",), ("Range: bytes=0-0,2-2",)])
+def test_every_size_is_answered_alike_with_the_fast_paths_on_and_off(
+    tmp_path: Path, method: str, size: int, extra: tuple[str, ...]
+) -> None:
+    """The same files on two sites, one with the fast paths and one without: every answer
+    (quick, full, ranged) is the same header for header and byte for byte."""
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    answers = []
+    for fast in (True, False):
+        harness = Harness(make_config(tmp_path / str(fast), max_upload_size=10**6), fast=fast)
+        upload(harness, "sz1/f.bin", body, "application/octet-stream")
+        os.utime(harness.storage.root / "sz1" / "f.bin", (1_700_000_000, 1_700_000_000))
+        harness.storage._meta_cache.clear()
+        response = full(harness, head(method, "/upload/sz1/f.bin", *extra))
+        answers.append(parse(response))
+    (status, headers, got), (plain_status, plain_headers, plain_got) = answers
+    if "multipart" in headers.get("content-type", ""):
+        boundary = headers["content-type"].split('"')[1].encode()
+        plain_boundary = plain_headers["content-type"].split('"')[1].encode()
+        plain_got = plain_got.replace(plain_boundary, boundary)
+        plain_headers["content-type"] = headers["content-type"]
+    assert (status, headers) == (plain_status, plain_headers)
+    assert got == plain_got
+    if method == "HEAD" or not size:
+        assert got == b""
+    elif not extra:
+        assert status == 200 and got == body
+    elif extra == ("Range: bytes=1-",):
+        assert (status, got) == ((206, body[1:]) if size > 1 else (416, b""))

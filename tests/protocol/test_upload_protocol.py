@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from hmacfs.core.settings import Config
 from hmacfs.http.channel import UploadChannel
+from hmacfs.http.fast import FastPaths
 from hmacfs.http.site import make_site
 from hmacfs.storage.local import Storage
 from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
@@ -28,7 +29,7 @@ from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_f
 class Harness:
     """One site on a fake clock; `connect()` gives a channel wired to a StringTransport."""
 
-    def __init__(self, config: Config, *, fsync: bool = False) -> None:
+    def __init__(self, config: Config, *, fsync: bool = False, fast: bool = True) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.config = config
@@ -40,7 +41,9 @@ class Harness:
             self.on_thread.append(f.__name__)
             return defer.maybeDeferred(f, *args)
 
-        self.site = make_site(config, self.storage, self.clock, run_blocking=run_blocking)
+        self.site = make_site(
+            config, self.storage, self.clock, run_blocking=run_blocking, fast=FastPaths(fast)
+        )
 
     def connect(self) -> tuple[UploadChannel, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
@@ -49,9 +52,10 @@ class Harness:
         return channel, transport
 
 
-@pytest.fixture
-def harness(storage_dir: Path) -> Harness:
-    return Harness(make_config(storage_dir, max_upload_size=1000))
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+def harness(storage_dir: Path, request: pytest.FixtureRequest) -> Harness:
+    """A site with the fast paths on, and one with them off: both answer the same."""
+    return Harness(make_config(storage_dir, max_upload_size=1000), fast=request.param)
 
 
 def put_head(path: str, size: int, query: str, *extra: str) -> bytes:

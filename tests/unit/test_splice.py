@@ -71,7 +71,7 @@ class Request:
             partial,
             compare=False,
             metrics=self.metrics,  # type: ignore[arg-type]
-            run_blocking=lambda f, *args: defer.maybeDeferred(f, *args),
+            run_blocking=defer.maybeDeferred,
             clock=lambda: 0.0,
             ended=lambda upload: None,
         )
