@@ -150,8 +150,9 @@ def serve(
     import shutil
     import signal
 
-    from hmacfs.process.supervisor import multiprocess_dir, worker_config, worker_count, worker_plan
+    from hmacfs.process.supervisor import multiprocess_dir, worker_count
     from hmacfs.process.systemd import Notifier, activated_sockets
+    from hmacfs.process.worker import ignore_hangup, worker_plan
 
     # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
     # activation variables for itself when it is first imported.
@@ -173,8 +174,8 @@ def serve(
     from twisted.logger import Logger
 
     from hmacfs.process.logs import start_logging
-    from hmacfs.process.node import make_service
-    from hmacfs.process.supervisor import StatusPipe, Supervisor, ignore_hangup
+    from hmacfs.process.node import make_node
+    from hmacfs.process.supervisor import Supervisor
 
     reactor: Any = global_reactor
     log = Logger(namespace="hmacfs")
@@ -185,23 +186,15 @@ def serve(
     notifier = Notifier() if plan is None else Notifier({})
     service: Any
     try:
-        if plan is not None:
-            service = make_service(
-                worker_config(cfg, plan),
-                reactor,
-                notifier=notifier,
-                observer=observer,
-                activated=plan.activated,
-                status=StatusPipe(plan.status_fd, reactor),
-            )
-        elif count > 1:
+        if count > 1:
             service = Supervisor(
                 cfg, reactor, count=count, notifier=notifier, activated=activated,
                 observer=observer,
             )
         else:
-            service = make_service(
-                cfg, reactor, notifier=notifier, observer=observer, activated=activated
+            service = make_node(
+                cfg, reactor, notifier=notifier, observer=observer, activated=activated,
+                worker=plan,
             )
     except OSError as e:
         print(

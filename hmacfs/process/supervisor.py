@@ -6,49 +6,56 @@ sockets; the kernel spreads new connections over the processes accepting on them
 talks to systemd: READY=1 once every worker is ready, STATUS= with the uploads in flight of
 all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. It also runs the storage sweeper.
 
-A worker reports over a pipe: "ready" once it accepts connections, then "beat N" every second
-(N: its uploads in flight). A worker that dies is started again; one that stops beating (a hung
-reactor) is killed and started again. SIGHUP checks the configuration, then replaces the
-workers one at a time (a new one is ready before the old one is told to finish its requests
-and stop), so service never pauses. SIGTERM stops every worker gracefully.
+A worker reports over a pipe (`hmacfs.process.worker`). A worker that dies is started again,
+after a delay that doubles with every crash in a row; one that stops beating (a hung reactor)
+is killed and started again. SIGHUP checks the configuration (`hmacfs.process.reload`), then
+replaces the workers one at a time (a new one is ready before the old one is told to finish
+its requests and stop), so service never pauses. SIGTERM stops every worker gracefully.
+
+Everything runs on the reactor it is given: processes are started with its `spawnProcess`
+and time is its `seconds()`, so a test can drive it all with a fake reactor.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import socket
 import sys
-import time
-from dataclasses import dataclass, replace
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from hmacfs.core import config as config_module
-from hmacfs.core.config import ConfigError, parse_listen
-from hmacfs.core.settings import Config, Listener
-from hmacfs.process.systemd import ActivatedSockets, Notifier, watchdog_interval
-from hmacfs.storage.local import Storage
+from hmacfs.core.settings import Config
+from hmacfs.process.lifecycle import ServerProcess, status_line
+from hmacfs.process.listeners import Bound, bind_all
+from hmacfs.process.logs import LineObserver
+from hmacfs.process.reload import ReloadStopped
+from hmacfs.process.sweeper import Sweeper, open_storage
+from hmacfs.process.systemd import ActivatedSockets, Notifier
+from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV, plan_text
 
 _log = Logger(namespace="hmacfs.process.supervisor")
 
-#: Environment variable carrying a worker's sockets and status pipe (JSON).
-WORKER_ENV = "HMACFS_WORKER"
-BEAT_INTERVAL = 1.0
 #: A worker silent for this long is taken for hung, killed and started again.
 HANG_TIMEOUT = 10.0
+#: A new worker that is not ready after this long counts as failed.
 READY_TIMEOUT = 60.0
-STATUS_INTERVAL = 10.0
-_SOCKET_BACKLOG = 1024
+#: A dead worker is started again after RESTART_DELAY, doubled for every other crash within
+#: CRASH_WINDOW, RESTART_DELAY_MAX at most.
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+CRASH_WINDOW = 60.0
+#: At stop, a worker still running this long after shutdown_timeout is killed.
+KILL_GRACE = 15.0
+#: Variables meant for the supervisor alone (systemd's), not for its workers.
+_NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
 
 
 def worker_count(configured: int) -> int:
@@ -56,62 +63,10 @@ def worker_count(configured: int) -> int:
     return configured if configured > 0 else max(1, os.cpu_count() or 1)
 
 
-@dataclass
-class Bound:
-    """A listening socket the supervisor holds for its workers."""
-
-    entry: str
-    listener: Listener
-    sock: socket.socket
-    metrics: bool
-
-    @property
-    def description(self) -> str:
-        if self.sock.family == socket.AF_UNIX:
-            name = self.sock.getsockname()
-            return f"unix:{name.decode() if isinstance(name, bytes) else name}"
-        host, port = self.sock.getsockname()[:2]
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        scheme = "https://" if self.listener.tls else ""
-        return f"{scheme}{address}{' (metrics)' if self.metrics else ''}"
-
-
-def bind(entry: str, activated: ActivatedSockets) -> socket.socket:
-    """A listening socket for one `listen` entry. Raises OSError/RuntimeError naming it."""
-    listener = parse_listen(entry)
-    if listener.activated is not None:
-        try:
-            fd = activated.find(listener.activated)
-        except KeyError:
-            raise RuntimeError(
-                f"{entry}: systemd passed no socket named {listener.activated!r} "
-                f"(passed: {', '.join(activated.names) or 'none'})"
-            ) from None
-        return socket.socket(fileno=os.dup(fd))
-    address = entry.split("://", 1)[-1]
-    try:
-        if address.startswith("unix:"):
-            path = address[len("unix:") :]
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            if os.path.exists(path) and not os.path.isfile(path):
-                os.unlink(path)  # a stale socket from a previous run
-            sock.bind(path)
-        else:
-            host, _, port = address.rpartition(":")
-            host = host.strip("[]")
-            infos = socket.getaddrinfo(
-                host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            family, kind, proto, _, sockaddr = infos[0]
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-        sock.listen(_SOCKET_BACKLOG)
-    except OSError as e:
-        raise OSError(e.errno, f"{entry}: {e.strerror}") from None
-    # A reactor accepts without blocking (the flag is shared with every duplicate).
-    sock.setblocking(False)
-    return sock
+def multiprocess_dir() -> Path:
+    """A fresh directory for the workers' shared metrics (removed by the caller)."""
+    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+    return Path(tempfile.mkdtemp(prefix="hmacfs-metrics-", dir=base))
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -122,21 +77,22 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.index = index
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self.last_beat = time.monotonic()
+        #: When it last said something, on the supervisor's clock.
+        self.last_beat: float = supervisor.reactor.seconds()
         self.in_flight = 0
         self.retiring = False
+        #: Kept from the start: the transport forgets it once the process has ended.
+        self.pid: int | None = None
         self._buffer = b""
 
-    @property
-    def pid(self) -> int | None:
-        transport: Any = self.transport
-        return transport.pid if transport is not None else None
+    def connectionMade(self) -> None:
+        self.pid = getattr(self.transport, "pid", None)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
         self._buffer += data
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
-            self.last_beat = time.monotonic()
+            self.last_beat = self.supervisor.reactor.seconds()
             if line == b"ready":
                 if not self.ready.called:
                     self.ready.callback(None)
@@ -144,6 +100,7 @@ class WorkerProcess(protocol.ProcessProtocol):
                 self.in_flight = int(line[5:] or b"0")
 
     def signal(self, name: str) -> None:
+        """Send it signal `name` ("TERM", "KILL"), unless it has already ended."""
         transport: Any = self.transport
         with contextlib.suppress(ProcessExitedAlready, OSError):
             transport.signalProcess(name)
@@ -155,7 +112,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.supervisor.worker_ended(self, reason)
 
 
-class Supervisor(MultiService):  # type: ignore[misc]
+class Supervisor(ServerProcess):
     """Starts, watches, replaces and stops the workers; talks to systemd."""
 
     def __init__(
@@ -164,56 +121,47 @@ class Supervisor(MultiService):  # type: ignore[misc]
         reactor: Any,
         *,
         count: int,
-        notifier: Notifier,
-        activated: ActivatedSockets,
-        observer: Any = None,
+        notifier: Notifier | None = None,
+        activated: ActivatedSockets | None = None,
+        observer: LineObserver | None = None,
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(config, reactor, notifier, observer, _log)
         if config.source is None:
             raise ValueError("worker processes read the configuration file: it needs one")
-        self.config = config
-        self.reactor = reactor
         self.count = count
-        self.notifier = notifier
-        self.activated = activated
-        self.observer = observer
+        self.activated = activated or ActivatedSockets()
         self.bound: list[Bound] = []
+        self.metrics_bound: list[Bound] = []
         self.workers: list[WorkerProcess] = []
-        self.stopping = False
-        self.started: defer.Deferred[list[str]] = defer.Deferred()
-        self.storage = Storage(
-            config.server.storage_dir,
-            fsync=config.server.fsync,
-            file_ttl=config.server.file_ttl,
-            clock=reactor.seconds,
-        )
-        # Workers leave sweeping to the supervisor (one sweep, not one per worker).
-        from hmacfs.metrics import Metrics
-        from hmacfs.process.node import Sweeper
+        self.storage = open_storage(config, reactor)
+        if run_blocking is None:
+            pool = reactor.getThreadPool()
 
-        pool = reactor.getThreadPool()
+            def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+                return deferToThreadPool(reactor, pool, f, *args)
+
+        # Imported here: prometheus_client chooses multi-process mode when it is first
+        # imported, which must be after the command has set PROMETHEUS_MULTIPROC_DIR.
+        from hmacfs.metrics import Metrics
+
         self.sweeper = Sweeper(
             self.storage,
             config.server.sweep_interval,
-            lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
+            run_blocking,
+            clock=reactor,
             metrics=Metrics(),
         )
-        self.sweeper.clock = reactor
+        #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
-        self._loops: list[LoopingCall] = []
 
     # -- start -------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
         try:
-            self.bound = [
-                Bound(e, parse_listen(e), bind(e, self.activated), False)
-                for e in self.config.server.listen
-            ] + [
-                Bound(e, parse_listen(e), bind(e, self.activated), True)
-                for e in self.config.metrics.listen
-            ]
+            self.bound = bind_all(self.config.server.listeners, self.activated)
+            self.metrics_bound = bind_all(self.config.metrics.listeners, self.activated)
         except (OSError, RuntimeError) as e:
             self._close_sockets()
             self.started.errback(e)
@@ -226,17 +174,12 @@ class Supervisor(MultiService):  # type: ignore[misc]
         def up(_: object) -> list[str]:
             if timeout.active():
                 timeout.cancel()
-            described = [b.description for b in self.bound]
-            for address in described:
-                _log.info("listening on {address}", address=address)
+            described = self.described()
+            self.announce(described)
             _log.info("{count} worker processes ready", count=self.count)
-            self.notifier.ready(self.status_text())
-            self._every(STATUS_INTERVAL, self.update_status)
-            self._every(BEAT_INTERVAL, self._check_beats)
+            self.went_ready()
+            self.every(BEAT_INTERVAL, self._check_beats)
             self.sweeper.setServiceParent(self)
-            interval = watchdog_interval()
-            if interval is not None and self.notifier.enabled:
-                self._every(interval, self.notifier.watchdog, now=True)
             return described
 
         def down(failure: Any) -> Any:
@@ -246,34 +189,34 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 worker.retiring = True
                 worker.signal("KILL")
             self._close_sockets()
-            value = failure.value
-            return getattr(value, "subFailure", failure)
+            return getattr(failure.value, "subFailure", failure)
 
         gathered.addCallbacks(up, down).chainDeferred(self.started)
 
-    def _every(self, interval: float, f: Any, now: bool = False) -> None:
-        loop = LoopingCall(f)
-        loop.clock = self.reactor
-        loop.start(interval, now=now)
-        self._loops.append(loop)
+    def described(self) -> list[str]:
+        """Where the workers listen."""
+        return [b.description for b in self.bound] + [
+            f"{b.description} (metrics)" for b in self.metrics_bound
+        ]
 
     def _spawn(self, index: int) -> WorkerProcess:
         worker = WorkerProcess(self, index)
         first = 3
         child_fds: dict[int, Any] = {1: 1, 2: 2}
-        listen: list[dict[str, Any]] = []
-        metrics: list[dict[str, Any]] = []
-        for offset, bound in enumerate(self.bound):
+        items: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        every = [(b, False) for b in self.bound] + [(b, True) for b in self.metrics_bound]
+        for offset, (bound, metrics) in enumerate(every):
             fd = first + offset
             child_fds[fd] = bound.sock.fileno()
-            name = f"L{offset}"
-            item = {"name": name, "fd": fd, "entry": bound.entry, "tls": bound.listener.tls}
-            (metrics if bound.metrics else listen).append(item)
-        status_fd = first + len(self.bound)
+            items[metrics].append(
+                {"name": f"L{offset}", "fd": fd, "entry": bound.listener.text,
+                 "tls": bound.listener.tls}
+            )
+        status_fd = first + len(every)
         child_fds[status_fd] = "r"
-        description = {"index": index, "status_fd": status_fd, "listen": listen, "metrics": metrics}
-        env = dict(os.environ, **{WORKER_ENV: json.dumps(description)})
-        for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"):
+        env = dict(os.environ)
+        env[WORKER_ENV] = plan_text(index, status_fd, items[False], items[True])
+        for variable in _NOT_FOR_WORKERS:
             env.pop(variable, None)
         source = self.config.source
         assert source is not None
@@ -285,22 +228,23 @@ class Supervisor(MultiService):  # type: ignore[misc]
     # -- watching ----------------------------------------------------------------------------
 
     def worker_ended(self, worker: WorkerProcess, reason: Any) -> None:
+        """A worker's process ended: start it again (later, if it keeps crashing), unless it
+        was meant to end."""
         _mark_dead(worker.pid)
-        if worker.retiring or self.stopping:
+        if worker.retiring or self.stopping or worker not in self.workers:
             return
-        if worker in self.workers:
-            now = time.monotonic()
-            self._crashes = [t for t in self._crashes if t > now - 60] + [now]
-            delay = min(30.0, 0.5 * 2 ** (len(self._crashes) - 1))
-            _log.error(
-                "worker {index} (pid {pid}) ended unexpectedly: {reason}; starting it again "
-                "in {delay:g}s",
-                index=worker.index,
-                pid=worker.pid,
-                reason=reason.getErrorMessage(),
-                delay=delay,
-            )
-            self.reactor.callLater(delay, self._replace_dead, worker)
+        now = self.reactor.seconds()
+        self._crashes = [t for t in self._crashes if t > now - CRASH_WINDOW] + [now]
+        delay = min(RESTART_DELAY_MAX, RESTART_DELAY * 2 ** (len(self._crashes) - 1))
+        _log.error(
+            "worker {index} (pid {pid}) ended unexpectedly: {reason}; starting it again "
+            "in {delay:g}s",
+            index=worker.index,
+            pid=worker.pid,
+            reason=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self._replace_dead, worker)
 
     def _replace_dead(self, worker: WorkerProcess) -> None:
         if self.stopping or worker not in self.workers:
@@ -309,7 +253,7 @@ class Supervisor(MultiService):  # type: ignore[misc]
         self.workers[self.workers.index(worker)] = fresh
 
     def _check_beats(self) -> None:
-        now = time.monotonic()
+        now = self.reactor.seconds()
         for worker in self.workers:
             if worker.ready.called and now - worker.last_beat > HANG_TIMEOUT:
                 _log.error(
@@ -321,49 +265,28 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 worker.signal("KILL")
 
     def status_text(self) -> str:
-        from hmacfs.process.node import status_line
-
+        """The one line `systemctl status` shows."""
         return status_line(
-            [b.description for b in self.bound],
+            self.described(),
             sum(w.in_flight for w in self.workers),
             self.sweeper.last,
             workers=len(self.workers),
         )
 
-    def update_status(self) -> None:
-        if not self.stopping:
-            self.notifier.status(self.status_text())
-
     # -- reload ------------------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """SIGHUP: check the configuration, then replace the workers one at a time."""
-        if self.stopping:
-            return
-        self.notifier.reloading()
-        source = self.config.source
-        assert source is not None
-        try:
-            new = config_module.load(source)
-        except ConfigError as e:
-            _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
-            self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
-            return
-        from hmacfs.process.node import reloadable
-
-        self.config = reloadable(self.config, new)
-        self.storage.file_ttl = new.server.file_ttl
-        if self.observer is not None:
-            from hmacfs.process.logs import LEVELS
-
-            self.observer.level = LEVELS[new.server.log_level]
-        self._roll().addBoth(lambda _: self.notifier.ready(self.status_text()))
+    def apply(self, config: Config) -> defer.Deferred[str | None]:
+        """Replace the workers, one at a time, by workers that read the file again."""
+        self.config = config
+        self.storage.fsync = config.server.fsync
+        self.storage.file_ttl = config.server.file_ttl
+        return self._roll()
 
     @defer.inlineCallbacks
     def _roll(self) -> Any:
         for old in list(self.workers):
             if self.stopping:
-                return
+                return None
             fresh = self._spawn(old.index)
             timeout = self.reactor.callLater(READY_TIMEOUT, fresh.ready.cancel)
             try:
@@ -371,8 +294,7 @@ class Supervisor(MultiService):  # type: ignore[misc]
             except Exception as e:
                 fresh.retiring = True
                 fresh.signal("KILL")
-                _log.error("reload stopped: a new worker did not start: {error}", error=str(e))
-                return
+                raise ReloadStopped(f"a new worker did not start: {e}") from None
             finally:
                 if timeout.active():
                     timeout.cancel()
@@ -380,31 +302,25 @@ class Supervisor(MultiService):  # type: ignore[misc]
                 self.workers[self.workers.index(old)] = fresh
                 old.retiring = True
                 old.signal("TERM")  # it finishes what it has in flight, then exits
-        _log.info("configuration reloaded; {count} workers replaced", count=len(self.workers))
+        return f"{len(self.workers)} workers replaced"
 
     # -- stop --------------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred[None]:
-        self.stopping = True
-        uploads = sum(w.in_flight for w in self.workers)
-        timeout = self.config.server.shutdown_timeout
-        self.notifier.stopping(
-            f"stopping; waiting up to {timeout:g}s for {uploads} upload(s) in flight"
-        )
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
+        """Tell every worker to stop (they finish their uploads within shutdown_timeout);
+        kill those still running KILL_GRACE seconds after that."""
+        timers = self.begin_stop(sum(w.in_flight for w in self.workers))
         self._close_sockets()
         workers = list(self.workers)
         for worker in workers:
             worker.retiring = True
             worker.signal("TERM")
-        ended = defer.gatherResults([w.ended for w in workers], consumeErrors=True)
+
         def kill_all() -> None:
             for worker in workers:
                 worker.signal("KILL")
 
-        kill = self.reactor.callLater(timeout + 15, kill_all)
+        kill = self.reactor.callLater(self.config.server.shutdown_timeout + KILL_GRACE, kill_all)
 
         def done(_: object) -> Any:
             if kill.active():
@@ -412,10 +328,11 @@ class Supervisor(MultiService):  # type: ignore[misc]
             _log.info("stopped")
             return MultiService.stopService(self)
 
+        ended = defer.gatherResults([timers] + [w.ended for w in workers], consumeErrors=True)
         return ended.addBoth(done)  # type: ignore[no-any-return]
 
     def _close_sockets(self) -> None:
-        for bound in self.bound:
+        for bound in (*self.bound, *self.metrics_bound):
             bound.sock.close()
 
 
@@ -429,85 +346,3 @@ def _mark_dead(pid: int | None) -> None:
     # Metrics must never take the supervisor down.
     with contextlib.suppress(OSError, ValueError):
         multiprocess.mark_process_dead(pid, directory)
-
-
-# -- the worker's side -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What the supervisor handed a worker: its sockets (by name) and its status pipe."""
-
-    index: int
-    status_fd: int
-    activated: ActivatedSockets
-    listen: tuple[str, ...]
-    metrics: tuple[str, ...]
-
-
-def worker_plan(environ: dict[str, str] | None = None) -> WorkerPlan | None:
-    """The plan in WORKER_ENV, or None when this process is not a worker."""
-    env = os.environ if environ is None else environ
-    text = env.get(WORKER_ENV)
-    if not text:
-        return None
-    data = json.loads(text)
-    activated = ActivatedSockets()
-    listen: list[str] = []
-    metrics: list[str] = []
-    for key, target in (("listen", listen), ("metrics", metrics)):
-        for item in data[key]:
-            fd = int(item["fd"])
-            os.set_blocking(fd, False)
-            activated.fds.append(fd)
-            activated.names[item["name"]] = fd
-            target.append(("https+systemd:" if item["tls"] else "systemd:") + item["name"])
-    return WorkerPlan(
-        index=int(data["index"]),
-        status_fd=int(data["status_fd"]),
-        activated=activated,
-        listen=tuple(listen),
-        metrics=tuple(metrics),
-    )
-
-
-def worker_config(config: Config, plan: WorkerPlan) -> Config:
-    """`config` as a worker runs it: on the sockets it was handed."""
-    return replace(
-        config,
-        server=replace(config.server, listen=plan.listen),
-        metrics=replace(config.metrics, listen=plan.metrics),
-    )
-
-
-class StatusPipe:
-    """The worker's end of the pipe to the supervisor."""
-
-    def __init__(self, fd: int, reactor: Any) -> None:
-        self.fd = fd
-        self.reactor = reactor
-        self.closed = False
-
-    def send(self, line: str) -> None:
-        if self.closed:
-            return
-        try:
-            os.write(self.fd, line.encode() + b"\n")
-        except OSError:
-            # The supervisor is gone: a worker must not outlive it.
-            self.closed = True
-            _log.error("the supervisor went away; stopping")
-            os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as ever
-
-
-def ignore_hangup() -> None:
-    """Workers are replaced, not reloaded: SIGHUP goes to the supervisor only."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def multiprocess_dir() -> Path:
-    """A fresh directory for the workers' shared metrics (removed by the caller)."""
-    import tempfile
-
-    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-    return Path(tempfile.mkdtemp(prefix="hmacfs-metrics-", dir=base))

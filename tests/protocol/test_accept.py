@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import protocol, tcp
 from twisted.internet.testing import MemoryReactor
 
-from hmacfs.process.node import accept_one_at_a_time
+from hmacfs.process.listeners import accept_one_at_a_time
 
 
 class Counting(protocol.Factory):

@@ -1,0 +1,229 @@
+"""Listening sockets: binding a `Listener`, handing it to a reactor, describing it.
+
+Every listener takes the same path, whether this process stands alone or is a worker:
+
+- `bind` makes a listening socket for a `Listener`: bound here (TCP, IPv6, Unix) or a
+  duplicate of one that systemd passed (socket activation), which is also how a worker
+  receives the sockets its supervisor bound;
+- `Listeners` hands those sockets to the reactor (`adoptStreamPort`), wrapped in TLS for
+  `https` listeners, and says where it listens (`describe_socket`);
+- a socket other processes accept on too takes one connection per readiness event
+  (`accept_one_at_a_time`).
+
+The supervisor binds with `bind_all` and passes the sockets on; it never accepts on them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+
+from hmacfs.core.settings import Listener
+from hmacfs.process.systemd import ActivatedSockets
+
+#: The listen(2) backlog of every socket bound here.
+SOCKET_BACKLOG = 1024
+
+
+def activated_listener(name: str, tls: bool) -> Listener:
+    """The listener for the socket systemd (or a supervisor) passed under `name`."""
+    return Listener(text=f"{'https+' if tls else ''}systemd:{name}", tls=tls, activated=name)
+
+
+def wants_tls(listeners: Sequence[Listener]) -> bool:
+    """Whether any of `listeners` serves TLS (so that a certificate is needed)."""
+    return any(listener.tls for listener in listeners)
+
+
+def bind(listener: Listener, activated: ActivatedSockets) -> socket.socket:
+    """A listening, non-blocking socket for `listener`.
+
+    A socket-activated listener gets a duplicate of the descriptor systemd passed (the
+    original stays open). Raises RuntimeError naming the entry when systemd passed no socket
+    of that name, OSError naming the entry when the address cannot be bound.
+    """
+    if listener.activated is not None:
+        try:
+            fd = activated.find(listener.activated)
+        except KeyError:
+            raise RuntimeError(
+                f"{listener.text}: systemd passed no socket named {listener.activated!r} "
+                f"(passed: {', '.join(activated.names) or 'none'})"
+            ) from None
+        try:
+            return socket.socket(fileno=os.dup(fd))
+        except OSError as e:
+            raise OSError(e.errno, f"{listener.text}: {e.strerror}") from None
+    try:
+        sock = _bound(listener)
+    except OSError as e:
+        raise OSError(e.errno, f"{listener.text}: {e.strerror}") from None
+    # A reactor accepts without blocking (the flag is shared with every duplicate).
+    sock.setblocking(False)
+    return sock
+
+
+def _bound(listener: Listener) -> socket.socket:
+    if listener.unix_path is not None:
+        path = listener.unix_path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if os.path.exists(path) and not os.path.isfile(path):
+                os.unlink(path)  # a stale socket from a previous run
+            sock.bind(path)
+            sock.listen(SOCKET_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    assert listener.host is not None and listener.port is not None, "a parsed listener"
+    # Listener keeps an IPv6 address without its brackets; a host name is bound over IPv4.
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    infos = socket.getaddrinfo(
+        listener.host, listener.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(SOCKET_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def describe_socket(sock: socket.socket, tls: bool) -> str:
+    """"127.0.0.1:5050", "https://[::]:443", "unix:/run/x.sock": where `sock` listens."""
+    if sock.family == socket.AF_UNIX:
+        name = sock.getsockname()
+        return f"unix:{name.decode('utf-8', 'replace') if isinstance(name, bytes) else name}"
+    host, port = sock.getsockname()[:2]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{'https://' if tls else ''}{address}"
+
+
+@dataclass
+class Bound:
+    """A listening socket and the listener it was bound for."""
+
+    listener: Listener
+    sock: socket.socket
+    #: Where it listens (worked out while the socket is open).
+    description: str
+
+
+def bind_all(listeners: Sequence[Listener], activated: ActivatedSockets) -> list[Bound]:
+    """Bind every one of `listeners`, in order, or none: raises what `bind` raises for the
+    first that fails, after closing those already bound."""
+    bound: list[Bound] = []
+    try:
+        for listener in listeners:
+            sock = bind(listener, activated)
+            bound.append(Bound(listener, sock, describe_socket(sock, listener.tls)))
+    except BaseException:
+        for done in bound:
+            done.sock.close()
+        raise
+    return bound
+
+
+def accept_one_at_a_time(port: Any) -> None:
+    """Make `port` take one connection per readiness event.
+
+    An inherited socket may be shared with other worker processes, which all wake when
+    connections arrive. Twisted accepts up to a hundred at once, so the worker that woke first
+    would take a whole burst (all of a client's parallel connections) and leave the others
+    idle; one at a time, they share it (what nginx's default "multi_accept off" does).
+    """
+    read = port.doRead
+
+    def do_read() -> Any:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = do_read
+
+
+class Listeners(Service):  # type: ignore[misc]
+    """Listens on `listeners` for `factory`; `ready` fires with their descriptions once all
+    of them listen, or fails with the first that cannot (and none listens).
+
+    `tls` gives the current TLS context for https listeners (read when they start).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        listeners: Sequence[Listener],
+        factory: Any,
+        tls: Callable[[], Any],
+        activated: ActivatedSockets,
+    ) -> None:
+        self.reactor = reactor
+        self.listeners = tuple(listeners)
+        self.factory = factory
+        self.tls = tls
+        self.activated = activated
+        self.ports: list[Any] = []
+        self.descriptions: list[str] = []
+        self.ready: defer.Deferred[list[str]] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            bound = bind_all(self.listeners, self.activated)
+        except (OSError, RuntimeError) as e:
+            self.ready.errback(e)
+            return
+        ports: list[Any] = []
+        try:
+            for each in bound:
+                ports.append(self._adopt(each))
+        except Exception as e:  # reported as a listen failure
+            for port in ports:
+                port.stopListening()
+            self.ready.errback(e)
+            return
+        finally:
+            for each in bound:
+                each.sock.close()  # every port works on its own duplicate
+        self.ports = ports
+        self.descriptions = [each.description for each in bound]
+        self.ready.callback(list(self.descriptions))
+
+    def _adopt(self, bound: Bound) -> Any:
+        factory: Any = self.factory
+        listener = bound.listener
+        if listener.tls:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            context = self.tls()
+            assert context is not None, "configuration check lets no https listener without TLS"
+            factory = TLSMemoryBIOFactory(context, False, factory)
+        port = self.reactor.adoptStreamPort(bound.sock.fileno(), bound.sock.family, factory)
+        if listener.activated is not None:
+            # Close the descriptor systemd passed, or the socket would keep accepting
+            # connections after stopListening; and take a share of what other processes
+            # on the same socket are offered.
+            os.close(self.activated.find(listener.activated))
+            accept_one_at_a_time(port)
+        return port
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        ports, self.ports = self.ports, []
+        return defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+        )
+
+    def describe(self) -> list[str]:
+        """Where it listens (nothing once stopped)."""
+        return list(self.descriptions) if self.ports else []

@@ -1,0 +1,83 @@
+"""The storage directory as a process opens it, and the sweeper that keeps it clean.
+
+The single-process node and the supervisor both open the storage here (`open_storage`) and
+sweep it with `Sweeper`; workers leave sweeping to their supervisor (one sweep, not one per
+worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from hmacfs.core.settings import Config
+from hmacfs.storage.backend import SweepReport
+from hmacfs.storage.local import Storage
+
+_log = Logger(namespace="hmacfs.process.sweeper")
+
+
+def open_storage(config: Config, clock: Any) -> Storage:
+    """The storage directory of `config`, on `clock` (a reactor: its `seconds()` is now).
+
+    Raises OSError when the directory cannot be created or used."""
+    return Storage(
+        config.server.storage_dir,
+        fsync=config.server.fsync,
+        file_ttl=config.server.file_ttl,
+        clock=clock.seconds,
+    )
+
+
+class Sweeper(TimerService):  # type: ignore[misc]
+    """Removes expired files and abandoned partial uploads, on a thread, every `interval`
+    seconds of `clock` (the first sweep as it starts).
+
+    `active` names the partial files of uploads still in flight; `metrics`, if given, gets
+    the storage figures of every sweep. A sweep still running when the next is due delays it;
+    stopping waits for it.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        interval: float,
+        run_blocking: Callable[..., defer.Deferred[Any]],
+        *,
+        clock: Any,
+        active: Callable[[], frozenset[str]] = frozenset,
+        metrics: Any = None,
+    ) -> None:
+        super().__init__(interval, self.sweep)
+        self.clock = clock
+        self.storage = storage
+        self.run_blocking = run_blocking
+        self.active = active
+        self.metrics = metrics
+        #: What the last sweep found (None until one has finished).
+        self.last: SweepReport | None = None
+
+    def sweep(self) -> defer.Deferred[None]:
+        """Sweep once, on a thread. The result never fails: a failure is logged."""
+        d = self.run_blocking(self.storage.sweep, self.active())
+        return d.addCallbacks(self._report, self._failed)
+
+    def _report(self, result: SweepReport) -> None:
+        self.last = result
+        if self.metrics is not None:
+            self.metrics.set_storage(result.files, result.bytes)
+        if result.expired or result.partials or result.orphans:
+            _log.info(
+                "sweep removed {expired} expired files, {partials} abandoned partial"
+                " uploads, {orphans} stale metadata entries",
+                expired=result.expired,
+                partials=result.partials,
+                orphans=result.orphans,
+            )
+
+    def _failed(self, failure: Any) -> None:
+        _log.failure("sweeping the storage directory failed", failure)

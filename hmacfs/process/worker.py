@@ -1,0 +1,105 @@
+"""The worker's side of the supervisor's pipe: what a worker is handed, what it reports.
+
+The supervisor starts each worker with WORKER_ENV naming the descriptors of its listening
+sockets and of its status pipe. Over the pipe the worker says "ready" once it accepts
+connections, then "beat N" every BEAT_INTERVAL seconds (N: its uploads in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from hmacfs.core.settings import Listener
+from hmacfs.process.listeners import activated_listener
+from hmacfs.process.systemd import ActivatedSockets
+
+_log = Logger(namespace="hmacfs.process.worker")
+
+#: Environment variable carrying a worker's sockets and status pipe (JSON).
+WORKER_ENV = "HMACFS_WORKER"
+#: How often a worker reports to its supervisor.
+BEAT_INTERVAL = 1.0
+
+
+def plan_text(
+    index: int, status_fd: int, listen: list[dict[str, Any]], metrics: list[dict[str, Any]]
+) -> str:
+    """WORKER_ENV's value: `listen` and `metrics` list the sockets, each as
+    {"name", "fd", "entry", "tls"}."""
+    plan = {"index": index, "status_fd": status_fd, "listen": listen, "metrics": metrics}
+    return json.dumps(plan)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the supervisor handed a worker: its sockets (by name) and its status pipe."""
+
+    index: int
+    status_fd: int
+    activated: ActivatedSockets
+    listeners: tuple[Listener, ...]
+    metrics_listeners: tuple[Listener, ...]
+
+
+def worker_plan(environ: Mapping[str, str] | None = None) -> WorkerPlan | None:
+    """The plan in WORKER_ENV, or None when this process is not a worker."""
+    env = os.environ if environ is None else environ
+    text = env.get(WORKER_ENV)
+    if not text:
+        return None
+    data = json.loads(text)
+    activated = ActivatedSockets()
+    found: dict[str, list[Listener]] = {"listen": [], "metrics": []}
+    for key, target in found.items():
+        for item in data[key]:
+            fd = int(item["fd"])
+            os.set_blocking(fd, False)
+            activated.fds.append(fd)
+            activated.names[item["name"]] = fd
+            target.append(activated_listener(item["name"], bool(item["tls"])))
+    return WorkerPlan(
+        index=int(data["index"]),
+        status_fd=int(data["status_fd"]),
+        activated=activated,
+        listeners=tuple(found["listen"]),
+        metrics_listeners=tuple(found["metrics"]),
+    )
+
+
+class Reporter(Protocol):
+    """Where a worker's reports go."""
+
+    def send(self, line: str) -> None:
+        """Send one report line; never raises."""
+
+
+class StatusPipe:
+    """The worker's end of the pipe to the supervisor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+
+    def send(self, line: str) -> None:
+        """Write `line`; if the supervisor is gone, stop this worker (gracefully)."""
+        if self.closed:
+            return
+        try:
+            os.write(self.fd, line.encode() + b"\n")
+        except OSError:
+            # The supervisor is gone: a worker must not outlive it.
+            self.closed = True
+            _log.error("the supervisor went away; stopping")
+            os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as ever
+
+
+def ignore_hangup() -> None:
+    """Workers are replaced, not reloaded: SIGHUP goes to the supervisor only."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
