@@ -1,7 +1,8 @@
-"""Canaries: the Twisted internals the upload channel relies on.
+"""Canaries: the Twisted internals the HTTP layer relies on, all reached through
+`hmacfs.http._twisted` (which is all this file imports of ours).
 
-`hmacfs.http.site.UploadChannel` decides on a request between its headers and its body. That needs
-the request line while the body has not arrived (`HTTPChannel._command`/`_path`), the order of
+`hmacfs.http.channel.UploadChannel` decides on a request between its headers and its body. That
+needs the request line while the body has not arrived (`HTTPChannel._command`/`_path`), the order of
 calls in `allHeadersReceived` (gotLength, then the automatic "100 Continue"), and body chunks
 reaching `Request.handleContentChunk`. `hmacfs.http.fast.splice` takes the rest of a large body past
 Twisted: it needs the channel's transfer decoder (`_transferDecoder`, counting the bytes still
@@ -19,6 +20,7 @@ from twisted.internet import abstract, main, posixbase, tcp
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 
+from hmacfs.http import _twisted
 from hmacfs.http._twisted import body_decoder
 
 
@@ -162,18 +164,69 @@ def test_between_requests_state_has_the_names_the_quick_path_reads() -> None:
         channel._dataBuffer,
     )
     assert state == ([], b"", False, 1, False, [])
+    assert _twisted.between_requests(channel)
     channel.dataReceived(b"GET /a HTTP/1.1\r\nHost")
     assert channel.requests and channel._buffer == b"Host"
+    assert not _twisted.between_requests(channel)
 
 
-def test_an_idle_transport_has_the_write_state_write_now_reads() -> None:
-    # web.write_now sends straight to the socket only when both of a FileDescriptor's write
+def test_an_idle_transport_has_the_write_state_direct_writes_read() -> None:
+    # DirectWrites sends straight to the socket only when both of a FileDescriptor's write
     # buffers are empty; anything Twisted queued must show up in one of them.
     transport = abstract.FileDescriptor(MemoryReactor())
     transport.connected = True
     assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])
     assert (transport._writeDisconnecting, transport._writeDisconnected) == (False, False)
-    transport.loseWriteConnection()
-    assert transport._writeDisconnecting
+    assert _twisted.transport_idle(transport, None)
     transport.write(b"queued")
     assert transport.dataBuffer or transport._tempDataBuffer
+    assert not _twisted.transport_idle(transport, None)
+    idle = abstract.FileDescriptor(MemoryReactor())
+    idle.connected = True
+    idle.loseWriteConnection()
+    assert idle._writeDisconnecting and not _twisted.transport_idle(idle, None)
+
+
+def test_a_transports_writes_can_be_stood_in_for_and_given_back() -> None:
+    # The reactor's transports look `write` and `writeSequence` up on the instance.
+    transport = abstract.FileDescriptor(MemoryReactor())
+    transport.connected = True
+    seen: list[bytes] = []
+    queue = _twisted.take_writes(transport, seen.append, seen.extend)
+    transport.write(b"a")
+    transport.writeSequence([b"b", b"c"])
+    assert seen == [b"a", b"b", b"c"]
+    queue(b"queued")
+    assert transport.dataBuffer or transport._tempDataBuffer  # Twisted's own write
+    _twisted.give_back_writes(transport)
+    transport.write(b"d")
+    assert seen == [b"a", b"b", b"c"]
+
+
+def test_a_transports_reads_can_be_taken_and_given_back() -> None:
+    transport = abstract.FileDescriptor(MemoryReactor())
+    assert _twisted.reads_taken(transport) is None
+
+    def do_read() -> object:
+        return "taken"
+
+    _twisted.take_reads(transport, do_read)
+    assert transport.doRead() == "taken" and _twisted.reads_taken(transport) is do_read
+    _twisted.give_back_reads(transport)
+    assert _twisted.reads_taken(transport) is None
+
+
+def test_a_request_knows_its_connection_is_gone() -> None:
+    channel, _, _ = connect()
+    channel.dataReceived(b"PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    request = channel.requests[-1]
+    assert _twisted.request_line(channel) == (b"PUT", b"/a")
+    assert not _twisted.request_disconnected(request)
+    channel.connectionLost(main.CONNECTION_LOST)
+    assert _twisted.request_disconnected(request)
+
+
+def test_a_listening_port_accepts_as_many_as_number_accepts_says() -> None:
+    # accept_one_at_a_time sets `numberAccepts` before each of the port's reads.
+    source = inspect.getsource(tcp.Port.doRead)
+    assert "numberAccepts" in source and "self.numberAccepts" in source

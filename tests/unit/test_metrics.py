@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 from hmacfs.core.refusals import Reason
+from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES
 from hmacfs.metrics import (
     DISCONNECTED,
     REASONS,

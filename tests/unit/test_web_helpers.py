@@ -10,7 +10,6 @@ import pytest
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides
 
-from hmacfs.core.settings import HttpSettings
 from hmacfs.core.download import parse_ranges
 from hmacfs.core.headers import (
     content_disposition,
@@ -19,6 +18,7 @@ from hmacfs.core.headers import (
     preflight_headers,
     safe_media_type,
 )
+from hmacfs.core.settings import HttpSettings
 from hmacfs.http.fast.direct import DirectWrites
 
 
