@@ -225,6 +225,22 @@ def stop_started(timeout: float = 20.0) -> None:
                 process.wait()
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (a supervisor's workers), by pid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
 def _pump(stream: IO[bytes], lines: queue.Queue[str], log: list[str]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
