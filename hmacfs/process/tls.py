@@ -86,8 +86,9 @@ def build_context(settings: TlsSettings) -> SSL.Context:
     context.use_certificate(certificates[0])
     for extra in certificates[1:]:
         context.add_extra_chain_cert(extra)
-    context.use_privatekey(private_key)
     try:
+        # (newer pyOpenSSL releases already refuse a mismatched key in use_privatekey)
+        context.use_privatekey(private_key)
         context.check_privatekey()
     except SSL.Error:
         raise TlsError("key", f"{settings.key} does not belong to the certificate") from None

@@ -1316,6 +1316,17 @@ def test_tls_errors(tmp_path: Path, leaf: Leaf, tls: str, message: str) -> None:
     assert error_of(tmp_path, text).startswith(message.format(tmp=tmp_path))
 
 
+def test_a_key_of_another_certificate_is_a_config_error(tmp_path: Path, leaf: Leaf) -> None:
+    other = TestCA(tmp_path / "other-ca").issue("elsewhere")
+    text = (
+        '[server]\nlisten = "https://127.0.0.1:0"\n'
+        f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{other.key}"\n{MINIMAL}'
+    )
+    assert error_of(tmp_path, text).startswith(
+        f"[tls] key: {other.key} does not belong to the certificate"
+    )
+
+
 # --- parse_listen ----------------------------------------------------------------------------
 
 
