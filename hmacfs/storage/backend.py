@@ -2,7 +2,7 @@
 files are kept. No HTTP here: a backend raises `hmacfs.core.refusals.Refusal`s, and the HTTP
 layer alone turns them into answers.
 
-The local filesystem (`hmacfs.storage.local.LocalStorage`) is the first implementation; an
+The local filesystem (`hmacfs.storage.local.Storage`) is the first implementation; an
 object store is meant to be a second one without touching the HTTP layer. Calls marked
 blocking are made off the reactor thread by the caller.
 """
@@ -143,6 +143,10 @@ class Backend(Protocol):
 
     def files(self) -> Iterator[StoredFile]:
         """Every stored file, expired ones included. Blocking."""
+        ...
+
+    def usage(self) -> tuple[int, int]:
+        """How many files are stored, and how many bytes they hold. Blocking."""
         ...
 
     def sweep(self, active: frozenset[str] = frozenset()) -> SweepReport:

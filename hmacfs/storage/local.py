@@ -426,6 +426,14 @@ class Storage:
                 if stat.S_ISREG(st.st_mode):
                     yield self._stored(prefix + name, path, st)
 
+    def usage(self) -> tuple[int, int]:
+        """How many files are stored, and how many bytes they hold. Blocking."""
+        count = total = 0
+        for stored in self.files():
+            count += 1
+            total += stored.size
+        return count, total
+
     def _stored(self, rel: str, real: str, st: os.stat_result) -> StoredFile:
         meta = self._read_meta(real, st, rel) or {}
         content_type = meta.get("content_type")

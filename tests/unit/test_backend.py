@@ -112,6 +112,7 @@ def test_delete_and_the_list_of_files(storage: Storage) -> None:
         partial.write(body)
         partial.commit()
     listed = {stored.rel: (stored.size, stored.content_type) for stored in storage.files()}
+    assert storage.usage() == (2, 3)
     assert listed == {"d1/a.txt": (1, "text/plain"), "d1/d2/b.txt": (2, "text/plain")}
     assert storage.delete("d1/d2/b.txt")
     assert not storage.delete("d1/d2/b.txt")
