@@ -4,7 +4,9 @@ replaces them one at a time, a single-process mode remains."""
 from __future__ import annotations
 
 import os
+import selectors
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -57,6 +59,73 @@ def test_workers_share_the_sockets(tmp_path: Path) -> None:
         assert upload(put_url(server.base, f"{uuid.uuid4()}/{n}.txt", 2), b"ok") == 201
     assert stop_server(server) == 0
     assert children(server.process.pid) == []  # every worker stopped with it
+
+
+def _state(pid: int) -> str:
+    """The state letter of process `pid` ("T" when stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """The worker that wakes first takes one connection per wake-up and leaves the rest of a
+    burst to the others (Twisted alone would accept them all in one go).
+
+    Made certain with SIGSTOP: the burst waits in the backlog, the first worker alone is let
+    go until it has answered one connection, then the second is let go.
+    """
+    server = start_server(tmp_path, server_toml="workers = 2")
+    first, second = workers_of(server, 2)
+    # Fewer than the hundred Twisted accepts per call: without one at a time, the first
+    # worker would take every one before answering any.
+    burst = 90
+    answers: dict[socket.socket, bytes] = {}
+    selector = selectors.DefaultSelector()
+
+    def answered(timeout: float) -> list[socket.socket]:
+        """The connections with something to read within `timeout` (read, and no longer
+        watched)."""
+        ready = [key.fileobj for key, _ in selector.select(timeout=timeout)]
+        for client in ready:
+            assert isinstance(client, socket.socket)
+            answers[client] += client.recv(65536)
+            selector.unregister(client)
+        return ready  # type: ignore[return-value]
+
+    for pid in (first, second):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(burst):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            client.sendall(b"GET /upload/none/such.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            selector.register(client, selectors.EVENT_READ)
+            answers[client] = b""
+        os.kill(first, signal.SIGCONT)
+        assert selector.select(timeout=20), "the first worker answered nothing"
+        os.kill(first, signal.SIGSTOP)
+        wait_for(lambda: _state(first) == "T", 20, "the first worker to stop")
+        by_first = answered(0)
+        assert 0 < len(by_first) < burst
+        os.kill(second, signal.SIGCONT)
+        # (well within HANG_TIMEOUT, after which the supervisor kills a stopped worker)
+        by_second = answered(5)
+        assert by_second, "the first worker took the whole burst"
+        assert all(answers[client].startswith(b"HTTP/1.1 404 ") for client in by_second)
+        os.kill(first, signal.SIGCONT)
+        for client, received in answers.items():
+            answer = received
+            while b"\r\n\r\n" not in answer:
+                chunk = client.recv(65536)
+                assert chunk, "a connection closed without an answer"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 404 ")
+    finally:
+        for pid in (first, second):
+            os.kill(pid, signal.SIGCONT)
+        selector.close()
+        for client in answers:
+            client.close()
+    assert stop_server(server) == 0
 
 
 def test_single_process_mode(tmp_path: Path) -> None:
