@@ -497,10 +497,6 @@ class Storage:
                 partial, _ = self._pool.popleft()
             _discard(partial)
 
-    # TRANSITION: the old names, until every caller uses the interface's.
-    pooled_names = live_names
-    drain_pool = close
-
     def _link_into_place(self, upload: LocalPartial) -> None:
         """Give the complete partial file its name at the upload's path, creating the missing
         directories on the way. Never replaces. Raises Conflict (the path, or a directory on

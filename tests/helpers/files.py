@@ -35,5 +35,5 @@ def partial_files(storage: Storage) -> list[str]:
             continue
         if target.startswith(unnamed) and target.endswith(" (deleted)"):
             found.append(target[len(unnamed) - 1 : -len(" (deleted)")])
-    ready = storage.pooled_names()
+    ready = storage.live_names()
     return sorted(name for name in found if name not in ready)
