@@ -50,7 +50,7 @@ def upload_url(cfg: Config, rel: str) -> str:
     return base_url(cfg) + cfg.server.upload_prefix + encoded
 
 
-def signed_example(
+def signed_example(  # noqa: PLR0917 (a slot's values, in the order they are printed)
     cfg: Config, rel: str, size: int, content_type: str, scheme: str, lifetime: float
 ) -> tuple[str, dict[str, str]]:
     """A signed PUT URL for `rel` and the headers the client must send with it."""
@@ -136,7 +136,7 @@ def load_reactor_without_openssl() -> None:
         del sys.modules["OpenSSL"]  # (what failed to import without it is not kept)
 
 
-def serve(
+def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
     cfg: Config,
     on_ready: Callable[[list[str]], None] | None = None,
     *,

@@ -276,7 +276,7 @@ def _strerror(e: OSError) -> str:
     return os.strerror(e.errno) if e.errno else str(e)
 
 
-def check_storage(
+def check_storage(  # noqa: PLR0911 (one return per failed check)
     storage_dir: Path,
     partial_dir: Path,
     *,

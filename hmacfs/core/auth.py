@@ -177,7 +177,7 @@ def _json_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def sign(
+def sign(  # noqa: PLR0911 (one return per scheme)
     scheme: str,
     path: str,
     size: int,

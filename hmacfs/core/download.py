@@ -150,7 +150,7 @@ def cache_control(stored: FileFacts, now: float) -> tuple[bytes, bytes]:
     return (b"Cache-Control", b"public, max-age=%d" % max_age)
 
 
-def plan(
+def plan(  # noqa: PLR0911 (one return per kind of answer)
     method: bytes,
     headers: Mapping[bytes, str],
     stored: FileFacts,
@@ -194,7 +194,14 @@ def plan(
         count = last - first + 1
         return Plan(206, _with_type(partial, media_type, count, last_modified),
                     ((first, count),), count)
-    return _multipart(common, media_type, ranges, size, last_modified, boundary)
+    return _multipart(
+        common,
+        media_type=media_type,
+        ranges=ranges,
+        size=size,
+        last_modified=last_modified,
+        boundary=boundary,
+    )
 
 
 def _with_type(
@@ -224,6 +231,7 @@ def _if_range_holds(headers: Mapping[bytes, str], etag: str, stored: FileFacts) 
 
 def _multipart(
     common: tuple[tuple[bytes, bytes], ...],
+    *,
     media_type: bytes,
     ranges: list[tuple[int, int]],
     size: int,

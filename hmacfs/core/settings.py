@@ -85,7 +85,7 @@ _TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 # --- how values are written ---------------------------------------------------------------
 
 
-def toml_type(value: object) -> str:
+def toml_type(value: object) -> str:  # noqa: PLR0911 (one return per TOML type)
     """What kind of TOML value `value` is, with its article ("an integer"), for messages."""
     if isinstance(value, bool):
         return "a boolean"

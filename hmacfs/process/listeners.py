@@ -8,7 +8,8 @@ Every listener takes the same path, whether this process stands alone or is a wo
 - `Listeners` hands those sockets to the reactor (`adoptStreamPort`), wrapped in TLS for
   `https` listeners, and says where it listens (`describe_socket`);
 - a socket other processes accept on too takes one connection per readiness event
-  (`accept_one_at_a_time`).
+  (`accept_one_at_a_time`, from `hmacfs.http._twisted`, where every use of Twisted's private
+  state is canaried).
 
 The supervisor binds with `bind_all` and passes the sockets on; it never accepts on them.
 """
@@ -25,7 +26,20 @@ from twisted.application.service import Service
 from twisted.internet import defer
 
 from hmacfs.core.settings import Listener
+from hmacfs.http._twisted import accept_one_at_a_time
 from hmacfs.process.systemd import ActivatedSockets
+
+__all__ = [
+    "SOCKET_BACKLOG",
+    "Bound",
+    "Listeners",
+    "accept_one_at_a_time",
+    "activated_listener",
+    "bind",
+    "bind_all",
+    "describe_socket",
+    "wants_tls",
+]
 
 #: The listen(2) backlog of every socket bound here.
 SOCKET_BACKLOG = 1024
@@ -135,23 +149,6 @@ def bind_all(listeners: Sequence[Listener], activated: ActivatedSockets) -> list
     return bound
 
 
-def accept_one_at_a_time(port: Any) -> None:
-    """Make `port` take one connection per readiness event.
-
-    An inherited socket may be shared with other worker processes, which all wake when
-    connections arrive. Twisted accepts up to a hundred at once, so the worker that woke first
-    would take a whole burst (all of a client's parallel connections) and leave the others
-    idle; one at a time, they share it (what nginx's default "multi_accept off" does).
-    """
-    read = port.doRead
-
-    def do_read() -> Any:
-        port.numberAccepts = 1
-        return read()
-
-    port.doRead = do_read
-
-
 class Listeners(Service):  # type: ignore[misc]
     """Listens on `listeners` for `factory`; `ready` fires with their descriptions once all
     of them listen, or fails with the first that cannot (and none listens).
@@ -211,9 +208,13 @@ class Listeners(Service):  # type: ignore[misc]
         port = self.reactor.adoptStreamPort(bound.sock.fileno(), bound.sock.family, factory)
         if listener.activated is not None:
             # Close the descriptor systemd passed, or the socket would keep accepting
-            # connections after stopListening; and take a share of what other processes
-            # on the same socket are offered.
+            # connections after stopListening.
             os.close(self.activated.find(listener.activated))
+            # An inherited socket may be shared with other worker processes, which all wake
+            # when connections arrive. Twisted accepts up to a hundred at once, so the one
+            # that woke first would take a whole burst (all of a client's parallel
+            # connections) and leave the others idle; one at a time, they share it (what
+            # nginx's default "multi_accept off" does).
             accept_one_at_a_time(port)
         return port
 

@@ -833,7 +833,9 @@ class LocalPartial:
         """
         return not self.storage.fsync and not compare
 
-    def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
+    def commit(  # noqa: PLR0912, PLR0915 (one commit: compare, metadata, fsync, link, with one cleanup)
+        self, compare: bool = False, *, inline: bool = False
+    ) -> StoredFile:
         """Make the complete body visible at its path, with its metadata. Blocking.
 
         With `compare` (a file of the same size was stored at the path when the upload was

@@ -63,7 +63,9 @@ def _parse(head: bytes, limit: int) -> tuple[bytes, bytes, dict[bytes, bytes]] |
     return method, target, headers
 
 
-def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
+def answer_quickly(  # noqa: PLR0911 (each early return declines, before anything is written)
+    channel: UploadChannel, head: bytes
+) -> bool:
     """Answer `head` (a whole request head, nothing after it) if it is a plain GET or HEAD of
     a small stored file; False, with nothing written, for anything else."""
     site = channel.site
