@@ -72,6 +72,9 @@ class ServerProcess(MultiService):  # type: ignore[misc]
         self.stopping = False
         self.started: defer.Deferred[list[str]] = defer.Deferred()
         self._timers: list[TimerService] = []
+        # One reload at a time: a SIGHUP during a reload (the supervisor's takes a while)
+        # reads the file again once that one is done.
+        self._reloads = defer.DeferredLock()
 
     # -- what subclasses give ----------------------------------------------------------------
 
@@ -114,8 +117,9 @@ class ServerProcess(MultiService):  # type: ignore[misc]
             self.every(interval, self.notifier.watchdog)
 
     def reload(self, path: Path | None = None) -> defer.Deferred[bool]:
-        """SIGHUP: re-read the configuration file (see `reload_config`)."""
-        return reload_config(self, path)
+        """SIGHUP: re-read the configuration file (see `reload_config`), after the reload
+        still under way, if any."""
+        return self._reloads.run(reload_config, self, path)  # type: ignore[no-any-return]
 
     def begin_stop(self, uploads: int) -> defer.Deferred[Any]:
         """The first step of stopping: STOPPING=1 naming the `uploads` in flight; the

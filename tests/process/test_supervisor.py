@@ -40,6 +40,13 @@ def result(d: defer.Deferred[Any]) -> Any:
     return got[0]
 
 
+def has_fired(d: defer.Deferred[Any]) -> bool:
+    """Whether `d` has its result (`called` is also true for one waiting on another)."""
+    got: list[Any] = []
+    d.addBoth(lambda value: got.append(value) or value)
+    return bool(got)
+
+
 def started(
     config_file: ConfigFile, reactor: FakeReactor, notifier: RecordingNotifier, count: int = 2
 ) -> Supervisor:
@@ -227,6 +234,25 @@ def test_reload_replaces_the_workers_one_at_a_time_and_logs_the_warnings(
         process.exit(0)
     advance(reactor, RESTART_DELAY_MAX, *reactor.spawned[2:])
     assert len(reactor.spawned) == 4
+
+
+def test_a_reload_during_a_reload_waits_for_it(
+    config_file: ConfigFile, reactor: FakeReactor, notifier: RecordingNotifier, logs: LogCapture
+) -> None:
+    config_file.write(workers=2)
+    supervisor = ready(config_file, reactor, notifier)
+    first, second = supervisor.reload(), supervisor.reload()
+    assert len(reactor.spawned) == 3  # the first reload's first new worker, nothing more
+    for index in (2, 3):  # (each new worker is started once the one before is ready)
+        reactor.spawned[index].say("ready")
+    assert result(first) is True and not has_fired(second)
+    assert len(reactor.spawned) == 5  # the second reload starts only now
+    for index in (4, 5):
+        reactor.spawned[index].say("ready")
+    assert result(second) is True
+    assert [worker.transport for worker in supervisor.workers] == reactor.spawned[4:6]
+    assert [len(process.signals) for process in reactor.spawned] == [1, 1, 1, 1, 0, 0]
+    assert logs.count("configuration reloaded; 2 workers replaced") == 2
 
 
 def test_a_reload_stops_when_a_new_worker_does_not_start(
