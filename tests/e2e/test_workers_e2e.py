@@ -51,6 +51,7 @@ def workers_of(server: Server, count: int) -> list[int]:
     )
 
 
+@pytest.mark.workers
 def test_workers_share_the_sockets(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml="workers = 3")
     workers_of(server, 3)
@@ -67,6 +68,7 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.workers
 def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:
     """The worker that wakes first takes one connection per wake-up and leaves the rest of a
     burst to the others (Twisted alone would accept them all in one go).
@@ -135,6 +137,7 @@ def test_single_process_mode(tmp_path: Path) -> None:
     assert stop_server(server) == 0
 
 
+@pytest.mark.workers
 def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml="workers = 2")
     first = workers_of(server, 2)
@@ -151,6 +154,7 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     assert stop_server(server) == 0
 
 
+@pytest.mark.workers
 @pytest.mark.slow
 def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml="workers = 2")
@@ -165,6 +169,7 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
     assert stop_server(server) == 0
 
 
+@pytest.mark.workers
 def test_reload_replaces_workers_one_at_a_time(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml="workers = 2")
     before = workers_of(server, 2)
@@ -177,6 +182,7 @@ def test_reload_replaces_workers_one_at_a_time(tmp_path: Path) -> None:
     assert stop_server(server) == 0
 
 
+@pytest.mark.workers
 def test_reload_keeps_serving_while_workers_are_replaced(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml="workers = 2")
     workers_of(server, 2)
@@ -191,6 +197,7 @@ def test_reload_keeps_serving_while_workers_are_replaced(tmp_path: Path) -> None
     assert stop_server(server) == 0
 
 
+@pytest.mark.workers
 def test_sigterm_to_every_process_at_once_is_a_clean_stop(tmp_path: Path) -> None:
     """As a terminal's Ctrl-C (SIGINT to the group) or a stop that signals every process."""
     server = start_server(tmp_path, server_toml="workers = 2")
