@@ -174,7 +174,7 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
     from twisted.logger import Logger
 
     from hmacfs.process.logs import start_logging
-    from hmacfs.process.node import make_node
+    from hmacfs.process.node import Node
     from hmacfs.process.supervisor import Supervisor
 
     reactor: Any = global_reactor
@@ -192,7 +192,7 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
                 observer=observer,
             )
         else:
-            service = make_node(
+            service = Node(
                 cfg, reactor, notifier=notifier, observer=observer, activated=activated,
                 worker=plan,
             )

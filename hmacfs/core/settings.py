@@ -540,8 +540,20 @@ def keys_of(settings: type) -> tuple[Key[Any], ...]:
 # --- the sections ---------------------------------------------------------------------------
 
 
+class _ListensOn:
+    """A section with a `listen` key: its entries, parsed once per settings object."""
+
+    listen: tuple[str, ...]
+
+    @cached_property
+    def listeners(self) -> tuple[Listener, ...]:
+        """`listen`, parsed. Raises ValueError for an entry that is not a listen address
+        (never for settings `hmacfs.core.config` built)."""
+        return tuple(parse_listen(entry) for entry in self.listen)
+
+
 @dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(_ListensOn):
     """`[server]`: where to listen, where to store, how large."""
 
     listen: tuple[str, ...] = setting(
@@ -613,12 +625,6 @@ class ServerSettings:
         "bodies and write answers straight to idle sockets; false serves everything through "
         "the plain Twisted path, for debugging",
     )
-
-    @cached_property
-    def listeners(self) -> tuple[Listener, ...]:
-        """`listen`, parsed (once per settings object). Raises ValueError for an entry that
-        is not a listen address (never for settings `hmacfs.core.config` built)."""
-        return tuple(parse_listen(entry) for entry in self.listen)
 
 
 @dataclass(frozen=True)
@@ -745,7 +751,7 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(_ListensOn):
     """`[metrics]`: Prometheus metrics and health checks."""
 
     listen: tuple[str, ...] = setting(
@@ -758,12 +764,6 @@ class MetricsSettings:
         Text(check=_health_path),
         'path of the health check on the upload listeners ("" turns it off there)',
     )
-
-    @cached_property
-    def listeners(self) -> tuple[Listener, ...]:
-        """`listen`, parsed (once per settings object). Raises ValueError for an entry that
-        is not a listen address (never for settings `hmacfs.core.config` built)."""
-        return tuple(parse_listen(entry) for entry in self.listen)
 
 
 @dataclass(frozen=True)

@@ -395,13 +395,3 @@ class _QuietSite(server.Site):  # type: ignore[misc]
     def log(self, request: http.Request) -> None:
         pass
 
-
-def make_site(
-    config: Config,
-    storage: Storage,
-    reactor: IReactorTime,
-    run_blocking: BlockingRunner | None = None,
-    fast: FastPaths | None = None,
-) -> UploadSite:
-    """The site for `config`, storing into `storage`."""
-    return UploadSite(config, storage, reactor, run_blocking, fast)

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
-from hmacfs.http.site import make_site
+from hmacfs.http.site import UploadSite
 from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Listeners
 from hmacfs.process.logs import LineObserver
@@ -43,7 +43,9 @@ class Node(ServerProcess):
     once it is reachable and READY=1 has been sent (or "ready" to the supervisor).
 
     As a worker (`worker` given), it listens on the sockets of its plan and reports to
-    `reporter` (by default the plan's status pipe).
+    `reporter` (by default the plan's status pipe). Nothing starts until `startService`.
+    Raises OSError when the storage directory cannot be used, TlsError when the certificate
+    of an https listener cannot be loaded.
     """
 
     def __init__(
@@ -69,7 +71,7 @@ class Node(ServerProcess):
         self.activated = activated or ActivatedSockets()
         self.tls = tls_for(config, _log)
         self.storage = open_storage(config, reactor)
-        self.site = make_site(config, self.storage, reactor, run_blocking)
+        self.site = UploadSite(config, self.storage, reactor, run_blocking)
         site = self.site
         self.listeners = Listeners(
             reactor,
@@ -178,29 +180,3 @@ def _first_failure(failure: Any) -> Any:
     """The failure of the first listener group that failed (not gatherResults' wrapper)."""
     return failure.value.subFailure if hasattr(failure.value, "subFailure") else failure
 
-
-def make_node(
-    config: Config,
-    reactor: Any,
-    *,
-    notifier: Notifier | None = None,
-    observer: LineObserver | None = None,
-    activated: ActivatedSockets | None = None,
-    worker: WorkerPlan | None = None,
-    reporter: Reporter | None = None,
-    run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
-) -> Node:
-    """Build the service tree for `config` on `reactor` (nothing starts until startService).
-
-    Raises OSError when the storage directory cannot be used, TlsError when the certificate
-    of an https listener cannot be loaded."""
-    return Node(
-        config,
-        reactor,
-        notifier=notifier,
-        observer=observer,
-        activated=activated,
-        worker=worker,
-        reporter=reporter,
-        run_blocking=run_blocking,
-    )

@@ -15,22 +15,7 @@ import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_service_e2e import put_url, upload
-
-
-def children(pid: int) -> list[int]:
-    """The worker processes: direct children of `pid` (the supervisor)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
+from tests.helpers.server import children
 
 
 def wait_for(condition: object, timeout: float, what: str) -> object:

@@ -7,7 +7,8 @@
 - `RecordingNotifier`: the sd_notify messages, as dicts;
 - `Connection`: a client connection to a site, as a StringTransport that ends the way a
   reactor's transport does (connectionLost on the next turn of the clock);
-- `LogCapture`: the log events of a test, formatted.
+- `LogCapture`: the log events of a test, formatted;
+- `result`: what a Deferred that has fired holds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import error, tcp, unix
+from twisted.internet import defer, error, tcp, unix
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -208,3 +209,13 @@ def capture_logs() -> Iterator[LogCapture]:
         yield capture
     finally:
         globalLogPublisher.removeObserver(capture)
+
+
+def result(d: defer.Deferred[Any]) -> Any:
+    """What `d` has already fired with (raising its failure)."""
+    got: list[Any] = []
+    d.addBoth(got.append)
+    assert got, "the Deferred has not fired"
+    if isinstance(got[0], Failure):
+        got[0].raiseException()
+    return got[0]

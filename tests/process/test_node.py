@@ -12,40 +12,24 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.logger import LogLevel
-from twisted.python.failure import Failure
 
 from hmacfs.http.site import IDLE_CLOSE_GRACE
 from hmacfs.process.lifecycle import STATUS_INTERVAL
 from hmacfs.process.listeners import activated_listener
 from hmacfs.process.logs import LineObserver
-from hmacfs.process.node import CLOSE_TIMEOUT, Node, make_node
+from hmacfs.process.node import CLOSE_TIMEOUT, Node
 from hmacfs.process.systemd import ActivatedSockets
 from hmacfs.process.worker import WorkerPlan
 from tests.conftest import mac_v1
 from tests.process.conftest import ConfigFile
-from tests.process.fakes import Connection, FakeReactor, LogCapture, RecordingNotifier
-
-
-def on_this_thread(f: Any, *args: Any) -> defer.Deferred[Any]:
-    """The node's blocking calls, made at once (no thread pool in these tests)."""
-    return defer.maybeDeferred(f, *args)
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    """What `d` has already fired with (raising its failure)."""
-    got: list[Any] = []
-    d.addBoth(got.append)
-    assert got, "the Deferred has not fired"
-    if isinstance(got[0], Failure):
-        got[0].raiseException()
-    return got[0]
+from tests.process.fakes import Connection, FakeReactor, LogCapture, RecordingNotifier, result
 
 
 def started_node(
     config_file: ConfigFile, reactor: FakeReactor, notifier: RecordingNotifier, **kwargs: Any
 ) -> Node:
-    node = make_node(
-        config_file.load(), reactor, notifier=notifier, run_blocking=on_this_thread, **kwargs
+    node = Node(
+        config_file.load(), reactor, notifier=notifier, run_blocking=defer.maybeDeferred, **kwargs
     )
     node.startService()
     return node

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from hmacfs.process.supervisor import (
     CRASH_WINDOW,
@@ -23,21 +22,7 @@ from hmacfs.process.supervisor import (
 )
 from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV
 from tests.process.conftest import ConfigFile
-from tests.process.fakes import FakeProcess, FakeReactor, LogCapture, RecordingNotifier
-
-
-def on_this_thread(f: Any, *args: Any) -> defer.Deferred[Any]:
-    return defer.maybeDeferred(f, *args)
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    """What `d` has already fired with (raising its failure)."""
-    got: list[Any] = []
-    d.addBoth(got.append)
-    assert got, "the Deferred has not fired"
-    if isinstance(got[0], Failure):
-        got[0].raiseException()
-    return got[0]
+from tests.process.fakes import FakeProcess, FakeReactor, LogCapture, RecordingNotifier, result
 
 
 def has_fired(d: defer.Deferred[Any]) -> bool:
@@ -51,7 +36,11 @@ def started(
     config_file: ConfigFile, reactor: FakeReactor, notifier: RecordingNotifier, count: int = 2
 ) -> Supervisor:
     supervisor = Supervisor(
-        config_file.load(), reactor, count=count, notifier=notifier, run_blocking=on_this_thread
+        config_file.load(),
+        reactor,
+        count=count,
+        notifier=notifier,
+        run_blocking=defer.maybeDeferred,
     )
     supervisor.startService()
     return supervisor

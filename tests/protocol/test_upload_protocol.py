@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from hmacfs.core.settings import Config
 from hmacfs.http.channel import UploadChannel
 from hmacfs.http.fast import FastPaths
-from hmacfs.http.site import make_site
+from hmacfs.http.site import UploadSite
 from hmacfs.storage.local import Storage
 from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
 
@@ -41,7 +41,7 @@ class Harness:
             self.on_thread.append(f.__name__)
             return defer.maybeDeferred(f, *args)
 
-        self.site = make_site(
+        self.site = UploadSite(
             config, self.storage, self.clock, run_blocking=run_blocking, fast=FastPaths(fast)
         )
 
