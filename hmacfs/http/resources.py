@@ -117,7 +117,9 @@ class Root(resource.Resource):  # type: ignore[misc]
             raise NotFound("not found")
         request.rel = rel
         stored = self._stored(request, rel)
-        wanted = {name: value for name in _PLAN_HEADERS if (value := _header(request, name))}
+        wanted = {
+            name: value for name in _PLAN_HEADERS if (value := _header(request, name)) is not None
+        }
         plan = download.plan(request.method, wanted, stored, self.site.now())
         request.setResponseCode(plan.status)
         self._set(request, list(plan.headers))

@@ -100,6 +100,11 @@ class Partial(Protocol):
         """Forget the body (idempotent)."""
         ...
 
+    def close(self) -> None:
+        """Let go of the partial but keep it for `Backend.reopen` if it is reopenable (an
+        upload cut off that may be resumed); abort it otherwise."""
+        ...
+
 
 class Backend(Protocol):
     """Where uploads go and downloads come from."""
