@@ -42,7 +42,7 @@ from hmacfs.http.resources import Root
 from hmacfs.http.upload import Upload
 from hmacfs.metrics import HealthReport, HealthResource, Metrics, MetricsResource, check_storage
 from hmacfs.process.logs import LEVELS
-from hmacfs.storage.local import Storage
+from hmacfs.storage.local import LocalStorage
 
 T = TypeVar("T")
 BlockingRunner = Callable[..., "defer.Deferred[Any]"]
@@ -78,7 +78,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def __init__(
         self,
         config: Config,
-        storage: Storage,
+        storage: LocalStorage,
         reactor: IReactorTime,
         run_blocking: BlockingRunner | None = None,
         fast: FastPaths | None = None,

@@ -16,16 +16,16 @@ from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.storage.backend import SweepReport
-from hmacfs.storage.local import Storage
+from hmacfs.storage.local import LocalStorage
 
 _log = Logger(namespace="hmacfs.process.sweeper")
 
 
-def open_storage(config: Config, clock: Any) -> Storage:
+def open_storage(config: Config, clock: Any) -> LocalStorage:
     """The storage directory of `config`, on `clock` (a reactor: its `seconds()` is now).
 
     Raises OSError when the directory cannot be created or used."""
-    return Storage(
+    return LocalStorage(
         config.server.storage_dir,
         fsync=config.server.fsync,
         file_ttl=config.server.file_ttl,
@@ -44,7 +44,7 @@ class Sweeper(TimerService):  # type: ignore[misc]
 
     def __init__(
         self,
-        storage: Storage,
+        storage: LocalStorage,
         interval: float,
         run_blocking: Callable[..., defer.Deferred[Any]],
         *,

@@ -2,7 +2,7 @@
 files are kept. No HTTP here: a backend raises `hmacfs.core.refusals.Refusal`s, and the HTTP
 layer alone turns them into answers.
 
-The local filesystem (`hmacfs.storage.local.Storage`) is the first implementation; an
+The local filesystem (`hmacfs.storage.local.LocalStorage`) is the first implementation; an
 object store is meant to be a second one without touching the HTTP layer. Calls marked
 blocking are made off the reactor thread by the caller.
 """

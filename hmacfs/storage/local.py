@@ -85,7 +85,7 @@ class _Partial:
 
 #: In durable mode, each stretch of this many body bytes is sent to the disk as it arrives.
 WRITEBACK_STEP = 32 * 1024 * 1024
-#: Files whose metadata a process remembers (see `Storage._read_meta`): about 0.5 KiB each.
+#: Files whose metadata a process remembers (see `LocalStorage._read_meta`): about 0.5 KiB each.
 META_CACHE_SIZE = 2048
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -128,7 +128,7 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-class Storage:
+class LocalStorage:
     """The storage directory: begin uploads, look files up, sweep what has expired."""
 
     def __init__(
@@ -762,7 +762,7 @@ class LocalPartial:
     written as it arrives, then committed (linked into place) or aborted."""
 
     def __init__(
-        self, storage: Storage, facts: _PartialFacts, partial: _Partial, *, reopenable: bool
+        self, storage: LocalStorage, facts: _PartialFacts, partial: _Partial, *, reopenable: bool
     ) -> None:
         self.storage = storage
         self.rel = facts.rel
@@ -953,7 +953,7 @@ class LocalPartial:
                 self.storage._facts_path(self.name).unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Let go of the descriptor but keep a reopenable partial for `Storage.reopen` (an
+        """Let go of the descriptor but keep a reopenable partial for `LocalStorage.reopen` (an
         upload cut off that may be resumed); anything else is aborted."""
         if not self.reopenable:
             self.abort()

@@ -1,7 +1,6 @@
 """Fixtures for the end-to-end tests: the real server as a child process on port 0.
 
-The server itself (`start_server`, `Server`, ...) lives in tests.helpers.server; the names
-below stay importable from here for the test modules that still do so.
+The server itself (`start_server`, `Server`, ...) lives in tests.helpers.server.
 """
 
 from __future__ import annotations
@@ -10,10 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.client import curl
 from tests.helpers.server import Server, start_server, stop_server, stop_started
-
-__all__ = ["Server", "curl", "start_server", "stop_server"]
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.certs import TestCA
-from tests.conftest import mac_v1
-from tests.e2e.conftest import Server, curl, start_server, stop_server
+from tests.helpers.client import curl
+from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.signing import mac_v1
 
 
 class NotifySocket:
@@ -67,6 +68,13 @@ class NotifySocket:
         self.sock.close()
 
 
+@pytest.fixture(params=[1, pytest.param(2, marks=pytest.mark.workers)], ids=["1w", "2w"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """The tests of what systemd and an admin see run in one process and under a
+    supervisor with two workers: the same signals, messages and outcomes either way."""
+    return int(request.param)
+
+
 @pytest.fixture
 def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
@@ -91,9 +99,13 @@ def put_url(base: str, rel: str, size: int) -> str:
     return f"{base}/upload/{rel}?v={mac_v1(rel, size)}"
 
 
-def test_notify_ready_status_reload_watchdog_stopping(tmp_path: Path, notify: NotifySocket) -> None:
+def test_notify_ready_status_reload_watchdog_stopping(
+    tmp_path: Path, notify: NotifySocket, workers: int
+) -> None:
     server = start_server(
-        tmp_path, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+        tmp_path,
+        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"},
+        workers=workers,
     )
     ready = notify.collect("READY=1")
     assert ready["STATUS"].startswith(f"listening on 127.0.0.1:{server.port}")
@@ -117,7 +129,7 @@ def test_without_notify_socket_nothing_is_sent(tmp_path: Path) -> None:
     assert not any("Traceback" in line for line in server.log)
 
 
-def test_journal_lines_carry_priorities_and_no_timestamps(tmp_path: Path) -> None:
+def test_journal_lines_carry_priorities_and_no_timestamps(tmp_path: Path, workers: int) -> None:
     # The server compares JOURNAL_STREAM with its own stderr (as systemd sets it up): name
     # that pipe's device and inode from inside, through a tiny shell wrapper.
     server = start_server(
@@ -126,6 +138,7 @@ def test_journal_lines_carry_priorities_and_no_timestamps(tmp_path: Path) -> Non
             "sh", "-c",
             'export JOURNAL_STREAM="$(stat -L -c %d:%i /proc/self/fd/2)"; exec "$@"', "sh",
         ),
+        workers=workers,
     )
     rel = f"{uuid.uuid4()}/j.txt"
     assert upload(put_url(server.base, rel, 2), b"hi") == 201
@@ -154,7 +167,9 @@ def ca(tmp_path: Path) -> TestCA:
     return TestCA(tmp_path / "pki")
 
 
-def tls_server(tmp_path: Path, ca: TestCA, cert_name: str = "first") -> tuple[Server, Path, Path]:
+def tls_server(
+    tmp_path: Path, ca: TestCA, cert_name: str = "first", workers: int = 1
+) -> tuple[Server, Path, Path]:
     leaf = ca.issue(cert_name)
     live_cert, live_key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
     live_cert.write_bytes(leaf.certificate.read_bytes())
@@ -163,6 +178,7 @@ def tls_server(tmp_path: Path, ca: TestCA, cert_name: str = "first") -> tuple[Se
         tmp_path,
         listen=("127.0.0.1:0", "https://127.0.0.1:0"),
         extra_toml=f'[tls]\ncertificate = "{live_cert}"\nkey = "{live_key}"\n',
+        workers=workers,
     )
     return server, live_cert, live_key
 
@@ -226,8 +242,8 @@ def test_refusal_over_tls_while_the_client_sends_its_body(tmp_path: Path, ca: Te
     assert not any("Traceback" in line or "Unhandled" in line for line in server.log)
 
 
-def test_certificate_reload_during_a_transfer(tmp_path: Path, ca: TestCA) -> None:
-    server, live_cert, live_key = tls_server(tmp_path, ca)
+def test_certificate_reload_during_a_transfer(tmp_path: Path, ca: TestCA, workers: int) -> None:
+    server, live_cert, live_key = tls_server(tmp_path, ca, workers=workers)
     base = https_base(server)
     first_serial = served_serial(base)
     rel = f"{uuid.uuid4()}/big.bin"
@@ -262,8 +278,10 @@ def test_certificate_reload_during_a_transfer(tmp_path: Path, ca: TestCA) -> Non
     assert stop_server(server) == 0
 
 
-def test_reload_applies_new_limits_and_keeps_running_on_a_broken_config(tmp_path: Path) -> None:
-    server = start_server(tmp_path)
+def test_reload_applies_new_limits_and_keeps_running_on_a_broken_config(
+    tmp_path: Path, workers: int
+) -> None:
+    server = start_server(tmp_path, workers=workers)
     rel = f"{uuid.uuid4()}/a.bin"
     assert upload(put_url(server.base, rel + "1", 10), b"x" * 10) == 201
     text = server.config_path.read_text()
@@ -296,8 +314,8 @@ def send_partial_upload(port: int, rel: str, size: int, first: bytes) -> socket.
     return sock
 
 
-def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
-    server = start_server(tmp_path, server_toml='shutdown_timeout = "20s"')
+def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path, workers: int) -> None:
+    server = start_server(tmp_path, server_toml='shutdown_timeout = "20s"', workers=workers)
     rel = f"{uuid.uuid4()}/late.bin"
     sock = send_partial_upload(server.port, rel, 10, b"12345")
     time.sleep(0.3)
@@ -314,8 +332,8 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
     assert (server.storage / rel).read_bytes() == b"1234567890"
 
 
-def test_sigterm_cuts_off_an_upload_that_does_not_finish(tmp_path: Path) -> None:
-    server = start_server(tmp_path, server_toml='shutdown_timeout = "1s"')
+def test_sigterm_cuts_off_an_upload_that_does_not_finish(tmp_path: Path, workers: int) -> None:
+    server = start_server(tmp_path, server_toml='shutdown_timeout = "1s"', workers=workers)
     rel = f"{uuid.uuid4()}/never.bin"
     sock = send_partial_upload(server.port, rel, 10, b"123")
     time.sleep(0.3)
@@ -341,7 +359,7 @@ def test_unix_socket_listener(tmp_path: Path) -> None:
     assert stop_server(server) == 0
 
 
-def test_socket_activation(tmp_path: Path) -> None:
+def test_socket_activation(tmp_path: Path, workers: int) -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -362,6 +380,7 @@ def test_socket_activation(tmp_path: Path) -> None:
         env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"},
         argv_prefix=(sys.executable, "-c", launcher),
         pass_fds=(fd,),
+        workers=workers,
     )
     listener.close()
     rel = f"{uuid.uuid4()}/activated.txt"
@@ -401,8 +420,10 @@ def test_listen_failure_exits_nonzero(tmp_path: Path) -> None:
 
 
 
-def test_metrics_and_health(tmp_path: Path) -> None:
-    server = start_server(tmp_path, extra_toml='[metrics]\nlisten = ["127.0.0.1:0"]\n')
+def test_metrics_and_health(tmp_path: Path, workers: int) -> None:
+    server = start_server(
+        tmp_path, extra_toml='[metrics]\nlisten = ["127.0.0.1:0"]\n', workers=workers
+    )
     metrics_address = next(a for a in server.addresses if a.endswith("(metrics)")).split()[0]
     metrics = f"http://{metrics_address}"
     rel = f"{uuid.uuid4()}/m.txt"

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_service_e2e import put_url, upload
-from tests.helpers.server import children
+from tests.helpers.server import Server, children, start_server, stop_server
 
 
 def wait_for(condition: object, timeout: float, what: str) -> object:

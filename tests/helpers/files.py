@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hmacfs.storage.local import Storage
+from hmacfs.storage.local import LocalStorage
 
 
 def visible_files(root: Path) -> list[str]:
@@ -19,7 +19,7 @@ def visible_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def partial_files(storage: Storage) -> list[str]:
+def partial_files(storage: LocalStorage) -> list[str]:
     """The partial files of uploads (the empty ones kept ready for new uploads left out).
 
     Named ones by their name; unnamed ones (O_TMPFILE) as "#<inode>", found among the open

@@ -11,7 +11,7 @@ import pytest
 
 from hmacfs.core import config
 from hmacfs.core.settings import Config
-from tests.conftest import SECRET
+from tests.helpers.signing import SECRET
 from tests.process.fakes import FakeReactor, LogCapture, RecordingNotifier, capture_logs
 
 

@@ -20,7 +20,7 @@ from hmacfs.process.logs import LineObserver
 from hmacfs.process.node import CLOSE_TIMEOUT, Node
 from hmacfs.process.systemd import ActivatedSockets
 from hmacfs.process.worker import WorkerPlan
-from tests.conftest import mac_v1
+from tests.helpers.signing import mac_v1
 from tests.process.conftest import ConfigFile
 from tests.process.fakes import Connection, FakeReactor, LogCapture, RecordingNotifier, result
 

@@ -15,7 +15,8 @@ import pytest
 
 from hmacfs.core.settings import HttpSettings
 from hmacfs.http.fast.quick import QUICK_MAX_SIZE, answer_quickly
-from tests.conftest import mac_v2, make_config
+from tests.helpers.config import make_config
+from tests.helpers.signing import mac_v2
 from tests.protocol.test_upload_protocol import Harness, pump, put_head, status_of
 
 #: A header that sends a request down the full path without changing its answer.

@@ -22,8 +22,10 @@ from hmacfs.core.settings import Config
 from hmacfs.http.channel import UploadChannel
 from hmacfs.http.fast import FastPaths
 from hmacfs.http.site import UploadSite
-from hmacfs.storage.local import Storage
-from tests.conftest import mac_v1, mac_v2, make_config, partial_files, visible_files
+from hmacfs.storage.local import LocalStorage
+from tests.helpers.config import make_config
+from tests.helpers.files import partial_files, visible_files
+from tests.helpers.signing import mac_v1, mac_v2
 
 
 class Harness:
@@ -33,7 +35,9 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.config = config
-        self.storage = Storage(config.server.storage_dir, fsync=fsync, clock=self.clock.seconds)
+        self.storage = LocalStorage(
+            config.server.storage_dir, fsync=fsync, clock=self.clock.seconds
+        )
         #: The blocking calls handed to the thread pool, by name.
         self.on_thread: list[str] = []
 

@@ -11,21 +11,21 @@ import pytest
 
 from hmacfs.core.refusals import NotFound, TooLarge
 from hmacfs.storage.backend import Backend
-from hmacfs.storage.local import PARTIAL_MAX_IDLE, Storage
+from hmacfs.storage.local import PARTIAL_MAX_IDLE, LocalStorage
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(tmp_path / "files", fsync=False)
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "files", fsync=False)
 
 
-def test_the_local_backend_is_a_backend(storage: Storage) -> None:
+def test_the_local_backend_is_a_backend(storage: LocalStorage) -> None:
     backend: Backend = storage  # checked by mypy as well
     assert backend.existing("a/b") is None
 
 
 def test_a_reopenable_partial_is_found_again_by_another_storage(
-    storage: Storage, tmp_path: Path
+    storage: LocalStorage, tmp_path: Path
 ) -> None:
     partial = storage.begin("r1/file.bin", 10, "image/png", scheme="v2", reopenable=True)
     assert partial.reopenable and len(partial.id) == 32
@@ -33,7 +33,7 @@ def test_a_reopenable_partial_is_found_again_by_another_storage(
     partial.close()  # the connection was cut: the partial stays
     assert not (storage.root / "r1").exists()  # never visible
     # Another process (a restarted server, another worker) opens the same directory.
-    other = Storage(tmp_path / "files", fsync=False)
+    other = LocalStorage(tmp_path / "files", fsync=False)
     again = other.reopen(partial.id)
     assert (again.rel, again.size, again.content_type, again.scheme) == (
         "r1/file.bin", 10, "image/png", "v2",
@@ -51,14 +51,16 @@ def test_a_reopenable_partial_is_found_again_by_another_storage(
 
 
 @pytest.mark.parametrize("upload_id", ["", "../../etc/passwd", "0" * 31, "g" * 32, "0" * 33])
-def test_reopen_finds_nothing_for_a_bad_or_unknown_id(storage: Storage, upload_id: str) -> None:
+def test_reopen_finds_nothing_for_a_bad_or_unknown_id(
+    storage: LocalStorage, upload_id: str
+) -> None:
     with pytest.raises(NotFound):
         storage.reopen(upload_id)
     with pytest.raises(NotFound):
         storage.reopen("0" * 32)
 
 
-def test_an_aborted_reopenable_partial_leaves_nothing(storage: Storage) -> None:
+def test_an_aborted_reopenable_partial_leaves_nothing(storage: LocalStorage) -> None:
     partial = storage.begin("r2/x", 4, "text/plain", reopenable=True)
     partial.write(b"ab")
     partial.abort()
@@ -67,7 +69,7 @@ def test_an_aborted_reopenable_partial_leaves_nothing(storage: Storage) -> None:
         storage.reopen(partial.id)
 
 
-def test_a_partial_that_is_not_reopenable_is_dropped_on_close(storage: Storage) -> None:
+def test_a_partial_that_is_not_reopenable_is_dropped_on_close(storage: LocalStorage) -> None:
     partial = storage.begin("r3/x", 4, "text/plain")
     assert not partial.reopenable
     partial.write(b"ab")
@@ -77,7 +79,7 @@ def test_a_partial_that_is_not_reopenable_is_dropped_on_close(storage: Storage) 
 
 
 def test_the_sweeper_keeps_a_live_reopenable_partial_and_removes_an_abandoned_one(
-    storage: Storage,
+    storage: LocalStorage,
 ) -> None:
     live = storage.begin("r4/live", 4, "text/plain", reopenable=True)
     gone = storage.begin("r4/gone", 4, "text/plain", reopenable=True)
@@ -92,7 +94,7 @@ def test_the_sweeper_keeps_a_live_reopenable_partial_and_removes_an_abandoned_on
     assert storage.reopen(live.id).rel == "r4/live"
 
 
-def test_a_reader_reads_ranges_and_offers_a_descriptor(storage: Storage) -> None:
+def test_a_reader_reads_ranges_and_offers_a_descriptor(storage: LocalStorage) -> None:
     partial = storage.begin("d/f.bin", 10, "application/octet-stream")
     partial.write(b"0123456789")
     stored = partial.commit()
@@ -106,7 +108,7 @@ def test_a_reader_reads_ranges_and_offers_a_descriptor(storage: Storage) -> None
     reader.close()  # idempotent
 
 
-def test_delete_and_the_list_of_files(storage: Storage) -> None:
+def test_delete_and_the_list_of_files(storage: LocalStorage) -> None:
     for rel, body in (("d1/a.txt", b"a"), ("d1/d2/b.txt", b"bb")):
         partial = storage.begin(rel, len(body), "text/plain", expires=2e9)
         partial.write(body)

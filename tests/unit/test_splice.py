@@ -21,7 +21,7 @@ from hmacfs.core.refusals import Refusal, StorageFailure, TooLarge
 from hmacfs.http.fast import splice
 from hmacfs.http.fast.splice import BodySplicer, SpliceSupport
 from hmacfs.http.upload import Upload
-from hmacfs.storage.local import Storage
+from hmacfs.storage.local import LocalStorage
 
 
 class Transport:
@@ -120,8 +120,8 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(tmp_path / "files", fsync=False)
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "files", fsync=False)
 
 
 def splicer_for(
@@ -149,7 +149,7 @@ def read_all(transport: Transport, calls: int = 1000) -> list[object]:
 
 
 def test_exactly_the_rest_of_the_body_reaches_the_file(
-    pair: tuple[socket.socket, socket.socket], storage: Storage
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
 ) -> None:
     client, server = pair
     body = os.urandom(700_000)
@@ -174,7 +174,9 @@ def test_exactly_the_rest_of_the_body_reaches_the_file(
 
 
 def test_each_read_moves_a_bounded_amount(
-    pair: tuple[socket.socket, socket.socket], storage: Storage, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[socket.socket, socket.socket],
+    storage: LocalStorage,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(splice, "CHUNK", 64 * 1024)
     client, server = pair
@@ -192,7 +194,9 @@ def test_each_read_moves_a_bounded_amount(
     assert Path(upload.commit().location).read_bytes() == body
 
 
-def test_nothing_to_read_waits(pair: tuple[socket.socket, socket.socket], storage: Storage) -> None:
+def test_nothing_to_read_waits(
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
+) -> None:
     _, server = pair
     upload = storage.begin("a/b.bin", 10, "application/octet-stream")
     splicer, request, transport, _ = splicer_for(server.fileno(), upload, 10)
@@ -201,7 +205,7 @@ def test_nothing_to_read_waits(pair: tuple[socket.socket, socket.socket], storag
 
 
 def test_end_of_file_mid_body_is_the_end_of_the_connection(
-    pair: tuple[socket.socket, socket.socket], storage: Storage
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
 ) -> None:
     client, server = pair
     upload = storage.begin("a/b.bin", 1000, "application/octet-stream")
@@ -214,7 +218,7 @@ def test_end_of_file_mid_body_is_the_end_of_the_connection(
 
 
 def test_a_reset_connection_is_lost(
-    pair: tuple[socket.socket, socket.socket], storage: Storage
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
 ) -> None:
     client, server = pair
     upload = storage.begin("a/b.bin", 1000, "application/octet-stream")
@@ -225,7 +229,7 @@ def test_a_reset_connection_is_lost(
     assert "doRead" not in vars(transport)
 
 
-def test_a_socket_that_cannot_be_spliced_goes_back_to_twisted(storage: Storage) -> None:
+def test_a_socket_that_cannot_be_spliced_goes_back_to_twisted(storage: LocalStorage) -> None:
     # An eventfd has no splice support: EINVAL, as a socket type without it would give.
     fd = os.eventfd(1)
     try:
@@ -280,7 +284,7 @@ def test_a_full_disk_refuses_the_upload(
 
 
 def test_a_dropped_upload_ends_the_splice(
-    pair: tuple[socket.socket, socket.socket], storage: Storage
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
 ) -> None:
     client, server = pair
     upload = storage.begin("a/b.bin", 1000, "application/octet-stream")
@@ -293,7 +297,7 @@ def test_a_dropped_upload_ends_the_splice(
 
 
 def test_stop_is_idempotent_and_gives_reads_back(
-    pair: tuple[socket.socket, socket.socket], storage: Storage
+    pair: tuple[socket.socket, socket.socket], storage: LocalStorage
 ) -> None:
     _, server = pair
     upload = storage.begin("a/b.bin", 1000, "application/octet-stream")
@@ -303,7 +307,7 @@ def test_stop_is_idempotent_and_gives_reads_back(
     assert transport.doRead() == "twisted read"
 
 
-def test_wrote_counts_and_refuses_past_the_declared_size(storage: Storage) -> None:
+def test_wrote_counts_and_refuses_past_the_declared_size(storage: LocalStorage) -> None:
     upload = storage.begin("a/b.bin", 10, "application/octet-stream")
     os.write(upload.fileno(), b"0123456789")
     upload.wrote(10)

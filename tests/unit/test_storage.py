@@ -1,4 +1,4 @@
-"""Storage: partial files, linking into place without replacing, metadata, sweeping.
+"""The local storage: partial files, linking into place without replacing, metadata, sweeping.
 
 Every test that takes the `storage` fixture runs four times: with the metadata in an extended
 attribute of each file or in the inode-keyed JSON files, and with unnamed (O_TMPFILE) or named
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from hmacfs.core.refusals import Conflict, Gone, NotFound, TooLarge
-from hmacfs.storage.local import META_XATTR, PARTIAL_MAX_IDLE, Storage
-from tests.conftest import partial_files, visible_files
+from hmacfs.storage.local import META_XATTR, PARTIAL_MAX_IDLE, LocalStorage
+from tests.helpers.files import partial_files, visible_files
 
 
 class FakeClock:
@@ -44,19 +44,19 @@ def partials(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def storage(tmp_path: Path, clock: FakeClock, metadata: str, partials: str) -> Storage:
-    return Storage(
+def storage(tmp_path: Path, clock: FakeClock, metadata: str, partials: str) -> LocalStorage:
+    return LocalStorage(
         tmp_path / "files", fsync=True, clock=clock, metadata=metadata, partials=partials
     )
 
 
-def store(storage: Storage, rel: str, body: bytes, **kw: object) -> None:
+def store(storage: LocalStorage, rel: str, body: bytes, **kw: object) -> None:
     upload = storage.begin(rel, len(body), "text/plain", **kw)  # type: ignore[arg-type]
     upload.write(body)
     upload.commit()
 
 
-def test_nothing_is_visible_until_commit(storage: Storage) -> None:
+def test_nothing_is_visible_until_commit(storage: LocalStorage) -> None:
     upload = storage.begin("a/b.txt", 4, "text/plain")
     upload.write(b"ab")
     assert visible_files(storage.root) == []
@@ -71,7 +71,7 @@ def test_nothing_is_visible_until_commit(storage: Storage) -> None:
     assert Path(found.location).read_bytes() == b"abcd"
 
 
-def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
+def test_writing_past_the_declared_size_is_refused(storage: LocalStorage) -> None:
     upload = storage.begin("a/b.txt", 3, "text/plain")
     with pytest.raises(TooLarge):
         upload.write(b"abcd")
@@ -79,7 +79,7 @@ def test_writing_past_the_declared_size_is_refused(storage: Storage) -> None:
     assert partial_files(storage) == []
 
 
-def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> None:
+def test_concurrent_uploads_of_one_path_never_overwrite(storage: LocalStorage) -> None:
     first = storage.begin("s/x.bin", 3, "image/png")
     second = storage.begin("s/x.bin", 3, "text/html")
     first.write(b"one")
@@ -94,7 +94,7 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: Storage) -> Non
     assert partial_files(storage) == []
 
 
-def test_concurrent_identical_retries_both_succeed(storage: Storage) -> None:
+def test_concurrent_identical_retries_both_succeed(storage: LocalStorage) -> None:
     first = storage.begin("s/x.bin", 3, "image/png")
     second = storage.begin("s/x.bin", 3, "image/png")
     first.write(b"one")
@@ -106,13 +106,13 @@ def test_concurrent_identical_retries_both_succeed(storage: Storage) -> None:
     assert partial_files(storage) == []
 
 
-def test_a_file_where_a_directory_is_needed_is_a_conflict(storage: Storage) -> None:
+def test_a_file_where_a_directory_is_needed_is_a_conflict(storage: LocalStorage) -> None:
     store(storage, "a/b", b"file")
     with pytest.raises(Conflict):
         store(storage, "a/b/c", b"x")
 
 
-def test_foreign_files_are_served_without_metadata(storage: Storage) -> None:
+def test_foreign_files_are_served_without_metadata(storage: LocalStorage) -> None:
     (storage.root / "old").mkdir()
     (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
     found = storage.lookup("old/photo.jpg")
@@ -120,7 +120,7 @@ def test_foreign_files_are_served_without_metadata(storage: Storage) -> None:
     assert found.content_type is None and found.uploaded is None
 
 
-def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
+def test_metadata_of_another_file_is_not_trusted(storage: LocalStorage) -> None:
     store(storage, "a/one.txt", b"1")
     one = storage.lookup("a/one.txt")
     # Replace the file behind our back: its inode changes, the metadata no longer applies.
@@ -129,7 +129,7 @@ def test_metadata_of_another_file_is_not_trusted(storage: Storage) -> None:
     assert storage.lookup("a/one.txt").content_type is None
 
 
-def test_expiry_gone_then_swept(storage: Storage, clock: FakeClock) -> None:
+def test_expiry_gone_then_swept(storage: LocalStorage, clock: FakeClock) -> None:
     store(storage, "d/e/short.txt", b"bye", expires=clock.now + 60)
     store(storage, "d/long.txt", b"stays", expires=clock.now + 600)
     store(storage, "forever.txt", b"!")
@@ -150,7 +150,7 @@ def test_expiry_gone_then_swept(storage: Storage, clock: FakeClock) -> None:
 
 
 def test_file_ttl(tmp_path: Path, clock: FakeClock, metadata: str) -> None:
-    storage = Storage(
+    storage = LocalStorage(
         tmp_path / "files", fsync=False, file_ttl=3600, clock=clock, metadata=metadata
     )
     store(storage, "a/b.txt", b"x", expires=clock.now + 7200)
@@ -160,7 +160,7 @@ def test_file_ttl(tmp_path: Path, clock: FakeClock, metadata: str) -> None:
 def test_sweep_removes_abandoned_partials_but_not_live_ones(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    storage = Storage(tmp_path / "files", clock=clock, partials="named")
+    storage = LocalStorage(tmp_path / "files", clock=clock, partials="named")
     live = storage.begin("a/live", 10, "text/plain")
     dead = storage.begin("a/dead", 10, "text/plain")
     long_ago = clock.now - PARTIAL_MAX_IDLE - 60
@@ -173,12 +173,12 @@ def test_sweep_removes_abandoned_partials_but_not_live_ones(
     live.abort()
 
 
-def test_storage_dir_state_is_hidden(storage: Storage) -> None:
+def test_storage_dir_state_is_hidden(storage: LocalStorage) -> None:
     with pytest.raises(NotFound):
         storage.lookup(".hmacfs/partial")
 
 
-def test_symlink_leaving_the_root_is_not_served(storage: Storage, tmp_path: Path) -> None:
+def test_symlink_leaving_the_root_is_not_served(storage: LocalStorage, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.write_text("secret")
     (storage.root / "s").mkdir()
@@ -187,7 +187,7 @@ def test_symlink_leaving_the_root_is_not_served(storage: Storage, tmp_path: Path
         storage.lookup("s/link")
 
 
-def test_links_that_stay_inside_the_root_are_followed(storage: Storage) -> None:
+def test_links_that_stay_inside_the_root_are_followed(storage: LocalStorage) -> None:
     store(storage, "d1/a.txt", b"alpha")
     (storage.root / "d2").symlink_to(storage.root / "d1")
     (storage.root / "d1" / "b.txt").symlink_to("a.txt")
@@ -197,7 +197,7 @@ def test_links_that_stay_inside_the_root_are_followed(storage: Storage) -> None:
         assert found.size == 5
 
 
-def test_links_into_the_bookkeeping_directory_are_not_followed(storage: Storage) -> None:
+def test_links_into_the_bookkeeping_directory_are_not_followed(storage: LocalStorage) -> None:
     store(storage, "d1/a.txt", b"alpha")
     (storage.root / "state").symlink_to(storage.root / ".hmacfs")
     (storage.root / "d1" / "meta").symlink_to("../.hmacfs/meta")
@@ -210,7 +210,7 @@ def test_links_into_the_bookkeeping_directory_are_not_followed(storage: Storage)
     "rel", ["d1/../d1/a.txt", "d1/./a.txt", "d1//a.txt", "/d1/a.txt", "d1/a.txt/", "d1/a.txt/x",
             "d1", "nothing/a.txt", "d1/a\x00.txt"]
 )
-def test_lookup_finds_only_the_exact_regular_file(storage: Storage, rel: str) -> None:
+def test_lookup_finds_only_the_exact_regular_file(storage: LocalStorage, rel: str) -> None:
     store(storage, "d1/a.txt", b"alpha")
     assert storage.lookup("d1/a.txt").size == 5
     with pytest.raises(NotFound):
@@ -218,7 +218,7 @@ def test_lookup_finds_only_the_exact_regular_file(storage: Storage, rel: str) ->
 
 
 def test_upload_through_a_symlinked_directory_is_refused(
-    storage: Storage, tmp_path: Path
+    storage: LocalStorage, tmp_path: Path
 ) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -231,7 +231,7 @@ def test_upload_through_a_symlinked_directory_is_refused(
 
 
 def test_upload_through_a_link_inside_the_root_is_stored_where_it_leads(
-    storage: Storage,
+    storage: LocalStorage,
 ) -> None:
     (storage.root / "real").mkdir()
     (storage.root / "alias").symlink_to("real")
@@ -241,7 +241,7 @@ def test_upload_through_a_link_inside_the_root_is_stored_where_it_leads(
 
 
 def test_upload_through_a_link_into_the_bookkeeping_directory_is_refused(
-    storage: Storage,
+    storage: LocalStorage,
 ) -> None:
     (storage.root / "state").symlink_to(".hmacfs/meta")
     with pytest.raises(Exception, match="leaves the storage"):
@@ -251,7 +251,7 @@ def test_upload_through_a_link_into_the_bookkeeping_directory_is_refused(
 
 @pytest.mark.parametrize("taken", ["file", "dangling link", "link to a file"])
 def test_anything_but_a_directory_on_the_way_is_a_conflict(
-    storage: Storage, taken: str
+    storage: LocalStorage, taken: str
 ) -> None:
     where = storage.root / "a"
     if taken == "file":
@@ -269,7 +269,7 @@ def test_anything_but_a_directory_on_the_way_is_a_conflict(
 def test_durable_commit_syncs_every_directory_given_an_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = Storage(tmp_path / "files", fsync=True)
+    storage = LocalStorage(tmp_path / "files", fsync=True)
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -288,7 +288,7 @@ def test_durable_commit_syncs_every_directory_given_an_entry(
 
 
 def test_metadata_is_read_once_per_file_state(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hmacfs.storage import local as storage_module
 
@@ -318,7 +318,7 @@ def test_metadata_is_read_once_per_file_state(
     assert len(storage._meta_cache) == 3  # the oldest entries made room
 
 
-def test_concurrent_uploads_into_one_new_directory_all_land(storage: Storage) -> None:
+def test_concurrent_uploads_into_one_new_directory_all_land(storage: LocalStorage) -> None:
     # Durable commits run on a thread pool: several may make the same directories at once.
     from concurrent.futures import ThreadPoolExecutor
 
@@ -336,7 +336,7 @@ def test_concurrent_uploads_into_one_new_directory_all_land(storage: Storage) ->
 
 
 def test_a_directory_pruned_while_linking_is_made_again(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The sweeper removes directories left empty by expired files; one may go between our
     # making it and linking the file into it.
@@ -357,7 +357,7 @@ def test_a_directory_pruned_while_linking_is_made_again(
     assert partial_files(storage) == []
 
 
-def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partial_files_made_ahead(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     from hmacfs.storage import local as storage_module
 
     storage.refill()
@@ -384,7 +384,7 @@ def test_partial_files_made_ahead(storage: Storage, monkeypatch: pytest.MonkeyPa
 # -- a retry of an upload: the same bytes again ------------------------------------------------
 
 
-def retry(storage: Storage, rel: str, body: bytes) -> None:
+def retry(storage: LocalStorage, rel: str, body: bytes) -> None:
     """Upload `body` to `rel` as the server does when a file of that size is already there."""
     upload = storage.begin(rel, len(body), "text/plain")
     upload.write(body)
@@ -392,7 +392,7 @@ def retry(storage: Storage, rel: str, body: bytes) -> None:
 
 
 def test_identical_retry_succeeds_and_leaves_the_stored_file(
-    storage: Storage, clock: FakeClock
+    storage: LocalStorage, clock: FakeClock
 ) -> None:
     store(storage, "r/same.txt", b"payload")
     before = os.stat(storage.path_of("r/same.txt"))
@@ -406,7 +406,7 @@ def test_identical_retry_succeeds_and_leaves_the_stored_file(
 
 @pytest.mark.parametrize("where", [0, 3, 4, 9, 10])
 def test_a_different_body_of_the_same_size_is_a_conflict(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch, where: int
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch, where: int
 ) -> None:
     from hmacfs.storage import local as storage_module
 
@@ -424,7 +424,7 @@ def test_a_different_body_of_the_same_size_is_a_conflict(
 
 
 def test_comparison_reads_in_bounded_chunks(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hmacfs.storage import local as storage_module
 
@@ -444,7 +444,7 @@ def test_comparison_reads_in_bounded_chunks(
     assert max(sizes) == 1000
 
 
-def test_a_file_stored_by_another_server_is_compared_too(storage: Storage) -> None:
+def test_a_file_stored_by_another_server_is_compared_too(storage: LocalStorage) -> None:
     (storage.root / "old").mkdir()
     (storage.root / "old" / "photo.jpg").write_bytes(b"jpeg")
     retry(storage, "old/photo.jpg", b"jpeg")
@@ -454,7 +454,7 @@ def test_a_file_stored_by_another_server_is_compared_too(storage: Storage) -> No
     assert storage.lookup("old/photo.jpg").content_type is None
 
 
-def test_an_expired_file_is_not_taken_for_a_retry(storage: Storage, clock: FakeClock) -> None:
+def test_an_expired_file_is_not_taken_for_a_retry(storage: LocalStorage, clock: FakeClock) -> None:
     store(storage, "r/old.txt", b"bye", expires=clock.now + 60)
     assert storage.existing("r/old.txt") is not None
     clock.now += 61
@@ -465,7 +465,9 @@ def test_an_expired_file_is_not_taken_for_a_retry(storage: Storage, clock: FakeC
     assert partial_files(storage) == []
 
 
-def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(storage: Storage) -> None:
+def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(
+    storage: LocalStorage,
+) -> None:
     store(storage, "r/gone.txt", b"abc")
     upload = storage.begin("r/gone.txt", 3, "image/png")
     upload.write(b"xyz")
@@ -475,7 +477,7 @@ def test_a_stored_file_gone_before_the_commit_is_replaced_by_the_upload(storage:
     assert storage.lookup("r/gone.txt").content_type == "image/png"
 
 
-def test_old_metadata_with_a_digest_is_still_read(storage: Storage) -> None:
+def test_old_metadata_with_a_digest_is_still_read(storage: LocalStorage) -> None:
     (storage.root / "o").mkdir()
     target = storage.root / "o" / "f.txt"
     target.write_bytes(b"data")
@@ -492,11 +494,11 @@ def test_old_metadata_with_a_digest_is_still_read(storage: Storage) -> None:
 # -- where the metadata is kept ----------------------------------------------------------------
 
 
-def json_metas(storage: Storage) -> list[Path]:
+def json_metas(storage: LocalStorage) -> list[Path]:
     return sorted((storage.root / ".hmacfs" / "meta").glob("*/*.json"))
 
 
-def test_metadata_is_in_one_place(storage: Storage, metadata: str) -> None:
+def test_metadata_is_in_one_place(storage: LocalStorage, metadata: str) -> None:
     store(storage, "m/one.txt", b"one", expires=storage.clock() + 60)
     final = str(storage.path_of("m/one.txt"))
     if metadata == "xattr":
@@ -513,7 +515,7 @@ def test_metadata_is_in_one_place(storage: Storage, metadata: str) -> None:
     assert "sha256" not in meta
 
 
-def test_metadata_of_a_file_linked_or_grown_elsewhere_is_not_trusted(storage: Storage) -> None:
+def test_metadata_of_a_file_linked_or_grown_elsewhere_is_not_trusted(storage: LocalStorage) -> None:
     store(storage, "m/orig.txt", b"orig")
     os.link(storage.path_of("m/orig.txt"), storage.root / "m" / "copy.txt")
     assert storage.lookup("m/orig.txt").content_type == "text/plain"
@@ -524,7 +526,7 @@ def test_metadata_of_a_file_linked_or_grown_elsewhere_is_not_trusted(storage: St
 
 
 def test_auto_keeps_metadata_in_an_attribute_on_this_filesystem(tmp_path: Path) -> None:
-    storage = Storage(tmp_path / "files")
+    storage = LocalStorage(tmp_path / "files")
     assert storage.xattrs
     assert os.listdir(storage.partial_dir) == []  # the scratch file of the probe is gone
 
@@ -545,7 +547,7 @@ def test_auto_keeps_metadata_in_an_attribute_on_tmpfs(clock: FakeClock) -> None:
     parent = tmpfs_dir()
     directory = Path(tempfile.mkdtemp(dir=parent))
     try:
-        storage = Storage(directory / "files", fsync=False, clock=clock)
+        storage = LocalStorage(directory / "files", fsync=False, clock=clock)
         assert storage.xattrs and storage.tmpfiles
         store(storage, "t/x.txt", b"x", expires=clock.now + 1)
         assert json_metas(storage) == []
@@ -566,8 +568,8 @@ def test_without_attributes_auto_uses_files(
 
     monkeypatch.setattr(os, "setxattr", unsupported)
     with pytest.raises(OSError):
-        Storage(tmp_path / "strict", metadata="xattr")
-    storage = Storage(tmp_path / "files", clock=clock)
+        LocalStorage(tmp_path / "strict", metadata="xattr")
+    storage = LocalStorage(tmp_path / "files", clock=clock)
     assert not storage.xattrs
     assert os.listdir(storage.partial_dir) == []
     store(storage, "f/a.txt", b"a", expires=clock.now + 5)
@@ -579,13 +581,13 @@ def test_without_attributes_auto_uses_files(
 
 def test_other_metadata_stores_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        Storage(tmp_path / "files", metadata="sqlite")
+        LocalStorage(tmp_path / "files", metadata="sqlite")
     with pytest.raises(ValueError):
-        Storage(tmp_path / "files", partials="memory")
+        LocalStorage(tmp_path / "files", partials="memory")
 
 
 def test_metadata_too_large_for_an_attribute_goes_to_a_file(tmp_path: Path) -> None:
-    storage = Storage(tmp_path / "files", metadata="xattr")
+    storage = LocalStorage(tmp_path / "files", metadata="xattr")
     huge = "text/plain; x=" + "y" * 70_000  # over any filesystem's limit for one attribute
     upload = storage.begin("h/big.txt", 1, huge)
     upload.write(b"b")
@@ -598,9 +600,9 @@ def test_metadata_too_large_for_an_attribute_goes_to_a_file(tmp_path: Path) -> N
 def test_metadata_written_by_either_store_is_read_by_the_other(
     tmp_path: Path, clock: FakeClock, before: str, after: str
 ) -> None:
-    first = Storage(tmp_path / "files", clock=clock, metadata=before)
+    first = LocalStorage(tmp_path / "files", clock=clock, metadata=before)
     store(first, "x/y.txt", b"yy", expires=clock.now + 60)
-    second = Storage(tmp_path / "files", clock=clock, metadata=after)
+    second = LocalStorage(tmp_path / "files", clock=clock, metadata=after)
     found = second.lookup("x/y.txt")
     assert (found.content_type, found.expires) == ("text/plain", clock.now + 60)
     clock.now += 61
@@ -609,7 +611,7 @@ def test_metadata_written_by_either_store_is_read_by_the_other(
     assert json_metas(second) == []
 
 
-def test_stale_metadata_files_are_swept(storage: Storage, clock: FakeClock) -> None:
+def test_stale_metadata_files_are_swept(storage: LocalStorage, clock: FakeClock) -> None:
     from hmacfs.storage.local import _META_GRACE
 
     store(storage, "s/kept.txt", b"k")
@@ -631,8 +633,8 @@ def test_stale_metadata_files_are_swept(storage: Storage, clock: FakeClock) -> N
 
 
 def test_only_fast_mode_without_a_comparison_commits_inline(tmp_path: Path) -> None:
-    fast = Storage(tmp_path / "fast", fsync=False).begin("a", 1, "text/plain")
-    durable = Storage(tmp_path / "durable", fsync=True).begin("a", 1, "text/plain")
+    fast = LocalStorage(tmp_path / "fast", fsync=False).begin("a", 1, "text/plain")
+    durable = LocalStorage(tmp_path / "durable", fsync=True).begin("a", 1, "text/plain")
     assert fast.can_commit_inline()
     assert not fast.can_commit_inline(compare=True)
     assert not durable.can_commit_inline()
@@ -645,7 +647,7 @@ def test_an_inline_commit_hands_a_same_size_race_over(
 ) -> None:
     from hmacfs.storage.backend import CompareOnThread
 
-    storage = Storage(tmp_path / "files", fsync=False, metadata=metadata, partials=partials)
+    storage = LocalStorage(tmp_path / "files", fsync=False, metadata=metadata, partials=partials)
     first = storage.begin("s/z.bin", 3, "text/plain")
     second = storage.begin("s/z.bin", 3, "text/plain")
     other_size = storage.begin("s/z.bin", 2, "text/plain")
@@ -669,7 +671,7 @@ def test_an_inline_commit_hands_a_same_size_race_over(
 
 
 def test_auto_makes_partial_files_without_a_name_here(tmp_path: Path) -> None:
-    storage = Storage(tmp_path / "files", fsync=False)
+    storage = LocalStorage(tmp_path / "files", fsync=False)
     assert storage.tmpfiles
     upload = storage.begin("u/n.txt", 4, "text/plain")
     upload.write(b"body")
@@ -688,8 +690,8 @@ CRASH = """
 import os, sys
 from pathlib import Path
 from typing import Any
-from hmacfs.storage.local import Storage
-storage = Storage(Path(sys.argv[1]), partials=sys.argv[2])
+from hmacfs.storage.local import LocalStorage
+storage = LocalStorage(Path(sys.argv[1]), partials=sys.argv[2])
 upload = storage.begin("c/crash.bin", 10, "text/plain")
 upload.write(b"12345")
 os._exit(0)  # no abort, no cleanup: as if killed
@@ -723,10 +725,10 @@ def test_without_o_tmpfile_or_proc_auto_names_partial_files(
     with monkeypatch.context() as patch:
         patch.setattr(storage_module, "_link_unnamed", no_proc)
         with pytest.raises(OSError):
-            Storage(tmp_path / "strict", partials="tmpfile")
-        assert not Storage(tmp_path / "no-proc").tmpfiles
+            LocalStorage(tmp_path / "strict", partials="tmpfile")
+        assert not LocalStorage(tmp_path / "no-proc").tmpfiles
     monkeypatch.delattr(os, "O_TMPFILE")
-    storage = Storage(tmp_path / "files")
+    storage = LocalStorage(tmp_path / "files")
     assert not storage.tmpfiles
     assert os.listdir(storage.partial_dir) == []  # the probes left nothing
     store(storage, "n/x.txt", b"x")
@@ -737,13 +739,13 @@ def test_without_o_tmpfile_or_proc_auto_names_partial_files(
 def test_named_partials_of_an_earlier_run_are_still_swept(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    earlier = Storage(tmp_path / "files", clock=clock, partials="named")
+    earlier = LocalStorage(tmp_path / "files", clock=clock, partials="named")
     abandoned = earlier.begin("a/old", 10, "text/plain")
     abandoned.write(b"12")
     assert abandoned.partial is not None
     long_ago = clock.now - PARTIAL_MAX_IDLE - 60
     os.utime(abandoned.partial, (long_ago, long_ago))
-    storage = Storage(tmp_path / "files", clock=clock)
+    storage = LocalStorage(tmp_path / "files", clock=clock)
     assert storage.tmpfiles
     live = storage.begin("a/live", 10, "text/plain")
     live.write(b"34")
@@ -769,7 +771,7 @@ def test_durable_bodies_are_sent_to_the_disk_as_they_arrive(tmp_path: Path) -> N
         calls.append((offset, count))
         results.append(f(fd, offset, count))  # the real sync_file_range, on a real file
 
-    durable = Storage(tmp_path / "durable", fsync=True)
+    durable = LocalStorage(tmp_path / "durable", fsync=True)
     durable.background = background
     step = storage_module.WRITEBACK_STEP
     upload = durable.begin("w/big.bin", 2 * step + 100, "application/octet-stream")
@@ -782,7 +784,7 @@ def test_durable_bodies_are_sent_to_the_disk_as_they_arrive(tmp_path: Path) -> N
     assert calls == [(0, step), (step, step)]
     assert results == [True, True]
 
-    fast = Storage(tmp_path / "fast", fsync=False)
+    fast = LocalStorage(tmp_path / "fast", fsync=False)
     fast.background = background
     upload = fast.begin("w/big.bin", step + 1, "application/octet-stream")
     upload.write(b"f" * (step + 1))

@@ -12,12 +12,12 @@ from hmacfs.core.auth import Grant
 from hmacfs.core.refusals import Conflict, Refusal, StorageFailure, TooLarge
 from hmacfs.http.upload import TRANSITIONS, State, Upload
 from hmacfs.metrics import DISCONNECTED, Metrics
-from hmacfs.storage.local import Storage
+from hmacfs.storage.local import LocalStorage
 
 
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
-        self.storage = Storage(tmp_path / "files", fsync=False)
+        self.storage = LocalStorage(tmp_path / "files", fsync=False)
         self.metrics = Metrics()
         self.ended: list[Upload] = []
         self.on_thread: list[str] = []
