@@ -445,3 +445,30 @@ def test_fast_mode_race_for_a_path_is_judged_on_a_thread(
     assert (harness.storage.root / "a1b2" / "race.txt").read_bytes() == b"same"
     assert partial_files(harness.storage) == []
     assert harness.site.uploads == set()
+
+
+def test_an_idle_connection_is_closed_after_idle_timeout(storage_dir: Path) -> None:
+    harness = Harness(make_config(storage_dir, idle_timeout=30.0))
+    _, transport = harness.connect()
+    harness.clock.advance(29)
+    assert not transport.disconnecting
+    harness.clock.advance(2)
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_an_upload_that_stalls_mid_body_is_dropped_after_idle_timeout(storage_dir: Path) -> None:
+    harness = Harness(make_config(storage_dir, idle_timeout=30.0))
+    path = "idle1/slow.bin"
+    channel, transport = harness.connect()
+    channel.dataReceived(put_head(path, 10, f"v={mac_v1(path, 10)}") + b"01234")
+    assert len(partial_files(harness.storage)) == 1
+    harness.clock.advance(20)
+    channel.dataReceived(b"5")  # a byte now and then keeps it alive
+    harness.clock.advance(20)
+    assert not (transport.disconnecting or transport.disconnected)
+    harness.clock.advance(11)  # then nothing for longer than the timeout
+    assert transport.disconnecting or transport.disconnected
+    channel.connectionLost(Failure(ConnectionLost()))
+    assert partial_files(harness.storage) == []
+    assert visible_files(harness.storage.root) == []
+    assert harness.site.uploads == frozenset()
