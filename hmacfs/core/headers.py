@@ -103,6 +103,12 @@ def cors_headers(settings: HttpSettings, origin: str | None) -> list[tuple[str, 
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def cors_fields(settings: HttpSettings, origin: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    """`cors_headers` as they go on the wire (worked out once for the origins seen most)."""
+    return tuple(encoded(cors_headers(settings, origin)))
+
+
 def preflight_headers(settings: HttpSettings, origin: str | None) -> list[tuple[str, str]]:
     """The CORS headers answering a preflight OPTIONS."""
     out = cors_headers(settings, origin)

@@ -9,7 +9,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web import http
 
-from hmacfs.core.headers import BASE_HEADERS, cors_headers, encoded, http_date_now
+from hmacfs.core.headers import BASE_HEADERS, cors_fields, encoded, http_date_now
 from hmacfs.core.refusals import InternalError, Refusal
 from hmacfs.core.settings import HttpSettings
 
@@ -31,7 +31,7 @@ def refusal_headers(
     """Every header of an error answer but Date, Content-Length and Connection."""
     return [
         *BASE_HEADERS,
-        *encoded(cors_headers(settings, origin)),
+        *cors_fields(settings, origin),
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Cache-Control", b"no-store"),
         *encoded(list(refusal.headers)),

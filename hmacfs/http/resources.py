@@ -11,6 +11,7 @@ from hmacfs.core import download
 from hmacfs.core.headers import (
     ALLOWED_METHODS,
     BASE_HEADERS,
+    cors_fields,
     cors_headers,
     encoded,
     preflight_headers,
@@ -61,7 +62,7 @@ class Root(resource.Resource):  # type: ignore[misc]
                 request.setHeader(b"allow", ALLOWED_METHODS.encode())
                 request.setHeader(b"content-length", b"0")
                 return b""
-            self._set(request, encoded(cors_headers(settings, origin)))
+            self._set(request, list(cors_fields(settings, origin)))
             if request.method == b"PUT":
                 return self._finish_put(request)
             if request.method in (b"GET", b"HEAD"):
