@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import (
@@ -68,10 +65,6 @@ DURATION_BUCKETS: Final = (
 #: Upload sizes, 1 KiB .. 4 GiB, by powers of four.
 SIZE_BUCKETS: Final = tuple(float(1024 * 4**i) for i in range(12))
 
-#: `check_storage` fails when less than this much space is free ...
-MIN_FREE_BYTES: Final = 16 * 1024 * 1024
-#: ... or less than this share of the filesystem, whichever is more.
-MIN_FREE_FRACTION: Final = 0.01
 
 _ALLOWED: Final = b"GET, HEAD"
 def status_label(status: int) -> str:
@@ -270,66 +263,6 @@ class HealthReport:
 
 
 HealthSource = Callable[[], "HealthReport | defer.Deferred[HealthReport]"]
-
-
-def _strerror(e: OSError) -> str:
-    return os.strerror(e.errno) if e.errno else str(e)
-
-
-def check_storage(  # noqa: PLR0911 (one return per failed check)
-    storage_dir: Path,
-    partial_dir: Path,
-    *,
-    min_free_bytes: int = MIN_FREE_BYTES,
-    min_free_fraction: float = MIN_FREE_FRACTION,
-) -> str:
-    """Whether uploads can be stored: "ok", or a short reason why not.
-
-    Checks that `storage_dir` is a directory, that its filesystem has free inodes and more
-    free space (for an unprivileged user) than `min_free_bytes` and than `min_free_fraction`
-    of its size, and that a small file can be created, written and removed in `partial_dir`.
-
-    Blocking, but quick on a local filesystem: a stat, a statvfs and a create/write/unlink
-    (no fsync). A hung network filesystem would stall the calling thread, so run it on a
-    thread where that matters. Filesystem errors are the answer, not exceptions; nothing is
-    raised. The reasons name no paths (the health report may be read by a load balancer).
-    """
-    try:
-        st = os.stat(storage_dir)
-    except FileNotFoundError:
-        return "storage directory does not exist"
-    except OSError as e:
-        return f"storage directory: {_strerror(e)}"
-    if not stat.S_ISDIR(st.st_mode):
-        return "storage directory is not a directory"
-    try:
-        fs = os.statvfs(storage_dir)
-    except OSError as e:
-        return f"storage filesystem: {_strerror(e)}"
-    free = fs.f_bavail * fs.f_frsize
-    total = fs.f_blocks * fs.f_frsize
-    if free < max(min_free_bytes, total * min_free_fraction):
-        return f"low disk space: {free // (1024 * 1024)} MiB free"
-    if fs.f_files > 0 and fs.f_favail == 0:  # some filesystems report no inode counts at all
-        return "no free inodes"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".health-", dir=partial_dir)
-    except OSError as e:
-        return f"partial directory is not writable: {_strerror(e)}"
-    result = "ok"
-    try:
-        try:
-            os.write(fd, b"ok\n")
-        finally:
-            os.close(fd)
-    except OSError as e:
-        result = f"partial directory is not writable: {_strerror(e)}"
-    try:
-        os.unlink(name)
-    except OSError as e:
-        if result == "ok":
-            result = f"cannot remove a file from the partial directory: {_strerror(e)}"
-    return result
 
 
 class HealthResource(resource.Resource):

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -40,9 +40,8 @@ from hmacfs.http.proxies import TrustedProxies
 from hmacfs.http.request import UploadRequest
 from hmacfs.http.resources import Root
 from hmacfs.http.upload import Upload
-from hmacfs.metrics import HealthReport, HealthResource, Metrics, MetricsResource, check_storage
-from hmacfs.process.logs import LEVELS
-from hmacfs.storage.local import LocalStorage
+from hmacfs.metrics import HealthReport, HealthResource, Metrics, MetricsResource
+from hmacfs.storage.backend import Backend
 
 T = TypeVar("T")
 BlockingRunner = Callable[..., "defer.Deferred[Any]"]
@@ -53,6 +52,11 @@ MAX_OTHER_BODY = 64 * 1024
 IDLE_CLOSE_GRACE = 0.5
 
 _log = Logger(namespace="hmacfs.http")
+
+
+def _logs_answers(config: Config) -> bool:
+    """Whether a line per answer is logged (the log level is info or lower)."""
+    return config.server.log_level in ("debug", "info")
 
 
 def _plain_headers(request: http.Request) -> dict[str, str]:
@@ -78,7 +82,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def __init__(
         self,
         config: Config,
-        storage: LocalStorage,
+        storage: Backend,
         reactor: IReactorTime,
         run_blocking: BlockingRunner | None = None,
         fast: FastPaths | None = None,
@@ -94,7 +98,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.health_resource = HealthResource(self.health)
         self.stopping = False
         self.config = config
-        self._log_answers: bool = LEVELS[config.server.log_level] <= LogLevel.info
+        self._log_answers = _logs_answers(config)
         self.proxies = TrustedProxies(config.server.trusted_proxies)
         self.storage = storage
         self.clock: Any = reactor
@@ -127,7 +131,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def reconfigure(self, config: Config) -> None:
         """Use `config` for requests from now on (SIGHUP); connections keep their channel."""
         self.config = config
-        self._log_answers = LEVELS[config.server.log_level] <= LogLevel.info
+        self._log_answers = _logs_answers(config)
         self.timeOut = config.server.idle_timeout
         self.proxies = TrustedProxies(config.server.trusted_proxies)
 
@@ -243,7 +247,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         """The health report: the storage must be usable, the server not shutting down."""
         if self.stopping:
             return defer.succeed(HealthReport(False, {"service": "shutting down"}))
-        d = self.run_blocking(check_storage, self.storage.root, self.storage.partial_dir)
+        d = self.run_blocking(self.storage.check)
         return d.addCallback(lambda result: HealthReport.from_checks({"storage": result}))
 
     @property

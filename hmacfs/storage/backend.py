@@ -9,7 +9,7 @@ blocking are made off the reactor thread by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +112,14 @@ class Backend(Protocol):
     #: Whether commits wait for the data to be durable.
     fsync: bool
     file_ttl: float | None
+    #: Runs a blocking call off the caller's thread, ignoring its outcome (set by the server;
+    #: None: the backend does such work, e.g. early writeback, not at all).
+    background: Callable[..., object] | None
+
+    def check(self) -> str:
+        """Whether uploads can be stored: "ok", or a short reason that names no path (for
+        the health report). Blocking; never raises."""
+        ...
 
     def existing(self, rel: str) -> StoredFile | None:
         """The file stored at `rel`, if any. Raises Conflict when something else is there."""

@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,10 @@ class _Partial:
     name: str
 
 
+#: `check_storage` fails when less than this much space is free ...
+MIN_FREE_BYTES = 16 * 1024 * 1024
+#: ... or less than this share of the filesystem, whichever is more.
+MIN_FREE_FRACTION = 0.01
 #: In durable mode, each stretch of this many body bytes is sent to the disk as it arrives.
 WRITEBACK_STEP = 32 * 1024 * 1024
 #: Files whose metadata a process remembers (see `LocalStorage._read_meta`): about 0.5 KiB each.
@@ -425,6 +430,11 @@ class LocalStorage:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     yield self._stored(prefix + name, path, st)
+
+    def check(self) -> str:
+        """Whether uploads can be stored here: "ok", or a short reason (see
+        `check_storage`). Blocking."""
+        return check_storage(self.root, self.partial_dir)
 
     def usage(self) -> tuple[int, int]:
         """How many files are stored, and how many bytes they hold. Blocking."""
@@ -1070,3 +1080,63 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _strerror(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def check_storage(  # noqa: PLR0911 (one return per failed check)
+    storage_dir: Path,
+    partial_dir: Path,
+    *,
+    min_free_bytes: int = MIN_FREE_BYTES,
+    min_free_fraction: float = MIN_FREE_FRACTION,
+) -> str:
+    """Whether uploads can be stored: "ok", or a short reason why not.
+
+    Checks that `storage_dir` is a directory, that its filesystem has free inodes and more
+    free space (for an unprivileged user) than `min_free_bytes` and than `min_free_fraction`
+    of its size, and that a small file can be created, written and removed in `partial_dir`.
+
+    Blocking, but quick on a local filesystem: a stat, a statvfs and a create/write/unlink
+    (no fsync). A hung network filesystem would stall the calling thread, so run it on a
+    thread where that matters. Filesystem errors are the answer, not exceptions; nothing is
+    raised. The reasons name no paths (the health report may be read by a load balancer).
+    """
+    try:
+        st = os.stat(storage_dir)
+    except FileNotFoundError:
+        return "storage directory does not exist"
+    except OSError as e:
+        return f"storage directory: {_strerror(e)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "storage directory is not a directory"
+    try:
+        fs = os.statvfs(storage_dir)
+    except OSError as e:
+        return f"storage filesystem: {_strerror(e)}"
+    free = fs.f_bavail * fs.f_frsize
+    total = fs.f_blocks * fs.f_frsize
+    if free < max(min_free_bytes, total * min_free_fraction):
+        return f"low disk space: {free // (1024 * 1024)} MiB free"
+    if fs.f_files > 0 and fs.f_favail == 0:  # some filesystems report no inode counts at all
+        return "no free inodes"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".health-", dir=partial_dir)
+    except OSError as e:
+        return f"partial directory is not writable: {_strerror(e)}"
+    result = "ok"
+    try:
+        try:
+            os.write(fd, b"ok\n")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        result = f"partial directory is not writable: {_strerror(e)}"
+    try:
+        os.unlink(name)
+    except OSError as e:
+        if result == "ok":
+            result = f"cannot remove a file from the partial directory: {_strerror(e)}"
+    return result

@@ -121,3 +121,32 @@ def test_delete_and_the_list_of_files(storage: LocalStorage) -> None:
     assert not (storage.root / "d1" / "d2").exists()  # emptied directories pruned
     assert not storage.delete("../outside")
     assert [stored.rel for stored in storage.files()] == ["d1/a.txt"]
+
+
+def test_the_http_layer_knows_only_the_backend_interface() -> None:
+    """The layers import downwards only: another backend can be added without touching the
+    HTTP layer (nothing under hmacfs/http imports a backend implementation), core and storage
+    know no Twisted and no HTTP."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "hmacfs"
+    layers = (
+        ("http", ("hmacfs.storage.local", "hmacfs.process")),
+        ("core", ("hmacfs.storage", "hmacfs.http", "hmacfs.process", "twisted")),
+        ("storage", ("hmacfs.http", "hmacfs.process", "twisted")),
+    )
+    for folder, banned in layers:
+        for path in (root / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module is not None:
+                    names = [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    # (the one exception: check-config builds the TLS context to validate it)
+                    if path.name == "config.py" and name.startswith("hmacfs.process.tls"):
+                        continue
+                    assert not name.startswith(banned), f"{path} imports {name}"

@@ -19,8 +19,8 @@ from hmacfs.metrics import (
     SCHEMES,
     HealthReport,
     Metrics,
-    check_storage,
 )
+from hmacfs.storage.local import check_storage
 
 
 @pytest.fixture
