@@ -130,12 +130,7 @@ def measure_one(
     row.vmhwm_after_upload_mib = kib_to_mib(read_tree_max_kib(pid, "VmHWM"))
     row.put_status, row.put_seconds = put.status, put.seconds
     row.put_mb_s = mb_per_s(size, put.seconds)
-    if put.error:
-        row.errors.append(f"PUT: {put.error}")
-    if put.status != 201:
-        row.errors.append(f"PUT: status {put.status}, expected 201")
-    elif put.bytes != size:
-        row.errors.append(f"PUT: curl sent {put.bytes} bytes, expected {size}")
+    row.errors += put.problems("PUT", size, (201,))
     if row.errors:
         row.vmhwm_final_mib = row.vmhwm_after_upload_mib
         return
@@ -147,12 +142,7 @@ def measure_one(
     row.vmhwm_final_mib = kib_to_mib(read_tree_max_kib(pid, "VmHWM"))
     row.get_status, row.get_seconds, row.get_bytes = get.status, get.seconds, get.bytes
     row.get_mb_s = mb_per_s(size, get.seconds)
-    if get.error:
-        row.errors.append(f"GET: {get.error}")
-    if get.status != 200:
-        row.errors.append(f"GET: status {get.status}, expected 200")
-    elif get.bytes != size:
-        row.errors.append(f"GET: received {get.bytes} bytes, expected {size}")
+    row.errors += get.problems("GET", size, (200,))
 
     if test_sha is not None and not row.errors:
         got = sha256_of_download(url, size)

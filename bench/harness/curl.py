@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from harness.common import CURL, MIB, clean_env, transfer_timeout
@@ -17,6 +17,19 @@ class CurlResult:
     speed_b_s: float
     bytes: int
     error: str | None = None
+
+    def problems(self, what: str, size: int, statuses: Collection[int]) -> list[str]:
+        """What went wrong with this transfer of `size` bytes (`what`: "PUT" or "GET"), as
+        lines for a result's errors; none when the status is one of `statuses` and every
+        byte went through."""
+        out = [f"{what}: {self.error}"] if self.error else []
+        if self.status not in statuses:
+            expected = " or ".join(str(s) for s in sorted(statuses))
+            out.append(f"{what}: status {self.status}, expected {expected}")
+        elif self.bytes != size:
+            moved = "curl sent" if what == "PUT" else "received"
+            out.append(f"{what}: {moved} {self.bytes} bytes, expected {size}")
+        return out
 
 
 def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:

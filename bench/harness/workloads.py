@@ -129,12 +129,7 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
     result.put_mb_s = mb_per_s(size, put.seconds)
     result.put_cpu_s = cpu1 - cpu0
     result.put_cpu_s_per_gb = result.put_cpu_s / (size / 1e9)
-    if put.error:
-        result.errors.append(f"PUT: {put.error}")
-    if put.status not in server.put_statuses:
-        result.errors.append(f"PUT: status {put.status}")
-    elif put.bytes != size:
-        result.errors.append(f"PUT: curl sent {put.bytes} of {size} bytes")
+    result.errors += put.problems("PUT", size, server.put_statuses)
     if get and not result.errors:
         server.sampler.set_phase("big GET")
         cpu2 = tree_cpu_seconds(server.pid)
@@ -146,12 +141,7 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
         result.get_mb_s = mb_per_s(size, got.seconds)
         result.get_cpu_s = cpu3 - cpu2
         result.get_cpu_s_per_gb = result.get_cpu_s / (size / 1e9)
-        if got.error:
-            result.errors.append(f"GET: {got.error}")
-        if got.status != 200:
-            result.errors.append(f"GET: status {got.status}")
-        elif got.bytes != size:
-            result.errors.append(f"GET: received {got.bytes} of {size} bytes")
+        result.errors += got.problems("GET", size, (200,))
     server.sampler.set_phase("idle")
     remove_uploads(server, "big-")
     return result
