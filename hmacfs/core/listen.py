@@ -84,10 +84,10 @@ def parse_listen(entry: str) -> Listener:
         tls, address = True, entry[len("https://") :]
     elif entry.startswith("http://"):
         address = entry[len("http://") :]
-    if address.endswith("/"):
-        raise ValueError(f"{show(entry)}: no path after the port")
     if address.startswith("unix:"):
         return Listener(text=entry, tls=tls, unix_path=_unix_path(address))
+    if address.endswith("/"):
+        raise ValueError(f"{show(entry)}: no path after the port")
     host, port = _host_port(address)
     return Listener(text=entry, tls=tls, host=host, port=port)
 
@@ -98,6 +98,8 @@ def _unix_path(address: str) -> str:
     path = address[len("unix:") :]
     if not path.startswith("/"):
         raise ValueError(f"{show(address)}: the socket path must be absolute")
+    if path.endswith("/"):
+        raise ValueError(f"{show(address)}: the socket path names a directory, not a socket")
     if "\x00" in path:
         raise ValueError(f"{show(address)}: the socket path contains a NUL character")
     try:

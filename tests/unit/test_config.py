@@ -1373,6 +1373,7 @@ def test_parse_listen(entry: str, listener: Listener) -> None:
 @example("\ud800")  # not encodable
 @example("\udcff")  # an undecodable byte, as os.fsdecode gives it
 @example("a:b=c\\d")
+@example("/")  # a directory
 @settings(suppress_health_check=[HealthCheck.too_slow])
 def test_parse_listen_unix(name: str) -> None:
     path = "/run/" + name
@@ -1380,8 +1381,14 @@ def test_parse_listen_unix(name: str) -> None:
         encoded: bytes | None = os.fsencode(path)
     except UnicodeEncodeError:
         encoded = None
-    if encoded is None or len(encoded) > 107:
-        reason = "not valid text" if encoded is None else "longer than 107 bytes"
+    if encoded is None or len(encoded) > 107 or path.endswith("/"):
+        reason = (
+            "names a directory"
+            if path.endswith("/")
+            else "not valid text"
+            if encoded is None
+            else "longer than 107 bytes"
+        )
         with pytest.raises(ValueError, match=reason):
             parse_listen("unix:" + path)
     else:
