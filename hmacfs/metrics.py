@@ -67,6 +67,8 @@ SIZE_BUCKETS: Final = tuple(float(1024 * 4**i) for i in range(12))
 
 
 _ALLOWED: Final = b"GET, HEAD"
+
+
 def status_label(status: int) -> str:
     """The label value for an HTTP status: the code itself if it is one, else "other"."""
     return str(status) if 100 <= status <= 599 else OTHER
@@ -173,6 +175,39 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self._resumable_created = Counter(
+            "hmacfs_resumable_created",
+            "Resumable uploads announced to their client (104 Upload Resumption Supported).",
+            registry=registry,
+        )
+        self._resumptions = Counter(
+            "hmacfs_resumptions",
+            "Appends to a resumable upload that an earlier request left incomplete.",
+            registry=registry,
+        )
+        self._resumed_bytes = Counter(
+            "hmacfs_resumed_bytes",
+            "Upload body bytes received by appends to resumable uploads.",
+            registry=registry,
+        )
+        self._partials_kept = Counter(
+            "hmacfs_partials_kept",
+            "Requests of resumable uploads that ended with the partial kept to be resumed"
+            " (the connection broke, or the request sent one part).",
+            registry=registry,
+        )
+        self._kept_partials = Gauge(
+            "hmacfs_resumable_partials",
+            "Partials of resumable uploads kept for a resumption, at the last sweep.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._kept_partial_bytes = Gauge(
+            "hmacfs_resumable_partial_bytes",
+            "Bytes held by the partials of resumable uploads, at the last sweep.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
 
     def upload_started(self) -> None:
         """An upload was admitted and its body is about to be read."""
@@ -217,15 +252,34 @@ class Metrics:
         """
         counter = self._download_counters.get(status)
         if counter is None:
-            counter = self._download_counters[status] = self._downloads.labels(
-                status_label(status)
-            )
+            counter = self._download_counters[status] = self._downloads.labels(status_label(status))
         counter.inc()
         self._download_bytes.inc(size)
 
     def bytes_received(self, n: int) -> None:
         """`n` more upload body bytes arrived. Raises ValueError if `n` is negative."""
         self._upload_bytes.inc(n)
+
+    def bytes_resumed(self, n: int) -> None:
+        """`n` of the bytes `bytes_received` counted came to an append of a resumable upload."""
+        self._resumed_bytes.inc(n)
+
+    def resumable_created(self) -> None:
+        """A resumable upload was announced (its 104 sent)."""
+        self._resumable_created.inc()
+
+    def resumed(self) -> None:
+        """An append to a resumable upload was admitted."""
+        self._resumptions.inc()
+
+    def partial_kept(self) -> None:
+        """A request of a resumable upload ended, leaving its partial for a resumption."""
+        self._partials_kept.inc()
+
+    def set_kept_partials(self, count: int, size: int) -> None:
+        """What the last sweep found of partials kept for resumptions."""
+        self._kept_partials.set(count)
+        self._kept_partial_bytes.set(size)
 
     def set_storage(self, files: int, size: int) -> None:
         """What the last sweep found in the storage directory: `files` files, `size` bytes."""

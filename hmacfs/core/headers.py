@@ -23,7 +23,11 @@ BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Referrer-Policy", b"no-referrer"),
 )
 #: Response headers a browser script may read (CORS).
-EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
+EXPOSED_HEADERS = (
+    "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, Location, "
+    "Upload-Offset, Upload-Complete, Upload-Incomplete, Upload-Length, Upload-Limit, "
+    "Upload-Draft-Interop-Version"
+)
 
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # noqa: S105 (an RFC 9110 token, not a password)
 _MEDIA_TYPE = re.compile(

@@ -618,6 +618,18 @@ class ServerSettings(_ListensOn):
         Texts(each=_network),
         "peers (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed",
     )
+    resumable: bool = setting(
+        True,
+        Flag(),
+        "offer resumable uploads (the IETF draft that Apple's URLSession speaks) to clients "
+        "that ask for them; false treats their requests as plain uploads",
+    )
+    resumable_ttl: float = setting(
+        24 * 3600.0,
+        Seconds(positive=True),
+        "how long the part of a resumable upload that arrived is kept for the client to "
+        "resume after its last byte (and a completed upload's record after its end)",
+    )
     fast_paths: bool = setting(
         True,
         Flag(),
@@ -704,12 +716,20 @@ class HttpSettings:
         'the origins allowed: "*" for any, or scheme://host[:port] each',
     )
     cors_methods: tuple[str, ...] = setting(
-        ("OPTIONS", "HEAD", "GET", "PUT"),
+        ("OPTIONS", "HEAD", "GET", "PUT", "POST", "PATCH", "DELETE"),
         Texts(each=_method),
         "the methods allowed in cross-origin requests (Access-Control-Allow-Methods)",
     )
     cors_headers: tuple[str, ...] = setting(
-        ("Authorization", "Content-Type"),
+        (
+            "Authorization",
+            "Content-Type",
+            "Upload-Draft-Interop-Version",
+            "Upload-Complete",
+            "Upload-Incomplete",
+            "Upload-Offset",
+            "Upload-Length",
+        ),
         Texts(each=_header_name),
         "the request headers allowed in cross-origin requests (Access-Control-Allow-Headers)",
     )

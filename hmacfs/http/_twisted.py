@@ -22,6 +22,11 @@ def request_line(channel: Any) -> tuple[bytes, bytes]:
     return getattr(channel, "_command", b"-"), getattr(channel, "_path", b"")
 
 
+def request_version(channel: Any) -> bytes:
+    """The HTTP version of the request whose headers just arrived (b"HTTP/1.1")."""
+    return getattr(channel, "_version", b"")
+
+
 def between_requests(channel: Any) -> bool:
     """Whether the channel holds nothing of a request: the next bytes begin a new one."""
     return not (

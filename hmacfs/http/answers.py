@@ -11,6 +11,7 @@ from twisted.web import http
 
 from hmacfs.core.headers import BASE_HEADERS, cors_fields, encoded, http_date_now
 from hmacfs.core.refusals import InternalError, Refusal
+from hmacfs.core.resumable import problem_body
 from hmacfs.core.settings import HttpSettings
 
 _log = Logger(namespace="hmacfs.http")
@@ -26,29 +27,43 @@ def as_refusal(error: BaseException, what: str) -> Refusal:
 
 
 def refusal_headers(
-    refusal: Refusal, settings: HttpSettings, origin: str | None
+    refusal: Refusal,
+    settings: HttpSettings,
+    origin: str | None,
+    extra: list[tuple[str, str]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """Every header of an error answer but Date, Content-Length and Connection."""
+    """Every header of an error answer but Date, Content-Length and Connection (`extra`: the
+    fields of a resumable upload's answers)."""
+    problem = getattr(refusal, "problem", None) is not None
     return [
         *BASE_HEADERS,
         *cors_fields(settings, origin),
-        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Type", b"application/problem+json" if problem else b"text/plain; charset=utf-8"),
         (b"Cache-Control", b"no-store"),
-        *encoded(list(refusal.headers)),
+        *encoded([*(extra or ()), *refusal.headers]),
     ]
 
 
 def refusal_body(refusal: Refusal) -> bytes:
-    return (refusal.text + "\n").encode("utf-8")
+    """The problem details of a refusal that has them, else its text."""
+    return problem_body(refusal) or (refusal.text + "\n").encode("utf-8")
 
 
-def raw_refusal(refusal: Refusal, settings: HttpSettings, origin: str | None) -> bytes:
+def _exchange_headers(request: Any) -> list[tuple[str, str]] | None:
+    exchange = getattr(request, "resumable", None)
+    return exchange.headers() if exchange is not None else None
+
+
+def raw_refusal(
+    refusal: Refusal, settings: HttpSettings, origin: str | None, request: Any = None
+) -> bytes:
     """The whole answer, as bytes for the transport, ending the connection (before the body:
     nothing of the request is read any more)."""
     body = refusal_body(refusal)
     reason = http.RESPONSES.get(refusal.status, b"Error")
     lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason), b"Date: " + http_date_now()]
-    lines += [name + b": " + value for name, value in refusal_headers(refusal, settings, origin)]
+    headers = refusal_headers(refusal, settings, origin, _exchange_headers(request))
+    lines += [name + b": " + value for name, value in headers]
     lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
@@ -58,7 +73,10 @@ def write_refusal(request: Any, refusal: Refusal, settings: HttpSettings) -> byt
     origin = request.getHeader(b"origin")
     request.setResponseCode(refusal.status)
     for name, value in refusal_headers(
-        refusal, settings, origin.decode("latin-1") if origin is not None else None
+        refusal,
+        settings,
+        origin.decode("latin-1") if origin is not None else None,
+        _exchange_headers(request),
     ):
         request.setHeader(name, value)
     body = refusal_body(refusal)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -27,6 +28,7 @@ from hmacfs.http.fast.direct import DirectWrites
 from hmacfs.http.fast.quick import answer_quickly
 from hmacfs.http.fast.splice import BodySplicer
 from hmacfs.http.request import UploadRequest
+from hmacfs.metrics import DISCONNECTED
 from hmacfs.storage.backend import StoredFile
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _local_address: Any = None
     _over_tls: bool | None = None
     _direct_writes: DirectWrites | None = None
+    #: A request whose admission waits, what arrived of its body meanwhile, and whether its
+    #: (empty) body ended meanwhile.
+    _pending: UploadRequest | None = None
+    _held_back: list[bytes]
+    _content_pending = False
+    _lost = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -79,18 +87,71 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         request: UploadRequest = self.requests[-1]
         method, target = _twisted.request_line(self)
         try:
-            self.site.admit(method, target, request, self.length)
+            pending = self.site.admit(method, target, request, self.length)
         except Exception as e:  # every failure is answered; a bug is logged
             # Before super(): no "100 Continue" goes out for a refused request.
             self.refuse(request, as_refusal(e, "admitting a request"), body_left=self.length)
             return
+        if pending is not None:
+            self._wait_for(request, pending)
+            return
+        self._admitted(request)
+
+    def _admitted(self, request: UploadRequest) -> None:
+        """`request` was admitted: announce a resumable upload, let the body come."""
+        exchange = request.resumable
+        if (
+            exchange is not None
+            and exchange.creation
+            and request.upload is not None
+            and _twisted.request_version(self) == b"HTTP/1.1"
+        ):
+            transport: Any = self.transport
+            transport.write(self.site.resumptions.announcement(request))
         super().allHeadersReceived()
         if self.site.stopping:
             self.persistent = False  # the last request on this connection
-        if request.upload is not None and self.site.fast.splice.wanted(
-            self.length, self.transport
-        ):
+        if request.upload is not None and self.site.fast.splice.wanted(self.length, self.transport):
             self._splice_request = request
+
+    # -- a request whose admission waits (for another request to let go of an upload) -------
+
+    def _wait_for(self, request: UploadRequest, pending: defer.Deferred[None]) -> None:
+        """Read nothing more until `pending` decides on `request`; what had been read already
+        (at most one read's worth) is held back and handed on once it is admitted."""
+        self._pending = request
+        self._held_back = []
+        self._content_pending = False
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+        def decided(_: None) -> None:
+            held, self._held_back = self._held_back, []
+            content, self._content_pending = self._content_pending, False
+            self._pending = None
+            if self._lost:
+                if request.upload is not None:
+                    request.upload.abort(DISCONNECTED)
+                return
+            self._admitted(request)
+            transport.resumeProducing()
+            for data in held:
+                http.HTTPChannel.rawDataReceived(self, data)
+            if content:
+                http.HTTPChannel.allContentReceived(self)
+
+        def refused(failure: Failure) -> None:
+            held, self._held_back = self._held_back, []
+            self._pending = None
+            if self._lost:
+                return
+            left = None if self.length is None else max(0, self.length - sum(map(len, held)))
+            error = failure.value if failure.value is not None else Exception("no reason")
+            self.refuse(request, as_refusal(error, "admitting a request"), body_left=left)
+            if left != 0:
+                transport.resumeProducing()
+
+        pending.addCallbacks(decided, refused)
 
     def refuse(
         self, request: UploadRequest, refusal: Refusal, body_left: int | None = None
@@ -107,6 +168,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
                 refusal,
                 self.site.config.http,
                 origin.decode("latin-1") if origin is not None else None,
+                request,
             )
         )
         self.site.refused(request, _twisted.request_line(self)[0], refusal)
@@ -146,13 +208,14 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             return
         super().dataReceived(data)
         if self._splice_request is not None and self._splicer is None:
-            self._splicer = BodySplicer.attempt(
-                self.site.fast.splice, self, self._splice_request
-            )
+            self._splicer = BodySplicer.attempt(self.site.fast.splice, self, self._splice_request)
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:
             self._discard(data)
+            return
+        if self._pending is not None:
+            self._held_back.append(data)
             return
         super().rawDataReceived(data)
 
@@ -160,9 +223,13 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         self._splice_request = self._splicer = None
         if self._refused:
             return
+        if self._pending is not None:
+            self._content_pending = True
+            return
         super().allContentReceived()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None

@@ -14,6 +14,7 @@ from hmacfs.metrics import DISCONNECTED
 
 if TYPE_CHECKING:
     from hmacfs.core.auth import Grant
+    from hmacfs.http.resumable import Exchange, Prepared
     from hmacfs.http.site import UploadSite
     from hmacfs.http.upload import Upload
 
@@ -27,6 +28,10 @@ class UploadRequest(server.Request):  # type: ignore[misc]
     rel: str | None = None
     #: What the signature allowed, once verified (its scheme counts a refusal after it).
     grant: Grant | None = None
+    #: For a request of a resumable upload: what its answers must say.
+    resumable: Exchange | None = None
+    #: The whole answer of a request to an upload resource without a body to store.
+    prepared: Prepared | None = None
     _site: UploadSite | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -60,11 +60,21 @@ class Root(resource.Resource):  # type: ignore[misc]
                 extra = (preflight_headers if preflight else cors_headers)(settings, origin)
                 self._set(request, encoded(extra))
                 request.setHeader(b"allow", ALLOWED_METHODS.encode())
+                if request.prepared is None and not preflight:
+                    self.site.resumptions.options(request)
+                if request.prepared is not None:
+                    self._set(request, encoded(request.prepared.headers))
                 request.setHeader(b"content-length", b"0")
                 return b""
             self._set(request, list(cors_fields(settings, origin)))
-            if request.method == b"PUT":
+            if request.prepared is not None:
+                request.setResponseCode(request.prepared.status)
+                self._set(request, encoded(request.prepared.headers))
+                return b""
+            if request.upload is not None:
                 return self._finish_put(request)
+            if request.method in (b"PUT", b"POST", b"PATCH"):
+                raise BadRequest("upload was not admitted")
             if request.method in (b"GET", b"HEAD"):
                 return self._download(request)
             raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
@@ -83,12 +93,18 @@ class Root(resource.Resource):  # type: ignore[misc]
         if upload is None:
             raise BadRequest("upload was not admitted")
         settings = self.site.config.http
+        exchange = request.resumable
 
         def answer(status: int, refusal: Refusal | None) -> None:
             if _twisted.request_disconnected(request):
                 return
-            if status == http.CREATED:
-                request.setResponseCode(http.CREATED)
+            if refusal is None and status < 300:
+                request.setResponseCode(status)
+                if exchange is not None:
+                    resumptions = self.site.resumptions
+                    self._set(
+                        request, encoded(resumptions.answer_headers(exchange, upload, status))
+                    )
                 request.setHeader(b"content-length", b"0")
             else:
                 request.write(
@@ -96,7 +112,11 @@ class Root(resource.Resource):  # type: ignore[misc]
                 )
             request.finish()
 
-        upload.commit(answer)
+        if upload.completes:
+            upload.commit(answer)
+        else:
+            assert exchange is not None
+            upload.keep(answer, self.site.resumptions.part_status(exchange))
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
 
     # -- GET/HEAD ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from hmacfs.core import auth
+from hmacfs.core import resumable as wire
 from hmacfs.core.headers import ALLOWED_METHODS, safe_media_type
 from hmacfs.core.paths import decode_path, split_target
 from hmacfs.core.refusals import (
@@ -39,9 +40,10 @@ from hmacfs.http.fast import FastPaths
 from hmacfs.http.proxies import TrustedProxies
 from hmacfs.http.request import UploadRequest
 from hmacfs.http.resources import Root
+from hmacfs.http.resumable import Resumptions
 from hmacfs.http.upload import Upload
 from hmacfs.metrics import HealthReport, HealthResource, Metrics, MetricsResource
-from hmacfs.storage.backend import Backend
+from hmacfs.storage.backend import Backend, Partial
 
 T = TypeVar("T")
 BlockingRunner = Callable[..., "defer.Deferred[Any]"]
@@ -102,6 +104,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.proxies = TrustedProxies(config.server.trusted_proxies)
         self.storage = storage
         self.clock: Any = reactor
+        self.resumptions = Resumptions(self)
         #: Uploads whose body is coming or being committed, with their requests (to cut them).
         self.in_flight: dict[Upload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -159,32 +162,63 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def admit(
         self, method: bytes, target: bytes, request: UploadRequest, length: int | None
-    ) -> None:
+    ) -> defer.Deferred[None] | None:
         """Decide on a request from its headers; raise a Refusal to refuse it. An accepted
-        PUT gets its `Upload` attached to `request`."""
+        PUT gets its `Upload` attached to `request`. A request to a resumable upload's
+        resource may have to wait for another request to let go of it: it gets a Deferred
+        that fires once it is decided (or fails with the Refusal)."""
+        raw_path = split_target(target)[0]
+        resources = self.resumptions.resource_prefix()
+        if raw_path.startswith(resources):
+            if method != b"PATCH":
+                self._small_body(length)
+            token = raw_path[len(resources) :].decode("latin-1")
+            return self.resumptions.admit(method, token, request, length)
         if method == b"PUT":
-            request.upload = self._admit_put(target, request, length)
+            request.upload = self._admit_put(target, request, length, None)
+        elif method == b"POST":
+            creation = self.resumptions.creation(_plain_headers(request))
+            if creation is None:
+                raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
+            request.upload = self._admit_put(target, request, length, creation)
         elif method in (b"GET", b"HEAD", b"OPTIONS"):
-            if length is None or length > MAX_OTHER_BODY:
-                raise TooLarge("request body too large")
+            self._small_body(length)
         else:
             raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
+        return None
 
-    def _admit_put(self, target: bytes, request: UploadRequest, length: int | None) -> Upload:
+    @staticmethod
+    def _small_body(length: int | None) -> None:
+        if length is None or length > MAX_OTHER_BODY:
+            raise TooLarge("request body too large")
+
+    def _admit_put(
+        self,
+        target: bytes,
+        request: UploadRequest,
+        length: int | None,
+        creation: wire.Creation | None,
+    ) -> Upload:
         config = self.config
         raw_path, raw_query = split_target(target)
         rel = decode_path(raw_path, config.server.upload_prefix)
         if rel == "":
             raise BadRequest("no file name in path", Reason.BAD_PATH)
         request.rel = rel
-        if length is None or not request.requestHeaders.hasHeader(b"content-length"):
+        headers = _plain_headers(request)
+        if creation is None:
+            creation = self.resumptions.creation(headers)
+        has_length = length is not None and request.requestHeaders.hasHeader(b"content-length")
+        if not has_length:
             raise LengthRequired("Content-Length required")
+        assert length is not None
+        size = length if creation is None else wire.total_size(creation, length)
         attempt = auth.PutAttempt(
             method="PUT",
             path=rel,
             query=parse_qs(raw_query.decode("utf-8", "replace"), keep_blank_values=True),
-            headers=_plain_headers(request),
-            content_length=length,
+            headers=headers,
+            content_length=size,
         )
         grant = auth.verify(attempt, config.hmac, self.now())
         request.grant = grant
@@ -195,21 +229,54 @@ class UploadSite(server.Site):  # type: ignore[misc]
         # retrying after it lost our 201, and gets its 201 now.
         if existing is not None and existing.size != grant.size:
             raise Conflict("file already exists")
-        content_type = safe_media_type(grant.content_type) or "application/octet-stream"
+        content_type = safe_media_type(grant.content_type)
+        if content_type is None or content_type.lower().startswith(wire.PARTIAL_UPLOAD):
+            content_type = "application/octet-stream"
         partial = self.storage.begin(
-            rel, grant.size, content_type, expires=grant.expires, scheme=grant.scheme
+            rel,
+            grant.size,
+            content_type,
+            expires=grant.expires,
+            scheme=grant.scheme,
+            reopenable=creation is not None,
         )
-        upload = Upload(
+        upload = self.start_upload(
+            request,
             grant,
             partial,
             compare=existing is not None,
+            completes=creation is None or creation.complete,
+        )
+        if creation is not None:
+            self.resumptions.created(request, upload, creation)
+        else:
+            self._refill()
+        return upload
+
+    def start_upload(
+        self,
+        request: UploadRequest,
+        grant: auth.Grant,
+        partial: Partial,
+        *,
+        compare: bool,
+        completes: bool = True,
+        resumed: bool = False,
+    ) -> Upload:
+        """The `Upload` of an admitted request, in flight from now on."""
+        upload = Upload(
+            grant,
+            partial,
+            compare=compare,
             metrics=self.metrics,
             run_blocking=self.run_blocking,
             clock=self.now,
             ended=self._upload_ended,
+            completes=completes,
+            resumed=resumed,
         )
         self.in_flight[upload] = request
-        self._refill()
+        request.upload = upload
         return upload
 
     def _upload_ended(self, upload: Upload) -> None:
@@ -398,4 +465,3 @@ class _QuietSite(server.Site):  # type: ignore[misc]
 
     def log(self, request: http.Request) -> None:
         pass
-

@@ -5,7 +5,12 @@ and moves through named states along one table of transitions::
 
     admitted ──▶ receiving ──▶ committing ──▶ answered
         │            │
-        └────────────┴──────▶ aborted
+        ├────────────┼──────▶ aborted
+        └────────────┴──────▶ kept
+
+A resumable upload (its partial is reopenable) whose request ends before the whole upload is
+in, because the request said it is one part or because its connection broke, ends as kept:
+its partial stays in storage for a later request to append to (`hmacfs.http.resumable`).
 
 The channel, the request and the splicer only feed it (`receive`, `received_directly`) and
 tell it what happened (`commit`, `abort`); whether the upload is over, how it is counted and
@@ -38,15 +43,17 @@ class State(enum.Enum):
     COMMITTING = "committing"  # the whole body is in; it is being made visible
     ANSWERED = "answered"  # the commit ended (201, or 409/507/...) and the client was told
     ABORTED = "aborted"  # ended without a commit (disconnect, cut off, bad body)
+    KEPT = "kept"  # a resumable upload's request ended first: its partial is kept to resume
 
 
 #: The only moves an upload can make.
 TRANSITIONS: Mapping[State, frozenset[State]] = {
-    State.ADMITTED: frozenset({State.RECEIVING, State.COMMITTING, State.ABORTED}),
-    State.RECEIVING: frozenset({State.COMMITTING, State.ABORTED}),
-    State.COMMITTING: frozenset({State.ANSWERED}),
+    State.ADMITTED: frozenset({State.RECEIVING, State.COMMITTING, State.ABORTED, State.KEPT}),
+    State.RECEIVING: frozenset({State.COMMITTING, State.ABORTED, State.KEPT}),
+    State.COMMITTING: frozenset({State.ANSWERED, State.KEPT}),
     State.ANSWERED: frozenset(),
     State.ABORTED: frozenset(),
+    State.KEPT: frozenset(),
 }
 
 #: Told the outcome of a commit (201 with the file, or the refusal) before the upload ends.
@@ -54,7 +61,7 @@ Answer = Callable[[int, Refusal | None], None]
 
 
 class Upload:
-    """One PUT body on its way into storage."""
+    """One PUT body (or one part of a resumable upload) on its way into storage."""
 
     def __init__(
         self,
@@ -66,13 +73,21 @@ class Upload:
         run_blocking: BlockingRunner,
         clock: Callable[[], float],
         ended: Callable[[Upload], None],
+        completes: bool = True,
+        resumed: bool = False,
     ) -> None:
         """`compare`: a file of the same size is stored at the path already, so the body is
         compared with it (an identical one is a retry that gets its 201). `ended` is called
-        once, when the upload is over, whichever way."""
+        once, when the upload is over, whichever way. `completes`: whether this request's
+        body completes the upload (a resumable upload may come in parts); `resumed`: the
+        request appends to a partial an earlier request left."""
         self.grant = grant
         self.partial = partial
         self.compare = compare
+        self.completes = completes
+        self.resumed = resumed
+        #: Where the partial stood when this request began.
+        self.offset = partial.received
         self.state = State.ADMITTED
         self.status: int | None = None
         self._metrics = metrics
@@ -107,6 +122,10 @@ class Upload:
         return self.partial.received
 
     @property
+    def resumable(self) -> bool:
+        return self.partial.reopenable
+
+    @property
     def over(self) -> bool:
         return not TRANSITIONS[self.state]
 
@@ -128,6 +147,8 @@ class Upload:
         self._receiving()
         self.partial.write(data)
         self._metrics.bytes_received(len(data))
+        if self.resumed:
+            self._metrics.bytes_resumed(len(data))
 
     def fileno(self) -> int:
         """The descriptor the body may be appended to directly (splice)."""
@@ -139,6 +160,8 @@ class Upload:
         self._receiving()
         self.partial.wrote(count)
         self._metrics.bytes_received(count)
+        if self.resumed:
+            self._metrics.bytes_resumed(count)
 
     def _receiving(self) -> None:
         if self.state is State.ADMITTED:
@@ -190,11 +213,29 @@ class Upload:
             _log.failure("answering the upload of {path} failed", path=self.rel)
         self._end(State.ANSWERED, status)
 
+    def keep(self, answer: Answer, status: int) -> None:
+        """This request's part of a resumable upload is in, and the upload is not complete:
+        keep the partial for the next part, tell `answer` (`status`), end as kept."""
+        self._move(State.COMMITTING)
+        self.partial.close()
+        self._metrics.partial_kept()
+        try:
+            answer(status, None)
+        except Exception:
+            _log.failure("answering the upload of {path} failed", path=self.rel)
+        self._end(State.KEPT, status)
+
     def abort(self, status: int) -> None:
         """The body will not complete (disconnect, cut off, refused mid-body, shutdown): drop
-        the partial and end as aborted. Nothing happens once the body is in (a commit under
-        way finishes on its own) or the upload is over."""
+        the partial and end as aborted, or, for a resumable upload, keep what arrived and end
+        as kept. Nothing happens once the body is in (a commit under way finishes on its own)
+        or the upload is over."""
         if not self.interruptible:
+            return
+        if self.resumable:
+            self.partial.close()
+            self._metrics.partial_kept()
+            self._end(State.KEPT, status)
             return
         self.partial.abort()
         self._end(State.ABORTED, status)

@@ -30,6 +30,7 @@ def open_storage(config: Config, clock: Any) -> LocalStorage:
         fsync=config.server.fsync,
         file_ttl=config.server.file_ttl,
         clock=clock.seconds,
+        resumable_ttl=config.server.resumable_ttl,
     )
 
 
@@ -70,6 +71,7 @@ class Sweeper(TimerService):  # type: ignore[misc]
         self.last = result
         if self.metrics is not None:
             self.metrics.set_storage(result.files, result.bytes)
+            self.metrics.set_kept_partials(result.kept, result.kept_bytes)
         if result.expired or result.partials or result.orphans:
             _log.info(
                 "sweep removed {expired} expired files, {partials} abandoned partial"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from hmacfs.core.refusals import Conflict
+
 
 class CompareOnThread(Exception):
     """An inline commit found that a concurrent upload stored the path first: the bodies
@@ -42,6 +44,32 @@ class SweepReport:
     orphans: int = 0
     files: int = 0
     bytes: int = 0
+    #: Reopenable partials kept for a resumption, and the bytes they hold.
+    kept: int = 0
+    kept_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PartialState:
+    """What is known of a reopenable partial upload, read without holding it."""
+
+    id: str
+    rel: str
+    size: int
+    received: int
+    #: Whether the upload was completed (committed); its record is kept a while after.
+    complete: bool
+    #: When it was last written to: it is kept `Backend.resumable_ttl` past that.
+    touched: float
+
+
+class Busy(Conflict):
+    """A reopenable partial is held by another request (in this process or another one)."""
+
+    def __init__(self, *, appending: bool) -> None:
+        super().__init__("upload is in use by another request")
+        #: Whether the holder is an append (rather than the request that created it).
+        self.appending = appending
 
 
 class Reader(Protocol):
@@ -67,6 +95,10 @@ class Partial(Protocol):
     name: str
     rel: str
     size: int
+    content_type: str
+    #: When the stored file is to expire, and the signing scheme that granted it.
+    expires: float | None
+    scheme: str
     received: int
     #: Whether `abort` has been called or the commit has ended.
     done: bool
@@ -105,6 +137,11 @@ class Partial(Protocol):
         upload cut off that may be resumed); abort it otherwise."""
         ...
 
+    def release_asked(self) -> bool:
+        """Whether another request asked for this reopenable partial (`Backend.ask_release`):
+        its holder should then let go of it. Cheap."""
+        ...
+
 
 class Backend(Protocol):
     """Where uploads go and downloads come from."""
@@ -112,6 +149,9 @@ class Backend(Protocol):
     #: Whether commits wait for the data to be durable.
     fsync: bool
     file_ttl: float | None
+    #: How long a reopenable partial is kept after its last byte (and a completed one's
+    #: record after its commit).
+    resumable_ttl: float
     #: Runs a blocking call off the caller's thread, ignoring its outcome (set by the server;
     #: None: the backend does such work, e.g. early writeback, not at all).
     background: Callable[..., object] | None
@@ -138,8 +178,20 @@ class Backend(Protocol):
         """Start receiving a body of `size` bytes for `rel`. Raises StorageFailure."""
         ...
 
-    def reopen(self, upload_id: str) -> Partial:
-        """The reopenable partial `upload_id`, to append more. Raises NotFound."""
+    def reopen(self, upload_id: str, *, appending: bool = False) -> Partial:
+        """Hold the reopenable partial `upload_id`, positioned after what it holds, to append
+        more (`appending`) or to read its state. Only one request at a time holds one, in any
+        process. Raises NotFound (none, or completed), Busy (another request holds it)."""
+        ...
+
+    def describe(self, upload_id: str) -> PartialState:
+        """The state of the reopenable partial `upload_id`, also a completed one. Raises
+        NotFound."""
+        ...
+
+    def ask_release(self, upload_id: str) -> None:
+        """Ask whoever holds the partial `upload_id` to let go of it (see
+        `Partial.release_asked`)."""
         ...
 
     def lookup(self, rel: str) -> StoredFile:

@@ -8,6 +8,14 @@ Layout under the storage directory:
   the filesystem and /proc allow, else named ``<random>``. Same filesystem as the final files,
   so ``link(2)`` puts a finished file in place atomically, and fails instead of replacing; an
   unnamed one leaves nothing behind if the server dies.
+- ``.hmacfs/partial/<id>`` and ``<id>.json``: a resumable upload's partial file and its facts
+  (path, size, type, expiry), found again by id from any process (`LocalStorage.reopen`). The
+  request writing to one holds an exclusive ``flock(2)`` on it, so that one request at a time
+  appends, in any process; ``<id>.release`` asks the holder to let go, ``<id>.appending`` says
+  the holder is an append. A completed upload's facts stay (``completed``) for
+  `LocalStorage.resumable_ttl`, so that its upload resource still answers.
+  ``.hmacfs/slots/<hash of the path>`` links to the resumable upload of a path, so that a plain
+  retry of the slot drops it.
 - what GET needs (content type, upload time, expiry), as JSON: in the stored file's own
   extended attribute ``user.hmacfs`` where the filesystem keeps user attributes, else in
   ``.hmacfs/meta/<xx>/<inode>.json``, keyed by the stored file's inode (older uploads, other
@@ -28,6 +36,8 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -49,11 +59,13 @@ from hmacfs.core.refusals import (
     StorageFailure,
     TooLarge,
 )
-from hmacfs.storage.backend import CompareOnThread, StoredFile, SweepReport
+from hmacfs.storage.backend import Busy, CompareOnThread, PartialState, StoredFile, SweepReport
 
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
 PARTIAL_MAX_IDLE = 24 * 3600.0
+#: How long a resumable upload's partial is kept after its last byte (by default).
+RESUMABLE_TTL = 24 * 3600.0
 #: Empty partial files kept ready for new uploads, and how long one may wait (well under
 #: PARTIAL_MAX_IDLE, so that no sweep takes a waiting one for abandoned).
 POOL_SIZE = 8
@@ -145,6 +157,7 @@ class LocalStorage:
         clock: Callable[[], float] = time.time,
         metadata: str = "auto",
         partials: str = "auto",
+        resumable_ttl: float = RESUMABLE_TTL,
     ) -> None:
         """Open (creating what is missing) the storage directory `root`.
 
@@ -163,11 +176,13 @@ class LocalStorage:
         #: server; None: no early writeback).
         self.background: Callable[..., object] | None = None
         self.file_ttl = file_ttl
+        self.resumable_ttl = resumable_ttl
         self.clock = clock
         self._state = root / RESERVED_SEGMENT
         self.partial_dir = self._state / "partial"
         self.meta_dir = self._state / "meta"
-        for directory in (root, self.partial_dir, self.meta_dir):
+        self.slot_dir = self._state / "slots"
+        for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
@@ -364,16 +379,19 @@ class LocalStorage:
         try:
             if reopenable:
                 partial = self._create_partial(named=True)
+                fcntl.flock(partial.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: free)
                 _write_file(self._facts_path(partial.name), facts.encode(), fsync=False)
+                self._link_slot(rel, partial.name)
             else:
                 partial = self._take_pooled() or self._create_partial()
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
         return LocalPartial(self, facts, partial, reopenable=reopenable)
 
-    def reopen(self, upload_id: str) -> LocalPartial:
-        """The reopenable partial `upload_id` (see `begin`), positioned after what it holds.
-        Raises NotFound when there is none (never was, committed, aborted or swept)."""
+    def reopen(self, upload_id: str, *, appending: bool = False) -> LocalPartial:
+        """Hold the reopenable partial `upload_id` (see `begin`), positioned after what it
+        holds. Raises NotFound when there is none (never was, completed, aborted or swept),
+        Busy while another request holds it."""
         if not _PARTIAL_ID.fullmatch(upload_id):
             raise NotFound("no such upload")
         path = self.partial_dir / upload_id
@@ -382,13 +400,116 @@ class LocalStorage:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except (OSError, ValueError):
             raise NotFound("no such upload") from None
-        received = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(appending=self._marker(upload_id, _APPENDING).exists()) from None
+        except OSError:
+            os.close(fd)
+            raise NotFound("no such upload") from None
+        try:
+            if facts.completed or os.fstat(fd).st_nlink == 0:
+                raise NotFound("no such upload")  # (completed, or removed as we opened it)
+            self._marker(upload_id, _RELEASE).unlink(missing_ok=True)
+            marker = self._marker(upload_id, _APPENDING)
+            if appending:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)  # (left by a process that died holding it)
+            received = os.lseek(fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(fd)
+            raise
         partial = LocalPartial(self, facts, _Partial(fd, path, upload_id), reopenable=True)
         partial.received = received
+        partial.appending = appending
         return partial
+
+    def describe(self, upload_id: str) -> PartialState:
+        """What is known of the reopenable partial `upload_id`, completed or not, read without
+        holding it. Raises NotFound."""
+        if not _PARTIAL_ID.fullmatch(upload_id):
+            raise NotFound("no such upload")
+        try:
+            facts_path = self._facts_path(upload_id)
+            facts = _PartialFacts.decode(facts_path.read_bytes())
+            if facts.completed:
+                touched = facts_path.stat().st_mtime
+                received = facts.size
+            else:
+                st = os.stat(self.partial_dir / upload_id)
+                touched, received = st.st_mtime, st.st_size
+        except (OSError, ValueError):
+            raise NotFound("no such upload") from None
+        return PartialState(upload_id, facts.rel, facts.size, received, facts.completed, touched)
+
+    def ask_release(self, upload_id: str) -> None:
+        """Ask the request holding `upload_id` to let go (it looks for the marker)."""
+        if _PARTIAL_ID.fullmatch(upload_id):
+            with contextlib.suppress(OSError):
+                self._marker(upload_id, _RELEASE).touch()
 
     def _facts_path(self, name: str) -> Path:
         return self.partial_dir / f"{name}{_FACTS_SUFFIX}"
+
+    def _marker(self, name: str, suffix: str) -> Path:
+        return self.partial_dir / f"{name}{suffix}"
+
+    def _slot_link(self, rel: str) -> Path:
+        return self.slot_dir / hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def _link_slot(self, rel: str, upload_id: str) -> None:
+        """Make `upload_id` the resumable upload of `rel`, dropping an earlier one that no
+        request holds (the client started over)."""
+        link = self._slot_link(rel)
+        self.drop_abandoned(rel, keep=upload_id)
+        scratch = self.slot_dir / f".{upload_id}"
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
+        os.symlink(upload_id, scratch)
+        os.replace(scratch, link)
+
+    def drop_abandoned(self, rel: str, keep: str | None = None) -> bool:
+        """Remove the resumable upload of `rel` (other than `keep`) if no request holds it:
+        its slot was uploaded another way, or started over. Whether one was removed."""
+        link = self._slot_link(rel)
+        try:
+            upload_id = os.readlink(link)
+        except OSError:
+            return False
+        if upload_id == keep or not _PARTIAL_ID.fullmatch(upload_id):
+            return False
+        removed = self._remove_unheld(upload_id)
+        if removed:
+            with contextlib.suppress(FileNotFoundError):
+                if os.readlink(link) == upload_id:
+                    link.unlink()
+        return removed
+
+    def _remove_unheld(self, upload_id: str) -> bool:
+        """Remove the resumable partial `upload_id` and its files unless a request holds it.
+        Whether it was removed."""
+        path = self.partial_dir / upload_id
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = None
+        except OSError:
+            return False
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return False  # held: a live upload
+                path.unlink(missing_ok=True)
+            for suffix in (_FACTS_SUFFIX, _RELEASE, _APPENDING):
+                self._marker(upload_id, suffix).unlink(missing_ok=True)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def open_reader(self, stored: StoredFile) -> LocalReader:
         """Open `stored` for reading. Raises NotFound when it is gone."""
@@ -437,11 +558,16 @@ class LocalStorage:
         return check_storage(self.root, self.partial_dir)
 
     def usage(self) -> tuple[int, int]:
-        """How many files are stored, and how many bytes they hold. Blocking."""
+        """How many files are stored, and how many bytes they hold, the partials of resumable
+        uploads kept for a resumption included. Blocking."""
         count = total = 0
         for stored in self.files():
             count += 1
             total += stored.size
+        for entry in self.partial_dir.iterdir():
+            if _PARTIAL_ID.fullmatch(entry.name) and self._facts_path(entry.name).exists():
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_size
         return count, total
 
     def _stored(self, rel: str, real: str, st: os.stat_result) -> StoredFile:
@@ -632,16 +758,7 @@ class LocalStorage:
         """
         report = SweepReport()
         now = self.clock()
-        for entry in self.partial_dir.iterdir():
-            # (a reopenable partial's facts file goes with the partial)
-            if entry.name.removesuffix(_FACTS_SUFFIX) in active:
-                continue
-            try:
-                if entry.stat().st_mtime < now - PARTIAL_MAX_IDLE:
-                    entry.unlink()
-                    report.partials += 1
-            except FileNotFoundError:
-                continue
+        self._sweep_partials(now, active, report)
         for meta_path in self._metas():
             try:
                 st_meta = meta_path.stat()
@@ -670,6 +787,70 @@ class LocalStorage:
                 report.expired += 1
         self._sweep_stored(now, report)
         return report
+
+    def _sweep_partials(self, now: float, active: frozenset[str], report: SweepReport) -> None:
+        """Remove partial files no upload will finish: plain ones idle for PARTIAL_MAX_IDLE,
+        resumable ones past `resumable_ttl`."""
+        resumable: set[str] = set()
+        for entry in self.partial_dir.iterdir():
+            name = entry.name
+            for suffix in _SUFFIXES:
+                if name.endswith(suffix) and _PARTIAL_ID.fullmatch(name[: -len(suffix)]):
+                    resumable.add(name[: -len(suffix)])
+                    break
+            else:
+                if name in active or (self.partial_dir / f"{name}{_FACTS_SUFFIX}").exists():
+                    continue  # live, or a resumable partial (below)
+                try:
+                    if entry.stat().st_mtime < now - PARTIAL_MAX_IDLE:
+                        entry.unlink()
+                        report.partials += 1
+                except FileNotFoundError:
+                    continue
+        for upload_id in resumable:
+            self._sweep_resumable(upload_id, now, active, report)
+        self._sweep_slots()
+
+    def _sweep_resumable(
+        self, upload_id: str, now: float, active: frozenset[str], report: SweepReport
+    ) -> None:
+        """Keep a resumable upload while a request holds it or for `resumable_ttl` after its
+        last byte (a completed one's record: after its commit); remove it after that."""
+        try:
+            state = self.describe(upload_id)
+        except NotFound:
+            state = None
+        if state is not None and (upload_id in active or state.touched >= now - self.resumable_ttl):
+            if not state.complete:
+                report.kept += 1
+                report.kept_bytes += state.received
+            return
+        if state is None and upload_id in active:
+            return
+        if state is None:
+            # Markers or a partial without facts: left by a crash, or made as we looked.
+            newest = 0.0
+            for suffix in ("", *_SUFFIXES):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, self._marker(upload_id, suffix).stat().st_mtime)
+            if newest >= now - _META_GRACE:
+                return
+        if self._remove_unheld(upload_id):
+            report.partials += 1
+        elif state is not None and not state.complete:
+            report.kept += 1  # held by a request of another process
+            report.kept_bytes += state.received
+
+    def _sweep_slots(self) -> None:
+        """Remove the slot links whose resumable upload is gone."""
+        for link in self.slot_dir.iterdir():
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if not (self.partial_dir / f"{target}{_FACTS_SUFFIX}").exists():
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
 
     def _sweep_stored(self, now: float, report: SweepReport) -> None:
         """Walk the stored files: remove those whose extended attribute says they have
@@ -717,6 +898,11 @@ class LocalStorage:
 
 _PARTIAL_ID = re.compile(r"[0-9a-f]{32}")
 _FACTS_SUFFIX = ".json"
+#: Beside a resumable partial: another request asks its holder to let go ...
+_RELEASE = ".release"
+#: ... and: its holder is an append (not the request that created it).
+_APPENDING = ".appending"
+_SUFFIXES = (_FACTS_SUFFIX, _RELEASE, _APPENDING)
 
 
 @dataclass(frozen=True)
@@ -729,6 +915,8 @@ class _PartialFacts:
     expires: float | None
     scheme: str
     started: float
+    #: The upload was committed: only these facts are left, for its upload resource.
+    completed: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode()
@@ -793,6 +981,10 @@ class LocalPartial:
         #: Bytes of the body handed to `start_writeback` so far.
         self._written_back = 0
         self.done = False
+        #: Whether the holder of this reopened partial is an append (see `LocalStorage.reopen`).
+        self.appending = False
+        #: Whether the commit made it visible (a reopenable one then leaves its facts).
+        self._completed = False
 
     def write(self, data: bytes) -> None:
         """Append a chunk of the body. Raises TooLarge past the declared size, StorageFailure."""
@@ -867,6 +1059,7 @@ class LocalPartial:
             if compare:
                 same = self._identical_stored()
                 if same is not None:
+                    self._committed()
                     return same
             st = os.fstat(fd)
             uploaded = storage.clock()
@@ -911,11 +1104,13 @@ class LocalPartial:
                 winner = self._identical_stored()
                 if winner is None:
                     raise
+                self._committed()
                 return winner
             except BaseException:
                 if meta_path is not None:
                     meta_path.unlink(missing_ok=True)
                 raise
+            self._committed()
             return StoredFile(
                 rel=self.rel,
                 location=str(storage.path_of(self.rel)),
@@ -932,6 +1127,27 @@ class LocalPartial:
         finally:
             if not handed_over:
                 self.abort()
+
+    def _committed(self) -> None:
+        """The body is visible at its path: a resumable upload leaves its facts, marked
+        completed, for its upload resource; any other resumable upload of the same slot was
+        abandoned, and goes."""
+        storage = self.storage
+        if self.reopenable:
+            self._completed = True
+            facts = _PartialFacts(
+                self.rel,
+                self.size,
+                self.content_type,
+                self.expires,
+                self.scheme,
+                self.started,
+                completed=True,
+            )
+            with contextlib.suppress(OSError):
+                _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)
+        with contextlib.suppress(OSError):
+            storage.drop_abandoned(self.rel, keep=self.name if self.reopenable else None)
 
     def _identical_stored(self) -> StoredFile | None:
         """The file stored at our path if it holds exactly our body; None if none is there.
@@ -951,27 +1167,40 @@ class LocalPartial:
         return stored
 
     def abort(self) -> None:
-        """Forget the body: close and remove the partial file. Safe to call more than once."""
+        """Forget the body: close and remove the partial file (a resumable upload's files
+        too, but for the facts of a completed one). Safe to call more than once."""
         self.done = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         if self.partial is not None:
+            # Removed while still held, so that no other request reopens it in between.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial)
             if self.reopenable:
-                self.storage._facts_path(self.name).unlink(missing_ok=True)
+                storage = self.storage
+                for suffix in _SUFFIXES:
+                    if suffix != _FACTS_SUFFIX or not self._completed:
+                        storage._marker(self.name, suffix).unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
-        """Let go of the descriptor but keep a reopenable partial for `LocalStorage.reopen` (an
-        upload cut off that may be resumed); anything else is aborted."""
+        """Let go of the partial but keep a reopenable one for `LocalStorage.reopen` (an
+        upload cut off that may be resumed, or one whose part has arrived); anything else is
+        aborted."""
         if not self.reopenable:
             self.abort()
             return
         self.done = True
         if self._fd is not None:
-            os.close(self._fd)
+            if self.appending:
+                self.storage._marker(self.name, _APPENDING).unlink(missing_ok=True)
+                self.appending = False
+            os.close(self._fd)  # (which lets go of its lock)
             self._fd = None
+
+    def release_asked(self) -> bool:
+        """Whether another request asked for this partial (`LocalStorage.ask_release`)."""
+        return self.reopenable and self.storage._marker(self.name, _RELEASE).exists()
 
 
 def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:

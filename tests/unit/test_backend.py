@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hmacfs.core.refusals import NotFound, TooLarge
-from hmacfs.storage.backend import Backend
+from hmacfs.storage.backend import Backend, Busy
 from hmacfs.storage.local import PARTIAL_MAX_IDLE, LocalStorage
 
 
@@ -46,8 +46,10 @@ def test_a_reopenable_partial_is_found_again_by_another_storage(
     assert Path(stored.location).read_bytes() == b"0123456789"
     assert other.lookup("r1/file.bin").content_type == "image/png"
     with pytest.raises(NotFound):
-        other.reopen(partial.id)  # committed: gone from the partials
-    assert os.listdir(storage.partial_dir) == []
+        other.reopen(partial.id)  # committed: no more appends
+    state = other.describe(partial.id)  # but its upload resource still answers
+    assert (state.complete, state.received, state.size, state.rel) == (True, 10, 10, "r1/file.bin")
+    assert os.listdir(storage.partial_dir) == [partial.id + ".json"]
 
 
 @pytest.mark.parametrize("upload_id", ["", "../../etc/passwd", "0" * 31, "g" * 32, "0" * 33])
@@ -89,9 +91,93 @@ def test_the_sweeper_keeps_a_live_reopenable_partial_and_removes_an_abandoned_on
     for name in os.listdir(storage.partial_dir):
         os.utime(storage.partial_dir / name, (long_ago, long_ago))
     report = storage.sweep(frozenset({live.name}))
-    assert report.partials == 2  # the abandoned partial and its facts file
+    assert report.partials == 1  # the abandoned partial, with its facts file
+    assert (report.kept, report.kept_bytes) == (1, 0)
     assert sorted(os.listdir(storage.partial_dir)) == sorted([live.name, live.name + ".json"])
     assert storage.reopen(live.id).rel == "r4/live"
+
+
+def test_one_request_at_a_time_holds_a_resumable_partial_in_any_process(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    created = storage.begin("h/f", 6, "text/plain", reopenable=True)
+    created.write(b"abc")
+    other = LocalStorage(tmp_path / "files", fsync=False)  # another worker process
+    with pytest.raises(Busy) as busy:
+        other.reopen(created.id)
+    assert not busy.value.appending  # the request that created it holds it
+    assert not created.release_asked()
+    other.ask_release(created.id)
+    assert created.release_asked()
+    created.close()
+    appending = other.reopen(created.id, appending=True)
+    assert appending.received == 3 and not appending.release_asked()
+    with pytest.raises(Busy) as busy:
+        storage.reopen(created.id)
+    assert busy.value.appending
+    appending.close()
+    again = storage.reopen(created.id)
+    assert again.received == 3
+    again.close()
+    assert sorted(os.listdir(storage.partial_dir)) == [created.id, created.id + ".json"]
+
+
+def test_a_plain_upload_of_the_slot_drops_its_abandoned_resumable_partial(
+    storage: LocalStorage,
+) -> None:
+    cut = storage.begin("s/f", 3, "text/plain", reopenable=True)
+    cut.write(b"ab")
+    cut.close()
+    plain = storage.begin("s/f", 3, "text/plain")
+    plain.write(b"xyz")
+    plain.commit()
+    with pytest.raises(NotFound):
+        storage.describe(cut.id)
+    assert os.listdir(storage.partial_dir) == []
+    assert storage.sweep().partials == 0  # (nothing was left for the sweeper)
+    assert os.listdir(storage.slot_dir) == []
+
+
+def test_a_held_resumable_partial_is_never_dropped(storage: LocalStorage, tmp_path: Path) -> None:
+    held = storage.begin("k/f", 3, "text/plain", reopenable=True)
+    held.write(b"a")
+    # A plain upload of the same slot while the resumable one is still being written ...
+    plain = storage.begin("k/f", 3, "text/plain")
+    plain.write(b"xyz")
+    plain.commit()
+    # ... and a sweep long after, in another process: the held partial stays.
+    long_ago = time.time() - storage.resumable_ttl - 60
+    for name in os.listdir(storage.partial_dir):
+        os.utime(storage.partial_dir / name, (long_ago, long_ago))
+    report = LocalStorage(tmp_path / "files", fsync=False).sweep()
+    assert (report.partials, report.kept, report.kept_bytes) == (0, 1, 1)
+    assert storage.describe(held.id).received == 1
+    held.close()
+    assert LocalStorage(tmp_path / "files", fsync=False).sweep().partials == 1
+    assert os.listdir(storage.partial_dir) == []
+
+
+def test_a_completed_record_and_a_kept_partial_are_swept_after_the_resumable_ttl(
+    tmp_path: Path,
+) -> None:
+    now = [1_000_000.0]
+    storage = LocalStorage(tmp_path / "files", fsync=False, clock=lambda: now[0], resumable_ttl=60)
+    done = storage.begin("t/done", 1, "text/plain", reopenable=True)
+    done.write(b"x")
+    done.commit()
+    kept = storage.begin("t/kept", 4, "text/plain", reopenable=True)
+    kept.write(b"ab")
+    kept.close()
+    for name in os.listdir(storage.partial_dir):
+        os.utime(storage.partial_dir / name, (now[0], now[0]))
+    assert storage.usage() == (1, 1 + 2)  # the kept partial counts in the usage
+    report = storage.sweep()
+    assert (report.partials, report.kept, report.kept_bytes) == (0, 1, 2)
+    now[0] += 61
+    report = storage.sweep()
+    assert (report.partials, report.kept) == (2, 0)
+    assert os.listdir(storage.partial_dir) == []
+    assert storage.lookup("t/done").size == 1  # the stored file itself stays
 
 
 def test_a_reader_reads_ranges_and_offers_a_descriptor(storage: LocalStorage) -> None:

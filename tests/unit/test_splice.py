@@ -96,6 +96,7 @@ class FdUpload:
         self.received = 0
         self.rel = "a/b.bin"
         self.done = False
+        self.reopenable = False
         self.id = self.name = "fd-upload"
 
     def fileno(self) -> int:

@@ -57,9 +57,10 @@ def test_every_state_is_in_the_table_and_only_the_ends_lead_nowhere() -> None:
     assert {state for state, moves in TRANSITIONS.items() if not moves} == {
         State.ANSWERED,
         State.ABORTED,
+        State.KEPT,
     }
-    # Once the body is in, nothing can abort it: the commit ends it.
-    assert TRANSITIONS[State.COMMITTING] == {State.ANSWERED}
+    # Once the body is in, nothing can abort it: the commit (or keeping a part) ends it.
+    assert TRANSITIONS[State.COMMITTING] == {State.ANSWERED, State.KEPT}
 
 
 def test_a_whole_upload_ends_answered_once(harness: Harness) -> None:
