@@ -230,3 +230,42 @@ def test_a_listening_port_accepts_as_many_as_number_accepts_says() -> None:
     # accept_one_at_a_time sets `numberAccepts` before each of the port's reads.
     source = inspect.getsource(tcp.Port.doRead)
     assert "numberAccepts" in source and "self.numberAccepts" in source
+
+
+def test_the_request_version_is_known_when_the_headers_are_complete() -> None:
+    channel, _, _ = connect()
+    channel.dataReceived(b"PATCH /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+    assert _twisted.request_version(channel) == b"HTTP/1.1"
+    channel, _, _ = connect()
+    channel.dataReceived(b"PUT /a HTTP/1.0\r\nContent-Length: 2\r\n\r\n")
+    assert _twisted.request_version(channel) == b"HTTP/1.0"
+
+
+class Holding(Channel):
+    """A channel that decides later, as UploadChannel does while an admission waits."""
+
+    held: list[bytes]
+    ended = False
+
+    def allHeadersReceived(self) -> None:
+        self.held = []  # (and nothing of HTTPChannel's: no gotLength, no 100 Continue yet)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def allContentReceived(self) -> None:
+        self.ended = True
+
+
+def test_what_follows_the_headers_can_be_held_back_until_a_decision() -> None:
+    channel = Holding()
+    channel.makeConnection(StringTransport())
+    # The headers and the start of the body in one read: the body goes to rawDataReceived
+    # in the same call, and the transport can be paused so that no more is read.
+    channel.dataReceived(b"PATCH /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+    assert channel.held == [b"ab"] and not channel.ended
+    # An empty body ends at once: allContentReceived follows the headers directly.
+    channel = Holding()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"HEAD /a HTTP/1.1\r\n\r\n")
+    assert channel.held == [] and channel.ended
