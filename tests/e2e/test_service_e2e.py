@@ -264,6 +264,12 @@ def test_certificate_reload_during_a_transfer(tmp_path: Path, ca: TestCA, worker
     while served_serial(base) != renewed.serial:
         assert time.monotonic() < deadline, "the renewed certificate was not picked up"
         time.sleep(0.1)
+    # With workers, the first new one serves the new certificate before the others are
+    # replaced: the reload is over once it says so (a second SIGHUP before that would find
+    # an old worker still serving the old certificate).
+    while not any("configuration reloaded" in line for line in server.log):
+        assert time.monotonic() < deadline, server.log[-5:]
+        time.sleep(0.1)
     assert slow.wait(timeout=60) == 0, slow.stderr.read() if slow.stderr else ""
     assert (tmp_path / "down.bin").read_bytes() == body
     assert first_serial != renewed.serial
