@@ -820,14 +820,9 @@ class LocalStorage:
             state = self.describe(upload_id)
         except NotFound:
             state = None
-        if state is not None and (upload_id in active or state.touched >= now - self.resumable_ttl):
-            if not state.complete:
-                report.kept += 1
-                report.kept_bytes += state.received
-            return
-        if state is None and upload_id in active:
-            return
         if state is None:
+            if upload_id in active:
+                return
             # Markers or a partial without facts: left by a crash, or made as we looked.
             newest = 0.0
             for suffix in ("", *_SUFFIXES):
@@ -835,11 +830,27 @@ class LocalStorage:
                     newest = max(newest, self._marker(upload_id, suffix).stat().st_mtime)
             if newest >= now - _META_GRACE:
                 return
+        else:
+            live = upload_id in active
+            # A slot uploaded another way meanwhile (while this was still held): this could
+            # only ever end as a retry of that file, and goes.
+            superseded = not state.complete and not live and self._stored_at(state.rel)
+            if (live or state.touched >= now - self.resumable_ttl) and not superseded:
+                if not state.complete:
+                    report.kept += 1
+                    report.kept_bytes += state.received
+                return
         if self._remove_unheld(upload_id):
             report.partials += 1
         elif state is not None and not state.complete:
             report.kept += 1  # held by a request of another process
             report.kept_bytes += state.received
+
+    def _stored_at(self, rel: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(self.path_of(rel)).st_mode)
+        except (OSError, ValueError):
+            return False
 
     def _sweep_slots(self) -> None:
         """Remove the slot links whose resumable upload is gone."""

@@ -236,3 +236,21 @@ def test_the_http_layer_knows_only_the_backend_interface() -> None:
                     if path.name == "config.py" and name.startswith("hmacfs.process.tls"):
                         continue
                     assert not name.startswith(banned), f"{path} imports {name}"
+
+
+def test_a_kept_partial_whose_slot_was_stored_meanwhile_is_swept(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    # The resumable upload was still held (a lingering connection) when a plain retry of its
+    # slot was stored, so the retry could not drop it; once let go, the sweep does.
+    held = storage.begin("m/f", 3, "text/plain", reopenable=True)
+    held.write(b"a")
+    plain = storage.begin("m/f", 3, "text/plain")
+    plain.write(b"xyz")
+    plain.commit()
+    held.close()
+    report = LocalStorage(tmp_path / "files", fsync=False).sweep()
+    assert (report.partials, report.kept) == (1, 0)
+    with pytest.raises(NotFound):
+        storage.describe(held.id)
+    assert storage.lookup("m/f").size == 3
