@@ -442,12 +442,11 @@ class Resumptions:
             if self._watch is not None and self._watch.running:
                 self._watch.stop()
             return
+        asked = self.site.storage.release_requests()
+        if not asked:
+            return
         for upload in held:
-            try:
-                asked = upload.partial.release_asked()
-            except OSError:
-                continue
-            if asked:
+            if upload.id in asked:
                 self.terminate(upload)
 
     def stop(self) -> None:

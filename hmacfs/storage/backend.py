@@ -137,11 +137,6 @@ class Partial(Protocol):
         upload cut off that may be resumed); abort it otherwise."""
         ...
 
-    def release_asked(self) -> bool:
-        """Whether another request asked for this reopenable partial (`Backend.ask_release`):
-        its holder should then let go of it. Cheap."""
-        ...
-
 
 class Backend(Protocol):
     """Where uploads go and downloads come from."""
@@ -190,8 +185,12 @@ class Backend(Protocol):
         ...
 
     def ask_release(self, upload_id: str) -> None:
-        """Ask whoever holds the partial `upload_id` to let go of it (see
-        `Partial.release_asked`)."""
+        """Ask whoever holds the partial `upload_id` to let go of it."""
+        ...
+
+    def release_requests(self) -> frozenset[str]:
+        """The uploads whose holders were asked to let go (`ask_release`): a process holding
+        one of them lets go of it. Cheap enough to ask many times a second."""
         ...
 
     def lookup(self, rel: str) -> StoredFile:

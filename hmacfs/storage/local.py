@@ -11,9 +11,10 @@ Layout under the storage directory:
 - ``.hmacfs/partial/<id>`` and ``<id>.json``: a resumable upload's partial file and its facts
   (path, size, type, expiry), found again by id from any process (`LocalStorage.reopen`). The
   request writing to one holds an exclusive ``flock(2)`` on it, so that one request at a time
-  appends, in any process; ``<id>.release`` asks the holder to let go, ``<id>.appending`` says
-  the holder is an append. A completed upload's facts stay (``completed``) for
-  `LocalStorage.resumable_ttl`, so that its upload resource still answers.
+  appends, in any process; ``<id>.appending`` says the holder is an append, and
+  ``.hmacfs/release/<id>`` asks the holder to let go (one directory, so that a process holding
+  many uploads looks at them all with one listing). A completed upload's facts stay
+  (``completed``) for `LocalStorage.resumable_ttl`, so that its upload resource still answers.
   ``.hmacfs/slots/<hash of the path>`` links to the resumable upload of a path, so that a plain
   retry of the slot drops it.
 - what GET needs (content type, upload time, expiry), as JSON: in the stored file's own
@@ -182,7 +183,8 @@ class LocalStorage:
         self.partial_dir = self._state / "partial"
         self.meta_dir = self._state / "meta"
         self.slot_dir = self._state / "slots"
-        for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir):
+        self.release_dir = self._state / "release"
+        for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir, self.release_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
@@ -411,7 +413,7 @@ class LocalStorage:
         try:
             if facts.completed or os.fstat(fd).st_nlink == 0:
                 raise NotFound("no such upload")  # (completed, or removed as we opened it)
-            self._marker(upload_id, _RELEASE).unlink(missing_ok=True)
+            (self.release_dir / upload_id).unlink(missing_ok=True)
             marker = self._marker(upload_id, _APPENDING)
             if appending:
                 marker.touch()
@@ -445,10 +447,18 @@ class LocalStorage:
         return PartialState(upload_id, facts.rel, facts.size, received, facts.completed, touched)
 
     def ask_release(self, upload_id: str) -> None:
-        """Ask the request holding `upload_id` to let go (it looks for the marker)."""
+        """Ask the request holding `upload_id` to let go (see `release_requests`)."""
         if _PARTIAL_ID.fullmatch(upload_id):
             with contextlib.suppress(OSError):
-                self._marker(upload_id, _RELEASE).touch()
+                (self.release_dir / upload_id).touch()
+
+    def release_requests(self) -> frozenset[str]:
+        """The uploads whose holders were asked to let go (`ask_release`). One listing of a
+        directory that is empty but for a moment now and then."""
+        try:
+            return frozenset(n for n in os.listdir(self.release_dir) if _PARTIAL_ID.fullmatch(n))
+        except OSError:
+            return frozenset()
 
     def _facts_path(self, name: str) -> Path:
         return self.partial_dir / f"{name}{_FACTS_SUFFIX}"
@@ -504,8 +514,9 @@ class LocalStorage:
                 except OSError:
                     return False  # held: a live upload
                 path.unlink(missing_ok=True)
-            for suffix in (_FACTS_SUFFIX, _RELEASE, _APPENDING):
+            for suffix in _SUFFIXES:
                 self._marker(upload_id, suffix).unlink(missing_ok=True)
+            (self.release_dir / upload_id).unlink(missing_ok=True)
             return True
         finally:
             if fd is not None:
@@ -853,7 +864,10 @@ class LocalStorage:
             return False
 
     def _sweep_slots(self) -> None:
-        """Remove the slot links whose resumable upload is gone."""
+        """Remove the slot links and release requests whose resumable upload is gone."""
+        for name in self.release_requests():
+            if not (self.partial_dir / f"{name}{_FACTS_SUFFIX}").exists():
+                (self.release_dir / name).unlink(missing_ok=True)
         for link in self.slot_dir.iterdir():
             try:
                 target = os.readlink(link)
@@ -909,11 +923,9 @@ class LocalStorage:
 
 _PARTIAL_ID = re.compile(r"[0-9a-f]{32}")
 _FACTS_SUFFIX = ".json"
-#: Beside a resumable partial: another request asks its holder to let go ...
-_RELEASE = ".release"
-#: ... and: its holder is an append (not the request that created it).
+#: Beside a resumable partial: its holder is an append (not the request that created it).
 _APPENDING = ".appending"
-_SUFFIXES = (_FACTS_SUFFIX, _RELEASE, _APPENDING)
+_SUFFIXES = (_FACTS_SUFFIX, _APPENDING)
 
 
 @dataclass(frozen=True)
@@ -1190,6 +1202,7 @@ class LocalPartial:
                 for suffix in _SUFFIXES:
                     if suffix != _FACTS_SUFFIX or not self._completed:
                         storage._marker(self.name, suffix).unlink(missing_ok=True)
+                (storage.release_dir / self.name).unlink(missing_ok=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -1208,10 +1221,6 @@ class LocalPartial:
                 self.appending = False
             os.close(self._fd)  # (which lets go of its lock)
             self._fd = None
-
-    def release_asked(self) -> bool:
-        """Whether another request asked for this partial (`LocalStorage.ask_release`)."""
-        return self.reopenable and self.storage._marker(self.name, _RELEASE).exists()
 
 
 def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:

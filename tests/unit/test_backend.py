@@ -106,12 +106,12 @@ def test_one_request_at_a_time_holds_a_resumable_partial_in_any_process(
     with pytest.raises(Busy) as busy:
         other.reopen(created.id)
     assert not busy.value.appending  # the request that created it holds it
-    assert not created.release_asked()
+    assert storage.release_requests() == frozenset()
     other.ask_release(created.id)
-    assert created.release_asked()
+    assert storage.release_requests() == {created.id}
     created.close()
     appending = other.reopen(created.id, appending=True)
-    assert appending.received == 3 and not appending.release_asked()
+    assert appending.received == 3 and storage.release_requests() == frozenset()
     with pytest.raises(Busy) as busy:
         storage.reopen(created.id)
     assert busy.value.appending
