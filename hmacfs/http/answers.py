@@ -55,17 +55,23 @@ def _exchange_headers(request: Any) -> list[tuple[str, str]] | None:
 
 
 def raw_refusal(
-    refusal: Refusal, settings: HttpSettings, origin: str | None, request: Any = None
+    refusal: Refusal,
+    settings: HttpSettings,
+    origin: str | None,
+    request: Any = None,
+    *,
+    head: bool = False,
 ) -> bytes:
     """The whole answer, as bytes for the transport, ending the connection (before the body:
-    nothing of the request is read any more)."""
+    nothing of the request is read any more). The answer to a HEAD (`head`) has the
+    Content-Length of its body but not the body."""
     body = refusal_body(refusal)
     reason = http.RESPONSES.get(refusal.status, b"Error")
     lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason), b"Date: " + http_date_now()]
     headers = refusal_headers(refusal, settings, origin, _exchange_headers(request))
     lines += [name + b": " + value for name, value in headers]
     lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 
 def write_refusal(request: Any, refusal: Refusal, settings: HttpSettings) -> bytes:

@@ -169,6 +169,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
                 self.site.config.http,
                 origin.decode("latin-1") if origin is not None else None,
                 request,
+                head=_twisted.request_line(self)[0] == b"HEAD",
             )
         )
         self.site.refused(request, _twisted.request_line(self)[0], refusal)

@@ -72,6 +72,10 @@ class UploadRequest(server.Request):  # type: ignore[misc]
         if site is not None:
             self._site = site
             site.request_started(self)
+        if self.path == b"*":
+            # Twisted answers "OPTIONS *" itself, with nothing of ours (security headers,
+            # CORS, the limits of resumable uploads): the resources answer it instead.
+            self.path = b"/"
         super().process()
 
     def finish(self) -> None:

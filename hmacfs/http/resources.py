@@ -67,6 +67,8 @@ class Root(resource.Resource):  # type: ignore[misc]
                 request.setHeader(b"content-length", b"0")
                 return b""
             self._set(request, list(cors_fields(settings, origin)))
+            if request.uri == b"*":
+                raise MethodNotAllowed("only OPTIONS applies to *", headers=(("Allow", "OPTIONS"),))
             if request.prepared is not None:
                 request.setResponseCode(request.prepared.status)
                 self._set(request, encoded(request.prepared.headers))

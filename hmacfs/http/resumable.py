@@ -197,11 +197,8 @@ class Resumptions:
                 self._take(upload_id, token, appending=False), request, self._delete
             )
         if method == b"PATCH":
-            return self._settle(
-                self._take(upload_id, token, appending=True),
-                request,
-                self._patch_checked(request, headers, version, length),
-            )
+            admit = self._patch_checked(request, headers, version, length)  # (before taking)
+            return self._settle(self._take(upload_id, token, appending=True), request, admit)
         raise MethodNotAllowed("method not allowed", headers=(("Allow", RESOURCE_METHODS),))
 
     def options(self, request: UploadRequest) -> None:
@@ -354,7 +351,9 @@ class Resumptions:
         exchange = request.resumable
         assert exchange is not None
         if partial is None:
-            raise wire.completed_upload(exchange.version, body_empty=True)
+            raise wire.CompletedUpload(
+                "the upload is complete already", headers=(exchange.version.completeness(True),)
+            )
         partial.abort()
         _log.info("resumable upload of {path} cancelled", path=state.rel)
         request.prepared = Prepared(204, exchange.headers())
