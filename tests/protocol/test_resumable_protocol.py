@@ -145,11 +145,12 @@ def test_an_upload_another_process_never_lets_go_of_gets_409(harness: Harness) -
     other = LocalStorage(harness.storage.root, fsync=False)
     held = other.reopen(target.rsplit("/", 1)[1][:32])
     channel, transport = harness.connect()
-    channel.dataReceived(request("HEAD", target))
+    channel.dataReceived(request("DELETE", target))
     harness.clock.advance(RELEASE_WAIT + 2 * RELEASE_POLL)
     assert status_of(transport.value()) == 409
-    assert b"in use" in transport.value()
+    assert transport.value().endswith(b"\r\n\r\nupload is in use by another request\n")
     held.close()
+    assert harness.storage.describe(held.id).received == 100  # nothing was cancelled
 
 
 def test_a_head_while_the_creation_still_sends_terminates_it(harness: Harness) -> None:
