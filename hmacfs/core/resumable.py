@@ -315,6 +315,16 @@ def busy() -> Conflict:
     return Conflict("upload is in use by another request")
 
 
+def abandoned() -> Conflict:
+    """An append whose client had gone before it could take the upload over."""
+    return Conflict("the client is gone")
+
+
+def superseded() -> Conflict:
+    """A request that waited for an upload, which a newer request claimed meanwhile."""
+    return Conflict("a newer request took this upload over")
+
+
 def problem_body(refusal: Refusal) -> bytes | None:
     """The problem details of `refusal`, as its body, if it has them."""
     problem = getattr(refusal, "problem", None)

@@ -10,6 +10,7 @@ installed Twisted and fails loudly if that changes.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,6 +38,21 @@ def between_requests(channel: Any) -> bool:
         or channel._handlingRequest
         or channel._dataBuffer
     )
+
+
+def peer_socket(transport: Any) -> socket.socket | None:
+    """The socket under `transport` (`getHandle()`; through a TLS wrapper's own transport),
+    if any."""
+    for _ in range(3):
+        get_handle = getattr(transport, "getHandle", None)
+        if get_handle is not None:
+            handle = get_handle()
+            if isinstance(handle, socket.socket):
+                return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
 
 
 def request_disconnected(request: Any) -> bool:
@@ -133,6 +149,25 @@ def end_body(decoder: Any) -> None:
     """With nothing left to count, make the decoder finish the body (and the channel
     process the request) as the body's last bytes would have."""
     decoder.dataReceived(b"")
+
+
+#: TCP states (tcpi_state of TCP_INFO) of a connection whose peer has reset it (TCP_CLOSE) or
+#: closed its side (TCP_CLOSE_WAIT).
+_PEER_GONE_STATES = frozenset({7, 8})
+
+
+def peer_gone(transport: Any) -> bool:
+    """Whether the peer of a TCP `transport` has already reset or closed the connection,
+    though the reactor may not have noticed yet (it is not reading, or has not run since, or
+    has not read the bytes that came before the reset). Reads nothing, clears nothing."""
+    sock = peer_socket(transport)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    except (OSError, AttributeError):
+        return False
+    return state in _PEER_GONE_STATES
 
 
 def accept_one_at_a_time(port: Any) -> None:

@@ -12,9 +12,13 @@ Partials live in storage, never in memory: any worker process, or a restarted se
 an upload over from where it stands. One request at a time holds an upload (the storage's
 lock); a new request terminates the one under way, as the draft asks, so that the offset it
 reports is the one the next append must give. The exception: an append while another append
-is under way gets 409 (the one under way wins). A request of another process is asked to let
-go through the storage (`Backend.ask_release`), which every process looks for while it holds
-uploads (`watch`).
+is under way gets 409 (the one under way wins).
+
+Every request that takes an upload over claims it in the storage (`Backend.claim`): a holder
+in another process lets go of an upload that a newer request claimed (every process looks
+while it holds uploads, `Resumptions._look`), and a request that waited for the upload gives
+up if a newer one claimed it meanwhile, so that what a request reports is never changed by an
+older one.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from hmacfs.core.refusals import (
     TooLarge,
 )
 from hmacfs.core.units import format_size
+from hmacfs.http import _twisted
 from hmacfs.http.upload import Upload
 from hmacfs.metrics import DISCONNECTED
-from hmacfs.storage.backend import Busy, Partial, PartialState
+from hmacfs.storage.backend import Busy, Partial, PartialState, appending_claim
 
 if TYPE_CHECKING:
     from hmacfs.http.request import UploadRequest
@@ -51,8 +56,8 @@ _log = Logger(namespace="hmacfs.http")
 #: How long a request waits for another process to let go of an upload before it gets 409.
 RELEASE_WAIT = 5.0
 #: How often a request waiting for an upload tries again, and how often a process holding
-#: uploads looks whether another one asks for them.
-RELEASE_POLL = 0.05
+#: uploads looks whether a newer request claimed one of them (a listing of a directory).
+RELEASE_POLL = 0.02
 #: The methods of an upload resource.
 RESOURCE_METHODS = "OPTIONS, HEAD, PATCH, DELETE"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -190,15 +195,19 @@ class Resumptions:
             raise NotFound("no such upload")
         if method == b"HEAD":
             _no_upload_fields(headers, version)
-            return self._settle(self._take(upload_id, token, appending=False), request, self._head)
+            return self._settle(
+                self._take(upload_id, token, request, appending=False), request, self._head
+            )
         if method == b"DELETE":
             _no_upload_fields(headers, version)
             return self._settle(
-                self._take(upload_id, token, appending=False), request, self._delete
+                self._take(upload_id, token, request, appending=False), request, self._delete
             )
         if method == b"PATCH":
             admit = self._patch_checked(request, headers, version, length)  # (before taking)
-            return self._settle(self._take(upload_id, token, appending=True), request, admit)
+            return self._settle(
+                self._take(upload_id, token, request, appending=True), request, admit
+            )
         raise MethodNotAllowed("method not allowed", headers=(("Allow", RESOURCE_METHODS),))
 
     def options(self, request: UploadRequest) -> None:
@@ -249,7 +258,7 @@ class Resumptions:
         return decided
 
     def _take(
-        self, upload_id: str, token: str, *, appending: bool
+        self, upload_id: str, token: str, request: UploadRequest, *, appending: bool
     ) -> defer.Deferred[tuple[PartialState, Partial | None]]:
         """Hold the upload `upload_id` (None for a completed one, which nobody holds), after
         terminating the request under way on it, if any."""
@@ -262,41 +271,66 @@ class Resumptions:
         if state.complete:
             return defer.succeed((state, None))
         holder = self._holder(upload_id)
+        if holder is not None and appending and holder.resumed and holder.interruptible:
+            raise wire.busy()  # of two appends at once, the one under way wins
+        if appending and request_gone(request):
+            # Read (and so admitted) only now, though its client had given up on it and may
+            # have asked how far the upload got since: it must not take the upload over.
+            raise wire.abandoned()
+        # From now on the newest request: a holder in another process lets go (unless both
+        # are appends), and any older request still waiting for the upload gives way.
+        claim = storage.claim(upload_id, appending=appending)
         if holder is not None:
-            if appending and holder.resumed and holder.interruptible:
-                raise wire.busy()
             self.terminate(holder)
+        taken = self._attempt(upload_id, appending, claim)
+        if taken is not None:
+            return defer.succeed(taken)
+        return self._wait(upload_id, appending, claim)
+
+    def _attempt(
+        self, upload_id: str, appending: bool, claim: str
+    ) -> tuple[PartialState, Partial | None] | None:
+        """Hold the upload if no other request does and no newer one claimed it; None while
+        another request holds it. Raises the refusal of a request that gave way."""
+        storage = self.site.storage
+        state = storage.describe(upload_id)
+        if state.complete:
+            return state, None
+        if storage.claim_of(upload_id) != claim:
+            raise wire.superseded()
         try:
-            return defer.succeed((state, storage.reopen(upload_id, appending=appending)))
+            partial = storage.reopen(upload_id, appending=appending)
         except Busy as e:
             if appending and e.appending:
                 raise wire.busy() from None
-        storage.ask_release(upload_id)
-        return self._wait(upload_id, appending)
+            return None
+        if storage.claim_of(upload_id) != claim:  # (claimed as we took it)
+            partial.close()
+            raise wire.superseded()
+        partial.claim = claim
+        return state, partial
 
     def _wait(
-        self, upload_id: str, appending: bool
+        self, upload_id: str, appending: bool, claim: str
     ) -> defer.Deferred[tuple[PartialState, Partial | None]]:
-        """Try to hold the upload every RELEASE_POLL seconds, up to RELEASE_WAIT."""
+        """Try to hold the upload every RELEASE_POLL seconds, up to RELEASE_WAIT; give up as
+        soon as a newer request has claimed it."""
         clock = self.site.clock
-        storage = self.site.storage
         deadline = clock.seconds() + RELEASE_WAIT
         d: defer.Deferred[tuple[PartialState, Partial | None]] = defer.Deferred()
 
         def attempt() -> None:
             try:
-                state = storage.describe(upload_id)
-                if state.complete:
-                    d.callback((state, None))
-                    return
-                d.callback((state, storage.reopen(upload_id, appending=appending)))
-            except Busy:
-                if clock.seconds() >= deadline:
-                    d.errback(wire.busy())
-                else:
-                    clock.callLater(RELEASE_POLL, attempt)
+                taken = self._attempt(upload_id, appending, claim)
             except Refusal as e:
                 d.errback(e)
+                return
+            if taken is not None:
+                d.callback(taken)
+            elif clock.seconds() >= deadline:
+                d.errback(wire.busy())
+            else:
+                clock.callLater(RELEASE_POLL, attempt)
 
         clock.callLater(RELEASE_POLL, attempt)
         return d
@@ -389,6 +423,8 @@ class Resumptions:
         def admit(request: UploadRequest, state: PartialState, partial: Partial | None) -> None:
             if partial is None:
                 raise wire.completed_upload(version, body_empty=length == 0)
+            if request_gone(request):
+                raise wire.abandoned()  # (it waited, and its client gave up meanwhile)
             if declared is not None and declared != state.size:
                 raise wire.inconsistent_length(version, "Upload-Length is not the upload's size")
             if offset != partial.received:
@@ -441,16 +477,29 @@ class Resumptions:
             if self._watch is not None and self._watch.running:
                 self._watch.stop()
             return
-        asked = self.site.storage.release_requests()
-        if not asked:
+        storage = self.site.storage
+        claimed = storage.claimed()
+        if not claimed:
             return
         for upload in held:
-            if upload.id in asked:
-                self.terminate(upload)
+            if upload.id not in claimed:
+                continue
+            claim = storage.claim_of(upload.id)
+            if claim is None or claim == upload.partial.claim:
+                continue
+            if upload.resumed and appending_claim(claim):
+                continue  # an append while this append is under way: it gets 409
+            self.terminate(upload)  # a newer request wants it
 
     def stop(self) -> None:
         if self._watch is not None and self._watch.running:
             self._watch.stop()
+
+
+def request_gone(request: UploadRequest) -> bool:
+    """Whether the client of `request` is gone already (seen on its socket)."""
+    channel = request.channel
+    return channel is None or channel.transport is None or _twisted.peer_gone(channel.transport)
 
 
 def _plain(request: UploadRequest) -> dict[str, str]:

@@ -63,6 +63,16 @@ class PartialState:
     touched: float
 
 
+def make_claim(appending: bool, nonce: str) -> str:
+    """A claim as backends store it: what kind of request made it, and a nonce."""
+    return f"{'append' if appending else 'other'}:{nonce}"
+
+
+def appending_claim(claim: str) -> bool:
+    """Whether an append made `claim` (an append under way does not give way to another)."""
+    return claim.startswith("append:")
+
+
 class Busy(Conflict):
     """A reopenable partial is held by another request (in this process or another one)."""
 
@@ -104,6 +114,8 @@ class Partial(Protocol):
     done: bool
     #: Whether the partial survives its process (`Backend.reopen` finds it by `id`).
     reopenable: bool
+    #: The claim (`Backend.claim`) of the request that holds a reopened partial, if it made one.
+    claim: str | None
 
     def write(self, data: bytes) -> None:
         """Append body bytes. Raises TooLarge past the size, StorageFailure."""
@@ -184,13 +196,20 @@ class Backend(Protocol):
         NotFound."""
         ...
 
-    def ask_release(self, upload_id: str) -> None:
-        """Ask whoever holds the partial `upload_id` to let go of it."""
+    def claim(self, upload_id: str, *, appending: bool) -> str:
+        """Make a new request the newest for the upload `upload_id` (in any process); return
+        its claim (see `appending_claim`). Whoever holds the upload and is not that request
+        is to let go of it (the HTTP layer looks at `claimed`), and an older request that
+        takes it later is to give up (its claim is not `claim_of` any more). Raises
+        StorageFailure."""
         ...
 
-    def release_requests(self) -> frozenset[str]:
-        """The uploads whose holders were asked to let go (`ask_release`): a process holding
-        one of them lets go of it. Cheap enough to ask many times a second."""
+    def claim_of(self, upload_id: str) -> str | None:
+        """The claim of the newest request for `upload_id`, if any made one."""
+        ...
+
+    def claimed(self) -> frozenset[str]:
+        """The uploads some request has claimed: cheap enough to ask many times a second."""
         ...
 
     def lookup(self, rel: str) -> StoredFile:

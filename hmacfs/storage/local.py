@@ -12,8 +12,10 @@ Layout under the storage directory:
   (path, size, type, expiry), found again by id from any process (`LocalStorage.reopen`). The
   request writing to one holds an exclusive ``flock(2)`` on it, so that one request at a time
   appends, in any process; ``<id>.appending`` says the holder is an append, and
-  ``.hmacfs/release/<id>`` asks the holder to let go (one directory, so that a process holding
-  many uploads looks at them all with one listing). A completed upload's facts stay
+  ``.hmacfs/claims/<id>`` names the newest request for the upload: whoever holds it and is
+  not that request lets go, and an older request that gets the lock later gives up (one
+  directory, so that a process holding many uploads looks at them all with one listing).
+  A completed upload's facts stay
   (``completed``) for `LocalStorage.resumable_ttl`, so that its upload resource still answers.
   ``.hmacfs/slots/<hash of the path>`` links to the resumable upload of a path, so that a plain
   retry of the slot drops it.
@@ -60,7 +62,14 @@ from hmacfs.core.refusals import (
     StorageFailure,
     TooLarge,
 )
-from hmacfs.storage.backend import Busy, CompareOnThread, PartialState, StoredFile, SweepReport
+from hmacfs.storage.backend import (
+    Busy,
+    CompareOnThread,
+    PartialState,
+    StoredFile,
+    SweepReport,
+    make_claim,
+)
 
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
@@ -183,8 +192,8 @@ class LocalStorage:
         self.partial_dir = self._state / "partial"
         self.meta_dir = self._state / "meta"
         self.slot_dir = self._state / "slots"
-        self.release_dir = self._state / "release"
-        for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir, self.release_dir):
+        self.claim_dir = self._state / "claims"
+        for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir, self.claim_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
@@ -413,7 +422,6 @@ class LocalStorage:
         try:
             if facts.completed or os.fstat(fd).st_nlink == 0:
                 raise NotFound("no such upload")  # (completed, or removed as we opened it)
-            (self.release_dir / upload_id).unlink(missing_ok=True)
             marker = self._marker(upload_id, _APPENDING)
             if appending:
                 marker.touch()
@@ -446,17 +454,33 @@ class LocalStorage:
             raise NotFound("no such upload") from None
         return PartialState(upload_id, facts.rel, facts.size, received, facts.completed, touched)
 
-    def ask_release(self, upload_id: str) -> None:
-        """Ask the request holding `upload_id` to let go (see `release_requests`)."""
+    def claim(self, upload_id: str, *, appending: bool = False) -> str:
+        """Make a new request the newest for `upload_id`; its claim."""
+        nonce = secrets.token_hex(8)
+        claim = make_claim(appending, nonce)
         if _PARTIAL_ID.fullmatch(upload_id):
-            with contextlib.suppress(OSError):
-                (self.release_dir / upload_id).touch()
+            scratch = self.claim_dir / f".{upload_id}.{nonce}"
+            try:
+                scratch.write_text(claim)
+                os.replace(scratch, self.claim_dir / upload_id)
+            except OSError as e:
+                scratch.unlink(missing_ok=True)
+                raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
+        return claim
 
-    def release_requests(self) -> frozenset[str]:
-        """The uploads whose holders were asked to let go (`ask_release`). One listing of a
-        directory that is empty but for a moment now and then."""
+    def claim_of(self, upload_id: str) -> str | None:
+        """The claim of the newest request for `upload_id`, if any made one."""
+        if not _PARTIAL_ID.fullmatch(upload_id):
+            return None
         try:
-            return frozenset(n for n in os.listdir(self.release_dir) if _PARTIAL_ID.fullmatch(n))
+            return (self.claim_dir / upload_id).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def claimed(self) -> frozenset[str]:
+        """The uploads some request has claimed (one listing)."""
+        try:
+            return frozenset(n for n in os.listdir(self.claim_dir) if _PARTIAL_ID.fullmatch(n))
         except OSError:
             return frozenset()
 
@@ -516,7 +540,7 @@ class LocalStorage:
                 path.unlink(missing_ok=True)
             for suffix in _SUFFIXES:
                 self._marker(upload_id, suffix).unlink(missing_ok=True)
-            (self.release_dir / upload_id).unlink(missing_ok=True)
+            (self.claim_dir / upload_id).unlink(missing_ok=True)
             return True
         finally:
             if fd is not None:
@@ -864,10 +888,10 @@ class LocalStorage:
             return False
 
     def _sweep_slots(self) -> None:
-        """Remove the slot links and release requests whose resumable upload is gone."""
-        for name in self.release_requests():
+        """Remove the slot links and claims whose resumable upload is gone."""
+        for name in self.claimed():
             if not (self.partial_dir / f"{name}{_FACTS_SUFFIX}").exists():
-                (self.release_dir / name).unlink(missing_ok=True)
+                (self.claim_dir / name).unlink(missing_ok=True)
         for link in self.slot_dir.iterdir():
             try:
                 target = os.readlink(link)
@@ -1006,6 +1030,8 @@ class LocalPartial:
         self.done = False
         #: Whether the holder of this reopened partial is an append (see `LocalStorage.reopen`).
         self.appending = False
+        #: The claim of the request that holds it (see `LocalStorage.claim`), if it made one.
+        self.claim: str | None = None
         #: Whether the commit made it visible (a reopenable one then leaves its facts).
         self._completed = False
 
@@ -1169,6 +1195,8 @@ class LocalPartial:
             )
             with contextlib.suppress(OSError):
                 _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)
+        if self.reopenable:
+            (storage.claim_dir / self.name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             storage.drop_abandoned(self.rel, keep=self.name if self.reopenable else None)
 
@@ -1202,7 +1230,7 @@ class LocalPartial:
                 for suffix in _SUFFIXES:
                     if suffix != _FACTS_SUFFIX or not self._completed:
                         storage._marker(self.name, suffix).unlink(missing_ok=True)
-                (storage.release_dir / self.name).unlink(missing_ok=True)
+                (storage.claim_dir / self.name).unlink(missing_ok=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

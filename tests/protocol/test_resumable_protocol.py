@@ -129,7 +129,7 @@ def test_an_append_waits_for_another_process_to_let_go(harness: Harness) -> None
     channel.dataReceived(patch(target, 100, len(BODY) - 100) + BODY[100:150])
     assert transport.value() == b""  # not decided yet ...
     assert transport.producerState == "paused"  # ... and nothing more is read meanwhile
-    assert harness.storage.release_requests() == {upload_id}
+    assert harness.storage.claimed() == {upload_id}
     harness.clock.advance(RELEASE_POLL)
     assert transport.value() == b""  # still held
     held.close()  # the other process lets go
@@ -199,3 +199,39 @@ def test_resumable_false_ignores_the_draft(harness: Harness) -> None:
     channel.dataReceived(creation_head() + BODY)
     assert b" 104 " not in transport.value()
     assert status_of(transport.value()) == 201
+
+
+def test_a_request_still_waiting_gives_way_to_a_newer_one(harness: Harness) -> None:
+    # A PATCH waits for another process to let go; its client gives up on it (its reset is
+    # not seen: nothing is read while it waits) and asks how far the upload got. The old
+    # PATCH must not append after that answer, or the offset the client got would be wrong.
+    target = start_cut_upload(harness, 100)
+    upload_id = target.rsplit("/", 1)[1][:32]
+    other = LocalStorage(harness.storage.root, fsync=False)
+    held = other.reopen(upload_id)
+    old, old_transport = harness.connect()
+    old.dataReceived(patch(target, 100, len(BODY) - 100) + BODY[100:400])
+    new, new_transport = harness.connect()
+    new.dataReceived(request("HEAD", target))
+    harness.clock.advance(RELEASE_POLL)
+    assert status_of(old_transport.value()) == 409
+    assert b"newer request" in old_transport.value()
+    assert new_transport.value() == b""  # still waiting for the other process
+    held.close()
+    harness.clock.advance(RELEASE_POLL)
+    assert status_of(new_transport.value()) == 204
+    assert field(new_transport.value(), "Upload-Offset") == "100"
+    assert harness.storage.describe(upload_id).received == 100
+
+
+def test_a_holder_lets_go_of_an_upload_another_process_claims(harness: Harness) -> None:
+    channel, transport = harness.connect()
+    channel.dataReceived(creation_head() + BODY[:250])  # stalled, as after a network switch
+    upload_id = resource_of(transport.value()).rsplit("/", 1)[1][:32]
+    other = LocalStorage(harness.storage.root, fsync=False)
+    other.claim(upload_id)  # a HEAD reached another worker
+    harness.clock.advance(RELEASE_POLL)
+    assert transport.disconnecting  # the stalled request is cut ...
+    taken = other.reopen(upload_id)  # ... and the other process holds the upload
+    assert taken.received == 250
+    taken.close()

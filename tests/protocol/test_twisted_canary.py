@@ -17,6 +17,7 @@ import inspect
 
 import twisted
 from twisted.internet import abstract, main, posixbase, tcp
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 
@@ -269,3 +270,9 @@ def test_what_follows_the_headers_can_be_held_back_until_a_decision() -> None:
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"HEAD /a HTTP/1.1\r\n\r\n")
     assert channel.held == [] and channel.ended
+
+
+def test_a_tcp_transport_keeps_its_socket_where_peer_gone_looks() -> None:
+    # `_twisted.peer_gone` asks `transport.getHandle()` (through a TLS wrapper's `transport`).
+    assert ISystemHandle.implementedBy(tcp.Connection)
+    assert _twisted.peer_socket(StringTransport()) is None

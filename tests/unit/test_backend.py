@@ -106,12 +106,13 @@ def test_one_request_at_a_time_holds_a_resumable_partial_in_any_process(
     with pytest.raises(Busy) as busy:
         other.reopen(created.id)
     assert not busy.value.appending  # the request that created it holds it
-    assert storage.release_requests() == frozenset()
-    other.ask_release(created.id)
-    assert storage.release_requests() == {created.id}
+    assert storage.claimed() == frozenset()
+    claim = other.claim(created.id)  # a newer request wants it
+    assert storage.claimed() == {created.id} and storage.claim_of(created.id) == claim
     created.close()
     appending = other.reopen(created.id, appending=True)
-    assert appending.received == 3 and storage.release_requests() == frozenset()
+    assert appending.received == 3
+    assert other.claim(created.id) != claim  # and another, newer one
     with pytest.raises(Busy) as busy:
         storage.reopen(created.id)
     assert busy.value.appending
