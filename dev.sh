@@ -19,6 +19,9 @@ SYSTEM_PACKAGES=(curl python3-venv python3-pip
   systemd-container debootstrap zstd groff-base man-db)
 mapfile -t INTEROP_PACKAGES < <(grep -v '^\s*#' tests/interop/packages.txt | grep -v '^\s*$')
 
+# tus-js-client for the resumable upload interop tests, pinned by its lock file.
+TUS_DIR=tests/interop/tus
+
 # What building the .deb needs (Debian's own tools only; no pip during the build).
 DEB_BUILD_PACKAGES=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
   lintian)
@@ -54,6 +57,16 @@ ensure_venv() {
   fi
 }
 
+ensure_tus_client() {
+  command -v node >/dev/null || ensure_system nodejs npm
+  command -v npm >/dev/null || ensure_system npm
+  if [ ! -d "$TUS_DIR/node_modules" ] || [ "$TUS_DIR/package-lock.json" -nt "$TUS_DIR/node_modules" ]; then
+    say "installing tus-js-client into $TUS_DIR/node_modules (node $(node --version))"
+    npm ci --prefix "$TUS_DIR" --no-audit --no-fund --loglevel=error
+    touch "$TUS_DIR/node_modules"
+  fi
+}
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 run_pytest() {
   local rc=0
@@ -83,6 +96,7 @@ case "$cmd" in
   test)
     ensure_system "${SYSTEM_PACKAGES[@]}" "${INTEROP_PACKAGES[@]}" "${DEB_BUILD_PACKAGES[@]}"
     ensure_venv
+    ensure_tus_client
     lint
     say "pytest: the whole suite on the newest Twisted ($("$VENV/bin/python" -c 'import twisted; print(twisted.__version__)'))"
     run_pytest "$VENV/bin/python" -m pytest "$@"

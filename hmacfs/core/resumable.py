@@ -315,6 +315,17 @@ def busy() -> Conflict:
     return Conflict("upload is in use by another request")
 
 
+class Locked(Refusal):
+    """423: another request holds the upload and did not let go in time (try again)."""
+
+    status = 423
+    default_reason = Reason.CONFLICT
+
+
+def locked() -> Locked:
+    return Locked("upload is in use by another request", headers=(("Retry-After", "1"),))
+
+
 def abandoned() -> Conflict:
     """An append whose client had gone before it could take the upload over."""
     return Conflict("the client is gone")

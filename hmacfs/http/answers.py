@@ -16,6 +16,13 @@ from hmacfs.core.settings import HttpSettings
 
 _log = Logger(namespace="hmacfs.http")
 
+#: Reason phrases Twisted does not know.
+_REASONS = {423: b"Locked"}
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status) or http.RESPONSES.get(status, b"Error")
+
 
 def as_refusal(error: BaseException, what: str) -> Refusal:
     """`error` if it is a Refusal; anything else is a bug, logged with `what` was being done,
@@ -66,7 +73,7 @@ def raw_refusal(
     nothing of the request is read any more). The answer to a HEAD (`head`) has the
     Content-Length of its body but not the body."""
     body = refusal_body(refusal)
-    reason = http.RESPONSES.get(refusal.status, b"Error")
+    reason = reason_phrase(refusal.status)
     lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason), b"Date: " + http_date_now()]
     headers = refusal_headers(refusal, settings, origin, _exchange_headers(request))
     lines += [name + b": " + value for name, value in headers]
@@ -77,7 +84,7 @@ def raw_refusal(
 def write_refusal(request: Any, refusal: Refusal, settings: HttpSettings) -> bytes:
     """Set the status and headers of `request` for `refusal`; return the body to write."""
     origin = request.getHeader(b"origin")
-    request.setResponseCode(refusal.status)
+    request.setResponseCode(refusal.status, reason_phrase(refusal.status))
     for name, value in refusal_headers(
         refusal,
         settings,

@@ -114,11 +114,10 @@ class Root(resource.Resource):  # type: ignore[misc]
                 )
             request.finish()
 
-        if upload.completes:
+        if exchange is None:
             upload.commit(answer)
         else:
-            assert exchange is not None
-            upload.keep(answer, self.site.resumptions.part_status(exchange))
+            upload.finish(answer, self.site.resumptions.part_status(exchange))
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
 
     # -- GET/HEAD ----------------------------------------------------------------------------

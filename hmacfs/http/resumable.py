@@ -328,7 +328,7 @@ class Resumptions:
             if taken is not None:
                 d.callback(taken)
             elif clock.seconds() >= deadline:
-                d.errback(wire.busy())
+                d.errback(wire.locked())
             else:
                 clock.callLater(RELEASE_POLL, attempt)
 
@@ -422,6 +422,19 @@ class Resumptions:
 
         def admit(request: UploadRequest, state: PartialState, partial: Partial | None) -> None:
             if partial is None:
+                if state.by_size and complete and length == 0 and offset == state.size:
+                    # It was committed when its last byte came, and now the client says so.
+                    exchange = request.resumable
+                    assert exchange is not None
+                    request.prepared = Prepared(
+                        201,
+                        [
+                            *exchange.headers(),
+                            ("Upload-Offset", str(state.size)),
+                            version.completeness(True),
+                        ],
+                    )
+                    return
                 raise wire.completed_upload(version, body_empty=length == 0)
             if request_gone(request):
                 raise wire.abandoned()  # (it waited, and its client gave up meanwhile)

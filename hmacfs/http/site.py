@@ -42,7 +42,7 @@ from hmacfs.http.request import UploadRequest
 from hmacfs.http.resources import Root
 from hmacfs.http.resumable import Resumptions
 from hmacfs.http.upload import Upload
-from hmacfs.metrics import HealthReport, HealthResource, Metrics, MetricsResource
+from hmacfs.metrics import DISCONNECTED, HealthReport, HealthResource, Metrics, MetricsResource
 from hmacfs.storage.backend import Backend, Partial
 
 T = TypeVar("T")
@@ -280,7 +280,18 @@ class UploadSite(server.Site):  # type: ignore[misc]
         return upload
 
     def _upload_ended(self, upload: Upload) -> None:
-        self.in_flight.pop(upload, None)
+        request = self.in_flight.pop(upload, None)
+        if upload.status == DISCONNECTED and request is not None:
+            # (a refusal mid-body was logged as one; this is a client gone, or cut off)
+            _log.info(
+                "{client} {method} {path} broke off after {received} of {size} bytes{what}",
+                client=self.client_address(request),
+                method="PATCH" if upload.resumed else "PUT",
+                path=upload.rel,
+                received=upload.received,
+                size=upload.size,
+                what="; kept to resume" if upload.resumable else "",
+            )
         self._check_drained()
 
     def _refill(self) -> None:

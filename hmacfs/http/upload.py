@@ -213,6 +213,18 @@ class Upload:
             _log.failure("answering the upload of {path} failed", path=self.rel)
         self._end(State.ANSWERED, status)
 
+    def finish(self, answer: Answer, part_status: int) -> None:
+        """The request's body is in: commit the upload if it is complete, which a resumable
+        upload also is once it has all of its (signed) size even if no request said so
+        (some clients never do); else keep the part (`part_status`)."""
+        if not self.completes and self.received == self.size:
+            self.completes = True
+            self.partial.by_size = True
+        if self.completes:
+            self.commit(answer)
+        else:
+            self.keep(answer, part_status)
+
     def keep(self, answer: Answer, status: int) -> None:
         """This request's part of a resumable upload is in, and the upload is not complete:
         keep the partial for the next part, tell `answer` (`status`), end as kept."""

@@ -61,6 +61,8 @@ class PartialState:
     complete: bool
     #: When it was last written to: it is kept `Backend.resumable_ttl` past that.
     touched: float
+    #: Whether it was completed by reaching its size, no request having said it was complete.
+    by_size: bool = False
 
 
 def make_claim(appending: bool, nonce: str) -> str:
@@ -116,6 +118,9 @@ class Partial(Protocol):
     reopenable: bool
     #: The claim (`Backend.claim`) of the request that holds a reopened partial, if it made one.
     claim: str | None
+    #: Set before a commit of a resumable upload that no request said was complete: it has
+    #: all of its size (`PartialState.by_size`).
+    by_size: bool
 
     def write(self, data: bytes) -> None:
         """Append body bytes. Raises TooLarge past the size, StorageFailure."""

@@ -452,7 +452,9 @@ class LocalStorage:
                 touched, received = st.st_mtime, st.st_size
         except (OSError, ValueError):
             raise NotFound("no such upload") from None
-        return PartialState(upload_id, facts.rel, facts.size, received, facts.completed, touched)
+        return PartialState(
+            upload_id, facts.rel, facts.size, received, facts.completed, touched, facts.by_size
+        )
 
     def claim(self, upload_id: str, *, appending: bool = False) -> str:
         """Make a new request the newest for `upload_id`; its claim."""
@@ -964,6 +966,8 @@ class _PartialFacts:
     started: float
     #: The upload was committed: only these facts are left, for its upload resource.
     completed: bool = False
+    #: ... by reaching its size, no request having said it was complete.
+    by_size: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode()
@@ -1032,6 +1036,8 @@ class LocalPartial:
         self.appending = False
         #: The claim of the request that holds it (see `LocalStorage.claim`), if it made one.
         self.claim: str | None = None
+        #: Committed because it reached its size (see `PartialState.by_size`).
+        self.by_size = False
         #: Whether the commit made it visible (a reopenable one then leaves its facts).
         self._completed = False
 
@@ -1192,6 +1198,7 @@ class LocalPartial:
                 self.scheme,
                 self.started,
                 completed=True,
+                by_size=self.by_size,
             )
             with contextlib.suppress(OSError):
                 _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)

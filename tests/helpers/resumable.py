@@ -203,8 +203,9 @@ class Connection:
             return True
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return True
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(ready)
+        poller = select.poll()  # (not select(): descriptors past 1023 are fine)
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
 
     def receive(self, timeout: float | None = None) -> bool:
         """Read what is there into the buffer, waiting up to `timeout` (default: the

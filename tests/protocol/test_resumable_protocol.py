@@ -140,14 +140,15 @@ def test_an_append_waits_for_another_process_to_let_go(harness: Harness) -> None
     assert (harness.storage.root / PATH).read_bytes() == BODY
 
 
-def test_an_upload_another_process_never_lets_go_of_gets_409(harness: Harness) -> None:
+def test_an_upload_another_process_never_lets_go_of_gets_423(harness: Harness) -> None:
     target = start_cut_upload(harness, 100)
     other = LocalStorage(harness.storage.root, fsync=False)
     held = other.reopen(target.rsplit("/", 1)[1][:32])
     channel, transport = harness.connect()
     channel.dataReceived(request("DELETE", target))
     harness.clock.advance(RELEASE_WAIT + 2 * RELEASE_POLL)
-    assert status_of(transport.value()) == 409
+    assert transport.value().startswith(b"HTTP/1.1 423 Locked\r\n")  # (tus clients retry)
+    assert b"\r\nRetry-After: 1\r\n" in transport.value()
     assert transport.value().endswith(b"\r\n\r\nupload is in use by another request\n")
     held.close()
     assert harness.storage.describe(held.id).received == 100  # nothing was cancelled
@@ -235,3 +236,29 @@ def test_a_holder_lets_go_of_an_upload_another_process_claims(harness: Harness) 
     taken = other.reopen(upload_id)  # ... and the other process holds the upload
     assert taken.received == 250
     taken.close()
+
+
+def test_an_upload_that_has_all_of_its_size_is_stored_though_no_request_said_complete(
+    harness: Harness,
+) -> None:
+    # tus-js-client with a Node stream says "Upload-Complete: ?0" on every request; the size
+    # is signed, so nothing can follow once all of it is in.
+    target = start_cut_upload(harness, 300)
+    channel, transport = harness.connect()
+    head = patch(target, 300, len(BODY) - 300).replace(
+        b"Upload-Complete: ?1", b"Upload-Complete: ?0"
+    )
+    channel.dataReceived(head + BODY[300:])
+    response = transport.value()
+    assert status_of(response) == 201
+    assert (field(response, "Upload-Offset"), field(response, "Upload-Complete")) == ("768", "?1")
+    assert (harness.storage.root / PATH).read_bytes() == BODY
+    # A client that then says so, with an empty last part, is told it is done ...
+    channel, transport = harness.connect()
+    channel.dataReceived(patch(target, len(BODY), 0))
+    assert status_of(transport.value()) == 201
+    # ... but nothing can be appended any more.
+    channel, transport = harness.connect()
+    channel.dataReceived(patch(target, len(BODY) - 1, 1) + b"x")
+    assert status_of(transport.value()) == 400
+    assert b"#completed-upload" in transport.value()
