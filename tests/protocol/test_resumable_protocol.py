@@ -262,3 +262,16 @@ def test_an_upload_that_has_all_of_its_size_is_stored_though_no_request_said_com
     channel.dataReceived(patch(target, len(BODY) - 1, 1) + b"x")
     assert status_of(transport.value()) == 400
     assert b"#completed-upload" in transport.value()
+
+
+def test_an_append_while_the_creation_still_sends_terminates_it(harness: Harness) -> None:
+    # The draft's rule: the request under way is terminated before the new one is handled.
+    first, first_transport = harness.connect()
+    first.dataReceived(creation_head() + BODY[:200])  # stalled after a network switch
+    target = resource_of(first_transport.value())
+    channel, transport = harness.connect()
+    channel.dataReceived(patch(target, 200, len(BODY) - 200) + BODY[200:])
+    assert first_transport.disconnecting
+    assert status_of(transport.value()) == 201
+    cut(first)
+    assert (harness.storage.root / PATH).read_bytes() == BODY
