@@ -104,9 +104,7 @@ class Root(resource.Resource):  # type: ignore[misc]
                 request.setResponseCode(status)
                 if exchange is not None:
                     resumptions = self.site.resumptions
-                    self._set(
-                        request, encoded(resumptions.answer_headers(exchange, upload, status))
-                    )
+                    self._set(request, encoded(resumptions.answer_headers(exchange, upload)))
                 request.setHeader(b"content-length", b"0")
             else:
                 request.write(

@@ -152,11 +152,9 @@ class Resumptions:
 
     # -- answers to uploads ------------------------------------------------------------------
 
-    def answer_headers(
-        self, exchange: Exchange, upload: Upload, status: int
-    ) -> list[tuple[str, str]]:
+    def answer_headers(self, exchange: Exchange, upload: Upload) -> list[tuple[str, str]]:
         """The fields of the (successful) answer to a creation or append whose body is all
-        in: `status` 201 for a completed upload, else the status of a part."""
+        in: the upload is complete now, or this part of it is kept."""
         version = exchange.version
         done = upload.completes
         out = exchange.headers()
@@ -188,7 +186,7 @@ class Resumptions:
         )
         request.resumable = Exchange(version)
         if method == b"OPTIONS":
-            request.prepared = Prepared(204, self._options_headers(version, None))
+            request.prepared = Prepared(204, self._options_headers(version))
             return None
         upload_id = wire.id_of(token)
         if upload_id is None:
@@ -217,12 +215,13 @@ class Resumptions:
         if version is None or not self.enabled:
             return
         request.resumable = Exchange(version)
-        request.prepared = Prepared(204, self._options_headers(version, None)[1:])
+        request.prepared = Prepared(204, self._options_headers(version)[1:])
 
-    def _options_headers(self, version: wire.Version, size: int | None) -> list[tuple[str, str]]:
+    def _options_headers(self, version: wire.Version) -> list[tuple[str, str]]:
+        """Allow, and the limits of uploads (the largest a signed slot may have)."""
         out = [("Allow", RESOURCE_METHODS), ("Upload-Draft-Interop-Version", str(version.number))]
         if version.limits:
-            limit = self.site.config.server.max_upload_size if size is None else size
+            limit = self.site.config.server.max_upload_size
             out.append(("Upload-Limit", version.limit(limit, None)))
         if version.number >= 8:
             out.append(("Accept-Patch", wire.PARTIAL_UPLOAD))
