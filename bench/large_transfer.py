@@ -47,7 +47,7 @@ from harness.common import (
 )
 from harness.curl import run_curl, sha256_of_download
 from harness.files import check_free_space, create_test_file, dd_fdatasync
-from harness.report import write_json
+from harness.report import text_table, write_json
 from harness.sampling import RssSampler, kib_to_mib, read_tree_max_kib
 from harness.servers import running_ours
 
@@ -185,18 +185,7 @@ def _cell(key: str, value: object) -> str:
 
 
 def format_table(rows: Sequence[dict[str, object]]) -> str:
-    cells = [[_cell(key, r.get(key)) for _, key in COLUMNS] for r in rows]
-    widths = [
-        max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(COLUMNS)
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        pairs = enumerate(zip(values, widths, strict=True))
-        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in pairs).rstrip()
-
-    out = [line([t for t, _ in COLUMNS]), line(["-" * w for w in widths])]
-    out += [line(c) for c in cells]
-    return "\n".join(out)
+    return text_table(COLUMNS, rows, _cell, left=2)
 
 
 def median_rows(rows: Sequence[Row]) -> list[dict[str, object]]:

@@ -63,7 +63,7 @@ from harness.common import (
 )
 from harness.curl import sha256_of_download
 from harness.files import check_free_space, create_test_file
-from harness.report import write_json
+from harness.report import text_table, write_json
 from harness.sampling import (
     BUSY_MACHINE_CORES,
     OtherLoad,
@@ -684,19 +684,7 @@ def _cell(key: str, value: object) -> str:
 
 
 def format_table(rows: Sequence[dict[str, object]]) -> str:
-    cells = [[_cell(key, r.get(key)) for _, key in COLUMNS] for r in rows]
-    widths = [
-        max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(COLUMNS)
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        pairs = enumerate(zip(values, widths, strict=True))
-        return "  ".join(v.ljust(w) if i < _LEFT else v.rjust(w)
-                         for i, (v, w) in pairs).rstrip()
-
-    out = [line([t for t, _ in COLUMNS]), line(["-" * w for w in widths])]
-    out += [line(c) for c in cells]
-    return "\n".join(out)
+    return text_table(COLUMNS, rows, _cell, left=_LEFT)
 
 
 _MEDIAN_KEYS = ("put_seconds", "put_mb_s", "uncut_seconds", "uncut_mb_s", "cut_seconds",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,6 +316,28 @@ def resource_lines(res: Results) -> list[str]:
                      f"GET {num(med([t.get_cpu_s_per_gb for t in mine]), 2)}")
     return lines
 
+
+
+def text_table(
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[dict[str, object]],
+    cell: Callable[[str, object], str],
+    left: int,
+) -> str:
+    """A plain-text table of `rows` under `columns` (title, key): each value shown by
+    `cell(key, value)`, the first `left` columns aligned left, the others right."""
+    cells = [[cell(key, r.get(key)) for _, key in columns] for r in rows]
+    widths = [
+        max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(columns)
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        pairs = enumerate(zip(values, widths, strict=True))
+        return "  ".join(v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in pairs).rstrip()
+
+    out = [line([t for t, _ in columns]), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
 
 
 def write_json(output: Path, report: dict[str, object]) -> None:

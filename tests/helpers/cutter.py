@@ -50,6 +50,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+from tests.helpers.tcp import tcp_queues
+
 #: How long `start` waits for the listener, and `close` for the thread to end.
 THREAD_TIMEOUT = 10.0
 #: How long a cut waits for the client to read what it was sent (`after_answer`), at most,
@@ -492,33 +494,13 @@ async def _until_read(link: _Link) -> None:
     deadline = loop.time() + READ_WAIT
     while loop.time() < deadline and not link.cut:
         if link.client.transport.get_write_buffer_size() == 0:
-            sending = _tcp_queues(ours[1], theirs[1])
-            receiving = _tcp_queues(theirs[1], ours[1])
+            sending = tcp_queues(ours[1], theirs[1])
+            receiving = tcp_queues(theirs[1], ours[1])
             if sending is None or receiving is None:
                 return  # (not in this machine's tables: nothing to wait for)
             if sending[0] == 0 and receiving[1] == 0:
                 return
         await asyncio.sleep(_READ_POLL)
-
-
-def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
-    """The (send, receive) queue lengths of the TCP socket from `local_port` to
-    `remote_port` (on loopback), from /proc/net/tcp and tcp6; None if there is none."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) < 5:
-                continue
-            local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
-            if int(local, 16) == local_port and int(remote, 16) == remote_port:
-                sent, _, unread = fields[4].partition(":")
-                return int(sent, 16), int(unread, 16)
-    return None
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from tests.helpers.tcp import TcpEntry, tcp_entries
+
 #: The media type of PATCH bodies from interop version 6 on.
 PARTIAL_UPLOAD = "application/partial-upload"
 #: `content_type` of `patch`: what URLSession sends for the version (PARTIAL_UPLOAD from 6 on,
@@ -862,48 +864,14 @@ def options(
 # -- what the kernel shows of a loopback connection ------------------------------------------
 
 
-class _TcpEntry(NamedTuple):
-    local_port: int
-    remote_port: int
-    tx_queue: int
-    rx_queue: int
-    inode: int
-
-
-def _tcp_entries() -> list[_TcpEntry]:
-    entries = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10:
-                continue
-            local, remote, queues = fields[1], fields[2], fields[4]
-            tx, _, rx = queues.partition(":")
-            entries.append(
-                _TcpEntry(
-                    int(local.rsplit(":", 1)[1], 16),
-                    int(remote.rsplit(":", 1)[1], 16),
-                    int(tx, 16),
-                    int(rx, 16),
-                    int(fields[9]),
-                )
-            )
-    return entries
-
-
-def _ends(sock: socket.socket) -> tuple[_TcpEntry | None, _TcpEntry | None]:
+def _ends(sock: socket.socket) -> tuple[TcpEntry | None, TcpEntry | None]:
     """This end and the peer's end of a loopback connection, as /proc/net/tcp shows them."""
     try:
         ours, theirs = int(sock.getsockname()[1]), int(sock.getpeername()[1])
     except OSError:
         return None, None
     mine = peer = None
-    for entry in _tcp_entries():
+    for entry in tcp_entries():
         if (entry.local_port, entry.remote_port) == (ours, theirs):
             mine = entry
         elif (entry.local_port, entry.remote_port) == (theirs, ours):
