@@ -27,7 +27,7 @@ import pytest
 from tests.certs import TestCA
 from tests.helpers import resumable as rufh
 from tests.helpers.resumable import PARTIAL_UPLOAD, PROBLEM_TYPES, Response, says_complete
-from tests.helpers.server import Server, children, start_server, stop_server
+from tests.helpers.server import Server, children, start_https_server, start_server, stop_server
 from tests.helpers.signing import SECRET, mac_v1, mac_v2
 
 VERSIONS = [3, 4, 5, 6, 7, 8]
@@ -818,13 +818,7 @@ def test_two_workers(tmp_path: Path, version: int) -> None:
 def test_over_tls(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "pki")
     leaf = ca.issue("leaf")
-    server = start_server(
-        tmp_path,
-        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
-        extra_toml=f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{leaf.key}"\n',
-    )
-    address = next(a for a in server.addresses if a.startswith("https://"))
-    base = address.replace("https://127.0.0.1", "https://localhost")
+    server, base = start_https_server(tmp_path, leaf.certificate, leaf.key)
     tls = ssl.create_default_context(cafile=str(ca.path))
     for version in URLSESSION_LIKE:
         upload = cut_creation(base, version, tls=tls)

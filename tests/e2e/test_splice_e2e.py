@@ -20,7 +20,7 @@ import pytest
 from hmacfs.http.fast.splice import SPLICE_MIN
 from tests.certs import TestCA
 from tests.helpers.client import curl
-from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.server import Server, start_https_server, start_server, stop_server
 from tests.helpers.signing import mac_v1
 
 MIB = 1024 * 1024
@@ -262,13 +262,7 @@ def test_unix_socket_bodies_are_spliced(tmp_path: Path) -> None:
 def test_tls_bodies_take_the_ordinary_path(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "pki")
     leaf = ca.issue("localhost")
-    server = start_server(
-        tmp_path,
-        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
-        extra_toml=f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{leaf.key}"\n',
-    )
-    address = next(a for a in server.addresses if a.startswith("https://"))
-    base = address.replace("https://127.0.0.1", "https://localhost")
+    server, base = start_https_server(tmp_path, leaf.certificate, leaf.key)
     source = tmp_path / "body"
     digest = write_file(source, 2 * MIB)
     rel = f"{uuid.uuid4()}/tls.bin"

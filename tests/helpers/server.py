@@ -199,6 +199,18 @@ def start_server(
     return Server(process, port, storage, config_path, log, addresses)
 
 
+def start_https_server(tmp: Path, certificate: Path, key: Path) -> tuple[Server, str]:
+    """`start_server` with a plain and a TLS listener on port 0 and the certificate for
+    localhost; the server, and its https base URL under the name "localhost"."""
+    server = start_server(
+        tmp,
+        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
+        extra_toml=f'[tls]\ncertificate = "{certificate}"\nkey = "{key}"\n',
+    )
+    address = next(a for a in server.addresses if a.startswith("https://"))
+    return server, address.replace("https://127.0.0.1", "https://localhost")
+
+
 def stop_server(server: Server, timeout: float = STOP_TIMEOUT) -> int:
     """SIGTERM the server and return its exit status.
 
