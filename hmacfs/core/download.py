@@ -10,6 +10,7 @@ file. Ranges are parsed here and nowhere else.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import mimetypes
 import re
@@ -29,7 +30,15 @@ from hmacfs.core.paths import file_name
 
 #: How long a browser may keep a file that does not expire sooner.
 MAX_AGE = 7 * 86400
-_ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
+#: One entity tag of an If-Match / If-None-Match list, with the separators before it; matched
+#: at a given position only, so that a list is read in one pass whatever it holds.
+_ETAG_ITEM = re.compile(r'[ \t,]*(W/)?("[^"]*")[ \t]*')
+#: More ranges than this (after merging those that overlap or touch) and the Range header is
+#: ignored: the whole file is sent once, never a response many times its size.
+MAX_RANGES = 100
+#: Digits of a byte position that can mean anything to a file (int() of much longer text is
+#: slow, and refused past 4300 digits).
+_MAX_DIGITS = 18
 
 
 class FileFacts(Protocol):
@@ -106,6 +115,17 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     unit, sep, spec = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         return None
+    ranges = _ranges_in(spec, size)
+    if ranges is not None and len(ranges) > 1:
+        ranges = _coalesced(ranges)
+        if len(ranges) > MAX_RANGES:
+            return None
+    return ranges
+
+
+def _ranges_in(spec: str, size: int) -> list[tuple[int, int]] | None:
+    """The satisfiable ranges of a byte-ranges-specifier, in the order asked; None if it is
+    malformed."""
     ranges: list[tuple[int, int]] = []
     for item in spec.split(","):
         first_text, dash, last_text = item.strip().partition("-")
@@ -118,27 +138,60 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
         if first_text == "":
             if last_text == "":
                 return None
-            suffix = int(last_text)
+            suffix = _position(last_text)
             if suffix > 0 and size > 0:
                 ranges.append((max(0, size - suffix), size - 1))
             continue
-        first = int(first_text)
-        if last_text != "" and int(last_text) < first:
+        first = _position(first_text)
+        if last_text != "" and _position(last_text) < first:
             return None
-        last = size - 1 if last_text == "" else min(int(last_text), size - 1)
+        last = size - 1 if last_text == "" else min(_position(last_text), size - 1)
         if first < size:
             ranges.append((first, last))
     return ranges
+
+
+def _position(digits: str) -> int:
+    """A byte position's digits as a number; one past any file's size if they are too many."""
+    stripped = digits.lstrip("0") or "0"
+    return int(stripped) if len(stripped) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
+def _coalesced(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`ranges` as asked when none overlap or touch another; else in order, merged, so that
+    no byte is sent twice (RFC 9110 lets a server coalesce)."""
+    ordered = sorted(ranges)
+    if all(later[0] > earlier[1] + 1 for earlier, later in itertools.pairwise(ordered)):
+        return ranges
+    merged = [ordered[0]]
+    for first, last in ordered[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def etag_matches(header: str, etag: str, *, weak: bool) -> bool:
     """Whether an If-Match (`weak` False) or If-None-Match (`weak` True) list names `etag`."""
     if header.strip() == "*":
         return True
-    for match in _ETAG.finditer(header):
-        is_weak, tag = match.group(1), match.group(2)
-        if tag == etag.removeprefix("W/") and (weak or not is_weak):
-            return True
+    wanted = etag.removeprefix("W/")
+    position, end = 0, len(header)
+    while position < end:
+        match = _ETAG_ITEM.match(header, position)
+        if match is not None:
+            position = match.end()
+            if position == end or header[position] == ",":
+                is_weak, tag = match.group(1), match.group(2)
+                if tag == wanted and (weak or not is_weak):
+                    return True
+                continue
+        # Not an entity tag (or one followed by something else): skip to the next comma.
+        comma = header.find(",", position)
+        if comma < 0:
+            return False
+        position = comma + 1
     return False
 
 

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from hmacfs.core.refusals import Refusal
+from hmacfs.core.refusals import Refusal, TooLarge
 from hmacfs.http import _twisted
 from hmacfs.http.answers import as_refusal, raw_refusal
 from hmacfs.http.fast.direct import DirectWrites
@@ -34,6 +34,8 @@ from hmacfs.storage.backend import StoredFile
 if TYPE_CHECKING:
     from hmacfs.http.site import UploadSite
 
+#: A Content-Length of more digits than this is no size any upload can have.
+MAX_LENGTH_DIGITS = 18
 #: After a refusal, how long to keep reading (and discarding) what the client still sends, so
 #: that it gets to read the answer instead of a connection reset.
 LINGER_SECONDS = 5.0
@@ -83,7 +85,17 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             self._over_tls = bool(super().isSecure())
         return self._over_tls
 
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and len(value.strip()) > MAX_LENGTH_DIGITS:
+            # Twisted would take it to int(), which raises past 4300 digits.
+            self.refuse(self.requests[-1], TooLarge("Content-Length too large"))
+            return False
+        return bool(super().headerReceived(line))
+
     def allHeadersReceived(self) -> None:
+        if self._refused:
+            return  # (a header was refused already; what follows is discarded)
         request: UploadRequest = self.requests[-1]
         method, target = _twisted.request_line(self)
         try:

@@ -151,6 +151,10 @@ class _Absent(NotFound):
     """Nothing is at the path: one of its components does not exist (no link on the way)."""
 
 
+class _UnderFile(NotFound):
+    """A component on the way to the path is a file, not a directory."""
+
+
 def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -314,6 +318,8 @@ class LocalStorage:
                 st = os.lstat(path)
             except FileNotFoundError:
                 raise _Absent("not found") from None
+            except NotADirectoryError:
+                raise _UnderFile("not found") from None
             except (OSError, ValueError):
                 raise NotFound("not found") from None
             if stat.S_ISLNK(st.st_mode):
@@ -359,6 +365,8 @@ class LocalStorage:
             raise Conflict("file already exists") from None
         except _Absent:
             return None  # a directory on the way, or the file, is missing: nothing is there
+        except _UnderFile:
+            raise Conflict("path is in use") from None  # (a file where a directory must go)
         except NotFound:
             if os.path.lexists(self.path_of(rel)):
                 raise Conflict("path is in use") from None

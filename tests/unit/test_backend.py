@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hmacfs.core.refusals import NotFound, TooLarge
+from hmacfs.core.refusals import Conflict, NotFound, TooLarge
 from hmacfs.storage.backend import Backend, Busy
 from hmacfs.storage.local import PARTIAL_MAX_IDLE, LocalStorage
 
@@ -255,3 +255,14 @@ def test_a_kept_partial_whose_slot_was_stored_meanwhile_is_swept(
     with pytest.raises(NotFound):
         storage.describe(held.id)
     assert storage.lookup("m/f").size == 3
+
+
+def test_a_path_below_a_stored_file_is_in_use_before_any_body(storage: LocalStorage) -> None:
+    stored = storage.begin("u/b", 1, "text/plain")
+    stored.write(b"x")
+    stored.commit()
+    with pytest.raises(Conflict):
+        storage.existing("u/b/c")  # (the admission refuses it: no 100 Continue, no body)
+    with pytest.raises(Conflict):
+        storage.existing("u/b/c/d")
+    assert storage.existing("u/other") is None
