@@ -50,6 +50,8 @@ BlockingRunner = Callable[..., "defer.Deferred[Any]"]
 
 #: Requests other than PUT may carry a body this large at most (it is read and ignored).
 MAX_OTHER_BODY = 64 * 1024
+#: The storage check behind /health runs at most once in this many seconds.
+HEALTH_CACHE = 5.0
 #: At shutdown, how long an idle connection may still start a request before it is closed.
 IDLE_CLOSE_GRACE = 0.5
 
@@ -97,7 +99,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
             fast = FastPaths(enabled=config.server.fast_paths)
         self.fast = fast
         self._refilling = False
-        self.health_resource = HealthResource(self.health)
+        self.health_resource = HealthResource(self.public_health)
+        self._health_last: tuple[float, HealthReport] | None = None
+        self._health_waiters: list[defer.Deferred[HealthReport]] = []
         self.stopping = False
         self.config = config
         self._log_answers = _logs_answers(config)
@@ -322,11 +326,48 @@ class UploadSite(server.Site):  # type: ignore[misc]
         )
 
     def health(self) -> defer.Deferred[HealthReport]:
-        """The health report: the storage must be usable, the server not shutting down."""
+        """The health report: the storage must be usable, the server not shutting down.
+
+        The storage is checked (a file written and removed, on a thread) at most once every
+        HEALTH_CACHE seconds, however often /health is asked: requests meanwhile share the
+        last result, or the check under way."""
         if self.stopping:
             return defer.succeed(HealthReport(False, {"service": "shutting down"}))
-        d = self.run_blocking(self.storage.check)
-        return d.addCallback(lambda result: HealthReport.from_checks({"storage": result}))
+        now = self.now()
+        cached = self._health_last
+        if cached is not None and now - cached[0] < HEALTH_CACHE:
+            return defer.succeed(cached[1])
+        waiter: defer.Deferred[HealthReport] = defer.Deferred()
+        self._health_waiters.append(waiter)
+        if len(self._health_waiters) == 1:
+
+            def checked(result: str | Failure) -> None:
+                report = (
+                    HealthReport.from_checks({"storage": result})
+                    if isinstance(result, str)
+                    else HealthReport(False, {"storage": "check failed"})
+                )
+                if isinstance(result, str):
+                    self._health_last = (now, report)
+                waiters, self._health_waiters = self._health_waiters, []
+                for each in waiters:
+                    each.callback(report)
+
+            self.run_blocking(self.storage.check).addBoth(checked)
+        return waiter
+
+    def public_health(self) -> defer.Deferred[HealthReport]:
+        """The health report for the upload listeners, which anyone may ask: each check's
+        result is "ok" or "fail", without the reasons (such as the free disk space), which
+        the metrics listener's /health gives."""
+
+        def terse(report: HealthReport) -> HealthReport:
+            checks = {
+                name: "ok" if result == "ok" else "fail" for name, result in report.checks.items()
+            }
+            return HealthReport(report.ok, checks)
+
+        return self.health().addCallback(terse)
 
     @property
     def uploads(self) -> frozenset[Upload]:
