@@ -150,10 +150,12 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
     import shutil
     import signal
 
+    from hmacfs.process.limits import raise_open_files_limit
     from hmacfs.process.supervisor import multiprocess_dir, worker_count
     from hmacfs.process.systemd import Notifier, activated_sockets
     from hmacfs.process.worker import ignore_hangup, worker_plan
 
+    raise_open_files_limit()
     # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
     # activation variables for itself when it is first imported.
     activated = activated_sockets()
