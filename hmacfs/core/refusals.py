@@ -25,6 +25,7 @@ class Reason(enum.StrEnum):
     METHOD = "method"  # a method the server does not serve
     STORAGE = "storage"  # the storage refused (full, read-only, permissions)
     NOT_FOUND = "not_found"  # nothing is stored there (downloads)
+    TIMEOUT = "timeout"  # a request head or body that came too slowly
     INTERNAL = "internal"  # a bug: an unexpected exception
 
 
@@ -86,6 +87,13 @@ class Conflict(Refusal):
 class Gone(Refusal):
     status = 410
     default_reason = Reason.EXPIRED
+
+
+class RequestTimeout(Refusal):
+    """408: the request's head, or its body, came too slowly."""
+
+    status = 408
+    default_reason = Reason.TIMEOUT
 
 
 class LengthRequired(Refusal):

@@ -596,6 +596,23 @@ class ServerSettings(_ListensOn):
         Seconds(positive=True),
         "a connection that sends nothing for this long is closed, also in the middle of a body",
     )
+    head_timeout: float = setting(
+        30.0,
+        Seconds(positive=True),
+        "a request's head (request line and headers) must be in this long after its first "
+        "byte (408 otherwise), however steadily it trickles",
+    )
+    min_body_rate: int = setting(
+        1024,
+        Size(),
+        "bytes per second an upload's body must average over each minute (408 otherwise; "
+        "what arrived of a resumable upload is kept); 0 for no minimum",
+    )
+    send_timeout: float = setting(
+        120.0,
+        Seconds(positive=True),
+        "an answer the client reads nothing of for this long is cut off",
+    )
     fsync: bool = setting(
         True,
         Flag(),

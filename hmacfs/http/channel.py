@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from hmacfs.core.refusals import Refusal, TooLarge
+from hmacfs.core.refusals import Refusal, RequestTimeout, TooLarge
 from hmacfs.http import _twisted
 from hmacfs.http.answers import as_refusal, raw_refusal
 from hmacfs.http.fast.direct import DirectWrites
@@ -65,10 +65,13 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _held_back: list[bytes]
     _content_pending = False
     _lost = False
+    #: The deadline of the request head being received (see `hmacfs.http.deadlines`).
+    _head_timer: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+        self.site.deadlines.connection_opened()
         if self.site.fast.enabled:
             self._direct_writes = DirectWrites.install(self.transport, self)
 
@@ -94,6 +97,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
+        self._stop_head_timer()
         if self._refused:
             return  # (a header was refused already; what follows is discarded)
         request: UploadRequest = self.requests[-1]
@@ -219,6 +223,11 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             and answer_quickly(self, data)
         ):
             return
+        if self._head_timer is None and _twisted.between_requests(self):
+            # A new request begins: its head must be in by the deadline, however it trickles.
+            self._head_timer = self.callLater(
+                self.site.config.server.head_timeout, self._head_too_slow
+            )
         super().dataReceived(data)
         if self._splice_request is not None and self._splicer is None:
             self._splicer = BodySplicer.attempt(self.site.fast.splice, self, self._splice_request)
@@ -241,8 +250,27 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             return
         super().allContentReceived()
 
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._refused:
+            return
+        self._refused = True
+        refusal = RequestTimeout("the request head is coming too slowly")
+        self.site.metrics.refused(refusal.status, refusal.reason, None)
+        _log.info("a request head came too slowly; closing the connection")
+        transport: Any = self.transport
+        transport.write(raw_refusal(refusal, self.site.config.http, None))
+        transport.loseConnection()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        self._stop_head_timer()
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None

@@ -36,6 +36,7 @@ from hmacfs.core.refusals import (
 from hmacfs.core.settings import Config
 from hmacfs.core.units import format_size
 from hmacfs.http.channel import UploadChannel
+from hmacfs.http.deadlines import Deadlines
 from hmacfs.http.fast import FastPaths
 from hmacfs.http.proxies import TrustedProxies
 from hmacfs.http.request import UploadRequest
@@ -109,6 +110,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.storage = storage
         self.clock: Any = reactor
         self.resumptions = Resumptions(self)
+        self.deadlines = Deadlines(self)
         #: Uploads whose body is coming or being committed, with their requests (to cut them).
         self.in_flight: dict[Upload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []

@@ -88,6 +88,7 @@ class SendfileProducer:
         self.offset += sent
         self.left -= sent
         self.sent += sent
+        self.request.sentLength += sent  # (as it goes: the send deadline watches it)
         if self.left <= 0:
             self._finish()
         else:
@@ -111,7 +112,6 @@ class SendfileProducer:
         transport.unregisterProducer()
         if transport.connected and not transport.disconnecting:
             transport.registerProducer(channel, True)
-        request.sentLength += self.sent
         if not _twisted.request_disconnected(request):
             request.finish()
 
