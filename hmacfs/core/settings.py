@@ -613,6 +613,17 @@ class ServerSettings(_ListensOn):
         Seconds(positive=True),
         "an answer the client reads nothing of for this long is cut off",
     )
+    max_connections: int = setting(
+        16384,
+        Count(1 << 20, zero="no cap"),
+        "connections a process keeps open at most; one more is answered 503 and closed",
+    )
+    max_connections_per_address: int = setting(
+        1024,
+        Count(1 << 20, zero="no cap"),
+        "connections a process keeps open from one client address at most (trusted_proxies "
+        "are exempt); one more is answered 503 and closed",
+    )
     fsync: bool = setting(
         True,
         Flag(),

@@ -24,6 +24,7 @@ from twisted.web import http
 from hmacfs.core.refusals import Refusal, RequestTimeout, TooLarge
 from hmacfs.http import _twisted
 from hmacfs.http.answers import as_refusal, raw_refusal
+from hmacfs.http.caps import refusal_bytes
 from hmacfs.http.fast.direct import DirectWrites
 from hmacfs.http.fast.quick import answer_quickly
 from hmacfs.http.fast.splice import BodySplicer
@@ -67,11 +68,19 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _lost = False
     #: The deadline of the request head being received (see `hmacfs.http.deadlines`).
     _head_timer: Any = None
+    #: The peer's address as the connection caps counted it (None: not counted).
+    counted_host: tuple[str | None] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
         self.site.deadlines.connection_opened()
+        over = self.site.connection_opened(self)
+        if over is not None:
+            self._refused = True
+            transport: Any = self.transport
+            transport.write(refusal_bytes(over))
+            transport.loseConnection()
         if self.site.fast.enabled:
             self._direct_writes = DirectWrites.install(self.transport, self)
 

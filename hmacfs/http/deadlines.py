@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import task
 from twisted.logger import Logger
 
+from hmacfs.core.printable import printable
 from hmacfs.core.refusals import RequestTimeout
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Deadlines:
             if rate and upload.received - received < rate * (now - started):
                 _log.info(
                     "{path}: the body came at {rate:.0f} bytes/s; cut off",
-                    path=upload.rel,
+                    path=printable(upload.rel),
                     rate=(upload.received - received) / (now - started),
                 )
                 request.body_failed(RequestTimeout("the body is coming too slowly"))

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from hmacfs.core import resumable as wire
 from hmacfs.core.auth import Grant
+from hmacfs.core.printable import printable
 from hmacfs.core.refusals import (
     BadRequest,
     LengthRequired,
@@ -346,7 +347,10 @@ class Resumptions:
         if not upload.interruptible:
             return  # (its body is in: the commit finishes on its own)
         request = self.site.in_flight.get(upload)
-        _log.info("taking over the upload of {path}: its earlier request is cut", path=upload.rel)
+        _log.info(
+            "taking over the upload of {path}: its earlier request is cut",
+            path=printable(upload.rel),
+        )
         upload.abort(DISCONNECTED)
         channel = getattr(request, "channel", None)
         if channel is not None and channel.transport is not None:
@@ -388,7 +392,7 @@ class Resumptions:
                 "the upload is complete already", headers=(exchange.version.completeness(True),)
             )
         partial.abort()
-        _log.info("resumable upload of {path} cancelled", path=state.rel)
+        _log.info("resumable upload of {path} cancelled", path=printable(state.rel))
         request.prepared = Prepared(204, exchange.headers())
 
     def _patch_checked(

@@ -24,6 +24,7 @@ from hmacfs.core import auth
 from hmacfs.core import resumable as wire
 from hmacfs.core.headers import ALLOWED_METHODS, safe_media_type
 from hmacfs.core.paths import decode_path, split_target
+from hmacfs.core.printable import printable
 from hmacfs.core.refusals import (
     BadRequest,
     Conflict,
@@ -35,6 +36,7 @@ from hmacfs.core.refusals import (
 )
 from hmacfs.core.settings import Config
 from hmacfs.core.units import format_size
+from hmacfs.http.caps import ConnectionCaps
 from hmacfs.http.channel import UploadChannel
 from hmacfs.http.deadlines import Deadlines
 from hmacfs.http.fast import FastPaths
@@ -111,6 +113,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.clock: Any = reactor
         self.resumptions = Resumptions(self)
         self.deadlines = Deadlines(self)
+        self.caps = ConnectionCaps(self.now)
         #: Uploads whose body is coming or being committed, with their requests (to cut them).
         self.in_flight: dict[Upload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -291,9 +294,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
             # (a refusal mid-body was logged as one; this is a client gone, or cut off)
             _log.info(
                 "{client} {method} {path} broke off after {received} of {size} bytes{what}",
-                client=self.client_address(request),
+                client=printable(self.client_address(request)),
                 method="PATCH" if upload.resumed else "PUT",
-                path=upload.rel,
+                path=printable(upload.rel),
                 received=upload.received,
                 size=upload.size,
                 what="; kept to resume" if upload.resumable else "",
@@ -320,11 +323,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.metrics.refused(refusal.status, refusal.reason, scheme)
         _log.info(
             "{client} {method} {path} -> {status} refused: {reason}",
-            client=self.client_address(request),
-            method=method.decode("latin-1"),
-            path=request.rel or "-",
+            client=printable(self.client_address(request)),
+            method=printable(method.decode("latin-1")),
+            path=printable(request.rel or "-"),
             status=refusal.status,
-            reason=refusal.text,
+            reason=printable(refusal.text),
         )
 
     def health(self) -> defer.Deferred[HealthReport]:
@@ -419,7 +422,26 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
         return waiter.addCallback(done)
 
+    def connection_opened(self, channel: UploadChannel) -> str | None:
+        """Count a new connection against the caps; which cap it is over, if one."""
+        server = self.config.server
+        transport: Any = channel.transport
+        host = getattr(transport.getPeer(), "host", None)
+        over = self.caps.admit(
+            host,
+            server.max_connections,
+            server.max_connections_per_address,
+            server.trusted_proxies,
+        )
+        if over is None:
+            channel.counted_host = (host,)
+        return over
+
     def channel_closed(self, channel: UploadChannel) -> None:
+        counted = getattr(channel, "counted_host", None)
+        if counted is not None:
+            channel.counted_host = None
+            self.caps.release(counted[0])
         self.channels.discard(channel)
         if not self.channels:
             waiters, self._closed_waiters = self._closed_waiters, []
@@ -501,10 +523,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         duration = max(0.0, self.now() - started) if started is not None else 0.0
         _log.info(
             "{client}{secure} {method} {path} -> {status} {size} bytes{scheme} {duration:.3f}s",
-            client=client,
+            client=printable(client),
             secure=" (https)" if secure else "",
-            method=method.decode("latin-1"),
-            path=rel or "-",
+            method=printable(method.decode("latin-1")),
+            path=printable(rel or "-"),
             status=status,
             size=size,
             scheme=f" [{scheme}]" if scheme is not None else "",

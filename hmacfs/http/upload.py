@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hmacfs.core.auth import Grant
+from hmacfs.core.printable import printable
 from hmacfs.core.refusals import Refusal, StorageFailure
 from hmacfs.metrics import Metrics
 from hmacfs.storage.backend import CompareOnThread, Partial, StoredFile
@@ -191,10 +192,14 @@ class Upload:
             error = failure.value
             if isinstance(error, Refusal):
                 if isinstance(error, StorageFailure):
-                    _log.error("storing {path} failed: {reason}", path=self.rel, reason=error.text)
+                    _log.error(
+                        "storing {path} failed: {reason}",
+                        path=printable(self.rel),
+                        reason=printable(error.text),
+                    )
                 self._answer(answer, error.status, error)
                 return
-            _log.failure("storing {path} failed", failure, path=self.rel)
+            _log.failure("storing {path} failed", failure, path=printable(self.rel))
             self._answer(answer, 500, None)
 
         d.addCallbacks(done, failed)
@@ -210,7 +215,7 @@ class Upload:
         try:
             answer(status, refusal)
         except Exception:  # the upload still ends, and is counted
-            _log.failure("answering the upload of {path} failed", path=self.rel)
+            _log.failure("answering the upload of {path} failed", path=printable(self.rel))
         self._end(State.ANSWERED, status)
 
     def finish(self, answer: Answer, part_status: int) -> None:
@@ -234,7 +239,7 @@ class Upload:
         try:
             answer(status, None)
         except Exception:
-            _log.failure("answering the upload of {path} failed", path=self.rel)
+            _log.failure("answering the upload of {path} failed", path=printable(self.rel))
         self._end(State.KEPT, status)
 
     def abort(self, status: int) -> None:

@@ -21,6 +21,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from hmacfs.core.printable import printable_line
 from hmacfs.process.systemd import stream_is_journal
 
 #: sd-daemon(3) priorities for Twisted's levels.
@@ -68,7 +69,9 @@ class LineObserver:
             except Exception:
                 text += "\n(traceback unavailable)"
         namespace = str(event.get("log_namespace") or "-")
-        lines = text.rstrip("\n").split("\n") or [""]
+        # Values from clients are escaped where they are logged; this catches the rest
+        # (Twisted's own messages, exceptions quoting a request), line by line.
+        lines = [printable_line(line) for line in text.rstrip("\n").split("\n")] or [""]
         if self.journal:
             prefix = f"<{PRIORITY.get(level, 6)}>"
             out = "".join(f"{prefix}{namespace}: {line}\n" for line in lines)

@@ -36,6 +36,7 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
+from hmacfs.core.printable import printable
 from hmacfs.core.refusals import Refusal, StorageFailure
 from hmacfs.http import _twisted
 
@@ -156,8 +157,8 @@ class BodySplicer:
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.support.pipe_size)
         self._pipe_capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
         _twisted.take_reads(self.transport, self._do_read)
-        _log.debug("{path}: splicing the body, {left} bytes to go", path=self.upload.rel,
-                   left=self.left)
+        _log.debug("{path}: splicing the body, {left} bytes to go",
+                   path=printable(self.upload.rel), left=self.left)
         return True
 
     def stop(self) -> None:
@@ -266,7 +267,7 @@ class BodySplicer:
         self.support.bodies += 1
         _log.debug(
             "{path}: {spliced} of {size} body bytes spliced",
-            path=self.upload.rel,
+            path=printable(self.upload.rel),
             spliced=self.spliced,
             size=self.upload.size,
         )
