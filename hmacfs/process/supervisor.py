@@ -112,6 +112,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.supervisor.worker_ended(self, reason)
 
 
+#: The directory this process imported hmacfs from, which the workers must find it in too.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
 class Supervisor(ServerProcess):
     """Starts, watches, replaces and stops the workers; talks to systemd."""
 
@@ -220,7 +224,17 @@ class Supervisor(ServerProcess):
             env.pop(variable, None)
         source = self.config.source
         assert source is not None
-        argv = [sys.executable, "-m", "hmacfs", "--config", str(source), "worker"]
+        # -P: the working directory is not put first on sys.path (as -m alone does), so a
+        # module there (an http.py, say) is never imported by a worker; PYTHONPATH still counts,
+        # and names where this process found hmacfs itself (a checkout run in place).
+        argv = [sys.executable, "-P", "-m", "hmacfs", "--config", str(source), "worker"]
+        # (sys.path[0] is the working directory or the script's, which a worker has not)
+        inherited = sys.path if sys.flags.safe_path else sys.path[1:]
+        if _PACKAGE_ROOT not in {os.path.realpath(p) for p in inherited if p}:
+            # Found only through it: `python -m hmacfs` in a checkout.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
+            )
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
         _log.debug("started worker {index} (pid {pid})", index=index, pid=worker.pid)
         return worker
