@@ -700,12 +700,29 @@ class HmacSettings:
     )
     algorithm: str = setting("sha256", Choice(ALGORITHMS), "the hash of the HMAC")
     v1_support: bool = setting(True, Flag(), "accept scheme v (?v=)")
-    v2_support: bool = setting(True, Flag(), "accept scheme v2 (?v2=)")
-    token_support: bool = setting(True, Flag(), "accept scheme token (?token=)")
+    v2_support: bool = setting(
+        True,
+        Flag(),
+        "accept scheme v2 (?v2=); its MAC also passes as ?token= and, with no Expires header,"
+        " as Cookie: auth= or Basic auth: to refuse it, switch off those three schemes too",
+    )
+    token_support: bool = setting(
+        True, Flag(), "accept scheme token (?token=), which signs the same message as v2"
+    )
     v3_support: bool = setting(True, Flag(), "accept scheme v3 (?v3=...&expires=...)")
     jwt_support: bool = setting(True, Flag(), "accept scheme jwt (Authorization: Bearer)")
-    basic_support: bool = setting(True, Flag(), "accept scheme basic (Authorization: Basic)")
-    cookie_support: bool = setting(True, Flag(), "accept scheme cookie (Cookie: auth=)")
+    basic_support: bool = setting(
+        True,
+        Flag(),
+        "accept scheme basic (Authorization: Basic): the password is the v2 MAC, or with an"
+        " Expires header the MAC of the v2 message followed by that header",
+    )
+    cookie_support: bool = setting(
+        True,
+        Flag(),
+        "accept scheme cookie (Cookie: auth=): the v2 MAC, or with an Expires header the MAC"
+        " of the v2 message followed by that header",
+    )
     x_hmac_support: bool = setting(True, Flag(), "accept scheme x-hmac (X-HMAC-Signature)")
     clock_skew: float = setting(
         30.0,
