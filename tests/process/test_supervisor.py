@@ -86,8 +86,9 @@ def test_workers_get_the_sockets_and_ready_waits_for_every_one(
     upload, metrics = supervisor.bound[0].sock, supervisor.metrics_bound[0].sock
     assert len(reactor.spawned) == 2
     for index, process in enumerate(reactor.spawned):
+        # (-P: nothing of the working directory is imported)
         assert process.argv == [
-            sys.executable, "-m", "hmacfs", "--config", str(config_file.path), "worker"
+            sys.executable, "-P", "-m", "hmacfs", "--config", str(config_file.path), "worker"
         ]
         assert process.child_fds == {1: 1, 2: 2, 3: upload.fileno(), 4: metrics.fileno(), 5: "r"}
         assert plan_of(process) == {
