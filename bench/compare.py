@@ -29,7 +29,6 @@ import http.client
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 
 # bench/ is not a package: running `python bench/compare.py` puts this directory on sys.path.
 from harness import REPO_ROOT
-from harness.common import CURL, DD, GIB, MIB, BenchError, clean_env, num, settle, size_name
+from harness.common import (
+    CURL,
+    DD,
+    GIB,
+    MIB,
+    BenchError,
+    clean_env,
+    num,
+    run_driver,
+    settle,
+    size_name,
+)
 from harness.files import check_free_space, create_test_file, dd_fdatasync, tmpfs_mount
 from harness.profiling import print_profile
 from harness.report import (
@@ -290,10 +299,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.tmpdir is not None:
         args.tmpdir.mkdir(parents=True, exist_ok=True)
@@ -381,12 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: missing {', '.join(missing) or 'dd'}: run `bash bench/setup.sh`",
               file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped and temporary files removed", file=sys.stderr)
-        return 130
+    return run_driver(lambda: run(args), "servers stopped and temporary files removed")
 
 
 if __name__ == "__main__":

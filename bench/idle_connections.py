@@ -35,7 +35,6 @@ import platform
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,12 +44,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 # bench/ is not a package: running `python bench/idle_connections.py` puts this directory on
 # sys.path.
 from harness import REPO_ROOT
-from harness.common import HOST, KIB, MIB, UPLOAD_PREFIX, BenchError
+from harness.common import HOST, KIB, MIB, UPLOAD_PREFIX, BenchError, run_driver
 from harness.report import text_table, write_json
 from harness.sampling import process_tree, read_one_kib
 from harness.servers import READY_TIMEOUT_S, stop_process_group
@@ -514,10 +512,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(args: argparse.Namespace) -> int:
     soft, hard = raise_nofile(args.connections + FD_MARGIN)
     if args.connections + FD_MARGIN > soft:
@@ -584,15 +578,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; temporary files removed", file=sys.stderr)
-        return 130
+    return run_driver(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -22,14 +22,12 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 # bench/ is not a package: running `python bench/large_transfer.py` puts this directory on
 # sys.path.
@@ -43,6 +41,7 @@ from harness.common import (
     UPLOAD_PREFIX,
     BenchError,
     mb_per_s,
+    run_driver,
     size_label,
 )
 from harness.curl import run_curl, sha256_of_download
@@ -280,10 +279,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def measure_all(
     args: argparse.Namespace, workdir: Path, rows: list[Row], dd_results: list[dict[str, object]]
 ) -> None:
@@ -429,15 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"error: {tool} not found", file=sys.stderr)
             return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; temporary files removed", file=sys.stderr)
-        return 130
+    return run_driver(lambda: run(args))
 
 
 if __name__ == "__main__":

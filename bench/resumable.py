@@ -33,7 +33,6 @@ import os
 import platform
 import select
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -45,7 +44,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from io import BufferedReader
 from pathlib import Path
-from types import FrameType
 from urllib.parse import urlsplit
 
 # bench/ is not a package: running `python bench/resumable.py` puts this directory on sys.path.
@@ -58,6 +56,7 @@ from harness.common import (
     UPLOAD_PREFIX,
     BenchError,
     mb_per_s,
+    run_driver,
     settle,
     size_label,
 )
@@ -816,10 +815,6 @@ def server_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def measure_all(args: argparse.Namespace, workdir: Path, rows: list[Row]) -> None:
     sizes: list[int] = args.size_list
     # the test files + three stored copies of each per run (storage is wiped per server)
@@ -959,15 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which(CURL) is None:
         print(f"error: {CURL} not found (the content check downloads with it)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; temporary files removed", file=sys.stderr)
-        return 130
+    return run_driver(lambda: run(args))
 
 
 if __name__ == "__main__":

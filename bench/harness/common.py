@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 HOST = "127.0.0.1"
 UPLOAD_PREFIX = "/upload/"
@@ -22,6 +26,24 @@ MIN_RATE_B_S = 1 * MB
 
 class BenchError(Exception):
     """A problem that makes further measurement pointless (server will not start...)."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_driver(run: Callable[[], int], interrupted: str = "temporary files removed") -> int:
+    """A driver's exit status: `run`'s, 2 for a BenchError, 130 for Ctrl-C or SIGTERM (which
+    interrupts `run` as Ctrl-C does, so that its clean-up runs)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return run()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {interrupted}", file=sys.stderr)
+        return 130
 
 
 def size_label(size: int) -> str:
