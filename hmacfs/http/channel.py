@@ -232,7 +232,7 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             and answer_quickly(self, data)
         ):
             return
-        if self._head_timer is None and _twisted.between_requests(self):
+        if self._head_timer is None and not self.requests and _twisted.between_requests(self):
             # A new request begins: its head must be in by the deadline, however it trickles.
             self._head_timer = self.callLater(
                 self.site.config.server.head_timeout, self._head_too_slow

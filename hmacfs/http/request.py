@@ -39,6 +39,21 @@ class UploadRequest(server.Request):  # type: ignore[misc]
         site = getattr(self.channel, "site", None)
         self.started: float = site.now() if site is not None else 0.0
 
+    _plain: dict[str, str] | None = None
+
+    def plain_headers(self) -> dict[str, str]:
+        """The request headers as text, by lower-case name (the first of each; cookies
+        joined), worked out once. UTF-8 with surrogateescape: auth signs text that way, so
+        this gives back the exact bytes."""
+        if self._plain is None:
+            out: dict[str, str] = {}
+            for name, values in self.requestHeaders.getAllRawHeaders():
+                key = name.decode("latin-1").lower()
+                texts = [v.decode("utf-8", "surrogateescape") for v in values]
+                out[key] = "; ".join(texts) if key == "cookie" else texts[0]
+            self._plain = out
+        return self._plain
+
     @property
     def scheme(self) -> str | None:
         return self.upload.grant.scheme if self.upload is not None else None

@@ -96,14 +96,19 @@ class Resumptions:
     def __init__(self, site: UploadSite) -> None:
         self.site = site
         self._watch: task.LoopingCall | None = None
+        self._prefix: tuple[str | None, bytes] = (None, b"")
 
     @property
     def enabled(self) -> bool:
         return bool(self.site.config.server.resumable)
 
     def resource_prefix(self) -> bytes:
-        """The path below which upload resources live."""
-        return (self.site.config.server.upload_prefix + wire.RESOURCE_DIR).encode()
+        """The path below which upload resources live (asked for every request: worked out
+        once per configuration)."""
+        prefix = self.site.config.server.upload_prefix
+        if self._prefix[0] != prefix:
+            self._prefix = (prefix, (prefix + wire.RESOURCE_DIR).encode())
+        return self._prefix[1]
 
     # -- creation ----------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class Resumptions:
         has its `Upload` attached to `request`, any other request its `Prepared` answer."""
         if not self.enabled:
             raise NotFound("not found")
-        headers = _plain(request)
+        headers = request.plain_headers()
         version = wire.version_of(headers.get("upload-draft-interop-version")) or wire.Version(
             wire.NEWEST
         )
@@ -211,7 +216,7 @@ class Resumptions:
 
     def options(self, request: UploadRequest) -> None:
         """An OPTIONS that names an interop version, to any URL: the limits."""
-        headers = _plain(request)
+        headers = request.plain_headers()
         version = wire.version_of(headers.get("upload-draft-interop-version"))
         if version is None or not self.enabled:
             return
@@ -516,13 +521,6 @@ def request_gone(request: UploadRequest) -> bool:
     """Whether the client of `request` is gone already (seen on its socket)."""
     channel = request.channel
     return channel is None or channel.transport is None or _twisted.peer_gone(channel.transport)
-
-
-def _plain(request: UploadRequest) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        out[name.decode("latin-1").lower()] = values[0].decode("latin-1")
-    return out
 
 
 def _no_upload_fields(headers: dict[str, str], version: wire.Version) -> None:

@@ -66,16 +66,6 @@ def _logs_answers(config: Config) -> bool:
     return config.server.log_level in ("debug", "info")
 
 
-def _plain_headers(request: http.Request) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        key = name.decode("latin-1").lower()
-        # auth signs text as UTF-8 with surrogateescape: this gives it back the exact bytes.
-        texts = [v.decode("utf-8", "surrogateescape") for v in values]
-        out[key] = "; ".join(texts) if key == "cookie" else texts[0]
-    return out
-
-
 def _peer_host(request: http.Request) -> str | None:
     host = getattr(request.getClientAddress(), "host", None)
     return str(host) if host is not None else None
@@ -186,7 +176,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         if method == b"PUT":
             request.upload = self._admit_put(target, request, length, None)
         elif method == b"POST":
-            creation = self.resumptions.creation(_plain_headers(request))
+            creation = self.resumptions.creation(request.plain_headers())
             if creation is None:
                 raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
             request.upload = self._admit_put(target, request, length, creation)
@@ -214,7 +204,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         if rel == "":
             raise BadRequest("no file name in path", Reason.BAD_PATH)
         request.rel = rel
-        headers = _plain_headers(request)
+        headers = request.plain_headers()
         if creation is None:
             creation = self.resumptions.creation(headers)
         has_length = length is not None and request.requestHeaders.hasHeader(b"content-length")
