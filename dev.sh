@@ -12,11 +12,12 @@ VENV=${HMACFS_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 
 # Debian packages the tests need: the Debian-packages test run, the real XMPP servers and
-# clients of the interop matrix, a real systemd in a container, and the .deb build.
+# clients of the interop matrix, a real systemd in a container, the fault tests (a wall
+# clock that steps, an ext4 image that turns read-only), and the .deb build.
 SYSTEM_PACKAGES=(curl python3-venv python3-pip
   python3-twisted python3-openssl python3-service-identity python3-sdnotify
   python3-prometheus-client python3-pytest
-  systemd-container debootstrap zstd groff-base man-db)
+  systemd-container debootstrap zstd groff-base man-db faketime e2fsprogs)
 mapfile -t INTEROP_PACKAGES < <(grep -v '^\s*#' tests/interop/packages.txt | grep -v '^\s*$')
 
 # tus-js-client for the resumable upload interop tests, pinned by its lock file.

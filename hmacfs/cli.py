@@ -175,11 +175,13 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
+    from hmacfs.process.clock import use_monotonic_clock
     from hmacfs.process.logs import start_logging
     from hmacfs.process.node import Node
     from hmacfs.process.supervisor import Supervisor
 
     reactor: Any = global_reactor
+    use_monotonic_clock(reactor)
     log = Logger(namespace="hmacfs")
     observer = start_logging(cfg.server.log_level)
     if plan is None:

@@ -140,7 +140,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         wanted = {
             name: value for name in _PLAN_HEADERS if (value := _header(request, name)) is not None
         }
-        plan = download.plan(request.method, wanted, stored, self.site.now())
+        plan = download.plan(request.method, wanted, stored, self.site.wall())
         request.setResponseCode(plan.status)
         self._set(request, list(plan.headers))
         if not plan.body:

@@ -376,7 +376,7 @@ class Resumptions:
             left = (
                 None
                 if state.complete
-                else state.touched + self.site.storage.resumable_ttl - self.site.now()
+                else state.touched + self.site.storage.resumable_ttl - self.site.wall()
             )
             out.append(("Upload-Limit", version.limit(state.size, left)))
         return out

@@ -9,6 +9,7 @@ answered by `hmacfs.http.answers` only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -83,6 +84,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         reactor: IReactorTime,
         run_blocking: BlockingRunner | None = None,
         fast: FastPaths | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(Root(self), timeout=config.server.idle_timeout, reactor=reactor)
         self.protocol = UploadChannel  # type: ignore[assignment,method-assign]
@@ -100,7 +103,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self._log_answers = _logs_answers(config)
         self.proxies = TrustedProxies(config.server.trusted_proxies)
         self.storage = storage
+        #: Timers and durations (the reactor's clock, monotonic in a server).
         self.clock: Any = reactor
+        #: The date, for what is compared with dates: expiry and ages.
+        self.wall = wall
         self.resumptions = Resumptions(self)
         self.deadlines = Deadlines(self)
         self.caps = ConnectionCaps(self.now)
@@ -128,6 +134,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         storage.background = in_background
 
     def now(self) -> float:
+        """An instant on the timers' clock (for intervals; not a date: see `wall`)."""
         return float(self.clock.seconds())
 
     def reconfigure(self, config: Config) -> None:
@@ -219,7 +226,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
             headers=headers,
             content_length=size,
         )
-        grant = auth.verify(attempt, config.hmac, self.now())
+        grant = auth.verify(attempt, config.hmac, self.wall())
         request.grant = grant
         if grant.size > config.server.max_upload_size:
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")

@@ -70,7 +70,7 @@ class Node(ServerProcess):
         self.reporter = reporter
         self.activated = activated or ActivatedSockets()
         self.tls = tls_for(config, _log)
-        self.storage = open_storage(config, reactor)
+        self.storage = open_storage(config)
         self.site = UploadSite(config, self.storage, reactor, run_blocking)
         site = self.site
         self.listeners = Listeners(

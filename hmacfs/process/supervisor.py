@@ -138,7 +138,7 @@ class Supervisor(ServerProcess):
         self.bound: list[Bound] = []
         self.metrics_bound: list[Bound] = []
         self.workers: list[WorkerProcess] = []
-        self.storage = open_storage(config, reactor)
+        self.storage = open_storage(config)
         if run_blocking is None:
             pool = reactor.getThreadPool()
 

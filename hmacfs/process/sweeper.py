@@ -7,6 +7,7 @@ worker).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,15 +22,15 @@ from hmacfs.storage.local import LocalStorage
 _log = Logger(namespace="hmacfs.process.sweeper")
 
 
-def open_storage(config: Config, clock: Any) -> LocalStorage:
-    """The storage directory of `config`, on `clock` (a reactor: its `seconds()` is now).
+def open_storage(config: Config, wall: Callable[[], float] = time.time) -> LocalStorage:
+    """The storage directory of `config`; `wall` tells the date (file ages, expiry).
 
     Raises OSError when the directory cannot be created or used."""
     return LocalStorage(
         config.server.storage_dir,
         fsync=config.server.fsync,
         file_ttl=config.server.file_ttl,
-        clock=clock.seconds,
+        clock=wall,
         resumable_ttl=config.server.resumable_ttl,
     )
 

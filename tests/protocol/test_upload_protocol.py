@@ -46,7 +46,12 @@ class Harness:
             return defer.maybeDeferred(f, *args)
 
         self.site = UploadSite(
-            config, self.storage, self.clock, run_blocking=run_blocking, fast=FastPaths(fast)
+            config,
+            self.storage,
+            self.clock,
+            run_blocking=run_blocking,
+            fast=FastPaths(fast),
+            wall=self.clock.seconds,
         )
 
     def connect(self) -> tuple[UploadChannel, StringTransport]:

@@ -101,7 +101,7 @@ def answer_quickly(  # noqa: PLR0911 (each early return declines, before anythin
     answer = (
         _whole_file(method, stored)
         if stored.expires is None
-        else download.plan(method, {}, stored, site.now())
+        else download.plan(method, {}, stored, site.wall())
     )
     body = b""
     if answer.body:
