@@ -30,9 +30,10 @@ from hmacfs.core.paths import file_name
 
 #: How long a browser may keep a file that does not expire sooner.
 MAX_AGE = 7 * 86400
-#: One entity tag of an If-Match / If-None-Match list, with the separators before it; matched
-#: at a given position only, so that a list is read in one pass whatever it holds.
-_ETAG_ITEM = re.compile(r'[ \t,]*(W/)?("[^"]*")[ \t]*')
+#: One entity tag of an If-Match / If-None-Match list (the separators before it are skipped
+#: first); matched at a given position only, so that a list is read in one pass whatever it
+#: holds.
+_ETAG_ITEM = re.compile(r'(W/)?("[^"]*")[ \t]*')
 #: More ranges than this (after merging those that overlap or touch) and the Range header is
 #: ignored: the whole file is sent once, never a response many times its size.
 MAX_RANGES = 100
@@ -179,6 +180,10 @@ def etag_matches(header: str, etag: str, *, weak: bool) -> bool:
     wanted = etag.removeprefix("W/")
     position, end = 0, len(header)
     while position < end:
+        # Separators are skipped on their own: in the item's pattern, a failed match was tried
+        # again from each comma of a long run of them (16 KB of commas took 5 s).
+        while position < end and header[position] in " \t,":
+            position += 1
         match = _ETAG_ITEM.match(header, position)
         if match is not None:
             position = match.end()
@@ -216,8 +221,15 @@ def plan(  # noqa: PLR0911 (one return per kind of answer)
     fixed = (*described.headers, cache_control(stored, now))
     last_modified = (b"Last-Modified", http_date_of(math.ceil(stored.mtime)))
     if_match = headers.get(b"if-match")
-    if if_match is not None and not etag_matches(if_match, described.etag, weak=False):
-        return Plan(412, (*fixed, (b"Content-Length", b"0")), (), 0)
+    if if_match is not None:
+        if not etag_matches(if_match, described.etag, weak=False):
+            return Plan(412, (*fixed, (b"Content-Length", b"0")), (), 0)
+    elif (unmodified := headers.get(b"if-unmodified-since")) is not None:
+        # RFC 9110 13.2.2: evaluated only without If-Match; a date that does not parse is
+        # ignored.
+        when = parse_http_date(unmodified.split(";", 1)[0])
+        if when is not None and math.ceil(stored.mtime) > when:
+            return Plan(412, (*fixed, (b"Content-Length", b"0")), (), 0)
     if_none_match = headers.get(b"if-none-match")
     if if_none_match is not None:
         # RFC 9110: If-None-Match wins over If-Modified-Since.

@@ -107,9 +107,11 @@ class Version:
 
 def version_of(value: str | None) -> Version | None:
     """The version an ``Upload-Draft-Interop-Version`` value names, if served."""
-    if value is None or not value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "①", which int() refuses.
+    text = value.strip() if value is not None else ""
+    if not _INTEGER.fullmatch(text):
         return None
-    number = int(value.strip())
+    number = int(text)
     return Version(number) if number in VERSIONS else None
 
 

@@ -34,7 +34,14 @@ def _header(request: http.Request, name: bytes) -> str | None:
 
 
 #: The request headers the download plan looks at.
-_PLAN_HEADERS = (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since")
+_PLAN_HEADERS = (
+    b"range",
+    b"if-range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+)
 
 
 class Root(resource.Resource):  # type: ignore[misc]

@@ -175,6 +175,14 @@ def test_ranges_and_conditional_requests(server: Server, tmp_path: Path) -> None
     assert get(url, "-H", f'If-None-Match: "other", {etag}')[0] == 304
     assert get(url, "-H", 'If-None-Match: "other"')[0] == 200
     assert get(url, "-H", f"If-Modified-Since: {modified}")[0] == 304
+    assert get(url, "-H", 'If-Match: "other"')[0] == 412
+    assert get(url, "-H", f"If-Match: {etag}")[0] == 200
+    assert get(url, "-H", f"If-Unmodified-Since: {modified}")[0] == 200
+    assert get(url, "-H", "If-Unmodified-Since: Sat, 01 Jan 2000 00:00:00 GMT")[0] == 412
+    # If-Match decides alone when it is there (RFC 9110 13.2.2).
+    long_ago = "If-Unmodified-Since: Sat, 01 Jan 2000 00:00:00 GMT"
+    assert get(url, "-H", f"If-Match: {etag}", "-H", long_ago)[0] == 200
+    assert get(url, "-H", "If-Unmodified-Since: not a date")[0] == 200
     # If-Range with a stale validator gives the whole file, not a piece of a changed one.
     status, _, body = get(url, "-H", "Range: bytes=0-1", "-H", 'If-Range: "stale"')
     assert (status, body) == (200, b"0123456789")
