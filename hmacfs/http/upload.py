@@ -156,6 +156,10 @@ class Upload:
         self._receiving()
         return self.partial.fileno()
 
+    def failed(self, error: OSError) -> StorageFailure:
+        """The refusal for an append to `fileno()` that failed with `error`."""
+        return self.partial.failed(error)
+
     def received_directly(self, count: int) -> None:
         """Count `count` body bytes appended to `fileno()`. Raises TooLarge past the size."""
         self._receiving()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from hmacfs.core.refusals import Conflict
+from hmacfs.core.refusals import Conflict, StorageFailure
 
 
 class CompareOnThread(Exception):
@@ -133,6 +133,11 @@ class Partial(Protocol):
 
     def wrote(self, count: int) -> None:
         """Count bytes appended to `fileno()` directly. Raises TooLarge past the size."""
+        ...
+
+    def failed(self, error: OSError) -> StorageFailure:
+        """The refusal for an append to `fileno()` that failed with `error` (the backend
+        learns that its storage may have gone bad)."""
         ...
 
     def can_commit_inline(self, compare: bool = False) -> bool:

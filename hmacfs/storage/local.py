@@ -202,7 +202,8 @@ class LocalStorage:
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
-        self._pool: collections.deque[tuple[_Partial, float]] = collections.deque()
+        #: Each with when it was made and the filesystem (st_dev) it is on.
+        self._pool: collections.deque[tuple[_Partial, float, int]] = collections.deque()
         self._pool_lock = threading.Lock()
         self._meta_cache: dict[tuple[object, ...], dict[str, object] | None] = {}
         self._meta_cache_lock = threading.Lock()
@@ -640,15 +641,23 @@ class LocalStorage:
         return _Partial(fd, path, path.name)
 
     def _take_pooled(self) -> _Partial | None:
-        """A pooled partial file, or None when none is fresh enough."""
+        """A pooled partial file, or None when none is fresh enough or the pool is on
+        another filesystem than the storage directory now (mounted anew under it)."""
+        if not self._pool:
+            return None
+        try:
+            device = os.stat(self.partial_dir).st_dev
+        except OSError:
+            device = -1
         while True:
             with self._pool_lock:
                 if not self._pool:
                     return None
-                partial, made = self._pool.popleft()
-            if self.clock() - made < POOL_MAX_AGE:
+                partial, made, on = self._pool.popleft()
+            if on == device and self.clock() - made < POOL_MAX_AGE:
                 return partial
-            # Old enough that a sweep (of another process) could take it for abandoned.
+            # On a filesystem that was replaced, or old enough that a sweep (of another
+            # process) could take it for abandoned.
             _discard(partial)
 
     def wants_refill(self) -> bool:
@@ -661,13 +670,22 @@ class LocalStorage:
         Raises OSError (disk full, permissions): `begin` then reports it for the upload."""
         while len(self._pool) < POOL_SIZE:
             partial = self._create_partial()
+            device = os.fstat(partial.fd).st_dev
             with self._pool_lock:
-                self._pool.append((partial, self.clock()))
+                self._pool.append((partial, self.clock(), device))
 
     def live_names(self) -> frozenset[str]:
         """Partial files waiting in the pool (live: the sweeper must leave them alone)."""
         with self._pool_lock:
-            return frozenset(partial.name for partial, _ in self._pool)
+            return frozenset(partial.name for partial, _, _ in self._pool)
+
+    def failed(self, error: OSError) -> StorageFailure:
+        """What a write or commit that failed with `error` is answered. The pool's files are
+        dropped too: they may be on a filesystem that went read-only or was replaced under
+        the storage directory (unmounted, checked and mounted again), where every upload
+        would keep failing; the next ones are made wherever the directory is now."""
+        self.close()
+        return StorageFailure(f"cannot store: {os.strerror(error.errno or 0)}")
 
     def close(self) -> None:
         """Remove the pool's files (at shutdown)."""
@@ -675,7 +693,7 @@ class LocalStorage:
             with self._pool_lock:
                 if not self._pool:
                     return
-                partial, _ = self._pool.popleft()
+                partial, _, _ = self._pool.popleft()
             _discard(partial)
 
     def _link_into_place(self, upload: LocalPartial) -> None:
@@ -1061,7 +1079,7 @@ class LocalPartial:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as e:
-            raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
+            raise self.storage.failed(e) from e
         self.received += len(data)
         self._maybe_write_back()
 
@@ -1079,6 +1097,9 @@ class LocalPartial:
             raise TooLarge("body longer than Content-Length")
         self.received += count
         self._maybe_write_back()
+
+    def failed(self, error: OSError) -> StorageFailure:
+        return self.storage.failed(error)
 
     def _maybe_write_back(self) -> None:
         """In durable mode, have the disk start writing each WRITEBACK_STEP of the body as it
@@ -1186,7 +1207,7 @@ class LocalPartial:
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
                 raise BadRequest("file name too long") from e
-            raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
+            raise storage.failed(e) from e
         finally:
             if not handed_over:
                 self.abort()

@@ -105,6 +105,9 @@ class FdUpload:
     def wrote(self, count: int) -> None:
         self.received += count
 
+    def failed(self, error: OSError) -> StorageFailure:
+        return StorageFailure(f"cannot store: {os.strerror(error.errno or 0)}")
+
     def abort(self) -> None:
         self.done = True
 

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from hmacfs.core.printable import printable
-from hmacfs.core.refusals import Refusal, StorageFailure
+from hmacfs.core.refusals import Refusal
 from hmacfs.http import _twisted
 
 #: Bodies with a Content-Length this large or larger are spliced. Measured on loopback: a
@@ -221,7 +221,7 @@ class BodySplicer:
             failure = (
                 e
                 if isinstance(e, Refusal)
-                else StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}")
+                else upload.failed(e)
             )
             self._count(moved)
             self.stop()
