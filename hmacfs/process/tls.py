@@ -6,6 +6,8 @@ keep the context they started with, so a certificate renewal (SIGHUP) never drop
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ from hmacfs.core.settings import TlsSettings
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _ALPN = b"http/1.1"
+#: Larger than any certificate chain or key file (a chain of ten 4096-bit certificates is
+#: about 20 KB).
+MAX_PEM_FILE = 1 << 20
 
 
 class TlsError(Exception):
@@ -29,12 +34,24 @@ class TlsError(Exception):
 
 
 def _read(path: Path | None, key: str) -> bytes:
+    """A PEM file's bytes. A path that is not a regular file (a FIFO, /dev/zero) or is larger
+    than any PEM file is refused: it would hang or exhaust the process at start or reload."""
     if path is None:
         raise TlsError(key, "not set")
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TlsError(key, f"{path} is not a regular file")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                content = f.read(MAX_PEM_FILE + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise TlsError(key, f"cannot read {path}: {e.strerror}") from None
+    if len(content) > MAX_PEM_FILE:
+        raise TlsError(key, f"{path} is larger than {MAX_PEM_FILE} bytes; is it a PEM file?")
+    return content
 
 
 def _ssl_reason(error: Exception) -> str:

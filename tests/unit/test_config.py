@@ -1303,12 +1303,20 @@ def test_tls_needed_by_https_listeners(tmp_path: Path, leaf: Leaf, listen: str) 
             'chain = "missing.pem"',
             "[tls] chain: cannot read {tmp}/missing.pem: No such file or directory",
         ),
+        ('chain = "/dev/zero"', "[tls] chain: /dev/zero is not a regular file"),
+        ('chain = "{tmp}/fifo"', "[tls] chain: {tmp}/fifo is not a regular file"),
+        ('chain = "{tmp}/huge.pem"', "[tls] chain: {tmp}/huge.pem is larger than 1048576 bytes"),
         ('ciphers = "NOPE"', "[tls] ciphers: OpenSSL accepts none of them: "),
         ('min_version = "1.1"', '[tls] min_version: "1.1" is not one of 1.2, 1.3'),
         ("min_version = 1.3", "[tls] min_version: expected a string, got a float 1.3"),
     ],
 )
 def test_tls_errors(tmp_path: Path, leaf: Leaf, tls: str, message: str) -> None:
+    # (a FIFO nobody writes to, or /dev/zero, would hang or fill the process if read)
+    os.mkfifo(tmp_path / "fifo")
+    with (tmp_path / "huge.pem").open("wb") as f:
+        f.truncate((1 << 20) + 1)
+    tls = tls.format(tmp=tmp_path)
     text = (
         '[server]\nlisten = "https://127.0.0.1:0"\n'
         f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{leaf.key}"\n{tls}\n{MINIMAL}'
