@@ -64,6 +64,17 @@ def test_lintian_pedantic_is_clean(debs: Path) -> None:
     assert problems == []
 
 
+def test_depends_on_debians_patched_twisted_not_on_the_pypi_floor(debs: Path) -> None:
+    # PyPI's floor (24.7: the first upstream release with the CVE fixes) is no Debian version;
+    # bookworm's 22.4 has them backported from 22.4.0-4+deb12u1 on.
+    depends = subprocess.run(
+        ["dpkg-deb", "--field", str(debs / deb(debs)), "Depends"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    twisted = [d.strip() for d in depends.replace("\n", " ").split(",") if "python3-twisted" in d]
+    assert twisted == ["python3-twisted (>= 22.4.0-4+deb12u1)"], depends
+
+
 @pytest.fixture
 def box(rootfs: Path, debs: Path) -> Iterator[Container]:
     with Container(rootfs, bind_ro={debs: "/srv/debs"}) as container:
