@@ -245,6 +245,45 @@ def test_stop_lets_an_upload_in_flight_finish(box: Container) -> None:
     assert stopping
 
 
+def test_a_killed_supervisor_is_restarted_and_nothing_partial_is_left(box: Container) -> None:
+    install(box, config_text().replace("[hmac]", "workers = 2\n[hmac]"))
+    box.systemctl("start", UNIT)
+    before = box.show(UNIT, "MainPID", "NRestarts")
+    kept = f"{uuid.uuid4()}/kept.txt"
+    assert upload(box, kept, "stored before") == "201"
+    rel = f"{uuid.uuid4()}/in-flight.bin"
+    box.write_file("/tmp/slow.py", SLOW_UPLOAD)
+    box.run("systemd-run", "--unit", "slow-upload", "--collect",
+            "python3", "/tmp/slow.py", rel, SECRET)
+    box.wait_until(lambda: box.run("test", "-e", "/tmp/slow-started", check=False).returncode == 0,
+                   timeout=20, what="the slow upload to start")
+    box.systemctl("kill", "-s", "KILL", "--kill-who=main", UNIT)
+    # KillMode=mixed: systemd kills the workers with their supervisor (the upload under way
+    # is cut, as by a crash) and starts the service again after RestartSec.
+    box.wait_until(
+        lambda: (
+            (s := box.show(UNIT, "MainPID", "NRestarts", "ActiveState"))
+            and s["ActiveState"] == "active"
+            and s["MainPID"] not in ("0", before["MainPID"])
+            and int(s["NRestarts"]) == int(before["NRestarts"]) + 1
+        ),
+        timeout=30,
+        what="systemd to start the service again",
+    )
+    box.wait_until(
+        lambda: box.show("slow-upload.service", "ActiveState")["ActiveState"] != "active",
+        timeout=20,
+        what="the slow upload to end",
+    )
+    assert box.run("test", "-e", f"/var/lib/hmac-file-server/files/{rel}",
+                   check=False).returncode != 0
+    assert curl(box, f"http://127.0.0.1:5050/upload/{kept}") == "stored before"
+    assert upload(box, rel, "x" * 100) == "201"  # the client's retry
+    assert box.run("cat", f"/var/lib/hmac-file-server/files/{rel}").stdout == "x" * 100
+    partial = box.run("ls", "-A", "/var/lib/hmac-file-server/files/.hmacfs/partial").stdout
+    assert partial.split() == [], partial
+
+
 def test_invalid_config_fails_the_start_with_its_error(box: Container) -> None:
     install(box, config_text(extra="[http]\ncors_origins = \"*\"\n"))
     result = box.systemctl("start", UNIT, check=False)
