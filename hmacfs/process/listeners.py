@@ -16,6 +16,7 @@ The supervisor binds with `bind_all` and passes the sockets on; it never accepts
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -74,13 +75,76 @@ def bind(listener: Listener, activated: ActivatedSockets) -> socket.socket:
             return socket.socket(fileno=os.dup(fd))
         except OSError as e:
             raise OSError(e.errno, f"{listener.text}: {e.strerror}") from None
+    passed = _passed_for(listener, activated)
+    if passed is not None:
+        # systemd bound this very address (a .socket unit with the configured ListenStream=):
+        # binding it again would fail, and the connections systemd queued would wait for ever.
+        return socket.socket(fileno=os.dup(passed))
     try:
         sock = _bound(listener)
     except OSError as e:
-        raise OSError(e.errno, f"{listener.text}: {e.strerror}") from None
+        message = e.strerror
+        if e.errno == errno.EADDRINUSE and activated.fds:
+            passed_at = ", ".join(_where(fd) for fd in activated.fds)
+            message = (
+                f"{e.strerror} (systemd passed sockets on {passed_at}: name one with "
+                f'"systemd:NAME", or give the same address as its ListenStream=)'
+            )
+        raise OSError(e.errno, f"{listener.text}: {message}") from None
     # A reactor accepts without blocking (the flag is shared with every duplicate).
     sock.setblocking(False)
     return sock
+
+
+def _shown(family: int, address: object) -> str:
+    """An address as getsockname() gives it, written as a listen entry."""
+    if family == socket.AF_UNIX:
+        path = address.decode("utf-8", "replace") if isinstance(address, bytes) else address
+        return f"unix:{path}"
+    host, port = address[:2]  # type: ignore[index]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def _address_of(listener: Listener) -> str | None:
+    """Where `listener` binds, as `_shown`; None for a host name that does not resolve."""
+    if listener.unix_path is not None:
+        return _shown(socket.AF_UNIX, listener.unix_path)
+    assert listener.host is not None and listener.port is not None, "a parsed listener"
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(
+            listener.host, listener.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return None
+    return _shown(family, infos[0][4])
+
+
+def _where(fd: int) -> str:
+    """Where the passed socket `fd` listens, as `_shown`."""
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return f"descriptor {fd}"
+    try:
+        return _shown(probe.family, probe.getsockname())
+    except OSError:
+        return f"descriptor {fd}"
+    finally:
+        probe.close()
+
+
+def _passed_for(listener: Listener, activated: ActivatedSockets) -> int | None:
+    """The descriptor systemd passed that listens where `listener` would bind, if any."""
+    if not activated.fds or listener.port == 0:
+        return None
+    wanted = _address_of(listener)
+    if wanted is None:
+        return None
+    for fd in activated.fds:
+        if _where(fd) == wanted:
+            return fd
+    return None
 
 
 def _bound(listener: Listener) -> socket.socket:

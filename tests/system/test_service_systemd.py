@@ -202,6 +202,27 @@ def test_socket_activation(box: Container) -> None:
     assert "systemd:http" in box.status_text(UNIT) or "5050" in box.status_text(UNIT)
 
 
+def test_socket_activation_with_the_configured_address(box: Container) -> None:
+    # The shipped socket unit and the shipped listen entry name the same address: the
+    # service adopts systemd's socket instead of binding it again (it used to fail to bind,
+    # restart in a loop and leave the first connection hanging).
+    install(box, config_text())
+    box.systemctl("start", SOCKET)
+    rel = f"{uuid.uuid4()}/activated.txt"
+    assert upload(box, rel, "by address") == "201"
+    box.wait_until(
+        lambda: box.show(UNIT, "ActiveState")["ActiveState"] == "active",
+        timeout=30,
+        what="the activated service to be ready",
+    )
+    assert curl(box, f"http://127.0.0.1:5050/upload/{rel}") == "by address"
+    assert box.show(UNIT, "NRestarts")["NRestarts"] == "0"
+    # One socket, systemd's: the service holds a duplicate of it, bound nowhere else.
+    table = box.run("cat", "/proc/net/tcp").stdout.splitlines()[1:]
+    listening = [f for f in (line.split() for line in table) if f[3] == "0A"]
+    assert [f[1] for f in listening if f[1].endswith(":13BA")] == ["0100007F:13BA"], table
+
+
 SLOW_UPLOAD = """\
 import hashlib, hmac, socket, sys, time
 rel, secret = sys.argv[1], sys.argv[2].encode()
