@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import mimetypes
 import re
 import secrets
@@ -205,7 +204,8 @@ def cache_control(stored: FileFacts, now: float) -> tuple[bytes, bytes]:
     max_age = MAX_AGE
     if stored.expires is not None:
         max_age = max(0, min(max_age, int(stored.expires - now)))
-    return (b"Cache-Control", b"public, max-age=%d" % max_age)
+    # Stored files never change (no upload replaces one): caches need not revalidate.
+    return (b"Cache-Control", b"public, max-age=%d, immutable" % max_age)
 
 
 def plan(  # noqa: PLR0911 (one return per kind of answer)
@@ -219,7 +219,11 @@ def plan(  # noqa: PLR0911 (one return per kind of answer)
     (lower-case names, first values). `boundary` is for multipart answers (random if None)."""
     described = describe(stored.rel, stored.content_type, stored.size, stored.mtime)
     fixed = (*described.headers, cache_control(stored, now))
-    last_modified = (b"Last-Modified", http_date_of(math.ceil(stored.mtime)))
+    # The mtime's second, rounded down: rounded up, Last-Modified came after the Date beside
+    # it, a date in the future (RFC 9110 8.8.2.1). If-Range and If-Modified-Since quote back
+    # exactly this second.
+    modified = int(stored.mtime)
+    last_modified = (b"Last-Modified", http_date_of(modified))
     if_match = headers.get(b"if-match")
     if if_match is not None:
         if not etag_matches(if_match, described.etag, weak=False):
@@ -228,7 +232,7 @@ def plan(  # noqa: PLR0911 (one return per kind of answer)
         # RFC 9110 13.2.2: evaluated only without If-Match; a date that does not parse is
         # ignored.
         when = parse_http_date(unmodified.split(";", 1)[0])
-        if when is not None and math.ceil(stored.mtime) > when:
+        if when is not None and modified > when:
             return Plan(412, (*fixed, (b"Content-Length", b"0")), (), 0)
     if_none_match = headers.get(b"if-none-match")
     if if_none_match is not None:
@@ -238,13 +242,13 @@ def plan(  # noqa: PLR0911 (one return per kind of answer)
     else:
         since = headers.get(b"if-modified-since")
         when = parse_http_date(since.split(";", 1)[0]) if since is not None else None
-        if when is not None and when >= math.ceil(stored.mtime):
+        if when is not None and when >= modified:
             return Plan(304, (*fixed, last_modified, (b"Content-Length", b"0")), (), 0)
     size = stored.size
     media_type = described.media_type.encode("ascii")
     common = (*fixed, (b"Accept-Ranges", b"bytes"))
     range_header = headers.get(b"range") if method == b"GET" else None
-    if range_header is not None and not _if_range_holds(headers, described.etag, stored):
+    if range_header is not None and not _if_range_holds(headers, described.etag, modified):
         range_header = None
     ranges = parse_ranges(range_header, size) if range_header is not None else None
     if ranges is None:
@@ -283,15 +287,16 @@ def _with_type(
     )
 
 
-def _if_range_holds(headers: Mapping[bytes, str], etag: str, stored: FileFacts) -> bool:
-    """Whether a Range still applies under the request's If-Range (true without one)."""
+def _if_range_holds(headers: Mapping[bytes, str], etag: str, modified: int) -> bool:
+    """Whether a Range still applies under the request's If-Range (true without one): the
+    entity tag, or the Last-Modified date (`modified`) as it was sent."""
     if_range = headers.get(b"if-range")
     if if_range is None:
         return True
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return value == etag
-    return parse_http_date(value) == int(stored.mtime)
+    return parse_http_date(value) == modified
 
 
 def _multipart(

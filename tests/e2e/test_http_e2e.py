@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import json
@@ -188,6 +189,14 @@ def test_ranges_and_conditional_requests(server: Server, tmp_path: Path) -> None
     assert (status, body) == (200, b"0123456789")
     status, _, body = get(url, "-H", "Range: bytes=0-1", "-H", f"If-Range: {etag}")
     assert (status, body) == (206, b"01")
+    # Last-Modified is never after Date (the mtime's second, rounded down), and If-Range
+    # quoting it back holds.
+    date = email.utils.parsedate_to_datetime(headers["date"])
+    assert email.utils.parsedate_to_datetime(modified) <= date
+    status, _, body = get(url, "-H", "Range: bytes=8-", "-H", f"If-Range: {modified}")
+    assert (status, body) == (206, b"89")
+    # A stored file never changes: caches need not ask again.
+    assert headers["cache-control"].endswith(", immutable")
 
 
 def test_conflict_leaves_the_first_file(server: Server, tmp_path: Path) -> None:
