@@ -29,6 +29,7 @@ from hmacfs.core.refusals import (
     Forbidden,
     Gone,
     Reason,
+    Refusal,
     TooLarge,
     Unauthorized,
 )
@@ -258,6 +259,14 @@ def verify(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
     if attempt.content_length < 0:
         raise BadRequest("invalid Content-Length")
     scheme = _choose_scheme(attempt)
+    try:
+        return _verify_as(scheme, attempt, settings, now)
+    except Refusal as refusal:
+        refusal.scheme = scheme
+        raise
+
+
+def _verify_as(scheme: str, attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
     if not settings.enabled(scheme):
         raise Forbidden(f"{scheme} signing is disabled")
     try:
@@ -366,12 +375,12 @@ def _verify_query(scheme: str, attempt: PutAttempt, settings: HmacSettings) -> G
     path, size = attempt.path, attempt.content_length
     if scheme == "v":
         if _matching(settings, provided, [(True, v1_message(path, size))]) is None:
-            raise Forbidden(_MISMATCH)
+            raise _mismatch(Forbidden(_MISMATCH))
         return _grant(attempt, scheme, _stored_type(attempt.headers))
     candidates = [(ct, v2_message(path, size, ct)) for ct in _v2_types(attempt.headers)]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
-        raise Forbidden(_MISMATCH)
+        raise _mismatch(Forbidden(_MISMATCH))
     return _grant(attempt, scheme, content_type)
 
 
@@ -382,7 +391,7 @@ def _verify_v3(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant
     expires = int(raw)
     message = v3_message(attempt.method, expires, attempt.path)
     if _matching(settings, attempt.query["v3"][0], [(True, message)]) is None:
-        raise Forbidden(_MISMATCH)
+        raise _mismatch(Forbidden(_MISMATCH))
     if now > expires + settings.clock_skew:
         raise Forbidden("expired", Reason.EXPIRED)
     return _grant(attempt, "v3", _stored_type(attempt.headers))
@@ -395,10 +404,10 @@ def _verify_x_hmac(attempt: PutAttempt, settings: HmacSettings, now: float) -> G
     timestamp = int(raw)
     algorithm, _, provided = attempt.headers["x-hmac-signature"].strip().partition("=")
     if algorithm.strip().lower() != settings.algorithm:
-        raise Forbidden(_MISMATCH)
+        raise _mismatch(Forbidden(_MISMATCH))
     message = x_hmac_message(attempt.method, attempt.path, attempt.content_length, timestamp)
     if _matching(settings, provided, [(True, message)]) is None:
-        raise Forbidden(_MISMATCH)
+        raise _mismatch(Forbidden(_MISMATCH))
     if abs(now - timestamp) > settings.x_hmac_window:
         raise Forbidden("X-HMAC-Timestamp outside the allowed window", Reason.EXPIRED)
     return _grant(attempt, "x-hmac", _stored_type(attempt.headers))
@@ -444,13 +453,22 @@ def _verify_slot_header(
     ]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
-        raise Forbidden(_MISMATCH)
+        raise _mismatch(Forbidden(_MISMATCH))
     if deadline is not None and now > deadline + settings.clock_skew:
         raise Forbidden("expired", Reason.EXPIRED)
     return _grant(attempt, scheme, content_type)
 
 
 # JWT ----------------------------------------------------------------------------------------
+
+
+_R = TypeVar("_R", bound=Refusal)
+
+
+def _mismatch(refusal: _R) -> _R:
+    """`refusal`, marked as a MAC that none of the secrets gives."""
+    refusal.mismatch = True
+    return refusal
 
 
 def _invalid_token(reason: str = "invalid token") -> Unauthorized:
@@ -540,7 +558,7 @@ def _verify_jwt(attempt: PutAttempt, settings: HmacSettings, now: float) -> Gran
         hmac.compare_digest(_jwt_signature(secret, signing_input).encode("ascii"), provided)
         for secret in settings.secrets
     ):
-        raise _invalid_token()
+        raise _mismatch(_invalid_token())
     try:
         claims = _json_object(payload_b64)
     except ValueError:

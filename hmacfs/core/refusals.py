@@ -47,6 +47,11 @@ class Refusal(Exception):
         self.text = text
         self.reason = reason if reason is not None else self.default_reason
         self.headers = headers
+        #: A signature (or token MAC) that the secrets do not give: the usual deployment
+        #: mistake, a secret or an upload prefix other than the XMPP server's.
+        self.mismatch = False
+        #: The signing scheme the request was checked under, when it got that far.
+        self.scheme: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.reason.value}, {self.text!r})"

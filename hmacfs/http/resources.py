@@ -63,6 +63,8 @@ class Root(resource.Resource):  # type: ignore[misc]
         settings = self.site.config.http
         try:
             if request.method == b"OPTIONS":
+                if request.rel is None:
+                    request.rel = self._path_for_log(request)
                 preflight = _header(request, b"access-control-request-method") is not None
                 extra = (preflight_headers if preflight else cors_headers)(settings, origin)
                 self._set(request, encoded(extra))
@@ -89,6 +91,18 @@ class Root(resource.Resource):  # type: ignore[misc]
             raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
         except Refusal as e:
             return write_refusal(request, e, settings)
+
+    def _path_for_log(self, request: UploadRequest) -> str:
+        """What a preflight's log line names: the path it asks about, as a PUT or GET of it
+        would be logged (a path no PUT could use, as it came)."""
+        raw_path, _ = split_target(request.uri)
+        resources = self.site.resumptions.resource_prefix()
+        if raw_path.startswith(resources):
+            return resources.decode("latin-1") + "..."  # (the token is a credential)
+        try:
+            return decode_path(raw_path, self.site.config.server.upload_prefix) or "/"
+        except Refusal:
+            return raw_path.decode("latin-1")
 
     @staticmethod
     def _set(request: http.Request, headers: list[tuple[bytes, bytes]]) -> None:

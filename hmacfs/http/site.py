@@ -54,6 +54,8 @@ BlockingRunner = Callable[..., "defer.Deferred[Any]"]
 
 #: Requests other than PUT may carry a body this large at most (it is read and ignored).
 MAX_OTHER_BODY = 64 * 1024
+#: A hint about signatures that match no secret is logged at most once in this many seconds.
+HINT_INTERVAL = 60.0
 #: The storage check behind /health runs at most once in this many seconds.
 HEALTH_CACHE = 5.0
 #: At shutdown, how long an idle connection may still start a request before it is closed.
@@ -110,6 +112,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.resumptions = Resumptions(self)
         self.deadlines = Deadlines(self)
         self.caps = ConnectionCaps(self.now)
+        #: Signature mismatches since the last hint about them, and when that was.
+        self._mismatches = 0
+        self._hinted_at: float | None = None
         #: Uploads whose body is coming or being committed, with their requests (to cut them).
         self.in_flight: dict[Upload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -315,10 +320,15 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.run_blocking(self.storage.refill).addBoth(done)
 
     def refused(self, request: UploadRequest, method: bytes, refusal: Refusal) -> None:
-        """Count and log a request refused before (or while) its body was read."""
+        """Count and log a request refused before (or while) its body was read: at warning
+        for what the admin must act on (the storage failing, a signature that does not
+        match, with a hint once a minute), at info for what a client did."""
         scheme = request.grant.scheme if request.grant is not None else None
         self.metrics.refused(refusal.status, refusal.reason, scheme)
-        _log.info(
+        if refusal.mismatch:
+            self._mismatch_hint(refusal.scheme)
+        emit = _log.warn if refusal.status >= 500 else _log.info
+        emit(
             "{client} {method} {path} -> {status} refused: {reason}",
             client=printable(self.client_address(request)),
             method=printable(method.decode("latin-1")),
@@ -326,6 +336,25 @@ class UploadSite(server.Site):  # type: ignore[misc]
             status=refusal.status,
             reason=printable(refusal.text),
         )
+
+    def _mismatch_hint(self, scheme: str | None) -> None:
+        """At most once every HINT_INTERVAL: signatures do not match, and what to check (the
+        MAC itself is never logged)."""
+        now = self.now()
+        self._mismatches += 1
+        if self._hinted_at is not None and now - self._hinted_at < HINT_INTERVAL:
+            return
+        prefix = self.config.server.upload_prefix
+        _log.warn(
+            "{count} upload(s) with a signature that matches no secret ({scheme} scheme, "
+            "paths under {prefix}) since the last such warning: if every upload fails so, "
+            "the XMPP server signs with another secret or another path; compare [hmac] "
+            "secret with its upload secret and upload_prefix with its upload URL's path",
+            count=self._mismatches,
+            scheme=printable(scheme or "-"),
+            prefix=printable(prefix),
+        )
+        self._hinted_at, self._mismatches = now, 0
 
     def health(self) -> defer.Deferred[HealthReport]:
         """The health report: the storage must be usable, the server not shutting down.

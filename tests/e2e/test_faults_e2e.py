@@ -427,6 +427,9 @@ def test_storage_turned_read_only_mid_upload(tmp_path: Path, ext4: Ext4) -> None
     assert answer.status == 507, answer
     assert answer.body == b"cannot store: Read-only file system\n"
     refused_on_every_worker(server, pids)
+    # The admin has to act: a warning, not one more request line.
+    refusals = [line for line in server.log if "-> 507 refused: cannot store" in line]
+    assert refusals and all(" WARN " in line for line in refusals), refusals
     stored.unchanged()  # downloads go on
     wait_for(lambda: health(server) == 503, 10, "/health to fail")
     assert set(visible_files(server.storage)) == {t.rel for t in stored.slots}
