@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import TypeVar
 
+from hmacfs.core.mediatypes import implied_types
 from hmacfs.core.refusals import (
     BadRequest,
     Forbidden,
@@ -353,11 +354,14 @@ def _matching(
     return None
 
 
-def _v2_types(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The content types a v2-style MAC may have been computed with, most likely first."""
+def _v2_types(headers: Mapping[str, str], path: str) -> tuple[str, ...]:
+    """The content types a v2-style MAC may have been computed with, most likely first:
+    without a Content-Type, also those the file name implies (the slot named the type, the
+    PUT left it out: Kaidan, Movim)."""
     raw = headers.get("content-type")
     if raw is None:
-        return (DEFAULT_CONTENT_TYPE, "")
+        implied = tuple(t for t in implied_types(path) if t != DEFAULT_CONTENT_TYPE)
+        return (DEFAULT_CONTENT_TYPE, "", *implied)
     value = raw.strip()
     return (value,) if value else ("", DEFAULT_CONTENT_TYPE)
 
@@ -377,7 +381,7 @@ def _verify_query(scheme: str, attempt: PutAttempt, settings: HmacSettings) -> G
         if _matching(settings, provided, [(True, v1_message(path, size))]) is None:
             raise _mismatch(Forbidden(_MISMATCH))
         return _grant(attempt, scheme, _stored_type(attempt.headers))
-    candidates = [(ct, v2_message(path, size, ct)) for ct in _v2_types(attempt.headers)]
+    candidates = [(ct, v2_message(path, size, ct)) for ct in _v2_types(attempt.headers, path)]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
         raise _mismatch(Forbidden(_MISMATCH))
@@ -449,7 +453,8 @@ def _verify_slot_header(
         provided = _cookie(attempt.headers.get("cookie"), "auth") or ""
     path, size = attempt.path, attempt.content_length
     candidates = [
-        (ct, header_message(path, size, ct, expires_text)) for ct in _v2_types(attempt.headers)
+        (ct, header_message(path, size, ct, expires_text))
+        for ct in _v2_types(attempt.headers, path)
     ]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:

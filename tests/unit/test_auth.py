@@ -240,12 +240,44 @@ def test_v2_content_type_candidates(header: str | None, signed_type: str, stored
 
 @pytest.mark.parametrize(
     ("header", "signed_type"),
-    [("image/jpeg", OCTET), ("image/jpeg", ""), (None, "image/jpeg"), ("", "image/jpeg"),
+    [("image/jpeg", OCTET), ("image/jpeg", ""), (None, "image/png"), ("", "image/jpeg"),
      ("image/png", "image/jpeg")],
 )
 def test_v2_content_type_must_match(header: str | None, signed_type: str) -> None:
     headers = {} if header is None else {"Content-Type": header}
     assert refused(put(query={"v2": v2mac(signed_type)}, headers=headers)).status == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "signed_type"),
+    [
+        (FILER_PATH, "image/jpeg"),  # Prosody's published vector, the PUT without its type
+        ("a/voice message.m4a", "audio/mp4"),
+        ("a/voice message.m4a", "audio/x-m4a"),  # Android's name for it
+        ("a/VIDEO.MP4", "video/mp4"),
+        ("a/report.pdf", "application/pdf"),
+        ("a/notes.docx",
+         "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    ],
+)
+def test_v2_without_content_type_verifies_against_the_type_the_name_implies(
+    path: str, signed_type: str
+) -> None:
+    # Kaidan (QXmpp before 1.13) and Movim name the type in the slot request and leave it out
+    # of the PUT; the type that verified is the one stored.
+    for param in ("v2", "token"):
+        attempt = put(path=path, size=100, query={param: v2mac(signed_type, path, 100)})
+        assert verify(attempt, cfg(), NOW).content_type == signed_type
+    # Only when the header is absent: a PUT that says another type is held to it.
+    attempt = put(path=path, size=100, query={"v2": v2mac(signed_type, path, 100)},
+                  headers={"Content-Type": "text/plain"})
+    assert refused(attempt).status == 403
+
+
+def test_a_name_without_a_known_extension_implies_no_type() -> None:
+    for path in ("a/README", "a/.profile", "a/archive.unknownext"):
+        attempt = put(path=path, size=5, query={"v2": v2mac("text/plain", path, 5)})
+        assert refused(attempt).status == 403
 
 
 @pytest.mark.parametrize(("header", "stored"), [(None, OCTET), ("", OCTET), ("text/plain",
