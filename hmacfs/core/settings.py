@@ -769,6 +769,8 @@ class HttpSettings:
         (
             "Authorization",
             "Content-Type",
+            "Cookie",
+            "Expires",
             "Upload-Draft-Interop-Version",
             "Upload-Complete",
             "Upload-Incomplete",
