@@ -366,8 +366,14 @@ def _v2_types(headers: Mapping[str, str], path: str) -> tuple[str, ...]:
     return (value,) if value else ("", DEFAULT_CONTENT_TYPE)
 
 
-def _stored_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").strip() or DEFAULT_CONTENT_TYPE
+def _stored_type(attempt: PutAttempt) -> str:
+    """The type to store where the scheme signs none: the PUT's, else the one its name
+    implies (a client that sends none, such as Kaidan, still gets its photo shown inline)."""
+    given = attempt.headers.get("content-type", "").strip()
+    if given:
+        return given
+    implied = implied_types(attempt.path)
+    return implied[0] if implied else DEFAULT_CONTENT_TYPE
 
 
 def _grant(attempt: PutAttempt, scheme: str, content_type: str) -> Grant:
@@ -380,7 +386,7 @@ def _verify_query(scheme: str, attempt: PutAttempt, settings: HmacSettings) -> G
     if scheme == "v":
         if _matching(settings, provided, [(True, v1_message(path, size))]) is None:
             raise _mismatch(Forbidden(_MISMATCH))
-        return _grant(attempt, scheme, _stored_type(attempt.headers))
+        return _grant(attempt, scheme, _stored_type(attempt))
     candidates = [(ct, v2_message(path, size, ct)) for ct in _v2_types(attempt.headers, path)]
     content_type = _matching(settings, provided, candidates)
     if content_type is None:
@@ -398,7 +404,7 @@ def _verify_v3(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant
         raise _mismatch(Forbidden(_MISMATCH))
     if now > expires + settings.clock_skew:
         raise Forbidden("expired", Reason.EXPIRED)
-    return _grant(attempt, "v3", _stored_type(attempt.headers))
+    return _grant(attempt, "v3", _stored_type(attempt))
 
 
 def _verify_x_hmac(attempt: PutAttempt, settings: HmacSettings, now: float) -> Grant:
@@ -414,7 +420,7 @@ def _verify_x_hmac(attempt: PutAttempt, settings: HmacSettings, now: float) -> G
         raise _mismatch(Forbidden(_MISMATCH))
     if abs(now - timestamp) > settings.x_hmac_window:
         raise Forbidden("X-HMAC-Timestamp outside the allowed window", Reason.EXPIRED)
-    return _grant(attempt, "x-hmac", _stored_type(attempt.headers))
+    return _grant(attempt, "x-hmac", _stored_type(attempt))
 
 
 def _expires_at(text: str) -> float:
@@ -592,7 +598,7 @@ def _verify_jwt(attempt: PutAttempt, settings: HmacSettings, now: float) -> Gran
     return Grant(
         path=attempt.path,
         size=attempt.content_length,
-        content_type=content_type or _stored_type(attempt.headers),
+        content_type=content_type or _stored_type(attempt),
         scheme="jwt",
         expires=float(expires) if isinstance(expires, int | float) else None,
         uploader=sub if isinstance(sub, str) else None,
