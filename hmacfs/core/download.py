@@ -27,6 +27,15 @@ from hmacfs.core.headers import (
 )
 from hmacfs.core.paths import file_name
 
+#: The request headers a plan reads (a request without any of them is planned as a plain GET).
+PLAN_HEADERS = (
+    b"range",
+    b"if-range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+)
 #: How long a browser may keep a file that does not expire sooner.
 MAX_AGE = 7 * 86400
 #: One entity tag of an If-Match / If-None-Match list (the separators before it are skipped

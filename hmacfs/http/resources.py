@@ -33,15 +33,6 @@ def _header(request: http.Request, name: bytes) -> str | None:
     return value[0].decode("latin-1") if value else None
 
 
-#: The request headers the download plan looks at.
-_PLAN_HEADERS = (
-    b"range",
-    b"if-range",
-    b"if-match",
-    b"if-none-match",
-    b"if-modified-since",
-    b"if-unmodified-since",
-)
 
 
 class Root(resource.Resource):  # type: ignore[misc]
@@ -159,7 +150,9 @@ class Root(resource.Resource):  # type: ignore[misc]
         request.rel = rel
         stored = self._stored(request, rel)
         wanted = {
-            name: value for name in _PLAN_HEADERS if (value := _header(request, name)) is not None
+            name: value
+            for name in download.PLAN_HEADERS
+            if (value := _header(request, name)) is not None
         }
         plan = download.plan(request.method, wanted, stored, self.site.wall())
         request.setResponseCode(plan.status)

@@ -185,20 +185,25 @@ def test_watchdog_restarts_a_frozen_process(box: Container) -> None:
     assert upload(box, f"{uuid.uuid4()}/after.txt", "back") == "201"
 
 
-def test_socket_activation(box: Container) -> None:
-    install(box, config_text(listen='"systemd:http"'))
-    box.systemctl("start", SOCKET)
+def activated_upload(box: Container, body: str) -> None:
+    """With only the socket unit started: the first connection starts the service, which
+    takes over the socket and stores the upload."""
     assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
-    # The first connection starts the service, which takes over the socket.
     rel = f"{uuid.uuid4()}/activated.txt"
-    assert upload(box, rel, "activated") == "201"
+    assert upload(box, rel, body) == "201"
     # (with several workers, the first one may answer before the last is ready)
     box.wait_until(
         lambda: box.show(UNIT, "ActiveState")["ActiveState"] == "active",
         timeout=30,
         what="the activated service to be ready",
     )
-    assert curl(box, f"http://127.0.0.1:5050/upload/{rel}") == "activated"
+    assert curl(box, f"http://127.0.0.1:5050/upload/{rel}") == body
+
+
+def test_socket_activation(box: Container) -> None:
+    install(box, config_text(listen='"systemd:http"'))
+    box.systemctl("start", SOCKET)
+    activated_upload(box, "activated")
     assert "systemd:http" in box.status_text(UNIT) or "5050" in box.status_text(UNIT)
 
 
@@ -208,14 +213,7 @@ def test_socket_activation_with_the_configured_address(box: Container) -> None:
     # restart in a loop and leave the first connection hanging).
     install(box, config_text())
     box.systemctl("start", SOCKET)
-    rel = f"{uuid.uuid4()}/activated.txt"
-    assert upload(box, rel, "by address") == "201"
-    box.wait_until(
-        lambda: box.show(UNIT, "ActiveState")["ActiveState"] == "active",
-        timeout=30,
-        what="the activated service to be ready",
-    )
-    assert curl(box, f"http://127.0.0.1:5050/upload/{rel}") == "by address"
+    activated_upload(box, "by address")
     assert box.show(UNIT, "NRestarts")["NRestarts"] == "0"
     # One socket, systemd's: the service holds a duplicate of it, bound nowhere else.
     table = box.run("cat", "/proc/net/tcp").stdout.splitlines()[1:]

@@ -33,18 +33,7 @@ _QUICK_HEAD = re.compile(
 #: Headers that make the answer depend on more than the file (a body, conditions, ranges,
 #: connection handling): a request with one of them takes the full path.
 _DECLINED = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"expect",
-        b"upgrade",
-        b"range",
-        b"if-range",
-        b"if-match",
-        b"if-none-match",
-        b"if-modified-since",
-        b"if-unmodified-since",
-    }
+    {b"content-length", b"transfer-encoding", b"expect", b"upgrade", *download.PLAN_HEADERS}
 )
 
 
