@@ -19,9 +19,14 @@ SYSTEM_PACKAGES=(curl python3-venv python3-pip
   python3-prometheus-client python3-pytest
   systemd-container debootstrap zstd groff-base man-db faketime e2fsprogs)
 mapfile -t INTEROP_PACKAGES < <(grep -v '^\s*#' tests/interop/packages.txt | grep -v '^\s*$')
+# Debian's Chromium (and Prosody) for the browser tests.
+mapfile -t BROWSER_PACKAGES < <(grep -v '^\s*#' tests/browser/packages.txt | grep -v '^\s*$')
 
 # tus-js-client for the resumable upload interop tests, pinned by its lock file.
 TUS_DIR=tests/interop/tus
+# Converse.js and playwright-core for the browser tests, pinned by their lock file; Playwright
+# drives Debian's chromium, so it must not download a browser of its own.
+BROWSER_DIR=tests/browser
 
 # What building the .deb needs (Debian's own tools only; no pip during the build).
 DEB_BUILD_PACKAGES=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
@@ -68,6 +73,16 @@ ensure_tus_client() {
   fi
 }
 
+ensure_browser_client() {
+  command -v node >/dev/null || ensure_system nodejs npm
+  command -v npm >/dev/null || ensure_system npm
+  if [ ! -d "$BROWSER_DIR/node_modules" ] || [ "$BROWSER_DIR/package-lock.json" -nt "$BROWSER_DIR/node_modules" ]; then
+    say "installing Converse.js and playwright-core into $BROWSER_DIR/node_modules (node $(node --version))"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$BROWSER_DIR" --no-audit --no-fund --loglevel=error
+    touch "$BROWSER_DIR/node_modules"
+  fi
+}
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 run_pytest() {
   local rc=0
@@ -95,9 +110,11 @@ case "$cmd" in
     exec "$VENV/bin/python" -m hmacfs dev "$@"
     ;;
   test)
-    ensure_system "${SYSTEM_PACKAGES[@]}" "${INTEROP_PACKAGES[@]}" "${DEB_BUILD_PACKAGES[@]}"
+    ensure_system "${SYSTEM_PACKAGES[@]}" "${INTEROP_PACKAGES[@]}" "${BROWSER_PACKAGES[@]}" \
+      "${DEB_BUILD_PACKAGES[@]}"
     ensure_venv
     ensure_tus_client
+    ensure_browser_client
     lint
     say "pytest: the whole suite on the newest Twisted ($("$VENV/bin/python" -c 'import twisted; print(twisted.__version__)'))"
     run_pytest "$VENV/bin/python" -m pytest "$@"

@@ -168,6 +168,9 @@ class Prosody:
     - `v1`: `mod_http_upload_external`, protocol v1 (`?v=`)
     - `v2`: `mod_http_upload_external`, protocol v2 (`?v2=`)
     - `jwt`: built-in `mod_http_file_share` in external mode (`Authorization: Bearer`)
+
+    With `websocket`, Prosody also listens for plain HTTP on a loopback port of its own and
+    serves WebSocket c2s there (`websocket_url`), for browser clients (tests/browser).
     """
 
     kinds = ("v1", "v2", "jwt")
@@ -181,16 +184,28 @@ class Prosody:
         return [cls.domain(kind, scheme) for scheme in schemes for kind in cls.kinds]
 
     def __init__(
-        self, directory: Path, targets: Mapping[str, UploadTarget], certificate: Certificate
+        self,
+        directory: Path,
+        targets: Mapping[str, UploadTarget],
+        certificate: Certificate,
+        *,
+        websocket: bool = False,
     ) -> None:
         """`targets`: {scheme: where that scheme's VirtualHosts send uploads}."""
         self.directory = directory
         self.targets = targets
         self.certificate = certificate
         self.port = free_port()
+        self.http_port = free_port() if websocket else None
         self.log = directory / "prosody.log"
         self.config = directory / "prosody.cfg.lua"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def websocket_url(self) -> str:
+        if self.http_port is None:
+            raise RuntimeError("this Prosody was made without websocket=True")
+        return f"ws://127.0.0.1:{self.http_port}/xmpp-websocket"
 
     def write_config(self) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
@@ -214,6 +229,9 @@ class Prosody:
             key=self.certificate.key,
             certdir=self.certificate.cert.parent,
             virtual_hosts="\n".join(virtual_hosts),
+            http_ports="" if self.http_port is None else self.http_port,
+            http_default_host=self.domains(self.targets)[0],
+            extra_modules="" if self.http_port is None else ', "websocket", "blocklist"',
         )
 
     def register(self, username: str, domain: str, password: str) -> Account:
@@ -239,6 +257,8 @@ class Prosody:
                 start_new_session=True,
             )
         wait_for_port(self.port, self.process, self.log)
+        if self.http_port is not None:
+            wait_for_port(self.http_port, self.process, self.log)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
