@@ -101,6 +101,19 @@ def test_start_is_ready_status_user_and_journal(box: Container) -> None:
     status = box.status_text(UNIT)
     assert status.startswith("listening on 127.0.0.1:5050")
     assert "upload" in status
+    # A signature that matches no secret (the XMPP server has another one): a warning with
+    # what to compare, besides the request's own line.
+    wrong = f"{uuid.uuid4()}/wrong.txt"
+    box.write_file("/tmp/body", "hello")
+    assert curl(box, "-T", "/tmp/body", "-o", "/dev/null", "-w", "%{http_code}",
+                f"http://127.0.0.1:5050/upload/{wrong}?v={'0' * 64}") == "403"
+    hints = box.wait_until(
+        lambda: [e for e in box.journal(UNIT) if "matches no secret" in e.get("MESSAGE", "")],
+        timeout=20,
+        what="the signature warning in the journal",
+    )
+    assert hints[0]["PRIORITY"] == "4"
+    assert "(v scheme, paths under /upload/)" in hints[0]["MESSAGE"]
     # Journal: priorities per level, no timestamps of our own, the upload line's facts.
     box.write_file(CONFIG, config_text(size="5Q"), 0o640)
     box.systemctl("reload", UNIT)
