@@ -249,6 +249,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
             content_type,
             expires=grant.expires,
             scheme=grant.scheme,
+            uploader=grant.uploader,
             reopenable=creation is not None,
         )
         upload = self.start_upload(

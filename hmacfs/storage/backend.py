@@ -33,6 +33,8 @@ class StoredFile:
     content_type: str | None
     uploaded: float | None
     expires: float | None
+    #: Who uploaded it, where the slot said (a JWT's `sub`, ejabberd's hashed JID), else None.
+    uploader: str | None = None
 
 
 @dataclass
@@ -111,6 +113,8 @@ class Partial(Protocol):
     #: When the stored file is to expire, and the signing scheme that granted it.
     expires: float | None
     scheme: str
+    #: Who uploads it, where the slot says (see `StoredFile.uploader`).
+    uploader: str | None
     received: int
     #: Whether `abort` has been called or the commit has ended.
     done: bool
@@ -190,6 +194,7 @@ class Backend(Protocol):
         *,
         expires: float | None = None,
         scheme: str = "",
+        uploader: str | None = None,
         reopenable: bool = False,
     ) -> Partial:
         """Start receiving a body of `size` bytes for `rel`. Raises StorageFailure."""

@@ -381,6 +381,7 @@ class LocalStorage:
         *,
         expires: float | None = None,
         scheme: str = "",
+        uploader: str | None = None,
         reopenable: bool = False,
     ) -> LocalPartial:
         """Open a partial file for an upload of `size` bytes to `rel`.
@@ -395,7 +396,7 @@ class LocalStorage:
         if self.file_ttl is not None:
             ttl_expiry = now + self.file_ttl
             expires = ttl_expiry if expires is None else min(expires, ttl_expiry)
-        facts = _PartialFacts(rel, size, content_type, expires, scheme, now)
+        facts = _PartialFacts(rel, size, content_type, expires, scheme, now, uploader=uploader)
         try:
             if reopenable:
                 partial = self._create_partial(named=True)
@@ -627,6 +628,7 @@ class LocalStorage:
             content_type=content_type if isinstance(content_type, str) else None,
             uploaded=_number(meta.get("uploaded")),
             expires=_number(meta.get("expires")),
+            uploader=uploader if isinstance(uploader := meta.get("uploader"), str) else None,
         )
 
     # -- partial files made ahead of time -----------------------------------------------------
@@ -994,6 +996,7 @@ class _PartialFacts:
     completed: bool = False
     #: ... by reaching its size, no request having said it was complete.
     by_size: bool = False
+    uploader: str | None = None
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False).encode()
@@ -1052,6 +1055,7 @@ class LocalPartial:
         self.id = partial.name if reopenable else secrets.token_hex(16)
         self.expires = facts.expires
         self.scheme = facts.scheme
+        self.uploader = facts.uploader
         self.started = facts.started
         self.received = 0
         self._fd: int | None = partial.fd
@@ -1155,6 +1159,7 @@ class LocalPartial:
                 "uploaded": uploaded,
                 "expires": self.expires,
                 "scheme": self.scheme,
+                "uploader": self.uploader,
             }
             encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
             meta_path: Path | None = None
@@ -1203,6 +1208,7 @@ class LocalPartial:
                 content_type=self.content_type,
                 uploaded=uploaded,
                 expires=self.expires,
+                uploader=self.uploader,
             )
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
@@ -1228,6 +1234,7 @@ class LocalPartial:
                 self.started,
                 completed=True,
                 by_size=self.by_size,
+                uploader=self.uploader,
             )
             with contextlib.suppress(OSError):
                 _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)

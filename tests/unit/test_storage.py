@@ -790,3 +790,23 @@ def test_durable_bodies_are_sent_to_the_disk_as_they_arrive(tmp_path: Path) -> N
     upload.write(b"f" * (step + 1))
     upload.commit()
     assert len(calls) == 2  # nothing to hurry without fsync
+
+
+def test_the_uploader_is_kept_with_the_file(storage: LocalStorage) -> None:
+    store(storage, "slot1/mine.txt", b"mine", uploader="romeo@montague.example")
+    store(storage, "slot2/nobodys.txt", b"anon")
+    reopenable = storage.begin(
+        "slot3/resumed.txt", 3, "text/plain", uploader="juliet@capulet.example", reopenable=True
+    )
+    reopenable.close()  # cut off: kept for a resumption, the uploader with it
+    resumed = storage.reopen(reopenable.id)
+    resumed.write(b"abc")
+    resumed.commit()
+    assert storage.lookup("slot1/mine.txt").uploader == "romeo@montague.example"
+    assert storage.lookup("slot2/nobodys.txt").uploader is None
+    assert storage.lookup("slot3/resumed.txt").uploader == "juliet@capulet.example"
+    assert {f.rel: f.uploader for f in storage.files()} == {
+        "slot1/mine.txt": "romeo@montague.example",
+        "slot2/nobodys.txt": None,
+        "slot3/resumed.txt": "juliet@capulet.example",
+    }
