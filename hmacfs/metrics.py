@@ -190,6 +190,11 @@ class Metrics:
             "Upload body bytes received by appends to resumable uploads.",
             registry=registry,
         )
+        self._quota_deleted = Counter(
+            "hmacfs_quota_deleted_files",
+            "Files deleted to bring an uploader back under [quota] uploader_soft_limit.",
+            registry=registry,
+        )
         self._partials_kept = Counter(
             "hmacfs_partials_kept",
             "Requests of resumable uploads that ended with the partial kept to be resumed"
@@ -271,6 +276,10 @@ class Metrics:
     def resumed(self) -> None:
         """An append to a resumable upload was admitted."""
         self._resumptions.inc()
+
+    def quota_deleted(self, count: int) -> None:
+        """`count` of an uploader's oldest files were deleted under its soft limit."""
+        self._quota_deleted.inc(count)
 
     def partial_kept(self) -> None:
         """A request of a resumable upload ended, leaving its partial for a resumption."""

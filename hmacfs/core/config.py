@@ -36,6 +36,7 @@ from hmacfs.core.settings import (
     HttpSettings,
     Key,
     MetricsSettings,
+    QuotaSettings,
     ServerSettings,
     TlsSettings,
     Where,
@@ -43,7 +44,7 @@ from hmacfs.core.settings import (
     suggest,
     toml_type,
 )
-from hmacfs.core.units import show, toml_string
+from hmacfs.core.units import format_size, show, toml_string
 
 __all__ = [
     "KEYS",
@@ -71,6 +72,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "http": HttpSettings,
         "tls": TlsSettings,
         "metrics": MetricsSettings,
+        "quota": QuotaSettings,
     }
 )
 
@@ -231,12 +233,14 @@ def _build(data: Mapping[str, object], source: Path | None, *, secret: bytes | N
     metrics = MetricsSettings(**file.values("metrics"))
     metrics = _health_path(file, server, _apart(file, server, metrics))
     tls = _tls(file, TlsSettings(**file.values("tls")), (*server.listeners, *metrics.listeners))
+    quota = _quota(file, server, QuotaSettings(**file.values("quota")))
     return Config(
         server=server,
         hmac=hmac,
         http=http,
         tls=tls,
         metrics=metrics,
+        quota=quota,
         source=source,
         warnings=tuple(file.warnings),
     )
@@ -358,6 +362,31 @@ def _some_scheme(file: _File, hmac: HmacSettings) -> None:
             + ", ".join(SCHEME_KEYS)
             + " to true",
         )
+
+
+def _quota(file: _File, server: ServerSettings, quota: QuotaSettings) -> QuotaSettings:
+    """A limit smaller than `max_upload_size` (no upload of the largest allowed size could
+    ever be stored) and a soft limit not below the hard one are errors."""
+    for key in ("uploader_limit", "uploader_soft_limit", "uploader_daily_limit", "total_limit"):
+        limit = getattr(quota, key)
+        if limit and limit < server.max_upload_size:
+            raise file.error(
+                "quota",
+                key,
+                f"{format_size(limit)} is smaller than [server] max_upload_size "
+                f"({format_size(server.max_upload_size)}): uploads that size could never be "
+                "stored",
+            )
+    if quota.uploader_soft_limit and quota.uploader_limit and (
+        quota.uploader_soft_limit >= quota.uploader_limit
+    ):
+        raise file.error(
+            "quota",
+            "uploader_soft_limit",
+            f"{format_size(quota.uploader_soft_limit)} is not below uploader_limit "
+            f"({format_size(quota.uploader_limit)}): the soft limit would never act",
+        )
+    return quota
 
 
 def _apart(file: _File, server: ServerSettings, metrics: MetricsSettings) -> MetricsSettings:

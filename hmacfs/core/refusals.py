@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     BAD_REQUEST = "bad_request"  # any other malformed request (duplicate parameter, short body)
     METHOD = "method"  # a method the server does not serve
     STORAGE = "storage"  # the storage refused (full, read-only, permissions)
+    QUOTA = "quota"  # an uploader's or the whole storage's [quota] limit, or its free space
     NOT_FOUND = "not_found"  # nothing is stored there (downloads)
     TIMEOUT = "timeout"  # a request head or body that came too slowly
     INTERNAL = "internal"  # a bug: an unexpected exception

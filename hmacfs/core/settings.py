@@ -834,6 +834,58 @@ class MetricsSettings(_ListensOn):
 
 
 @dataclass(frozen=True)
+class QuotaSettings:
+    """`[quota]`: limits on stored bytes, per uploader and in all, and the free space kept."""
+
+    uploader_limit: int = setting(
+        0,
+        Size(),
+        "bytes one uploader may have stored; an upload past it is refused (413) before its "
+        "body; 0 for no limit",
+    )
+    uploader_soft_limit: int = setting(
+        0,
+        Size(),
+        "bytes one uploader keeps: after an upload past it, the uploader's oldest files are "
+        "deleted until it is met again (as ejabberd's mod_http_upload_quota does); 0 for none",
+    )
+    uploader_daily_limit: int = setting(
+        0,
+        Size(),
+        "bytes one uploader may upload in any 24 hours (as Prosody's "
+        "http_file_share_daily_quota); past it, 413 before the body; 0 for no limit",
+    )
+    total_limit: int = setting(
+        0,
+        Size(),
+        "bytes of stored files in all; an upload past it gets 507 before its body; 0 for no "
+        "limit",
+    )
+    min_free_space: int = setting(
+        0,
+        Size(),
+        "free space the storage keeps: an upload whose declared size would cut into it gets "
+        "507 before its body; 0 for none",
+    )
+    uploader_from_path: bool = setting(
+        True,
+        Flag(),
+        "take a first path segment of 40 hex digits for the uploader (ejabberd's "
+        "sha1(user@host) directory) when the slot names none (a JWT's sub does)",
+    )
+
+    @property
+    def counts(self) -> bool:
+        """Whether any limit needs the stored bytes accounted."""
+        return bool(
+            self.uploader_limit
+            or self.uploader_soft_limit
+            or self.uploader_daily_limit
+            or self.total_limit
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the server needs; `source` is the file it came from (None if built in)."""
 
@@ -842,6 +894,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
     source: Path | None = None
     #: Non-fatal remarks found while loading (e.g. a short secret), for the log.
     warnings: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ from hmacfs.core.refusals import (
 )
 from hmacfs.core.settings import Config
 from hmacfs.core.units import format_size
+from hmacfs.http import quota
 from hmacfs.http.caps import ConnectionCaps
 from hmacfs.http.channel import UploadChannel
 from hmacfs.http.deadlines import Deadlines
@@ -240,6 +241,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
         # retrying after it lost our 201, and gets its 201 now.
         if existing is not None and existing.size != grant.size:
             raise Conflict("file already exists")
+        uploader = quota.uploader_of(grant, config.quota)
+        if existing is None:  # (a retry adds nothing)
+            quota.check(self, grant, uploader)
         content_type = safe_media_type(grant.content_type)
         if content_type is None or content_type.lower().startswith(wire.PARTIAL_UPLOAD):
             content_type = "application/octet-stream"
@@ -249,7 +253,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
             content_type,
             expires=grant.expires,
             scheme=grant.scheme,
-            uploader=grant.uploader,
+            uploader=uploader,
             reopenable=creation is not None,
         )
         upload = self.start_upload(
@@ -293,6 +297,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def _upload_ended(self, upload: Upload) -> None:
         request = self.in_flight.pop(upload, None)
+        if upload.status == 201:
+            quota.after_upload(self, upload.partial.uploader, upload.rel)
         if upload.status == DISCONNECTED and request is not None:
             # (a refusal mid-body was logged as one; this is a client gone, or cut off)
             _log.info(

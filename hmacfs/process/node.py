@@ -28,7 +28,7 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Listeners
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import log_certificate, tls_for
-from hmacfs.process.sweeper import Sweeper, open_storage
+from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
 from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
 
@@ -104,6 +104,8 @@ class Node(ServerProcess):
 
     def startService(self) -> None:
         super().startService()
+        if self.reporter is None:  # (a worker's supervisor counts)
+            recount(self.storage, self.config, self.site.run_blocking)
         waits = [self.listeners.ready]
         if self.metrics_listeners is not None:
             waits.append(self.metrics_listeners.ready)
@@ -143,6 +145,9 @@ class Node(ServerProcess):
         self.site.reconfigure(config)
         self.storage.fsync = config.server.fsync
         self.storage.file_ttl = config.server.file_ttl
+        if config.quota.counts and self.storage.accounting is None:
+            self.storage.count_usage()
+            recount(self.storage, config, self.site.run_blocking)
 
     # -- stop --------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import ReloadStopped
-from hmacfs.process.sweeper import Sweeper, open_storage
+from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
 from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV, plan_text
 
@@ -170,6 +170,7 @@ class Supervisor(ServerProcess):
             self._close_sockets()
             self.started.errback(e)
             return
+        recount(self.storage, self.config, self.sweeper.run_blocking)
         for index in range(self.count):
             self.workers.append(self._spawn(index))
         gathered = defer.gatherResults([w.ready for w in self.workers], consumeErrors=True)
@@ -294,6 +295,9 @@ class Supervisor(ServerProcess):
         self.config = config
         self.storage.fsync = config.server.fsync
         self.storage.file_ttl = config.server.file_ttl
+        if config.quota.counts and self.storage.accounting is None:
+            self.storage.count_usage()
+            recount(self.storage, config, self.sweeper.run_blocking)
         return self._roll()
 
     @defer.inlineCallbacks

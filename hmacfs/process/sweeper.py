@@ -26,13 +26,37 @@ def open_storage(config: Config, wall: Callable[[], float] = time.time) -> Local
     """The storage directory of `config`; `wall` tells the date (file ages, expiry).
 
     Raises OSError when the directory cannot be created or used."""
-    return LocalStorage(
+    storage = LocalStorage(
         config.server.storage_dir,
         fsync=config.server.fsync,
         file_ttl=config.server.file_ttl,
         clock=wall,
         resumable_ttl=config.server.resumable_ttl,
     )
+    if config.quota.counts:
+        storage.count_usage()
+    return storage
+
+
+def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]) -> None:
+    """When `config` has limits on stored bytes: count the stored files again for them, on
+    a thread (at start, and when a reload sets the first such limit). Until that is done,
+    the counts kept from before hold."""
+    if not config.quota.counts:
+        return
+
+    def counted(total: Any) -> None:
+        _log.info(
+            "counted {files} stored files, {size} bytes, for the quotas",
+            files=total.files,
+            size=total.bytes,
+        )
+
+    def failed(failure: Any) -> None:
+        _log.error("counting the stored files for the quotas failed: {e}",
+                   e=failure.getErrorMessage())
+
+    run_blocking(storage.rebuild_usage).addCallbacks(counted, failed)
 
 
 class Sweeper(TimerService):  # type: ignore[misc]

@@ -267,3 +267,33 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release what was prepared ahead (at shutdown)."""
         ...
+
+
+@dataclass(frozen=True)
+class PartialFile:
+    """A partial upload as an inspection of the storage finds it (`LocalStorage.partial_files`)."""
+
+    #: Its name in the partial directory (a resumable upload's id).
+    name: str
+    #: "plain" (the body of one request), "resumable" (kept for a resumption), "completed" (a
+    #: completed resumable upload's record) or "stray" (a resumable upload's markers or partial
+    #: without its facts, as a crash leaves them).
+    kind: str
+    #: The bytes it holds.
+    size: int
+    #: When it was last written to.
+    touched: float
+    #: Why a sweep would remove it now; None while it is kept.
+    abandoned: str | None
+
+
+@dataclass(frozen=True)
+class OrphanedMetadata:
+    """A metadata file that describes no stored file (`LocalStorage.orphaned_metadata`)."""
+
+    #: The metadata file itself.
+    location: str
+    #: The signed path it names (None when it cannot be read).
+    rel: str | None
+    #: When it was last written.
+    written: float

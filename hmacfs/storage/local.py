@@ -49,7 +49,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +65,14 @@ from hmacfs.core.refusals import (
 from hmacfs.storage.backend import (
     Busy,
     CompareOnThread,
+    OrphanedMetadata,
+    PartialFile,
     PartialState,
     StoredFile,
     SweepReport,
     make_claim,
 )
+from hmacfs.storage.usage import Counts, Usage
 
 _META_VERSION = 1
 #: Partial uploads untouched for this long belong to no live connection and are removed.
@@ -197,6 +200,8 @@ class LocalStorage:
         self.meta_dir = self._state / "meta"
         self.slot_dir = self._state / "slots"
         self.claim_dir = self._state / "claims"
+        #: The bytes stored, per uploader and in all, for the quotas (`count_usage`).
+        self.accounting: Usage | None = None
         for directory in (root, self.partial_dir, self.meta_dir, self.slot_dir, self.claim_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for shard in range(256):
@@ -574,16 +579,47 @@ class LocalStorage:
             return False
         if not stat.S_ISREG(st.st_mode):
             return False
+        meta = self._read_meta(real, st, rel)
         try:
             os.unlink(real)
         except FileNotFoundError:
             return False
+        self._uncounted(rel, st.st_size, meta)
         self._meta_path(st.st_ino).unlink(missing_ok=True)
         self._prune_dirs(Path(real).parent)
         return True
 
-    def files(self) -> Iterator[StoredFile]:
-        """Every stored file with its metadata, expired ones included. Blocking."""
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged process may still write on the storage's filesystem (None
+        when the system does not say). One statfs(2)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def count_usage(self) -> Usage:
+        """Keep the bytes stored, per uploader and in all, up to date from now on (for the
+        quotas; `rebuild_usage` counts what is there)."""
+        if self.accounting is None:
+            self.accounting = Usage(self._state / "usage", self.clock)
+        return self.accounting
+
+    def rebuild_usage(self) -> Counts:
+        """Count the stored files again into the usage counts. Blocking: a walk."""
+        accounting = self.count_usage()
+
+        def walked() -> Iterator[tuple[str, int, str | None, float]]:
+            for rel, path, st in self._walk():
+                uploader = (self._read_meta(path, st, rel) or {}).get("uploader")
+                yield rel, st.st_size, uploader if isinstance(uploader, str) else None, (
+                    st.st_ctime
+                )
+
+        return accounting.rebuild(walked)
+
+    def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Every regular file stored: its signed path, real path and status."""
         root = str(self.root)
         for directory, subdirs, names in os.walk(root):
             if directory == root and RESERVED_SEGMENT in subdirs:
@@ -597,7 +633,21 @@ class LocalStorage:
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    yield self._stored(prefix + name, path, st)
+                    yield prefix + name, path, st
+
+    def _uncounted(self, rel: str, size: int, meta: Mapping[str, object] | None) -> None:
+        """A stored file (with its metadata `meta`) is gone: out of the usage counts, when
+        they are kept."""
+        if self.accounting is None:
+            return
+        uploader = (meta or {}).get("uploader")
+        with contextlib.suppress(OSError):
+            self.accounting.removed(rel, size, uploader if isinstance(uploader, str) else None)
+
+    def files(self) -> Iterator[StoredFile]:
+        """Every stored file with its metadata, expired ones included. Blocking."""
+        for rel, path, st in self._walk():
+            yield self._stored(rel, path, st)
 
     def check(self) -> str:
         """Whether uploads can be stored here: "ok", or a short reason (see
@@ -616,6 +666,190 @@ class LocalStorage:
                 with contextlib.suppress(OSError):
                     total += entry.stat().st_size
         return count, total
+
+    # -- inspection and repair, for the admin commands (safe while the service runs) ---------
+
+    #: Metadata this young may belong to an upload being linked into place right now.
+    metadata_grace = _META_GRACE
+
+    def recorded_metadata(self, stored: StoredFile) -> dict[str, object] | None:
+        """The metadata recorded for `stored` (as `files` found it), whether or not it agrees
+        with the file: its extended attribute, else the file kept for its inode if that
+        names its path; one that agrees is preferred. None when there is none. Blocking."""
+        try:
+            st = os.lstat(stored.location)
+        except OSError:
+            return None
+        candidates: list[tuple[bytes, bool]] = []  # (what is recorded, kept by inode)
+        if self._read_xattrs and (attribute := _xattr_of(stored.location)) is not None:
+            candidates.append((attribute, False))
+        with contextlib.suppress(OSError):
+            candidates.append((self._meta_path(st.st_ino).read_bytes(), True))
+        disagreeing: dict[str, object] | None = None
+        for raw, by_inode in candidates:
+            meta = _valid_meta(raw, st, stored.rel)
+            if meta is not None:
+                return meta
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                continue
+            # A metadata file naming another path belongs to another (removed) file whose
+            # inode this one got: an orphan, not this file's.
+            if isinstance(decoded, dict) and not (by_inode and decoded.get("path") != stored.rel):
+                disagreeing = disagreeing or decoded
+        return disagreeing
+
+    def write_metadata(self, stored: StoredFile, content_type: str) -> bool:
+        """Record metadata for `stored`, a file that has none (see `recorded_metadata`), the
+        way a commit records it: `content_type`, uploaded at its mtime, no expiry and no
+        uploader. False, writing nothing, when the file at its path is no longer the one
+        described or has metadata by now. Blocking; raises OSError."""
+        fd = os.open(stored.location, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or (st.st_size, st.st_mtime) != (stored.size, stored.mtime)
+                or self.recorded_metadata(stored) is not None
+            ):
+                return False
+            meta = {
+                "v": _META_VERSION,
+                "path": stored.rel,
+                "size": st.st_size,
+                "content_type": content_type,
+                "uploaded": st.st_mtime,
+                "expires": None,
+                "scheme": "",
+                "uploader": None,
+            }
+            encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            if self.xattrs:
+                try:
+                    os.setxattr(fd, META_XATTR, encoded)
+                    return True
+                except OSError as e:
+                    if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                        raise
+            _write_file(self._meta_path(st.st_ino), encoded, fsync=self.fsync)
+            return True
+        finally:
+            os.close(fd)
+
+    def orphaned_metadata(self) -> Iterator[OrphanedMetadata]:
+        """The metadata files that describe no stored file (its file was removed or replaced
+        behind the server's back), judged as `sweep` judges them, young ones included (those
+        may belong to an upload being linked into place right now). Blocking."""
+        for meta_path in self._metas():
+            orphan = self._orphaned(meta_path)
+            if orphan is not None:
+                yield orphan
+
+    def remove_orphaned_metadata(
+        self, orphan: OrphanedMetadata, *, min_age: float = metadata_grace
+    ) -> bool:
+        """Remove the metadata file of `orphan` if it still describes no stored file and was
+        last written more than `min_age` seconds ago: an upload writes its metadata before
+        it links its file, so a young orphan may be one being linked now. Whether it was
+        removed. Blocking."""
+        path = Path(orphan.location)
+        if path.parent.parent != self.meta_dir:
+            return False
+        again = self._orphaned(path)
+        if again is None or again.written != orphan.written:
+            return False  # (it describes a file again, or was written since)
+        if self.clock() - again.written <= min_age:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _orphaned(self, meta_path: Path) -> OrphanedMetadata | None:
+        try:
+            written = meta_path.stat().st_mtime
+            raw = meta_path.read_bytes()
+            ino = int(meta_path.stem)
+        except (OSError, ValueError):
+            return None
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            meta = None  # unreadable: it describes nothing
+        rel = meta.get("path") if isinstance(meta, dict) else None
+        if isinstance(rel, str):
+            try:
+                if os.lstat(self.path_of(rel)).st_ino == ino:
+                    return None
+            except (OSError, ValueError):
+                pass
+        return OrphanedMetadata(str(meta_path), rel if isinstance(rel, str) else None, written)
+
+    def partial_files(self) -> list[PartialFile]:
+        """Every partial upload of the partial directory, with why a sweep would remove it
+        now, judged as `sweep` judges them in the supervisor (no partial known to be live),
+        without removing or locking anything. A resumable upload past `resumable_ttl` that a
+        request of some process still holds shows as abandoned, although the sweep (which
+        tries its lock) keeps it. Unnamed partials (O_TMPFILE) have no name to find.
+        Blocking."""
+        now = self.clock()
+        found: list[PartialFile] = []
+        resumable: set[str] = set()
+        for entry in self.partial_dir.iterdir():
+            name = entry.name
+            for suffix in _SUFFIXES:
+                if name.endswith(suffix) and _PARTIAL_ID.fullmatch(name[: -len(suffix)]):
+                    resumable.add(name[: -len(suffix)])
+                    break
+            else:
+                if self._facts_path(name).exists():
+                    continue  # a resumable partial (below)
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if _PARTIAL_ID.fullmatch(name) and self._marker(name, _APPENDING).exists():
+                    continue  # a resumable partial that lost its facts (below)
+                idle = st.st_mtime < now - PARTIAL_MAX_IDLE
+                reason = "untouched for more than a day" if idle else None
+                found.append(PartialFile(name, "plain", st.st_size, st.st_mtime, reason))
+        for upload_id in sorted(resumable):
+            found.append(self._resumable_file(upload_id, now))
+        return found
+
+    def _resumable_file(self, upload_id: str, now: float) -> PartialFile:
+        """`partial_files`' judgement of a resumable upload (as `_sweep_resumable` judges)."""
+        try:
+            state = self.describe(upload_id)
+        except NotFound:
+            state = None
+        reason: str | None = None
+        if state is None:
+            newest, size = 0.0, 0
+            for suffix in ("", *_SUFFIXES):
+                with contextlib.suppress(OSError):
+                    st = self._marker(upload_id, suffix).stat()
+                    newest = max(newest, st.st_mtime)
+                    size += st.st_size if suffix == "" else 0
+            if newest < now - _META_GRACE:
+                reason = "left without its facts"
+            return PartialFile(upload_id, "stray", size, newest, reason)
+        kind = "completed" if state.complete else "resumable"
+        if not state.complete and self._stored_at(state.rel):
+            reason = "its path was stored by another upload"
+        elif state.touched < now - self.resumable_ttl:
+            reason = "past resumable_ttl"
+        size = 0 if state.complete else state.received
+        return PartialFile(upload_id, kind, size, state.touched, reason)
+
+    def sweep_partials(self) -> SweepReport:
+        """Remove the abandoned partial uploads, and nothing else, exactly as `sweep` does
+        (a resumable upload that a request of any process holds stays). Blocking."""
+        report = SweepReport()
+        self._sweep_partials(self.clock(), self.live_names(), report)
+        return report
 
     def _stored(self, rel: str, real: str, st: os.stat_result) -> StoredFile:
         meta = self._read_meta(real, st, rel) or {}
@@ -846,7 +1080,12 @@ class LocalStorage:
                 continue
             expires = _number(meta.get("expires"))
             if expires is not None and expires <= now and target is not None:
-                target.unlink(missing_ok=True)
+                try:
+                    target.unlink()
+                except FileNotFoundError:
+                    pass
+                else:
+                    self._uncounted(str(rel), st.st_size, meta)
                 meta_path.unlink(missing_ok=True)
                 self._prune_dirs(target.parent)
                 report.expired += 1
@@ -935,7 +1174,7 @@ class LocalStorage:
         """Walk the stored files: remove those whose extended attribute says they have
         expired, and count the others into `report`."""
         root = str(self.root)
-        expired: list[str] = []
+        expired: list[tuple[str, str, int, dict[str, object] | None]] = []
         for directory, subdirs, names in os.walk(root):
             if directory == root and RESERVED_SEGMENT in subdirs:
                 subdirs.remove(RESERVED_SEGMENT)
@@ -953,15 +1192,16 @@ class LocalStorage:
                     meta = _valid_meta(_xattr_of(path), st, prefix + name)
                     expires = _number(meta.get("expires")) if meta is not None else None
                     if expires is not None and expires <= now:
-                        expired.append(path)
+                        expired.append((prefix + name, path, st.st_size, meta))
                         continue
                 report.files += 1
                 report.bytes += st.st_size
         # Removed after the walk, which would otherwise step into directories pruned under it.
-        for path in expired:
+        for rel, path, size, meta in expired:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
                 report.expired += 1
+                self._uncounted(rel, size, meta)
             self._prune_dirs(Path(path).parent)
 
     def _prune_dirs(self, directory: Path) -> None:
@@ -1121,7 +1361,7 @@ class LocalPartial:
         True in fast mode (no fsync) with no body to compare: the commit then only opens,
         creates and links names and sets an attribute, none of which waits for the disk.
         """
-        return not self.storage.fsync and not compare
+        return not self.storage.fsync and not compare and self.storage.accounting is None
 
     def commit(  # noqa: PLR0912, PLR0915 (one commit: compare, metadata, fsync, link, with one cleanup)
         self, compare: bool = False, *, inline: bool = False
@@ -1200,6 +1440,9 @@ class LocalPartial:
                     meta_path.unlink(missing_ok=True)
                 raise
             self._committed()
+            if storage.accounting is not None:
+                with contextlib.suppress(OSError):
+                    storage.accounting.added(self.rel, self.size, self.uploader)
             return StoredFile(
                 rel=self.rel,
                 location=str(storage.path_of(self.rel)),

@@ -30,6 +30,7 @@ from hmacfs.core.settings import (
     HttpSettings,
     Listener,
     MetricsSettings,
+    QuotaSettings,
     ServerSettings,
     TlsSettings,
 )
@@ -178,13 +179,14 @@ def test_every_key(tmp_path: Path) -> None:
 
 def test_schema_matches_the_settings() -> None:
     """Every settings field but the secrets is a key of the same name, and vice versa."""
-    assert set(SCHEMA) == {"server", "hmac", "http", "tls", "metrics"}
+    assert set(SCHEMA) == {"server", "hmac", "http", "tls", "metrics", "quota"}
     for section, settings_class in (
         ("server", ServerSettings),
         ("hmac", HmacSettings),
         ("http", HttpSettings),
         ("tls", TlsSettings),
         ("metrics", MetricsSettings),
+        ("quota", QuotaSettings),
     ):
         fields = {f.name for f in dataclasses.fields(settings_class)}
         keys = set(SCHEMA[section])
@@ -309,7 +311,7 @@ def test_group_readable_config_is_fine(tmp_path: Path) -> None:
         (
             "[network_resilience]\nenabled = true\n",
             "unknown section [network_resilience] (known sections: [server], [hmac], [http], "
-            "[tls], [metrics])",
+            "[tls], [metrics], [quota])",
         ),
         ("[server.tls]\ncert = 'x'\n", "unknown key [server] tls (known keys: listen, "),
         (
@@ -1673,3 +1675,44 @@ def test_etc_config_commented_alternatives_load(tmp_path: Path) -> None:
     config = load(installed_config(tmp_path, text))
     assert config.server.public_url == "https://upload.example.org"
     assert config.hmac.secrets == (SECRET.encode(),)
+
+
+# --- [quota] ---------------------------------------------------------------------------------
+
+
+def test_quota_limits_are_read(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        '[server]\nmax_upload_size = "10M"\n[quota]\nuploader_limit = "1G"\n'
+        'uploader_soft_limit = "500M"\nuploader_daily_limit = "100M"\ntotal_limit = "2T"\n'
+        'min_free_space = "5G"\nuploader_from_path = false\n' + MINIMAL,
+    )
+    assert config.quota == QuotaSettings(
+        uploader_limit=1 << 30,
+        uploader_soft_limit=500 << 20,
+        uploader_daily_limit=100 << 20,
+        total_limit=2 << 40,
+        min_free_space=5 << 30,
+        uploader_from_path=False,
+    )
+    assert config.quota.counts
+    assert not load_text(tmp_path, MINIMAL).quota.counts
+
+
+@pytest.mark.parametrize(
+    ("quota", "message"),
+    [
+        ('uploader_limit = "5M"',
+         "[quota] uploader_limit: 5M is smaller than [server] max_upload_size (10M): uploads "
+         "that size could never be stored"),
+        ('uploader_daily_limit = "1M"',
+         "[quota] uploader_daily_limit: 1M is smaller than [server] max_upload_size (10M)"),
+        ('total_limit = 1000', "[quota] total_limit: 1000 is smaller than"),
+        ('uploader_limit = "1G"\nuploader_soft_limit = "1G"',
+         "[quota] uploader_soft_limit: 1G is not below uploader_limit (1G)"),
+        ('uploader_limit = "lots"', "[quota] uploader_limit: "),
+    ],
+)
+def test_quota_errors_name_the_key(tmp_path: Path, quota: str, message: str) -> None:
+    text = f'[server]\nmax_upload_size = "10M"\n[quota]\n{quota}\n{MINIMAL}'
+    assert message in error_of(tmp_path, text)
