@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
-from hmacfs import __version__
+from hmacfs import __version__, admin
 from hmacfs.core import auth, config
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run a development server with a generated secret")
     dev.add_argument("--port", type=int, default=5050)
     dev.add_argument("--dir", default=".", help="base directory; files go to DIR/var/files")
+    admin.add_parsers(sub)
     return parser
 
 
@@ -355,6 +356,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "sign": cmd_sign,
     "dev": cmd_dev,
     "worker": cmd_worker,
+    **admin.COMMANDS,
 }
 
 
