@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -88,4 +89,30 @@ def test_min_free_space_on_a_small_filesystem(tmp_path: Path, small_tmpfs: Path)
         time.sleep(0.05)
     assert all(" WARN " in line for line in server.log if "-> 507 refused" in line)
     assert put(server, "c/3.bin", b"3" * 512 * KIB).status == 201
+    assert stop_server(server) == 0
+
+
+def test_a_reload_sets_and_changes_the_limits(tmp_path: Path) -> None:
+    # First without any quota (nothing counted), then a reload sets one: the files already
+    # stored are counted for it; a second reload raises it.
+    server = start_server(tmp_path, server_toml="workers = 2", max_upload_size="64K")
+    assert put(server, f"{ROMEO}/a/1.bin", b"1" * 60 * KIB).status == 201
+    text = server.config_path.read_text()
+
+    def reload(quota: str, times: int) -> None:
+        server.config_path.write_text(text + quota)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while sum("configuration reloaded" in line for line in server.log) < times:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.05)
+
+    reload('[quota]\nuploader_limit = "100K"\n', 1)
+    deadline = time.monotonic() + 20
+    while not any("counted 1 stored files" in line for line in server.log):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.05)
+    assert put(server, f"{ROMEO}/b/2.bin", b"2" * 60 * KIB).status == 413
+    reload('[quota]\nuploader_limit = "200K"\n', 2)
+    assert put(server, f"{ROMEO}/b/2.bin", b"2" * 60 * KIB).status == 201
     assert stop_server(server) == 0
