@@ -799,10 +799,8 @@ class LocalStorage:
         resumable: set[str] = set()
         for entry in self.partial_dir.iterdir():
             name = entry.name
-            for suffix in _SUFFIXES:
-                if name.endswith(suffix) and _PARTIAL_ID.fullmatch(name[: -len(suffix)]):
-                    resumable.add(name[: -len(suffix)])
-                    break
+            if (upload_id := _resumable_id(name)) is not None:
+                resumable.add(upload_id)
             else:
                 if self._facts_path(name).exists():
                     continue  # a resumable partial (below)
@@ -1098,10 +1096,8 @@ class LocalStorage:
         resumable: set[str] = set()
         for entry in self.partial_dir.iterdir():
             name = entry.name
-            for suffix in _SUFFIXES:
-                if name.endswith(suffix) and _PARTIAL_ID.fullmatch(name[: -len(suffix)]):
-                    resumable.add(name[: -len(suffix)])
-                    break
+            if (upload_id := _resumable_id(name)) is not None:
+                resumable.add(upload_id)
             else:
                 if name in active or (self.partial_dir / f"{name}{_FACTS_SUFFIX}").exists():
                     continue  # live, or a resumable partial (below)
@@ -1583,6 +1579,14 @@ def _xattr_of(path: str) -> bytes | None:
         return os.getxattr(path, META_XATTR, follow_symlinks=False)
     except OSError:  # none, or no extended attributes on this filesystem
         return None
+
+
+def _resumable_id(name: str) -> str | None:
+    """The resumable upload whose facts or marker file `name` is, if it is one."""
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and _PARTIAL_ID.fullmatch(name[: -len(suffix)]):
+            return name[: -len(suffix)]
+    return None
 
 
 def _valid_meta(raw: bytes | None, st: os.stat_result, rel: str) -> dict[str, object] | None:
