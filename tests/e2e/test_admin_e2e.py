@@ -149,20 +149,21 @@ def test_verify_finds_and_repairs_an_orphan(server: Server) -> None:
     assert status_of(kept) == 200
 
 
-def _read_only_bind(storage: Path) -> list[str] | None:
-    """A command prefix that runs a command with `storage` mounted read-only over itself (in
-    a mount namespace of its own), or None where that cannot be done here."""
+def _read_only_bind(storage: Path) -> list[str]:
+    """A command prefix that runs a command with `storage` mounted read-only over itself, in
+    a mount namespace of its own (the test command runs as root, as the fault tests do)."""
     unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
+    assert unshare is not None, "unshare (util-linux) is needed for the read-only storage test"
     probe = subprocess.run(
         [unshare, "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0"', str(storage)],
         capture_output=True,
+        text=True,
         timeout=30,
         check=False,
     )
-    if probe.returncode != 0:
-        return None
+    assert probe.returncode == 0, (
+        f"a read-only bind mount needs root and mount namespaces: {probe.stderr.strip()}"
+    )
     return [unshare, "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && shift && exec "$@"',
             str(storage)]
 
@@ -170,8 +171,6 @@ def _read_only_bind(storage: Path) -> list[str] | None:
 @pytest.mark.workers
 def test_a_read_only_storage(server: Server) -> None:
     prefix = _read_only_bind(server.storage)
-    if prefix is None:
-        pytest.skip("cannot mount the storage read-only here")
     upload_v1(server, f"{uuid.uuid4().hex}/ro.txt", b"ro")
     base = [sys.executable, "-m", "hmacfs", "--config", str(server.config_path)]
 
