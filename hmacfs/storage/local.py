@@ -796,23 +796,11 @@ class LocalStorage:
         Blocking."""
         now = self.clock()
         found: list[PartialFile] = []
-        resumable: set[str] = set()
-        for entry in self.partial_dir.iterdir():
-            name = entry.name
-            if (upload_id := _resumable_id(name)) is not None:
-                resumable.add(upload_id)
-            else:
-                if self._facts_path(name).exists():
-                    continue  # a resumable partial (below)
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                if _PARTIAL_ID.fullmatch(name) and self._marker(name, _APPENDING).exists():
-                    continue  # a resumable partial that lost its facts (below)
-                idle = st.st_mtime < now - PARTIAL_MAX_IDLE
-                reason = "untouched for more than a day" if idle else None
-                found.append(PartialFile(name, "plain", st.st_size, st.st_mtime, reason))
+        plain, resumable = self._partial_entries()
+        for entry, st in plain:
+            idle = st.st_mtime < now - PARTIAL_MAX_IDLE
+            reason = "untouched for more than a day" if idle else None
+            found.append(PartialFile(entry.name, "plain", st.st_size, st.st_mtime, reason))
         for upload_id in sorted(resumable):
             found.append(self._resumable_file(upload_id, now))
         return found
@@ -1090,23 +1078,37 @@ class LocalStorage:
         self._sweep_stored(now, report)
         return report
 
-    def _sweep_partials(self, now: float, active: frozenset[str], report: SweepReport) -> None:
-        """Remove partial files no upload will finish: plain ones idle for PARTIAL_MAX_IDLE,
-        resumable ones past `resumable_ttl`."""
+    def _partial_entries(self) -> tuple[list[tuple[Path, os.stat_result]], set[str]]:
+        """What the partial directory holds, judged once for the sweep and for the admin's
+        inspection alike: the plain partial files (with their status), and the resumable
+        uploads by id (from their facts and markers, or a named partial whose facts were lost
+        but whose append marker names it)."""
+        plain: list[tuple[Path, os.stat_result]] = []
         resumable: set[str] = set()
         for entry in self.partial_dir.iterdir():
             name = entry.name
             if (upload_id := _resumable_id(name)) is not None:
                 resumable.add(upload_id)
+            elif self._facts_path(name).exists():
+                continue  # a resumable partial: its facts name it
+            elif _PARTIAL_ID.fullmatch(name) and self._marker(name, _APPENDING).exists():
+                resumable.add(name)
             else:
-                if name in active or (self.partial_dir / f"{name}{_FACTS_SUFFIX}").exists():
-                    continue  # live, or a resumable partial (below)
                 try:
-                    if entry.stat().st_mtime < now - PARTIAL_MAX_IDLE:
-                        entry.unlink()
-                        report.partials += 1
+                    plain.append((entry, entry.stat()))
                 except FileNotFoundError:
                     continue
+        return plain, resumable
+
+    def _sweep_partials(self, now: float, active: frozenset[str], report: SweepReport) -> None:
+        """Remove partial files no upload will finish: plain ones idle for PARTIAL_MAX_IDLE,
+        resumable ones past `resumable_ttl`."""
+        plain, resumable = self._partial_entries()
+        for entry, st in plain:
+            if entry.name not in active and st.st_mtime < now - PARTIAL_MAX_IDLE:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    report.partials += 1
         for upload_id in resumable:
             self._sweep_resumable(upload_id, now, active, report)
         self._sweep_slots()
@@ -1169,29 +1171,16 @@ class LocalStorage:
     def _sweep_stored(self, now: float, report: SweepReport) -> None:
         """Walk the stored files: remove those whose extended attribute says they have
         expired, and count the others into `report`."""
-        root = str(self.root)
         expired: list[tuple[str, str, int, dict[str, object] | None]] = []
-        for directory, subdirs, names in os.walk(root):
-            if directory == root and RESERVED_SEGMENT in subdirs:
-                subdirs.remove(RESERVED_SEGMENT)
-            rel_dir = os.path.relpath(directory, root)
-            prefix = "" if rel_dir == "." else rel_dir + "/"
-            for name in names:
-                path = os.path.join(directory, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
+        for rel, path, st in self._walk():
+            if self._read_xattrs:
+                meta = _valid_meta(_xattr_of(path), st, rel)
+                expires = _number(meta.get("expires")) if meta is not None else None
+                if expires is not None and expires <= now:
+                    expired.append((rel, path, st.st_size, meta))
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if self._read_xattrs:
-                    meta = _valid_meta(_xattr_of(path), st, prefix + name)
-                    expires = _number(meta.get("expires")) if meta is not None else None
-                    if expires is not None and expires <= now:
-                        expired.append((prefix + name, path, st.st_size, meta))
-                        continue
-                report.files += 1
-                report.bytes += st.st_size
+            report.files += 1
+            report.bytes += st.st_size
         # Removed after the walk, which would otherwise step into directories pruned under it.
         for rel, path, size, meta in expired:
             with contextlib.suppress(FileNotFoundError):
