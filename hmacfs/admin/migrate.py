@@ -34,7 +34,6 @@ import argparse
 import ipaddress
 import os
 import re
-import stat
 import sys
 import tempfile
 import tomllib
@@ -45,6 +44,7 @@ from typing import Any, Final, TextIO
 
 from hmacfs.core import config
 from hmacfs.core.config import KEYS, ConfigError
+from hmacfs.core.files import NotRegularFile, read_regular
 from hmacfs.core.settings import Config, suggest, toml_type
 from hmacfs.core.units import MAX_DURATION, format_duration, format_size, show, toml_string
 
@@ -514,15 +514,9 @@ def _read(path: Path) -> dict[str, Any]:
     """The TOML document at `path`. Raises MigrateError (EXIT_INPUT) naming the file, and the
     line where there is one, if it cannot be read or parsed."""
     try:
-        # O_NONBLOCK: a FIFO given by mistake must not make the command wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise MigrateError(f"{path}: not a regular file", EXIT_INPUT)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                content = f.read()
-        finally:
-            os.close(fd)
+        content, _ = read_regular(path)
+    except NotRegularFile:
+        raise MigrateError(f"{path}: not a regular file", EXIT_INPUT) from None
     except OSError as e:
         raise MigrateError(f"{path}: cannot read it: {e.strerror}", EXIT_INPUT) from None
     try:

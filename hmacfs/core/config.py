@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from hmacfs.core.files import FileTooLarge, NotRegularFile, read_regular
 from hmacfs.core.listen import Listener, parse_listen
 from hmacfs.core.settings import (
     LOG_LEVELS,
@@ -304,24 +305,14 @@ def _read_secret_file(file: _File, path: Path) -> list[bytes]:
     starting with "#" skipped. Raises ConfigError if the file cannot be read, is not UTF-8
     text, is too large or holds no secret; warns if every user may read it."""
     try:
-        # O_NONBLOCK: a FIFO must not make the server wait for a writer at start-up.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise file.error("hmac", "secret_file", f"{path} is not a regular file")
-            with os.fdopen(os.dup(fd), "rb") as f:
-                content = f.read(_MAX_SECRET_FILE + 1)
-        finally:
-            os.close(fd)
+        content, st = read_regular(path, _MAX_SECRET_FILE)
     except OSError as e:
         raise file.error("hmac", "secret_file", f"cannot read {path}: {e.strerror}") from None
-    if len(content) > _MAX_SECRET_FILE:
-        raise file.error(
-            "hmac",
-            "secret_file",
-            f"{path} is larger than {_MAX_SECRET_FILE} bytes; is it a secret file?",
-        )
+    except FileTooLarge as e:
+        raise file.error("hmac", "secret_file", f"{e}; is it a secret file?") from None
+    except NotRegularFile as e:
+        raise file.error("hmac", "secret_file", str(e)) from None
+    mode = st.st_mode
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -6,8 +6,6 @@ keep the context they started with, so a certificate renewal (SIGHUP) never drop
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from hmacfs.core.files import FileTooLarge, NotRegularFile, read_regular
 from hmacfs.core.settings import TlsSettings
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
@@ -39,18 +38,13 @@ def _read(path: Path | None, key: str) -> bytes:
     if path is None:
         raise TlsError(key, "not set")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TlsError(key, f"{path} is not a regular file")
-            with os.fdopen(os.dup(fd), "rb") as f:
-                content = f.read(MAX_PEM_FILE + 1)
-        finally:
-            os.close(fd)
+        content, _ = read_regular(path, MAX_PEM_FILE)
     except OSError as e:
         raise TlsError(key, f"cannot read {path}: {e.strerror}") from None
-    if len(content) > MAX_PEM_FILE:
-        raise TlsError(key, f"{path} is larger than {MAX_PEM_FILE} bytes; is it a PEM file?")
+    except FileTooLarge as e:
+        raise TlsError(key, f"{e}; is it a PEM file?") from None
+    except NotRegularFile as e:
+        raise TlsError(key, str(e)) from None
     return content
 
 
