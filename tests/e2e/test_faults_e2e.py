@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,29 +26,20 @@ import pytest
 from tests.e2e.test_service_e2e import NotifySocket
 from tests.helpers import resumable as rufh
 from tests.helpers.files import visible_files
-from tests.helpers.server import Server, children, start_server, stop_server
+from tests.helpers.server import (
+    Server,
+    children,
+    start_server,
+    stop_server,
+    wait_for,
+    workers_of,
+)
 from tests.helpers.signing import SECRET, mac_v1
 
 pytestmark = [pytest.mark.faults, pytest.mark.workers]
 
 KIB = 1024
 MIB = 1024 * KIB
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
-def workers_of(server: Server, count: int) -> list[int]:
-    return wait_for(  # type: ignore[return-value]
-        lambda: (pids := children(server.process.pid)) and len(pids) == count and pids,
-        20,
-        f"{count} workers",
-    )
 
 
 def digest(path: Path) -> str:

@@ -5,12 +5,11 @@ broke off is logged, a preflight names its path."""
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from pathlib import Path
 
 from tests.helpers import resumable as rufh
-from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.server import Server, start_server, stop_server, wait_logged
 from tests.helpers.signing import SECRET, mac_v1, mac_v2
 
 JOURNAL = (
@@ -22,14 +21,6 @@ def journal_server(tmp_path: Path) -> Server:
     # The server compares JOURNAL_STREAM with its own stderr, as under systemd: its lines
     # then carry sd-daemon priorities.
     return start_server(tmp_path, argv_prefix=JOURNAL, log_level="info")
-
-
-def wait_logged(server: Server, text: str, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while not (found := [line for line in server.log if text in line]):
-        assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log_tail()}"
-        time.sleep(0.05)
-    return found
 
 
 def test_a_signature_mismatch_is_a_warning_with_a_hint_once_a_minute(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import resumable as rufh
-from tests.helpers.server import Server, children, start_server, stop_server
+from tests.helpers.server import (
+    Server,
+    children,
+    start_server,
+    stop_server,
+    wait_for,
+    wait_logged,
+)
 from tests.helpers.signing import mac_v1
 
 pytestmark = pytest.mark.workers
@@ -83,11 +89,7 @@ def test_min_free_space_on_a_small_filesystem(tmp_path: Path, small_tmpfs: Path)
     )
     answer = refused.connection.read_final("PUT", 10)[1]
     assert answer.status == 507 and b"not enough free space" in answer.body
-    deadline = time.monotonic() + 10
-    while not [line for line in server.log if "-> 507 refused" in line]:
-        assert time.monotonic() < deadline, server.log_tail()
-        time.sleep(0.05)
-    assert all(" WARN " in line for line in server.log if "-> 507 refused" in line)
+    assert all(" WARN " in line for line in wait_logged(server, "-> 507 refused"))
     assert put(server, "c/3.bin", b"3" * 512 * KIB).status == 201
     assert stop_server(server) == 0
 
@@ -102,16 +104,14 @@ def test_a_reload_sets_and_changes_the_limits(tmp_path: Path) -> None:
     def reload(quota: str, times: int) -> None:
         server.config_path.write_text(text + quota)
         server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while sum("configuration reloaded" in line for line in server.log) < times:
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.05)
+        wait_for(
+            lambda: sum("configuration reloaded" in line for line in server.log) >= times,
+            20,
+            f"reload {times}",
+        )
 
     reload('[quota]\nuploader_limit = "100K"\n', 1)
-    deadline = time.monotonic() + 20
-    while not any("counted 1 stored files" in line for line in server.log):
-        assert time.monotonic() < deadline, server.log_tail()
-        time.sleep(0.05)
+    wait_logged(server, "counted 1 stored files", 20)
     assert put(server, f"{ROMEO}/b/2.bin", b"2" * 60 * KIB).status == 413
     reload('[quota]\nuploader_limit = "200K"\n', 2)
     assert put(server, f"{ROMEO}/b/2.bin", b"2" * 60 * KIB).status == 201

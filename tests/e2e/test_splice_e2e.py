@@ -20,7 +20,13 @@ import pytest
 from hmacfs.http.fast.splice import SPLICE_MIN
 from tests.certs import TestCA
 from tests.helpers.client import curl
-from tests.helpers.server import Server, start_https_server, start_server, stop_server
+from tests.helpers.server import (
+    Server,
+    start_https_server,
+    start_server,
+    stop_server,
+    wait_logged,
+)
 from tests.helpers.signing import mac_v1
 
 MIB = 1024 * 1024
@@ -58,13 +64,6 @@ def spliced_line(server: Server, rel: str, timeout: float = 10.0) -> str | None:
                 return line
         if time.monotonic() > deadline:
             return None
-        time.sleep(0.05)
-
-
-def wait_for_log(server: Server, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(text in line for line in list(server.log)):
-        assert time.monotonic() < deadline, f"no log line with {text!r}"
         time.sleep(0.05)
 
 
@@ -163,7 +162,7 @@ def test_body_sent_slowly_keeps_the_connection_alive(tmp_path: Path) -> None:
     body = os.urandom(4 * MIB)
     rel = f"{uuid.uuid4()}/slow.bin"
     with open_upload(server, rel, len(body), body[:1000]) as sock:
-        wait_for_log(server, f"{rel}: splicing the body")
+        wait_logged(server, f"{rel}: splicing the body")
         pieces = [body[i : i + 256 * 1024] for i in range(1000, len(body), 256 * 1024)]
         for piece in pieces:
             time.sleep(3.0 / len(pieces))
@@ -183,7 +182,7 @@ def test_client_gone_mid_body_leaves_nothing_and_a_retry_works(
     data = source.read_bytes()
     rel = f"{uuid.uuid4()}/gone.bin"
     with open_upload(server, rel, size, data[:1000]) as sock:
-        wait_for_log(server, f"{rel}: splicing the body")
+        wait_logged(server, f"{rel}: splicing the body")
         sock.sendall(data[1000 : 3 * MIB])
         time.sleep(0.3)
     deadline = time.monotonic() + 10
@@ -201,7 +200,7 @@ def test_client_that_stalls_mid_body_is_timed_out(tmp_path: Path) -> None:
     size = 4 * MIB
     rel = f"{uuid.uuid4()}/stall.bin"
     with open_upload(server, rel, size, b"x" * 1000) as sock:
-        wait_for_log(server, f"{rel}: splicing the body")
+        wait_logged(server, f"{rel}: splicing the body")
         sock.sendall(b"y" * MIB)
         started = time.monotonic()
         # Nothing more: the server must give up on its own, well before our own limit.
@@ -234,7 +233,7 @@ def test_sigterm_cuts_off_a_spliced_upload(tmp_path: Path) -> None:
     server = start_server(tmp_path, server_toml='shutdown_timeout = "1s"')
     rel = f"{uuid.uuid4()}/cut.bin"
     with open_upload(server, rel, 8 * MIB, b"z" * 1000) as sock:
-        wait_for_log(server, f"{rel}: splicing the body")
+        wait_logged(server, f"{rel}: splicing the body")
         sock.sendall(b"z" * MIB)
         time.sleep(0.2)
         started = time.monotonic()

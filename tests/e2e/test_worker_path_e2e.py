@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_service_e2e import put_url, upload
-from tests.e2e.test_workers_e2e import workers_of
-from tests.helpers.server import start_server, stop_server
+from tests.helpers.server import start_server, stop_server, workers_of
 
 SHADOW = """\
 from pathlib import Path

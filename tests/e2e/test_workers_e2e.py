@@ -14,25 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_service_e2e import put_url, upload
-from tests.helpers.server import Server, children, start_server, stop_server
-
-
-def wait_for(condition: object, timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()  # type: ignore[operator]
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def workers_of(server: Server, count: int) -> list[int]:
-    return wait_for(  # type: ignore[return-value]
-        lambda: (pids := children(server.process.pid)) and len(pids) == count and pids,
-        20,
-        f"{count} workers",
-    )
+from tests.helpers.server import (
+    children,
+    start_server,
+    stop_server,
+    wait_for,
+    workers_of,
+)
 
 
 @pytest.mark.workers

@@ -27,12 +27,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TypeVar
 
 from tests.helpers.signing import SECRET
+
+T = TypeVar("T")
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -235,6 +237,36 @@ def stop_started(timeout: float = 20.0) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """`condition()`'s first true value, asked every 50 ms; AssertionError naming `what`
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def wait_logged(server: Server, text: str, timeout: float = 10.0) -> list[str]:
+    """The lines the server has logged that hold `text`, once there is one."""
+    deadline = time.monotonic() + timeout
+    while not (found := [line for line in list(server.log) if text in line]):
+        assert time.monotonic() < deadline, f"{text!r} not logged; the log ends:\n" + (
+            server.log_tail()
+        )
+        time.sleep(0.05)
+    return found
+
+
+def workers_of(server: Server, count: int) -> list[int]:
+    """The pids of a supervisor's workers, once it has `count` of them."""
+    return wait_for(
+        lambda: ((pids := children(server.process.pid)) and len(pids) == count and pids) or None,
+        20,
+        f"{count} workers",
+    )
 
 
 def children(pid: int) -> list[int]:
