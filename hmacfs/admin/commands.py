@@ -266,19 +266,26 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
             _say(f"{shown}: a symbolic link, not a stored file (see verify)")
             status = EXIT_FAILURE
             continue
-        try:
-            removed = storage.delete(rel)
-        except OSError as e:
-            _say(f"{shown}: cannot remove: {e.strerror}")
+        removed = _remove(storage, rel, shown)
+        if removed is None:
             status = EXIT_FAILURE
-            continue
-        if removed:
+        elif removed:
             print(f"removed {printable(rel)}", file=out)
         else:
             hint = " (a percent-encoded path: give the whole URL)" if "%" in argument else ""
             _say(f"{shown}: no such file{hint}")
             status = EXIT_FAILURE
     return status
+
+
+def _remove(storage: LocalStorage, rel: str, shown: str) -> bool | None:
+    """Remove the stored file `rel`: whether it was there, or None (said on stderr) when the
+    storage refused."""
+    try:
+        return storage.delete(rel)
+    except OSError as e:
+        _say(f"{shown}: cannot remove: {e.strerror}")
+        return None
 
 
 def _unchanged(stored: StoredFile) -> bool:
@@ -317,13 +324,10 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             print(f"would remove {shown}", file=out)
             done.add(stored.size)
             continue
-        try:
-            removed = _unchanged(stored) and storage.delete(stored.rel)
-        except OSError as e:
-            _say(f"{shown}: cannot remove: {e.strerror}")
+        removed = _unchanged(stored) and _remove(storage, stored.rel, shown)
+        if removed is None:
             status = EXIT_FAILURE
-            continue
-        if removed:
+        elif removed:
             print(f"removed {shown}", file=out)
             done.add(stored.size)
     verb = "would remove" if args.dry_run else "removed"
