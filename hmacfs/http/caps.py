@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
+from hmacfs.core.throttle import Throttle
+
 #: At most one log line per this many seconds about refused connections.
 LOG_INTERVAL = 60.0
 #: What a client over a cap is told to wait before it tries again.
@@ -40,8 +42,7 @@ class ConnectionCaps:
         self.clock = clock
         self.total = 0
         self.per_address: collections.Counter[str] = collections.Counter()
-        self._refused = 0
-        self._logged_at: float | None = None
+        self._refusals = Throttle(clock, LOG_INTERVAL)
 
     def admit(
         self, host: str | None, limit: int, per_address: int, exempt: Iterable[str]
@@ -71,15 +72,13 @@ class ConnectionCaps:
                 del self.per_address[host]
 
     def _refuse(self, reason: str) -> str:
-        self._refused += 1
-        now = self.clock()
-        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL:
+        count = self._refusals.due()
+        if count is not None:
             _log.warn(
                 "refused {count} connections over the connection caps ({reason})",
-                count=self._refused,
+                count=count,
                 reason=reason,
             )
-            self._logged_at, self._refused = now, 0
         return reason
 
 

@@ -36,6 +36,7 @@ from hmacfs.core.refusals import (
     TooLarge,
 )
 from hmacfs.core.settings import Config
+from hmacfs.core.throttle import Throttle
 from hmacfs.core.units import format_size
 from hmacfs.http import quota
 from hmacfs.http.caps import ConnectionCaps
@@ -113,9 +114,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.resumptions = Resumptions(self)
         self.deadlines = Deadlines(self)
         self.caps = ConnectionCaps(self.now)
-        #: Signature mismatches since the last hint about them, and when that was.
-        self._mismatches = 0
-        self._hinted_at: float | None = None
+        #: Signatures that matched no secret, for a hint about them once in a while.
+        self._mismatches = Throttle(self.now, HINT_INTERVAL)
         #: Uploads whose body is coming or being committed, with their requests (to cut them).
         self.in_flight: dict[Upload, UploadRequest] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -347,9 +347,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
     def _mismatch_hint(self, scheme: str | None) -> None:
         """At most once every HINT_INTERVAL: signatures do not match, and what to check (the
         MAC itself is never logged)."""
-        now = self.now()
-        self._mismatches += 1
-        if self._hinted_at is not None and now - self._hinted_at < HINT_INTERVAL:
+        count = self._mismatches.due()
+        if count is None:
             return
         prefix = self.config.server.upload_prefix
         _log.warn(
@@ -357,11 +356,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
             "paths under {prefix}) since the last such warning: if every upload fails so, "
             "the XMPP server signs with another secret or another path; compare [hmac] "
             "secret with its upload secret and upload_prefix with its upload URL's path",
-            count=self._mismatches,
+            count=count,
             scheme=printable(scheme or "-"),
             prefix=printable(prefix),
         )
-        self._hinted_at, self._mismatches = now, 0
 
     def health(self) -> defer.Deferred[HealthReport]:
         """The health report: the storage must be usable, the server not shutting down.
