@@ -22,6 +22,7 @@ from hmacfs.storage.usage import DAY
 if TYPE_CHECKING:
     from hmacfs.core.auth import Grant
     from hmacfs.http.site import UploadSite
+    from hmacfs.storage.backend import Backend
 
 _log = Logger(namespace="hmacfs.quota")
 
@@ -45,12 +46,12 @@ def check(site: UploadSite, grant: Grant, uploader: str | None) -> None:
     413 for the uploader's own limits, 507 for the storage's. Reads a few small files."""
     settings = site.config.quota
     size = grant.size
-    storage: Any = site.storage
+    storage = site.storage
     if settings.min_free_space:
         free = storage.free_bytes()
         if free is not None and free - size < settings.min_free_space:
             raise StorageFailure("not enough free space to store this upload", Reason.QUOTA)
-    accounting = getattr(storage, "accounting", None)
+    accounting = storage.accounting
     if accounting is None:
         return
     if settings.total_limit:
@@ -77,10 +78,11 @@ def check(site: UploadSite, grant: Grant, uploader: str | None) -> None:
             )
 
 
-def enforce_soft_limit(storage: Any, uploader: str, limit: int, keep: str) -> list[str]:
+def enforce_soft_limit(storage: Backend, uploader: str, limit: int, keep: str) -> list[str]:
     """Delete the uploader's oldest files (never `keep`, the one just stored) until its
     stored bytes are within `limit`; the paths deleted. Blocking: on a thread."""
     accounting = storage.accounting
+    assert accounting is not None  # (only called with one)
     deleted: list[str] = []
     stored = accounting.of(uploader).bytes
     for entry in accounting.oldest(uploader):
@@ -98,8 +100,8 @@ def enforce_soft_limit(storage: Any, uploader: str, limit: int, keep: str) -> li
 def after_upload(site: UploadSite, uploader: str | None, rel: str) -> None:
     """After a 201: bring the uploader back under its soft limit, on a thread."""
     limit = site.config.quota.uploader_soft_limit
-    storage: Any = site.storage
-    if not limit or uploader is None or getattr(storage, "accounting", None) is None:
+    storage = site.storage
+    if not limit or uploader is None or storage.accounting is None:
         return
 
     def done(deleted: list[str]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hmacfs.core.refusals import Conflict, StorageFailure
+from hmacfs.storage.usage import Usage
 
 
 class CompareOnThread(Exception):
@@ -176,6 +177,13 @@ class Backend(Protocol):
     #: Runs a blocking call off the caller's thread, ignoring its outcome (set by the server;
     #: None: the backend does such work, e.g. early writeback, not at all).
     background: Callable[..., object] | None
+    #: The bytes stored, per uploader and in all, when a quota needs them (else None).
+    accounting: Usage | None
+
+    def free_bytes(self) -> int | None:
+        """Bytes that may still be stored, as the filesystem (or store) says; None when it
+        does not say."""
+        ...
 
     def check(self) -> str:
         """Whether uploads can be stored: "ok", or a short reason that names no path (for
