@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import debian
 from tests.helpers.server import Server, start_server, stop_server
 from tests.helpers.signing import SECRET
 from tests.interop.xmpp_servers import (
@@ -72,16 +72,6 @@ class Setup:
         )
 
 
-def _installed(package: str) -> bool:
-    status = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return "install ok installed" in status
-
-
 def _locked_versions() -> dict[str, str]:
     lock = json.loads((HERE / "package-lock.json").read_text())
     return {name: lock["packages"][f"node_modules/{name}"]["version"]
@@ -102,7 +92,7 @@ def browser_prerequisites() -> str:
     problems = []
     lines = PACKAGES_FILE.read_text().splitlines()
     packages = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    missing = [package for package in packages if not _installed(package)]
+    missing = debian.missing(packages)
     if missing:
         problems.append(
             f"missing Debian packages: {' '.join(missing)} (as root: apt-get install "

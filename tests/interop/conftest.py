@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.certs import TestCA
+from tests.helpers import debian
 from tests.helpers.server import Server, start_server, stop_server
 from tests.helpers.signing import SECRET
 from tests.interop.matrix import (
@@ -79,17 +80,7 @@ def debian_packages() -> list[str]:
 
 
 def missing_debian_packages() -> list[str]:
-    missing = []
-    for package in debian_packages():
-        status = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", package],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        if "install ok installed" not in status:
-            missing.append(package)
-    return missing
+    return debian.missing(debian_packages())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
