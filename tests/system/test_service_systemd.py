@@ -249,15 +249,22 @@ open("/tmp/slow-response", "wb").write(sock.recv(4096))
 """
 
 
-def test_stop_lets_an_upload_in_flight_finish(box: Container) -> None:
-    install(box, config_text())
-    box.systemctl("start", UNIT)
+def start_slow_upload(box: Container) -> str:
+    """Start SLOW_UPLOAD in the container, as a unit of its own, and wait until half of its
+    body is sent; the path it uploads to."""
     rel = f"{uuid.uuid4()}/in-flight.bin"
     box.write_file("/tmp/slow.py", SLOW_UPLOAD)
     box.run("systemd-run", "--unit", "slow-upload", "--collect",
             "python3", "/tmp/slow.py", rel, SECRET)
     box.wait_until(lambda: box.run("test", "-e", "/tmp/slow-started", check=False).returncode == 0,
                    timeout=20, what="the slow upload to start")
+    return rel
+
+
+def test_stop_lets_an_upload_in_flight_finish(box: Container) -> None:
+    install(box, config_text())
+    box.systemctl("start", UNIT)
+    rel = start_slow_upload(box)
     started = time.monotonic()
     box.systemctl("stop", UNIT)  # returns once the service has exited
     assert time.monotonic() - started >= 1.5  # it waited for the upload
@@ -283,12 +290,7 @@ def test_a_killed_supervisor_is_restarted_and_nothing_partial_is_left(box: Conta
     before = box.show(UNIT, "MainPID", "NRestarts")
     kept = f"{uuid.uuid4()}/kept.txt"
     assert upload(box, kept, "stored before") == "201"
-    rel = f"{uuid.uuid4()}/in-flight.bin"
-    box.write_file("/tmp/slow.py", SLOW_UPLOAD)
-    box.run("systemd-run", "--unit", "slow-upload", "--collect",
-            "python3", "/tmp/slow.py", rel, SECRET)
-    box.wait_until(lambda: box.run("test", "-e", "/tmp/slow-started", check=False).returncode == 0,
-                   timeout=20, what="the slow upload to start")
+    rel = start_slow_upload(box)
     box.systemctl("kill", "-s", "KILL", "--kill-who=main", UNIT)
     # KillMode=mixed: systemd kills the workers with their supervisor (the upload under way
     # is cut, as by a crash) and starts the service again after RestartSec.
