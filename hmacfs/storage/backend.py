@@ -104,8 +104,11 @@ class Reader(Protocol):
 class Partial(Protocol):
     """The body of one upload being received: appended to, then committed or aborted."""
 
-    #: The upload's identity in the store (at least 128 random bits).
-    id: str
+    @property
+    def id(self) -> str:
+        """The upload's identity in the store (at least 128 random bits)."""
+        ...
+
     #: The name the sweeper knows its partial by (live partials are left alone).
     name: str
     rel: str

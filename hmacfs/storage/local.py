@@ -158,6 +158,10 @@ class _UnderFile(NotFound):
     """A component on the way to the path is a file, not a directory."""
 
 
+#: How metadata is written (one encoder: `json.dumps` with options makes one per call).
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -207,6 +211,7 @@ class LocalStorage:
         for shard in range(256):
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
+        self._slot_dir_text = str(self.slot_dir)
         #: Each with when it was made and the filesystem (st_dev) it is on.
         self._pool: collections.deque[tuple[_Partial, float, int]] = collections.deque()
         self._pool_lock = threading.Lock()
@@ -268,6 +273,10 @@ class LocalStorage:
     def path_of(self, rel: str) -> Path:
         """The filesystem path for a signed path (already validated by hmacfs.core.paths)."""
         return self.root.joinpath(*rel.split("/"))
+
+    def _location(self, rel: str) -> str:
+        """`path_of(rel)` as text (the same string, without making a Path)."""
+        return f"{self.root}/{rel}" if str(self.root) != "/" else f"/{rel}"
 
     def _meta_path(self, ino: int) -> Path:
         return self.meta_dir / f"{ino % 256:02x}" / f"{ino}.json"
@@ -508,7 +517,11 @@ class LocalStorage:
         return self.partial_dir / f"{name}{suffix}"
 
     def _slot_link(self, rel: str) -> Path:
-        return self.slot_dir / hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
+        return Path(self._slot_link_text(rel))
+
+    def _slot_link_text(self, rel: str) -> str:
+        digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{self._slot_dir_text}/{digest}"
 
     def _link_slot(self, rel: str, upload_id: str) -> None:
         """Make `upload_id` the resumable upload of `rel`, dropping an earlier one that no
@@ -524,7 +537,7 @@ class LocalStorage:
     def drop_abandoned(self, rel: str, keep: str | None = None) -> bool:
         """Remove the resumable upload of `rel` (other than `keep`) if no request holds it:
         its slot was uploaded another way, or started over. Whether one was removed."""
-        link = self._slot_link(rel)
+        link = self._slot_link_text(rel)
         try:
             upload_id = os.readlink(link)
         except OSError:
@@ -535,7 +548,7 @@ class LocalStorage:
         if removed:
             with contextlib.suppress(FileNotFoundError):
                 if os.readlink(link) == upload_id:
-                    link.unlink()
+                    os.unlink(link)
         return removed
 
     def _remove_unheld(self, upload_id: str) -> bool:
@@ -724,7 +737,7 @@ class LocalStorage:
                 "scheme": "",
                 "uploader": None,
             }
-            encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            encoded = _META_ENCODER.encode(meta).encode()
             if self.xattrs:
                 try:
                     os.setxattr(fd, META_XATTR, encoded)
@@ -883,8 +896,10 @@ class LocalStorage:
             _discard(partial)
 
     def wants_refill(self) -> bool:
-        """Whether `refill` should run (cheap; reactor thread)."""
-        return len(self._pool) < POOL_SIZE // 2
+        """Whether `refill` should run (cheap; reactor thread). Only in durable mode: there a
+        file's creation may wait behind the journal's flushes, and the commits run on threads
+        anyway; in fast mode creating one costs the reactor less than a thread's hand-off."""
+        return self.fsync and len(self._pool) < POOL_SIZE // 2
 
     def refill(self) -> None:
         """Make empty partial files ahead of time, up to POOL_SIZE. Blocking: on a thread.
@@ -1277,7 +1292,7 @@ class LocalPartial:
         self.name = partial.name
         #: A reopenable partial is known by its name; any other gets an identity of its own.
         self.reopenable = reopenable
-        self.id = partial.name if reopenable else secrets.token_hex(16)
+        self._id = partial.name if reopenable else None
         self.expires = facts.expires
         self.scheme = facts.scheme
         self.uploader = facts.uploader
@@ -1295,6 +1310,13 @@ class LocalPartial:
         self.by_size = False
         #: Whether the commit made it visible (a reopenable one then leaves its facts).
         self._completed = False
+
+    @property
+    def id(self) -> str:
+        """The upload's identity (made when first asked for: most uploads never are)."""
+        if self._id is None:
+            self._id = secrets.token_hex(16)
+        return self._id
 
     def write(self, data: bytes) -> None:
         """Append a chunk of the body. Raises TooLarge past the declared size, StorageFailure."""
@@ -1386,7 +1408,7 @@ class LocalPartial:
                 "scheme": self.scheme,
                 "uploader": self.uploader,
             }
-            encoded = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            encoded = _META_ENCODER.encode(meta).encode()
             meta_path: Path | None = None
             if storage.xattrs:
                 try:
@@ -1430,7 +1452,7 @@ class LocalPartial:
                     storage.accounting.added(self.rel, self.size, self.uploader)
             return StoredFile(
                 rel=self.rel,
-                location=str(storage.path_of(self.rel)),
+                location=storage._location(self.rel),
                 size=self.size,
                 mtime=st.st_mtime,
                 content_type=self.content_type,
