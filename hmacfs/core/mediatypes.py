@@ -53,7 +53,6 @@ _SEVERAL: dict[str, tuple[str, ...]] = {
 _BUILT_IN = mimetypes.MimeTypes(filenames=())
 
 
-@functools.lru_cache(maxsize=1024)
 def implied_types(rel: str) -> tuple[str, ...]:
     """The media types the file name at the end of `rel` implies, most likely first (none
     for a name without a known extension)."""
@@ -61,7 +60,11 @@ def implied_types(rel: str) -> tuple[str, ...]:
     dot = name.rfind(".")
     if dot <= 0:
         return ()
-    extension = name[dot:]
+    return _extension_types(name[dot:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _extension_types(extension: str) -> tuple[str, ...]:
     found = list(_SEVERAL.get(extension, ()))
     guessed, _ = _BUILT_IN.guess_type("x" + extension, strict=False)
     if guessed is not None and guessed not in found:

@@ -8,7 +8,7 @@ encoded slash can never create a segment boundary that the signer did not see.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from hmacfs.core.refusals import BadRequest, NotFound, Reason, UriTooLong
 
@@ -27,6 +27,20 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     path, _, query = target.partition(b"?")
     path = path.partition(b"#")[0]
     return path, query
+
+
+def parse_query(raw: bytes) -> dict[str, list[str]]:
+    """The fields of a raw query string: ``parse_qs`` of its UTF-8 text (undecodable bytes
+    replaced) with blank values kept. A query with nothing to decode (ASCII, no ``%`` and no
+    ``+``, as signed URLs are) is split directly, to the same result."""
+    if not raw.isascii() or b"%" in raw or b"+" in raw:
+        return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    fields: dict[str, list[str]] = {}
+    for piece in raw.decode("ascii").split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            fields.setdefault(name, []).append(value)
+    return fields
 
 
 def _decode_segment(raw: bytes) -> str:

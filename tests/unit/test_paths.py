@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hmacfs.core import paths
-from hmacfs.core.paths import decode_path, file_name, split_target
+from hmacfs.core.paths import decode_path, file_name, parse_query, split_target
 from hmacfs.core.refusals import BadRequest, NotFound, Reason, Refusal, UriTooLong
 
 PREFIX = "/upload/"
@@ -104,3 +104,27 @@ def test_plain_paths_take_a_shortcut_to_the_same_result(
     shortcut = outcome()
     monkeypatch.setattr(paths, "_PLAIN", re.compile(rb"(?!)"))  # every path decoded in full
     assert outcome() == shortcut
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"v=abc",
+        b"v2=ab&expires=1&",
+        b"&&a&=b&c==d&a=2",
+        b"v=a%20b+c",
+        b"v=%FF%fe&x=\xc3\xa9",
+        b"token=%E2%82%AC&v3=1",
+        b"a=1;b=2",
+    ],
+)
+def test_parse_query_is_parse_qs_with_blank_values_kept(raw: bytes) -> None:
+    expected = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    assert parse_query(raw) == expected
+
+
+@given(st.lists(st.sampled_from(list(b"ab=&;x1-_.~!$'()*,:@/?%+\xc3\xa9\xff"))))
+def test_parse_query_agrees_with_parse_qs_on_any_query(chars: list[int]) -> None:
+    raw = bytes(chars)
+    assert parse_query(raw) == parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
