@@ -4,6 +4,7 @@ whether it is written before the body was read (straight to the transport) or af
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ _log = Logger(namespace="hmacfs.http")
 _REASONS = {423: b"Locked"}
 
 
+@functools.lru_cache(maxsize=64)
 def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status) or http.RESPONSES.get(status, b"Error")
 

@@ -31,7 +31,7 @@ from hmacfs.core.auth import Grant
 from hmacfs.core.printable import printable
 from hmacfs.core.refusals import Refusal, StorageFailure
 from hmacfs.metrics import Metrics
-from hmacfs.storage.backend import CompareOnThread, Partial, StoredFile
+from hmacfs.storage.backend import CompareOnThread, Partial
 
 _log = Logger(namespace="hmacfs.http")
 
@@ -181,37 +181,39 @@ class Upload:
         a thread), tell `answer` the outcome, then end as answered."""
         self._move(State.COMMITTING)
         partial, compare = self.partial, self.compare
-        d: defer.Deferred[StoredFile]
         if partial.can_commit_inline(compare):
-            # Fast mode: creating names waits for no disk, so the reactor does it at once.
-            d = defer.maybeDeferred(partial.commit, compare, inline=True)
-            d.addErrback(self._compare_on_thread)
+            # Fast mode: creating names waits for no disk, so the reactor does it at once
+            # (without a Deferred: this is most of what a small upload costs).
+            try:
+                partial.commit(compare, inline=True)
+            except CompareOnThread:
+                # A concurrent upload linked the path first: compare the bodies, on a thread.
+                d = self._run_blocking(partial.commit, True)
+            except Exception:
+                self._failed(Failure(), answer)
+                return
+            else:
+                self._answer(answer, 201, None)
+                return
         else:
             d = self._run_blocking(partial.commit, compare)
+        d.addCallbacks(
+            lambda _: self._answer(answer, 201, None), self._failed, errbackArgs=(answer,)
+        )
 
-        def done(_: StoredFile) -> None:
-            self._answer(answer, 201, None)
-
-        def failed(failure: Failure) -> None:
-            error = failure.value
-            if isinstance(error, Refusal):
-                if isinstance(error, StorageFailure):
-                    _log.error(
-                        "storing {path} failed: {reason}",
-                        path=printable(self.rel),
-                        reason=printable(error.text),
-                    )
-                self._answer(answer, error.status, error)
-                return
-            _log.failure("storing {path} failed", failure, path=printable(self.rel))
-            self._answer(answer, 500, None)
-
-        d.addCallbacks(done, failed)
-
-    def _compare_on_thread(self, failure: Failure) -> defer.Deferred[StoredFile]:
-        """A concurrent upload linked the path first: compare the bodies, on a thread."""
-        failure.trap(CompareOnThread)
-        return self._run_blocking(self.partial.commit, True)
+    def _failed(self, failure: Failure, answer: Answer) -> None:
+        error = failure.value
+        if isinstance(error, Refusal):
+            if isinstance(error, StorageFailure):
+                _log.error(
+                    "storing {path} failed: {reason}",
+                    path=printable(self.rel),
+                    reason=printable(error.text),
+                )
+            self._answer(answer, error.status, error)
+            return
+        _log.failure("storing {path} failed", failure, path=printable(self.rel))
+        self._answer(answer, 500, None)
 
     def _answer(self, answer: Answer, status: int, refusal: Refusal | None) -> None:
         # Answer before ending: a shutdown waiting for this upload closes the connection only
