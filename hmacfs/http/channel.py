@@ -27,6 +27,7 @@ from hmacfs.http.answers import as_refusal, raw_refusal
 from hmacfs.http.caps import refusal_bytes
 from hmacfs.http.fast.direct import DirectWrites
 from hmacfs.http.fast.quick import answer_quickly
+from hmacfs.http.fast.quick_put import take_put
 from hmacfs.http.fast.splice import BodySplicer
 from hmacfs.http.request import UploadRequest
 from hmacfs.metrics import DISCONNECTED
@@ -66,6 +67,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
     _held_back: list[bytes]
     _content_pending = False
     _lost = False
+    #: While a PUT taken whole (`hmacfs.http.fast.quick_put`) is committed on a thread: what
+    #: arrived meanwhile, handed on once it is answered.
+    _held: list[bytes] | None = None
+    _held_timeout: float | None = None
     #: The deadline of the request head being received (see `hmacfs.http.deadlines`).
     _head_timer: Any = None
     #: The peer's address as the connection caps counted it (None: not counted).
@@ -179,14 +184,21 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
         pending.addCallbacks(decided, refused)
 
     def refuse(
-        self, request: UploadRequest, refusal: Refusal, body_left: int | None = None
+        self,
+        request: UploadRequest,
+        refusal: Refusal,
+        body_left: int | None = None,
+        method: bytes | None = None,
     ) -> None:
-        """Answer `refusal` now, read no more of the request, and close the connection."""
+        """Answer `refusal` now, read no more of the request, and close the connection
+        (`method`: the request's, if the channel does not hold its request line)."""
         if self._refused:
             return
         self._refused = True
         self.setTimeout(None)
         origin = request.getHeader(b"origin")
+        if method is None:
+            method = _twisted.request_line(self)[0]
         transport: Any = self.transport
         transport.write(
             raw_refusal(
@@ -194,10 +206,10 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
                 self.site.config.http,
                 origin.decode("latin-1") if origin is not None else None,
                 request,
-                head=_twisted.request_line(self)[0] == b"HEAD",
+                head=method == b"HEAD",
             )
         )
-        self.site.refused(request, _twisted.request_line(self)[0], refusal)
+        self.site.refused(request, method, refusal)
         self._discard_left = body_left
         if body_left == 0:
             self.loseConnection()
@@ -221,17 +233,50 @@ class UploadChannel(http.HTTPChannel):  # type: ignore[misc]
             if self._discard_left <= 0:
                 self.loseConnection()
 
+    @property
+    def lost(self) -> bool:
+        """Whether the connection is gone."""
+        return self._lost
+
+    def hold(self) -> None:
+        """Read nothing more until `release` (an answer is being worked out off the channel);
+        what was read already is kept for then."""
+        if self._held is None:
+            self._held = []
+            # As Twisted does while a request is handled: no idle timeout meanwhile.
+            self._held_timeout = self.setTimeout(None)
+            transport: Any = self.transport
+            transport.pauseProducing()
+
+    def release(self) -> None:
+        """Undo `hold`: read again, and on the reactor's next turn hand on what was kept."""
+        held, self._held = self._held, None
+        if held is None or self._lost:
+            return
+        self.setTimeout(self._held_timeout)
+        transport: Any = self.transport
+        transport.resumeProducing()
+        if held:
+            self.site.clock.callLater(0, self._hand_on, held)
+
+    def _hand_on(self, held: list[bytes]) -> None:
+        for data in held:
+            if self._lost:
+                return
+            self.dataReceived(data)  # (kept again if a request holds the channel again)
+
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             self._discard(data)
             return
-        if (
-            self.site.fast.enabled
-            and data.endswith(b"\r\n\r\n")
-            and _twisted.between_requests(self)
-            and answer_quickly(self, data)
-        ):
+        if self._held is not None:
+            self._held.append(data)
             return
+        if self.site.fast.enabled and _twisted.between_requests(self):
+            if data.endswith(b"\r\n\r\n") and answer_quickly(self, data):
+                return
+            if data.startswith(b"PUT ") and take_put(self, data):
+                return
         if self._head_timer is None and not self.requests and _twisted.between_requests(self):
             # A new request begins: its head must be in by the deadline, however it trickles.
             self._head_timer = self.callLater(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -24,7 +23,7 @@ from twisted.web import http, server
 from hmacfs.core import auth
 from hmacfs.core import resumable as wire
 from hmacfs.core.headers import ALLOWED_METHODS, safe_media_type
-from hmacfs.core.paths import decode_path, split_target
+from hmacfs.core.paths import decode_path, parse_query, split_target
 from hmacfs.core.printable import printable
 from hmacfs.core.refusals import (
     BadRequest,
@@ -199,6 +198,13 @@ class UploadSite(server.Site):  # type: ignore[misc]
             raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
         return None
 
+    def admit_put(self, target: bytes, request: UploadRequest, length: int) -> Upload:
+        """Admit a plain PUT (no resumable creation) as `admit` would; raise a Refusal to
+        refuse it (BadRequest for the resumable uploads' resources, which `admit` takes)."""
+        if split_target(target)[0].startswith(self.resumptions.resource_prefix()):
+            raise BadRequest("not an upload path")
+        return self._admit_put(target, request, length, None)
+
     @staticmethod
     def _small_body(length: int | None) -> None:
         if length is None or length > MAX_OTHER_BODY:
@@ -228,7 +234,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         attempt = auth.PutAttempt(
             method="PUT",
             path=rel,
-            query=parse_qs(raw_query.decode("utf-8", "replace"), keep_blank_values=True),
+            query=parse_query(raw_query),
             headers=headers,
             content_length=size,
         )
