@@ -10,8 +10,15 @@ on 127.0.0.1 (see bench/harness), and measures:
 2. 4 KiB and 1 MiB PUTs at concurrency 1, 10 and 100 (wrk, a fresh path per request);
 3. 4 KiB and 1 MiB GETs at concurrency 10 and 100 (wrk, files uploaded beforehand);
 4. 4 KiB GET latency on one connection while a 1 GiB upload runs;
-5. peak RSS of each server's processes and CPU seconds per GB moved by the 1 GiB transfers;
-6. with ``--tmpfs``, workloads 2 and 3 again with both servers storing on a tmpfs.
+5. peak RSS of each server's processes (our supervisor apart from its workers) and CPU
+   seconds per GB moved by the 1 GiB transfers;
+6. with ``--tmpfs``, workloads 2 and 3 again with both servers storing on a tmpfs;
+7. over https (both servers' built-in TLS, one self-signed certificate, one worker each): the
+   1 GiB PUT and GET (curl) and 4 KiB GETs at concurrency 10 (wrk);
+8. 4 KiB PUTs at concurrency 10 to our server with ``fsync = true``, beside the filesystem's
+   own rate of durable 4 KiB files (a loop of create, write, fsync, rename, fsync of the
+   directories) with 1 and with 10 threads;
+9. the memory each of 1000 idle keep-alive connections costs each server.
 
 It prints our figure, nginx's, the ratio (ours/nginx) and the target for each workload, and
 writes everything to a JSON file and a Markdown table beside it. Only 127.0.0.1 is contacted;
@@ -34,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 # bench/ is not a package: running `python bench/compare.py` puts this directory on sys.path.
@@ -62,15 +69,25 @@ from harness.report import (
     write_report,
 )
 from harness.sampling import BUSY_MACHINE_CORES, OtherLoad
-from harness.servers import NGINX, nginx_server, ours_server, ours_supports_workers
+from harness.servers import (
+    NGINX,
+    BenchServer,
+    nginx_server,
+    ours_server,
+    ours_supports_workers,
+)
+from harness.tls import OPENSSL, make_certificate, negotiated
 from harness.workloads import (
     MEDIUM,
     SMALL,
+    BigTransfer,
     Profile,
     bare_get,
     big_put_get,
+    durable_small_puts,
     get_runs,
     gets_during_upload,
+    idle_memory,
     profile_run,
     put_runs,
     remove_uploads,
@@ -125,6 +142,55 @@ def decide_workers(args: argparse.Namespace, workdir: Path, res: Results) -> int
     return None
 
 
+def memory_report(server: BenchServer) -> dict[str, object]:
+    """The server's sampled memory (its sampler stopped first), with which kind it is."""
+    server.sampler.stop()
+    return {"kind": server.kind, **server.sampler.report()}
+
+
+def print_big(t: BigTransfer) -> None:
+    print(f"  {t.server:<14} PUT "
+          f"{num(t.put_mb_s, 1)} MB/s  GET {num(t.get_mb_s, 1)} MB/s  "
+          f"CPU {num(t.put_cpu_s_per_gb, 2)}/{num(t.get_cpu_s_per_gb, 2)} s/GB  "
+          f"others {t.put_other_load_cores}/{t.get_other_load_cores} cores "
+          f"{'; '.join(t.errors)}", flush=True)
+
+
+def measure_tls(args: argparse.Namespace, workdir: Path, res: Results, profile: Profile,
+                test_file: Path, workers: int | None) -> None:
+    """Workload 7: both servers with their own TLS on one certificate, one worker each."""
+    big = profile.big_size
+    disk = workdir / "disk"
+    tls = make_certificate(workdir / "tls")
+    with contextlib.ExitStack() as stack:
+        # One worker each (`workers = 1`; left out where ours has no workers: one process).
+        ours = stack.enter_context(ours_server(
+            args.python, workdir, disk / "ours-tls", label="ours tls", fsync=False,
+            workers=1 if workers is not None else None, tls=tls))
+        nginx = stack.enter_context(nginx_server(
+            workdir, disk / "nginx-tls", disk / "nginx-tls-body", label="nginx tls", workers=1,
+            tls=tls))
+        for server in (ours, nginx):
+            res.tls_negotiated[server.label] = (f"{negotiated(server.port, tls.certificate)} "
+                                                f"({tls_library(server.kind, args.python)})")
+            print(f"  {server.label:<14} pid {server.pid} on {server.base_url}: "
+                  f"{res.tls_negotiated[server.label]}", flush=True)
+        for round_no in range(1, profile.big_rounds + 1):
+            for server in (ours, nginx) if round_no % 2 else (nginx, ours):
+                t = big_put_get(server, test_file, big, round_no)
+                res.tls_big.append(t)
+                print_big(t)
+        targets = {server.label: upload_files(server, f"g{SMALL}-", SMALL,
+                                              profile.get_files[SMALL])
+                   for server in (ours, nginx)}
+        settle()
+        c10 = replace(profile, get_concurrency=(10,))
+        for server in (ours, nginx):
+            res.wrk += get_runs(server, c10, workdir, "tls", {SMALL: targets[server.label]})
+        for server in (ours, nginx):
+            res.memory[server.label] = memory_report(server)
+
+
 def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib.ExitStack,
             output_dir: Path) -> None:
     profile: Profile = QUICK if args.quick else FULL
@@ -164,11 +230,7 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
         for server in (ours, nginx) if round_no % 2 else (nginx, ours):
             t = big_put_get(server, test_file, big, round_no)
             res.big.append(t)
-            print(f"  {server.label:<14} PUT "
-                  f"{num(t.put_mb_s, 1)} MB/s  GET {num(t.get_mb_s, 1)} MB/s  "
-                  f"CPU {num(t.put_cpu_s_per_gb, 2)}/{num(t.get_cpu_s_per_gb, 2)} s/GB  "
-                  f"others {t.put_other_load_cores}/{t.get_other_load_cores} cores "
-                  f"{'; '.join(t.errors)}", flush=True)
+            print_big(t)
         bare, error = bare_get(test_file, big)
         if bare is not None:
             res.bare_get_mb_s.append(bare)
@@ -220,9 +282,36 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
             res.durable.append(t)
             print(f"  dd conv=fdatasync {res.dd_mb_s[-1]:.1f} MB/s; ours durable PUT "
                   f"{num(t.put_mb_s, 1)} MB/s {'; '.join(t.errors)}", flush=True)
-        durable.sampler.stop()
-        res.memory[durable.label] = durable.sampler.report()
+        res.memory[durable.label] = memory_report(durable)
+
+    print(f"\n[7] over https, one worker each: {size_name(big)} PUT and GET (curl), "
+          f"{size_name(SMALL)} GET c=10 (wrk)", flush=True)
+    measure_tls(args, workdir, res, profile, test_file, workers)
     test_file.unlink(missing_ok=True)
+
+    print(f"\n[8] durable {size_name(SMALL)} PUTs (fsync = true) c=10 beside the disk's own "
+          f"rate of durable {size_name(SMALL)} files", flush=True)
+    with ours_server(args.python, workdir, disk / "ours-durable-4k", label="ours durable 4K",
+                     fsync=True, workers=workers) as durable_small:
+        runs, rates = durable_small_puts(durable_small, profile, workdir, disk)
+        res.wrk += runs
+        res.disk_rates += rates
+        res.memory[durable_small.label] = memory_report(durable_small)
+
+    # The memory figures of the servers' workloads so far: the idle connections below have a
+    # row of their own and must not raise the peaks (the samplers stop here).
+    for server in (ours, nginx):
+        res.memory[server.label] = memory_report(server)
+
+    print(f"\n[9] memory per idle connection: {profile.idle_connections} idle keep-alive "
+          "connections to each server", flush=True)
+    for server in (ours, nginx):
+        held = idle_memory(server, files[server.label][SMALL][0], profile.idle_connections)
+        res.idle.append(held)
+        print(f"  {server.label:<14} {held.opened} held in {num(held.open_seconds, 1)} s, "
+              f"RSS {held.rss_before_kib} -> {held.rss_after_kib} KiB: "
+              f"{num(held.kib_per_connection, 2)} KiB per connection "
+              f"{'; '.join(held.errors)}", flush=True)
 
     if args.tmpfs:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
@@ -243,22 +332,33 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
                            for size, count in profile.get_files.items()}
                 res.wrk += get_runs(server, profile, workdir, "tmpfs", t_files)
             for server in (t_ours, t_nginx):
-                server.sampler.stop()
-                res.memory[server.label] = server.sampler.report()
+                res.memory[server.label] = memory_report(server)
 
-    for server in (ours, nginx):
-        server.sampler.stop()
-        res.memory[server.label] = server.sampler.report()
+
+def command_lines(cmd: Sequence[str]) -> list[str]:
+    """What a short command prints (stdout, else stderr), as lines; never raises."""
+    try:
+        p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30,
+                           check=False, cwd=REPO_ROOT, env=clean_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"? ({exc})"]
+    return (p.stdout or p.stderr).strip().splitlines() or ["?"]
+
+
+def tls_library(kind: str, python: str) -> str:
+    """The OpenSSL a server does its TLS with: Debian's for nginx, the one pyOpenSSL is built
+    on (cryptography's own) for ours."""
+    if kind == "nginx":
+        line = next((ln for ln in command_lines([NGINX, "-V"]) if "OpenSSL" in ln), "?")
+        return line.removeprefix("built with ")
+    return command_lines([python, "-c", "from OpenSSL import SSL, __version__ as v; "
+                          "print(SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()"
+                          " + ', pyOpenSSL', v)"])[0]
 
 
 def tool_versions(python: str) -> dict[str, str]:
     def first_line(cmd: Sequence[str]) -> str:
-        try:
-            p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30,
-                               check=False, cwd=REPO_ROOT, env=clean_env())
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"? ({exc})"
-        return ((p.stdout or p.stderr).strip().splitlines() or ["?"])[0]
+        return command_lines(cmd)[0]
 
     return {
         "nginx": first_line([NGINX, "-v"]),
@@ -267,6 +367,9 @@ def tool_versions(python: str) -> dict[str, str]:
         "server_python": first_line([python, "--version"]),
         "twisted": first_line([python, "-c", "import twisted; print(twisted.__version__)"]),
         "hmacfs": first_line([python, "-m", "hmacfs", "--version"]),
+        "nginx_openssl": tls_library("nginx", python),
+        "server_openssl": tls_library("ours", python),
+        "openssl_cli": first_line([OPENSSL, "version"]),
     }
 
 
@@ -337,7 +440,13 @@ def run(args: argparse.Namespace) -> int:
         print_profile(name, prof)
 
     elapsed = time.monotonic() - started
-    problems = [f"{t.server}: {e}" for t in [*res.big, *res.durable] for e in t.errors]
+    problems = [f"{t.server}: {e}" for t in [*res.big, *res.durable, *res.tls_big]
+                for e in t.errors]
+    problems += [f"{label}: TLS handshake {what}" for label, what in res.tls_negotiated.items()
+                 if what.startswith("failed")]
+    problems += [f"disk loop x{d.threads} round {d.round}: {e}" for d in res.disk_rates
+                 for e in d.errors]
+    problems += [f"{x.server} idle connections: {e}" for x in res.idle for e in x.errors]
     problems += [f"{r.server} {r.method} {size_name(r.size)} c={r.concurrency}: "
                  f"{r.error or f'{r.non_2xx} non-2xx, {r.socket_errors} socket errors'}"
                  for r in res.wrk if r.error or r.non_2xx or r.socket_errors]
@@ -367,6 +476,10 @@ def run(args: argparse.Namespace) -> int:
         "wrk": [asdict(r) for r in res.wrk],
         "single_connection_gets": [asdict(x) for x in res.loops],
         "memory": res.memory,
+        "tls_transfers": [asdict(t) for t in res.tls_big],
+        "tls_negotiated": res.tls_negotiated,
+        "disk_durable_file_loops": [asdict(d) for d in res.disk_rates],
+        "idle_connections": [asdict(x) for x in res.idle],
         "py_spy": res.profiles,
     }
     md = write_report(output, report, res, rows)
@@ -381,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [t for t in (CURL, NGINX, WRK) if shutil.which(t) is None]
+    missing = [t for t in (CURL, NGINX, WRK, OPENSSL) if shutil.which(t) is None]
     if missing or shutil.which(DD) is None:
         print(f"error: missing {', '.join(missing) or 'dd'}: run `bash bench/setup.sh`",
               file=sys.stderr)

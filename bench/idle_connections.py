@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import errno
 import os
 import platform
-import resource
-import selectors
 import shutil
 import socket
 import statistics
@@ -49,8 +46,15 @@ from pathlib import Path
 # sys.path.
 from harness import REPO_ROOT
 from harness.common import HOST, KIB, MIB, UPLOAD_PREFIX, BenchError, run_driver
+from harness.idle import (
+    IO_TIMEOUT_S,
+    check_idle,
+    open_idle,
+    raise_nofile,
+    read_response,
+    tree_rss_kib,
+)
 from harness.report import text_table, write_json
-from harness.sampling import process_tree, read_one_kib
 from harness.servers import READY_TIMEOUT_S, stop_process_group
 
 from tests.helpers.server import Server, ServerDidNotStart, start_server
@@ -59,55 +63,18 @@ from tests.helpers.signing import mac_v1
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "idle_connections.json"
 DEFAULT_CONNECTIONS = 5000
 DEFAULT_ROUNDS = 30
-#: Connections being opened (connecting, or waiting for their first answer) at one time.
-OPEN_WINDOW = 256
 #: Every how many idle connections one is asked for a further GET while they are held.
 CHECK_EVERY = 50
 #: Source address of the honest requests beside the capped 127.0.0.1 (same loopback net).
 OTHER_SOURCE = "127.0.0.2"
 #: Descriptors this process keeps for itself beyond the N sockets.
 FD_MARGIN = 64
-IO_TIMEOUT_S = 60.0
 SMALL_REL = "idle/small.txt"
 SMALL_BODY = b"a small stored file\n"
 BIG_SIZE = 1 * MIB
 
 
 # --------------------------------------------------------------------------- HTTP on sockets
-
-
-def _head_end(buf: bytes | bytearray) -> int:
-    return buf.find(b"\r\n\r\n")
-
-
-def parse_response(buf: bytes | bytearray) -> tuple[int, dict[str, str], int] | None:
-    """(status, headers, length of the whole response) once ``buf`` holds a complete answer
-    (head plus Content-Length bytes of body), else None."""
-    end = _head_end(buf)
-    if end < 0:
-        return None
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise BenchError(f"not an HTTP status line: {lines[0]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    total = end + 4 + int(headers.get("content-length", "0"))
-    return (int(parts[1]), headers, total) if len(buf) >= total else None
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one whole answer from a blocking socket; raises BenchError at EOF before it."""
-    buf = bytearray()
-    while (parsed := parse_response(buf)) is None:
-        chunk = sock.recv(256 * KIB)
-        if not chunk:
-            raise BenchError(f"connection closed after {len(buf)} bytes of an answer")
-        buf += chunk
-    status, headers, total = parsed
-    return status, headers, bytes(buf[_head_end(buf) + 4 : total])
 
 
 def get_head(rel: str) -> bytes:
@@ -140,137 +107,7 @@ def one_request(port: int, head: bytes, body: bytes = b"", source: str = HOST) -
     return Answer(status, time.perf_counter() - start, len(got))
 
 
-# --------------------------------------------------------------------------- idle connections
-
-
-@dataclass
-class Opened:
-    idle: list[socket.socket] = field(default_factory=list)
-    refused_503: int = 0
-    reset: int = 0  # closed without a readable answer (over a cap, the 503 may be lost in RST)
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def open_idle(port: int, n: int, request: bytes, *, window: int = OPEN_WINDOW,
-              timeout: float = 120.0) -> Opened:
-    """Open ``n`` connections, ``window`` at a time, each sending ``request`` and reading its
-    answer: those answered 200 stay open (idle, keep-alive) in ``idle``; the others are counted
-    and closed. Non-blocking sockets on one selector."""
-    out = Opened()
-    sel = selectors.DefaultSelector()
-    pending: dict[socket.socket, bytearray] = {}
-    started = 0
-    start = time.perf_counter()
-    deadline = time.monotonic() + timeout
-
-    def fail(sock: socket.socket, why: str, *, reset: bool = False) -> None:
-        sel.unregister(sock)
-        del pending[sock]
-        sock.close()
-        if reset:
-            out.reset += 1
-        else:
-            out.failed += 1
-            if len(out.errors) < 10:
-                out.errors.append(why)
-
-    try:
-        while started < n or pending:
-            while started < n and len(pending) < window:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                started += 1
-                err = sock.connect_ex((HOST, port))
-                if err not in (0, errno.EINPROGRESS):
-                    sock.close()
-                    out.failed += 1
-                    out.errors.append(f"connect: {os.strerror(err)}")
-                    continue
-                pending[sock] = bytearray()
-                sel.register(sock, selectors.EVENT_WRITE)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{len(pending)} connections still unanswered after "
-                                 f"{timeout:.0f} s ({len(out.idle)} open)")
-            for key, _ in sel.select(min(remaining, 1.0)):
-                sock = key.fileobj  # type: ignore[assignment]
-                assert isinstance(sock, socket.socket)
-                if key.events == selectors.EVENT_WRITE:
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        fail(sock, f"connect: {os.strerror(err)}")
-                        continue
-                    try:
-                        sent = sock.send(request)
-                    except OSError as exc:
-                        fail(sock, f"send: {exc}", reset=exc.errno in (errno.ECONNRESET,
-                                                                       errno.EPIPE))
-                        continue
-                    if sent != len(request):
-                        fail(sock, f"send: {sent} of {len(request)} bytes")
-                        continue
-                    sel.modify(sock, selectors.EVENT_READ)
-                    continue
-                buf = pending[sock]
-                try:
-                    chunk = sock.recv(64 * KIB)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    fail(sock, f"recv: {exc}", reset=exc.errno == errno.ECONNRESET)
-                    continue
-                buf += chunk
-                parsed = parse_response(buf)
-                if parsed is None:
-                    if not chunk:
-                        fail(sock, f"EOF after {len(buf)} bytes", reset=not buf)
-                    continue
-                sel.unregister(sock)
-                del pending[sock]
-                if parsed[0] == 200:
-                    out.idle.append(sock)
-                    continue
-                sock.close()
-                if parsed[0] == 503:
-                    out.refused_503 += 1
-                else:
-                    out.failed += 1
-                    out.errors.append(f"status {parsed[0]}")
-    except BaseException:
-        for sock in [*pending, *out.idle]:
-            sock.close()
-        raise
-    finally:
-        sel.close()
-    out.seconds = time.perf_counter() - start
-    return out
-
-
-def check_idle(socks: Sequence[socket.socket], every: int) -> tuple[int, int]:
-    """Send a further GET on every ``every``-th idle connection: (asked, answered 200)."""
-    asked = ok = 0
-    for sock in socks[::every]:
-        asked += 1
-        sock.setblocking(True)
-        sock.settimeout(IO_TIMEOUT_S)
-        try:
-            sock.sendall(get_head(SMALL_REL))
-            status, _, body = read_response(sock)
-        except (OSError, BenchError):
-            continue
-        ok += status == 200 and body == SMALL_BODY
-    return asked, ok
-
-
 # --------------------------------------------------------------------------- measurement
-
-
-def tree_rss_kib(pid: int) -> int | None:
-    """The summed VmRSS of the server's processes (the supervisor and its workers)."""
-    values = [v for p in process_tree(pid) if (v := read_one_kib(p, "VmRSS")) is not None]
-    return sum(values) if values else None
 
 
 @dataclass
@@ -402,7 +239,8 @@ def measure(args: argparse.Namespace, workdir: Path, *, default_caps: bool) -> R
                 row.after_other_source = other.medians()
                 row.statuses_after_other_source = other.statuses
                 row.errors += [f"after from {OTHER_SOURCE}: {e}" for e in other.errors]
-            row.checked, row.checked_ok = check_idle(opened.idle, CHECK_EVERY)
+            row.checked, row.checked_ok = check_idle(opened.idle, CHECK_EVERY,
+                                                     get_head(SMALL_REL), SMALL_BODY)
         finally:
             for sock in opened.idle:
                 sock.close()
@@ -428,23 +266,15 @@ def measure(args: argparse.Namespace, workdir: Path, *, default_caps: bool) -> R
 # --------------------------------------------------------------------------- report
 
 
-def raise_nofile(want: int) -> tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; (soft, hard) now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, want)
-    if soft != target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
 
 def _ms(value: object) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
 def table(rows: Sequence[Row]) -> str:
-    lines = []
+    lines: list[dict[str, object]] = []
     for r in rows:
-        base = {"caps": r.caps, "workers": r.workers, "N": r.connections,
+        base: dict[str, object] = {"caps": r.caps, "workers": r.workers, "N": r.connections,
                 "open": r.opened_idle, "503": r.refused_503 + r.reset,
                 "rss0": None if r.rss_before_kib is None else r.rss_before_kib / KIB,
                 "rss1": None if r.rss_after_kib is None else r.rss_after_kib / KIB,
@@ -457,7 +287,7 @@ def table(rows: Sequence[Row]) -> str:
                          r.statuses_after_other_source))
         for i, (when, source, med, statuses) in enumerate(sets):
             refused = sum(c for k, c in statuses.items() if not k.endswith((" 200", " 201")))
-            line = dict(base) if i == 0 else {k: "" for k in base}
+            line: dict[str, object] = dict(base) if i == 0 else dict.fromkeys(base, "")
             line |= {"when": when, "from": source, "put": med.get("put_ms"),
                      "get1m": med.get("get_big_ms"), "getsmall": med.get("get_small_ms"),
                      "notok": refused}

@@ -3,13 +3,14 @@
 #   nginx   the reference server (its dav module takes the PUTs; Debian builds it in)
 #   wrk     the HTTP load generator for the many-small-requests workloads (Lua scripts)
 #   curl    single-connection 1 GiB transfers; coreutils' dd is already there
+#   openssl the self-signed certificate of the https rows (both servers serve it)
 # The project's Python environment (.venv, Twisted and hmacfs) is made by ./dev.sh.
 #
 # nginx is only ever started by compare.py itself, with a private config on a loopback port:
 # the Debian service must not start (and listen on port 80) during the install.
 set -euo pipefail
 
-PACKAGES=(nginx wrk curl coreutils procps)
+PACKAGES=(nginx wrk curl openssl coreutils procps)
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -48,6 +49,10 @@ fi
 
 nginx -V 2>&1 | grep -q -- '--with-http_dav_module' || {
   say "this nginx has no dav module (dav_methods PUT): install Debian's 'nginx' package"
+  exit 1
+}
+nginx -V 2>&1 | grep -q -- '--with-http_ssl_module' || {
+  say "this nginx has no ssl module (the https rows): install Debian's 'nginx' package"
   exit 1
 }
 say "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'); wrk: $(command -v wrk)"

@@ -1,9 +1,12 @@
 """What the benchmark drivers (bench/compare.py, bench/large_transfer.py) share.
 
 - `common`: units, loopback constants, the error that ends a run, child environments;
-- `files`: the test file, free space, ``dd conv=fdatasync``, a tmpfs;
+- `files`: the test file, free space, ``dd conv=fdatasync``, a tmpfs, the disk loop;
 - `sampling`: process trees, their memory (VmRSS, VmHWM) and CPU time, other load;
-- `servers`: our server (started as the tests start it, tests.helpers.server) and nginx;
+- `servers`: our server (started as the tests start it, tests.helpers.server) and nginx,
+  plain or https;
+- `tls`: the certificate both https servers share, the TLS settings nginx is given;
+- `idle`: many idle keep-alive connections, and a server's memory before and after;
 - `curl`, `wrk`: the clients, one transfer or a load run;
 - `workloads`: compare.py's workloads, built from the above;
 - `report`: tables, the targets they are judged by, JSON;

@@ -1,4 +1,6 @@
-"""The test file, free space, ``dd conv=fdatasync`` on the same filesystem, a tmpfs."""
+"""The test file, free space, ``dd conv=fdatasync`` on the same filesystem, a tmpfs, and the
+filesystem's own rate of small durable files.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.common import DD, MIB, BenchError, clean_env, mb_per_s, transfer_timeout
+from harness.sampling import OtherLoad
 
 BLOCK_SIZE = MIB
 
@@ -100,3 +105,94 @@ def tmpfs_mount(path: Path, size_bytes: int) -> Iterator[Path]:
         if done.returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60,
                            check=False)
+
+
+@dataclass
+class DiskRate:
+    """Small durable files made per second by `durable_files` with some threads."""
+
+    threads: int
+    size: int
+    seconds: float
+    round: int = 1
+    files: int = 0
+    files_per_s: float | None = None
+    hit_limit: bool = False
+    other_load_cores: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_files(parent: Path, *, threads: int, size: int, seconds: float, max_files: int,
+                  round_no: int = 1) -> DiskRate:
+    """The filesystem's own rate of small durable files, for a server's durable small PUTs.
+
+    ``threads`` threads, for ``seconds`` or until ``max_files`` files in all, each make, one
+    after another: a fresh directory under ``parent`` (as every PUT of the wrk runs goes to a
+    fresh ``<dir>/f.bin``), a temporary file in it with ``size`` bytes, fsync of that file,
+    a rename to ``f.bin``, fsync of the new directory and of ``parent`` (each got a new
+    entry). The least a server has to do for such an upload to survive a crash, in plain
+    system calls (which release the GIL) with no HTTP. ``parent`` is created and deleted
+    again. Errors are recorded, not raised.
+    """
+    result = DiskRate(threads, size, seconds, round_no)
+    parent.mkdir(parents=True)
+    block = os.urandom(size)
+    lock = threading.Lock()
+    counts = [0] * threads
+    deadline = 0.0
+
+    def work(index: int) -> None:
+        made = 0
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if sum(counts) >= max_files:
+                        result.hit_limit = True
+                        return
+                directory = parent / f"t{index:02d}-{made:07d}"
+                directory.mkdir()
+                temp = directory / "f.tmp"
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temp, directory / "f.bin")
+                _sync_dir(directory)
+                _sync_dir(parent)
+                made += 1
+                with lock:
+                    counts[index] = made
+        except OSError as exc:
+            with lock:
+                result.errors.append(f"thread {index}: {exc}")
+
+    workers = [threading.Thread(target=work, args=(i,), name=f"fsync-{i}", daemon=True)
+               for i in range(threads)]
+    try:
+        with OtherLoad() as other:
+            start = time.monotonic()
+            deadline = start + seconds
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join(timeout=seconds + 60)  # bounded: each stops at the deadline
+            elapsed = time.monotonic() - start
+        result.other_load_cores = other.cores
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    result.files = sum(counts)
+    if elapsed > 0 and not result.errors:
+        result.files_per_s = result.files / elapsed
+    return result

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.common import num, size_name
+from harness.files import DiskRate
 from harness.sampling import BUSY_MACHINE_CORES
-from harness.workloads import MEDIUM, SMALL, BigTransfer, LatencyLoop
+from harness.workloads import MEDIUM, SMALL, BigTransfer, IdleMemory, LatencyLoop
 from harness.wrk import WrkRun
 
 
@@ -31,6 +32,13 @@ class Results:
     wrk: list[WrkRun] = field(default_factory=list)
     loops: list[LatencyLoop] = field(default_factory=list)
     memory: dict[str, object] = field(default_factory=dict)
+    #: The 1 GiB transfers over https, one worker each (labels "ours tls", "nginx tls").
+    tls_big: list[BigTransfer] = field(default_factory=list)
+    #: What a handshake with each https server settled on ("TLSv1.3 TLS_AES_256_GCM_SHA384").
+    tls_negotiated: dict[str, str] = field(default_factory=dict)
+    #: The filesystem's own rate of small durable files, beside ours with fsync = true.
+    disk_rates: list[DiskRate] = field(default_factory=list)
+    idle: list[IdleMemory] = field(default_factory=list)
     profiles: dict[str, dict[str, object]] = field(default_factory=dict)
     other_load_at_start: float | None = None
     errors: list[str] = field(default_factory=list)
@@ -88,10 +96,12 @@ TARGET_SMALL_PUT = Target(ratio=0.8)
 TARGET_MEDIUM_PUT = Target(ratio=1.0)
 TARGET_SMALL_GET = Target(ratio=0.3)
 TARGET_P99_DURING_UPLOAD_MS = Target(below=20.0)
+TARGET_TLS_GET = Target(ratio=1.0)
+TARGET_TLS_PUT = Target(ratio=1.2)
 
 
 def _digits(unit: str) -> int:
-    return {"req/s": 0, "MB/s": 1, "ms": 2}.get(unit, 2)
+    return {"req/s": 0, "files/s": 0, "MB/s": 1, "ms": 2}.get(unit, 2)
 
 
 def _note_for(ours: WrkRun | None, ref: WrkRun | None) -> str:
@@ -186,6 +196,10 @@ def format_table(rows: Sequence[TableRow], markdown: bool = False) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(c) for c in body)])
 
 
+#: How the latency table names the runs of each storage kind ("durable": ours with fsync).
+_STORAGE_TAGS = {"disk": "", "tls": "TLS "}
+
+
 def latency_table(runs: Sequence[WrkRun], ours_label: str, ref_label: str,
                   markdown: bool = False) -> str:
     head = ["workload", "ours p50", "nginx p50", "ours p99", "nginx p99", "ours max",
@@ -208,7 +222,7 @@ def latency_table(runs: Sequence[WrkRun], ours_label: str, ref_label: str,
             return "ERR" if r.error else str(r.non_2xx + r.socket_errors)
 
         body.append([
-            f"{'tmpfs ' if storage == 'tmpfs' else ''}{size_name(size)} {method} c={conc}",
+            f"{_STORAGE_TAGS.get(storage, storage + ' ')}{size_name(size)} {method} c={conc}",
             num(o.p50_ms if o else None, 2), num(n.p50_ms if n else None, 2),
             num(o.p99_ms if o else None, 2), num(n.p99_ms if n else None, 2),
             num(o.max_ms if o else None, 1), num(n.max_ms if n else None, 1),
@@ -225,6 +239,13 @@ def latency_table(runs: Sequence[WrkRun], ours_label: str, ref_label: str,
                   for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
         for cells in [head, ["-" * w for w in widths], *body]
     )
+
+
+def _busy(transfers: Sequence[BigTransfer], phase: str) -> list[str]:
+    """Notes for the rounds during which other processes were busy (``phase`` "put"/"get")."""
+    return [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
+            for t in transfers for load in (getattr(t, f"{phase}_other_load_cores"),)
+            if load is not None and load > BUSY_MACHINE_CORES]
 
 
 def best_of(transfers: Sequence[BigTransfer], label: str
@@ -287,7 +308,86 @@ def build_rows(res: Results) -> list[TableRow]:
     tmpfs = [r for r in res.wrk if r.storage == "tmpfs"]
     if tmpfs:
         rows += wrk_rows(tmpfs, "ours tmpfs", "nginx tmpfs", with_targets=False, tag="tmpfs ")
+    rows += tls_rows(res)
+    rows += durable_small_rows(res)
+    rows += idle_rows(res)
     return rows
+
+
+def tls_rows(res: Results) -> list[TableRow]:
+    """The https rows: 1 GiB PUT and GET on one connection and 4 KiB GETs (wrk), one worker
+    each."""
+    rows: list[TableRow] = []
+    if res.tls_big:
+        size = size_name(res.tls_big[0].size)
+        o_put, o_get, o_err = best_of(res.tls_big, "ours tls")
+        n_put, n_get, n_err = best_of(res.tls_big, "nginx tls")
+        shake = "; ".join(f"{label}: {what}" for label, what in res.tls_negotiated.items())
+        rows.append(TableRow(f"TLS {size} PUT (1 conn, 1 worker)", "MB/s", o_put, n_put,
+                             target=TARGET_TLS_PUT,
+                             note="; ".join([*o_err, *n_err, *_busy(res.tls_big, "put")])))
+        rows.append(TableRow(f"TLS {size} GET (1 conn, 1 worker)", "MB/s", o_get, n_get,
+                             target=TARGET_TLS_GET,
+                             note="; ".join([shake, *_busy(res.tls_big, "get")] if shake
+                                            else _busy(res.tls_big, "get"))))
+    tls = [r for r in res.wrk if r.storage == "tls"]
+    if tls:
+        rows += wrk_rows(tls, "ours tls", "nginx tls", with_targets=False, tag="TLS ")
+    return rows
+
+
+def durable_small_rows(res: Results) -> list[TableRow]:
+    """Ours with fsync = true, 4 KiB PUTs at c=10, beside the filesystem's own rate of such
+    files with as many threads and with one (best round of each)."""
+    runs = [r for r in res.wrk if r.storage == "durable"]
+    if not runs:
+        return []
+    ours = best_run(runs, runs[0].server, "durable", "PUT", SMALL, runs[0].concurrency)
+    conc = runs[0].concurrency
+    rows = []
+    for threads in dict.fromkeys((conc, 1)):
+        mine = [d for d in res.disk_rates if d.threads == threads]
+        rates = [d.files_per_s for d in mine if d.files_per_s is not None]
+        notes = [_note_for(ours, None), _rounds_note(runs, ours, None)]
+        notes += [f"disk loop: {e}" for d in mine for e in d.errors]
+        notes += ["disk loop: file limit reached (lower bound)" for d in mine if d.hit_limit]
+        notes += [f"disk loop round {d.round}: machine busy ({d.other_load_cores} cores used "
+                  "by others)" for d in mine
+                  if d.other_load_cores is not None and d.other_load_cores > BUSY_MACHINE_CORES]
+        if len(rates) > 1:
+            notes.append("disk loop rounds " + "/".join(num(x, 0) for x in rates))
+        rows.append(TableRow(
+            f"{size_name(SMALL)} PUT durable c={conc} vs disk loop x{threads}", "files/s",
+            ours.req_s if ours and not ours.error else None, max(rates) if rates else None,
+            ref_name=f"disk x{threads}", note="; ".join(n for n in notes if n)))
+    return rows
+
+
+def idle_rows(res: Results) -> list[TableRow]:
+    """Memory per idle keep-alive connection (KiB, lower is better), ours / nginx."""
+    ours = next((x for x in res.idle if x.server == "ours"), None)
+    ref = next((x for x in res.idle if x.server == "nginx"), None)
+    measured = [x for x in (ours, ref) if x is not None]
+    if not measured:
+        return []
+    notes = []
+    for x in measured:
+        role = "supervisor" if x.server == "ours" else "master"
+        main = next((p for p in x.per_process if p.get("main")), {})
+        before, after = main.get("before_kib"), main.get("after_kib")
+        grew = (f", {role} {after - before:+d} KiB"
+                if isinstance(before, int) and isinstance(after, int) else "")
+        notes.append(f"{x.server}: {x.opened} held, RSS {num(_mib(x.rss_before_kib), 1)} -> "
+                     f"{num(_mib(x.rss_after_kib), 1)} MiB{grew}"
+                     + "".join(f"; {e}" for e in x.errors))
+    return [TableRow(f"memory per idle connection ({measured[0].connections} held)", "KiB",
+                     ours.kib_per_connection if ours and not ours.errors else None,
+                     ref.kib_per_connection if ref and not ref.errors else None,
+                     note="; ".join(notes))]
+
+
+def _mib(kib: int | None) -> float | None:
+    return None if kib is None else kib / 1024
 
 
 def resource_lines(res: Results) -> list[str]:
@@ -303,7 +403,9 @@ def resource_lines(res: Results) -> list[str]:
             f" MiB; VmHWM sum {rep.get('vmhwm_sum_mib')} MiB, largest "
             f"{rep.get('vmhwm_max_mib')} MiB"
         )
-    transfers = [*res.big, *res.durable]
+        if isinstance(procs, list) and nprocs > 1:
+            lines.append(f"{label:<14} {_main_and_workers(rep.get('kind'), procs)}")
+    transfers = [*res.big, *res.durable, *res.tls_big]
     for label in dict.fromkeys(t.server for t in transfers):
         mine = [t for t in transfers if t.server == label and not t.errors]
 
@@ -316,6 +418,23 @@ def resource_lines(res: Results) -> list[str]:
                      f"GET {num(med([t.get_cpu_s_per_gb for t in mine]), 2)}")
     return lines
 
+
+
+def _main_and_workers(kind: object, procs: Sequence[object]) -> str:
+    """"supervisor pid 10: peak RSS 40.1 MiB (VmHWM 40.3); 2 workers: pid 11 41.0 (41.2), ...":
+    the process started (our supervisor, nginx's master: the group leader) apart from the
+    processes it started."""
+    main_name, others = ("supervisor", "workers") if kind == "ours" else ("master", "workers")
+    main = [p for p in procs if isinstance(p, dict) and p.get("main")]
+    rest = [p for p in procs if isinstance(p, dict) and not p.get("main")]
+
+    def figures(p: dict[str, object]) -> str:
+        return f"pid {p.get('pid')} {p.get('sampled_peak_mib')} MiB (VmHWM {p.get('vmhwm_mib')})"
+
+    text = (f"{main_name} {figures(main[0])}" if main else f"{main_name} -")
+    return (f"{text}; {len(rest)} {others if len(rest) != 1 else others[:-1]}: "
+            + ", ".join(figures(p) for p in rest)
+            + " - peak RSS sampled every 100 ms")
 
 
 def text_table(

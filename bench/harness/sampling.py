@@ -177,6 +177,8 @@ class TreeSampler:
         self.phases: dict[str, PhasePeak] = {}
         self.overall = PhasePeak()
         self.hwm_kib: dict[int, int] = {}
+        #: Highest sampled VmRSS of each process seen.
+        self.peak_kib: dict[int, int] = {}
         self.names: dict[int, str] = {}
         self._pids: list[int] = []
         self._count = 0
@@ -191,9 +193,12 @@ class TreeSampler:
                 for pid in self._pids:
                     self._read_hwm(pid)
             self._count += 1
-            values = [v for pid in self._pids if (v := read_one_kib(pid, "VmRSS"))]
-            if not values:
+            rss = {pid: v for pid in self._pids if (v := read_one_kib(pid, "VmRSS"))}
+            if not rss:
                 return
+            for pid, v in rss.items():
+                self.peak_kib[pid] = max(v, self.peak_kib.get(pid, 0))
+            values = list(rss.values())
             total, biggest = sum(values), max(values)
             for peak in (self.overall, self.phases.setdefault(self.phase, PhasePeak())):
                 peak.sum_kib = max(peak.sum_kib, total)
@@ -237,7 +242,8 @@ class TreeSampler:
         return {
             "processes": [
                 {"pid": pid, "name": self.names.get(pid, "?"), "main": pid == self.root,
-                 "vmhwm_mib": mib(kib)}
+                 "vmhwm_mib": mib(kib),
+                 "sampled_peak_mib": mib(self.peak_kib[pid]) if pid in self.peak_kib else None}
                 for pid, kib in sorted(hwm.items())
             ],
             "vmhwm_sum_mib": mib(sum(hwm.values())) if hwm else None,

@@ -8,6 +8,8 @@ which port it got. No port is picked for it beforehand.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ from pathlib import Path
 from harness import REPO_ROOT
 from harness.common import HOST, UPLOAD_PREFIX, BenchError, clean_env, tail
 from harness.sampling import TreeSampler, process_tree
+from harness.tls import CIPHERS, MIN_VERSION, TlsFiles, client_context
 from tests.helpers.server import (
     Server,
     ServerDidNotStart,
@@ -52,14 +55,32 @@ class BenchServer:
     processes: int
     sampler: TreeSampler
     log_tail: Callable[[], str]
+    #: The certificate it serves https with; None: plain http.
+    tls: TlsFiles | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{self.scheme}://{HOST}:{self.port}"
+
+    @property
+    def curl_args(self) -> list[str]:
+        """What curl needs to talk to it: for https, to trust its certificate (and no more)."""
+        return [] if self.tls is None else ["--cacert", str(self.tls.certificate)]
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A (not yet connected) keep-alive connection to it, https if it serves that."""
+        if self.tls is None:
+            return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        return http.client.HTTPSConnection(HOST, self.port, timeout=timeout,
+                                           context=client_context(self.tls.certificate))
 
     @property
     def put_statuses(self) -> frozenset[int]:
@@ -134,31 +155,36 @@ def ours_supports_workers(python: str, workdir: Path) -> tuple[bool, str]:
 @contextlib.contextmanager
 def running_ours(
     python: str, workdir: Path, storage: Path, *, label: str, fsync: bool,
-    workers: int | None, log_level: str = "warning",
+    workers: int | None, log_level: str = "warning", tls: TlsFiles | None = None,
 ) -> Iterator[Server]:
     """Our server (``python -m hmacfs``, cwd the repository) storing in ``storage``.
 
-    ``workers`` None leaves the key out (the server's default). Its config and the rest of
-    its own files go to a fresh directory under ``workdir``. Stopped with its process group
-    afterwards. Raises BenchError if it does not start within 20 s.
+    ``workers`` None leaves the key out (the server's default). With ``tls`` it listens on
+    https only (a `[tls]` section with that certificate and key, the other keys at their
+    defaults) and ``port`` is that listener's. Its config and the rest of its own files go to
+    a fresh directory under ``workdir``. Stopped with its process group afterwards. Raises
+    BenchError if it does not start within 20 s.
     """
     home = Path(tempfile.mkdtemp(prefix=f"{_slug(label)}-", dir=workdir))
     storage.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, home, ignore_errors=True)
         server = _start_ours(python, home, storage, label=label, fsync=fsync, workers=workers,
-                             log_level=log_level)
+                             log_level=log_level, tls=tls)
         cleanup.callback(stop_process_group, server.process)
         yield server
 
 
 def _start_ours(python: str, home: Path, storage: Path, *, label: str, fsync: bool,
-                workers: int | None, log_level: str) -> Server:
+                workers: int | None, log_level: str, tls: TlsFiles | None) -> Server:
+    extra = "" if tls is None else (f"[tls]\ncertificate = {json.dumps(str(tls.certificate))}\n"
+                                    f"key = {json.dumps(str(tls.key))}\n")
     try:
-        return start_server(
+        server = start_server(
             home,
+            extra,
             server_toml=f"fsync = {'true' if fsync else 'false'}",
-            listen=(f"{HOST}:0",),
+            listen=(f"{HOST}:0",) if tls is None else (f"https://{HOST}:0",),
             workers=workers,
             log_level=log_level,
             storage=storage,
@@ -173,17 +199,29 @@ def _start_ours(python: str, home: Path, storage: Path, *, label: str, fsync: bo
         )
     except ServerDidNotStart as exc:
         raise BenchError(f"our server ({label}): {exc}") from None
+    if tls is not None:
+        # start_server's port is the plain listener's; this one has only "https://HOST:PORT".
+        prefix = f"https://{HOST}:"
+        ports = [int(a.removeprefix(prefix)) for a in server.addresses if a.startswith(prefix)]
+        if not ports:
+            stop_process_group(server.process)
+            raise BenchError(f"our server ({label}) did not say where it listens for https: "
+                             f"{server.addresses}")
+        server.port = ports[0]
+    return server
 
 
 @contextlib.contextmanager
 def ours_server(
-    python: str, workdir: Path, storage: Path, *, label: str, fsync: bool, workers: int | None
+    python: str, workdir: Path, storage: Path, *, label: str, fsync: bool, workers: int | None,
+    tls: TlsFiles | None = None,
 ) -> Iterator[BenchServer]:
-    """Our server with its memory sampled while it runs; ``workers`` None: key left out."""
-    with running_ours(python, workdir, storage, label=label, fsync=fsync,
-                      workers=workers) as server, _sampled(server.process) as sampler:
+    """Our server with its memory sampled while it runs; ``workers`` None: key left out;
+    ``tls``: https only, with that certificate."""
+    with running_ours(python, workdir, storage, label=label, fsync=fsync, workers=workers,
+                      tls=tls) as server, _sampled(server.process) as sampler:
         yield BenchServer(label, "ours", server.process, server.port, storage, workers or 1,
-                          sampler, server.log_tail)
+                          sampler, server.log_tail, tls)
 
 
 @contextlib.contextmanager
@@ -199,8 +237,25 @@ def _sampled(proc: subprocess.Popen[bytes]) -> Iterator[TreeSampler]:
 # --------------------------------------------------------------------------- nginx
 
 
+def _nginx_listen(port: int, tls: TlsFiles | None) -> str:
+    """The server block's listen line, and for https the certificate and our server's
+    protocol and cipher defaults (ours also prefers its own cipher order and sends no session
+    tickets)."""
+    if tls is None:
+        return f"listen {HOST}:{port};"
+    protocols = "TLSv1.2 TLSv1.3" if MIN_VERSION == "1.2" else "TLSv1.3"
+    return f"""listen {HOST}:{port} ssl;
+        ssl_certificate {tls.certificate};
+        ssl_certificate_key {tls.key};
+        ssl_protocols {protocols};
+        ssl_ciphers {CIPHERS};
+        ssl_prefer_server_ciphers on;
+        ssl_session_tickets off;"""
+
+
 def nginx_config_text(
-    prefix: Path, port: int, storage: Path, body_temp: Path, workers: int
+    prefix: Path, port: int, storage: Path, body_temp: Path, workers: int,
+    tls: TlsFiles | None = None,
 ) -> str:
     # `user root` only where we are root: nginx then keeps its workers' rights (able to write
     # into our temp dirs) instead of switching them to "nobody".
@@ -226,7 +281,7 @@ http {{
     # wrk keeps its connections open; so does our server, without a request limit.
     keepalive_requests 1000000;
     server {{
-        listen {HOST}:{port};
+        {_nginx_listen(port, tls)}
         location {UPLOAD_PREFIX} {{
             alias {storage}/;
             dav_methods PUT;
@@ -301,10 +356,13 @@ def _wait_nginx(proc: subprocess.Popen[bytes], port: int, log: Path, offset: int
 
 @contextlib.contextmanager
 def running_nginx(workdir: Path, storage: Path, body_temp: Path, *, label: str,
-                  workers: int) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+                  workers: int, tls: TlsFiles | None = None,
+                  ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """nginx with a private config, ready; yields (process, port, error log).
 
-    ``body_temp`` must be on the storage's filesystem. Raises BenchError if it does not start.
+    ``body_temp`` must be on the storage's filesystem. With ``tls`` it listens with ``ssl``
+    (that certificate, our server's protocols and ciphers). Raises BenchError if it does not
+    start.
     """
     prefix = workdir / _slug(label)
     prefix.mkdir()
@@ -321,7 +379,7 @@ def running_nginx(workdir: Path, storage: Path, body_temp: Path, *, label: str,
     # to whoever took the port is never mistaken for nginx.
     for attempt in range(1, NGINX_PORT_TRIES + 1):
         port = _kernel_port()
-        conf.write_text(nginx_config_text(prefix, port, storage, body_temp, workers),
+        conf.write_text(nginx_config_text(prefix, port, storage, body_temp, workers, tls),
                         encoding="utf-8")
         offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as log_fh:
@@ -352,9 +410,9 @@ def running_nginx(workdir: Path, storage: Path, body_temp: Path, *, label: str,
 
 @contextlib.contextmanager
 def nginx_server(workdir: Path, storage: Path, body_temp: Path, *, label: str,
-                 workers: int) -> Iterator[BenchServer]:
+                 workers: int, tls: TlsFiles | None = None) -> Iterator[BenchServer]:
     """nginx (see `running_nginx`) with its memory sampled while it runs."""
-    with running_nginx(workdir, storage, body_temp, label=label,
-                       workers=workers) as (proc, port, log), _sampled(proc) as sampler:
+    with running_nginx(workdir, storage, body_temp, label=label, workers=workers,
+                       tls=tls) as (proc, port, log), _sampled(proc) as sampler:
         yield BenchServer(label, "nginx", proc, port, storage, workers, sampler,
-                          lambda: tail(log))
+                          lambda: tail(log), tls)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -36,6 +37,8 @@ from harness.common import (
     transfer_timeout,
 )
 from harness.curl import run_curl
+from harness.files import DiskRate, durable_files
+from harness.idle import check_idle, open_idle, raise_nofile, tree_rss_by_pid
 from harness.profiling import PY_SPY_RATE, top_functions
 from harness.sampling import BUSY_MACHINE_CORES, OtherLoad, tree_cpu_seconds
 from harness.servers import BenchServer
@@ -67,6 +70,8 @@ class Profile:
     put_rounds: int
     during_upload_max_requests: int
     idle_get_requests: int
+    #: Idle keep-alive connections opened to measure the memory each costs a server.
+    idle_connections: int = 1000
 
 
 def remove_uploads(server: BenchServer, prefix: str, *, wipe_meta: bool = False) -> int:
@@ -121,7 +126,7 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
     server.sampler.set_phase("big PUT")
     cpu0 = tree_cpu_seconds(server.pid)
     with OtherLoad() as other:
-        put = run_curl(["-T", str(test_file), "-H", "Expect:",
+        put = run_curl([*server.curl_args, "-T", str(test_file), "-H", "Expect:",
                         server.base_url + server.put_target(rel, size)], size, upload=True)
     cpu1 = tree_cpu_seconds(server.pid)
     result.put_other_load_cores = other.cores
@@ -134,7 +139,8 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
         server.sampler.set_phase("big GET")
         cpu2 = tree_cpu_seconds(server.pid)
         with OtherLoad() as other:
-            got = run_curl([server.base_url + server.get_target(rel)], size, upload=False)
+            got = run_curl([*server.curl_args, server.base_url + server.get_target(rel)], size,
+                           upload=False)
         cpu3 = tree_cpu_seconds(server.pid)
         result.get_other_load_cores = other.cores
         result.get_status, result.get_seconds = got.status, got.seconds
@@ -253,7 +259,7 @@ def upload_files(server: BenchServer, prefix: str, size: int, count: int) -> lis
     """PUT ``count`` files of ``size`` bytes over one keep-alive connection; their GET targets."""
     body = os.urandom(size)
     targets = []
-    conn = http.client.HTTPConnection(HOST, server.port, timeout=HTTP_TIMEOUT_S)
+    conn = server.connection(HTTP_TIMEOUT_S)
     try:
         for i in range(count):
             rel = f"{prefix}{i:04d}/f.bin"
@@ -457,3 +463,107 @@ def profile_run(server: BenchServer, method: str, targets: Sequence[str] | None,
     return {"workload": f"4 KiB {method} c=10", "raw_file": str(raw),
             "req_s_while_profiled": run.req_s, **top_functions(raw, seconds)}
 
+
+
+def durable_small_puts(server: BenchServer, profile: Profile, workdir: Path, disk: Path,
+                       concurrency: int = 10) -> tuple[list[WrkRun], list[DiskRate]]:
+    """Workload 8: 4 KiB PUTs of fresh paths at ``concurrency`` to ``server`` (ours with
+    ``fsync = true``), beside the filesystem's own rate of such files (`durable_files`, in
+    ``disk``, the storage's filesystem) with one thread and with ``concurrency`` threads.
+
+    ``profile.put_rounds`` rounds, the order turned round every other round (disk loops,
+    server; server, disk loops), since the disk's rate moves from one minute to the next.
+    """
+    runs: list[WrkRun] = []
+    rates: list[DiskRate] = []
+    for round_no in range(1, profile.put_rounds + 1):
+        disk_first = round_no % 2 == 1
+        if disk_first:
+            rates += [_disk_rate(disk, t, profile, round_no) for t in (1, concurrency)]
+        runs.append(put_run(server, profile, workdir, "durable", SMALL, concurrency, round_no))
+        if not disk_first:
+            rates += [_disk_rate(disk, t, profile, round_no) for t in (1, concurrency)]
+    return runs, rates
+
+
+def _disk_rate(disk: Path, threads: int, profile: Profile, round_no: int) -> DiskRate:
+    settle()
+    rate = durable_files(disk / f"fsync-loop-{secrets.token_hex(3)}", threads=threads,
+                         size=SMALL, seconds=profile.wrk_seconds,
+                         max_files=profile.put_requests[SMALL], round_no=round_no)
+    flags = list(rate.errors)
+    if rate.hit_limit:
+        flags.append("file limit reached: rate is a lower bound")
+    if rate.other_load_cores is not None and rate.other_load_cores > BUSY_MACHINE_CORES:
+        flags.append(f"other processes used {rate.other_load_cores} cores")
+    print(f"  {'disk loop':<14} {size_name(SMALL)} files, {threads:>2} thread(s) r{round_no} "
+          f"{num(rate.files_per_s, 0):>7} files/s  (create, write, fsync, rename, fsync of "
+          f"both directories) {'; '.join(flags)}", flush=True)
+    return rate
+
+
+@dataclass
+class IdleMemory:
+    """What ``connections`` idle keep-alive connections cost a server's memory (VmRSS)."""
+
+    server: str
+    connections: int
+    opened: int = 0
+    refused_503: int = 0
+    reset: int = 0
+    failed: int = 0
+    open_seconds: float | None = None
+    rss_before_kib: int | None = None
+    rss_after_kib: int | None = None
+    kib_per_connection: float | None = None
+    #: VmRSS before and after (KiB) of each process, by pid; "main" marks the one started.
+    per_process: list[dict[str, object]] = field(default_factory=list)
+    checked: int = 0
+    checked_ok: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def idle_memory(server: BenchServer, target: str, connections: int) -> IdleMemory:
+    """Workload 9: the server's summed VmRSS before and after ``connections`` connections,
+    each having had one GET of ``target`` answered (200) and then left idle (keep-alive);
+    (after - before) / connections held. Every 50th is asked once more before all are closed.
+    """
+    result = IdleMemory(server.label, connections)
+    need = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        raise_nofile(need)
+    request = f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    try:
+        before = tree_rss_by_pid(server.pid)
+        opened = open_idle(server.port, connections, request)
+        try:
+            time.sleep(0.2)  # what the last answers left to do (logging, buffers) is done
+            after = tree_rss_by_pid(server.pid)
+            result.opened, result.refused_503 = len(opened.idle), opened.refused_503
+            result.reset, result.failed = opened.reset, opened.failed
+            result.open_seconds = opened.seconds
+            result.errors += opened.errors
+            result.checked, result.checked_ok = check_idle(opened.idle, 50, request)
+        finally:
+            for sock in opened.idle:
+                sock.close()
+    except BenchError as exc:
+        result.errors.append(str(exc))
+        return result
+    finally:
+        if soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    result.rss_before_kib, result.rss_after_kib = sum(before.values()), sum(after.values())
+    result.per_process = [{"pid": pid, "main": pid == server.pid, "before_kib": before.get(pid),
+                           "after_kib": after.get(pid)} for pid in sorted({*before, *after})]
+    if result.opened:
+        result.kib_per_connection = (result.rss_after_kib - result.rss_before_kib) / result.opened
+    if result.opened != connections:
+        result.errors.append(f"{result.opened} of {connections} connections held "
+                             f"({result.refused_503} answered 503, {result.reset} reset, "
+                             f"{result.failed} failed)")
+    if result.checked_ok != result.checked:
+        result.errors.append(f"{result.checked - result.checked_ok} of {result.checked} idle "
+                             "connections did not answer a further GET")
+    return result
