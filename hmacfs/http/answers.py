@@ -70,16 +70,20 @@ def raw_refusal(
     request: Any = None,
     *,
     head: bool = False,
+    closing: bool = True,
 ) -> bytes:
     """The whole answer, as bytes for the transport, ending the connection (before the body:
-    nothing of the request is read any more). The answer to a HEAD (`head`) has the
-    Content-Length of its body but not the body."""
+    nothing of the request is read any more), or, not `closing`, keeping it (the body was
+    read whole). The answer to a HEAD (`head`) has the Content-Length of its body but not
+    the body."""
     body = refusal_body(refusal)
     reason = reason_phrase(refusal.status)
     lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason), b"Date: " + http_date_now()]
     headers = refusal_headers(refusal, settings, origin, _exchange_headers(request))
     lines += [name + b": " + value for name, value in headers]
-    lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
+    lines.append(b"Content-Length: %d" % len(body))
+    if closing:
+        lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 

@@ -45,10 +45,11 @@ def _whole_file(method: bytes, stored: StoredFile) -> download.Plan:
 
 
 @functools.lru_cache(maxsize=1024)
-def _head_after_date(
+def head_after_date(
     cors: tuple[tuple[bytes, bytes], ...], headers: tuple[tuple[bytes, bytes], ...]
 ) -> bytes:
-    """Every header line of a quick answer after its Date, and the blank line ending them."""
+    """Every header line of a quick answer after its Date (the security headers, `cors`, then
+    `headers`), and the blank line ending them."""
     lines = [name + b": " + value for name, value in (*BASE_HEADERS, *cors, *headers)]
     return b"".join(b"\r\n" + line for line in lines) + b"\r\n\r\n"
 
@@ -117,19 +118,40 @@ def answer_quickly(  # noqa: PLR0911 (each early return declines, before anythin
             return False
     origin = headers.get(b"origin")
     cors = cors_fields(config.http, origin.decode("latin-1") if origin is not None else None)
-    after_date = _head_after_date(cors, answer.headers)
+    after_date = head_after_date(cors, answer.headers)
     head_out = b"HTTP/1.1 200 OK\r\nDate: " + http_date_now() + after_date
     channel.resetTimeout()
     transport: Any = channel.transport
     transport.write(head_out + body)  # at once: see DirectWrites
+    answered_quickly(
+        channel, headers, method=method, rel=rel, status=answer.status, size=len(body),
+        scheme=None, started=started,
+    )
+    return True
+
+
+def answered_quickly(
+    channel: UploadChannel,
+    headers: dict[bytes, bytes],
+    *,
+    method: bytes,
+    rel: str,
+    status: int,
+    size: int,
+    scheme: str | None,
+    started: float,
+) -> None:
+    """Count and log an answer written without a Request object, as `UploadSite.log` does
+    for the others (the client's address and scheme worked out only if it is logged)."""
+    site = channel.site
     client, secure = "", False
     if site.logs_answers:
+        transport: Any = channel.transport
         peer = getattr(transport.getPeer(), "host", None)
         proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
         client = site.proxies.client_address(peer, [forwarded] if forwarded is not None else [])
         secure = site.proxies.secure(channel.isSecure(), peer, [proto] if proto is not None else [])
     site.answered(
-        client=client, secure=secure, method=method, rel=rel, status=answer.status,
-        size=len(body), scheme=None, started=started,
+        client=client, secure=secure, method=method, rel=rel, status=status, size=size,
+        scheme=scheme, started=started,
     )
-    return True

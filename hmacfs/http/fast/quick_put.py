@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from hmacfs.core.headers import BASE_HEADERS, cors_fields, http_date_now
+from hmacfs.core.headers import cors_fields, http_date_now
 from hmacfs.core.refusals import InternalError, Refusal
-from hmacfs.http.answers import reason_phrase, refusal_body, refusal_headers
+from hmacfs.http.answers import raw_refusal, reason_phrase
+from hmacfs.http.fast.quick import answered_quickly, head_after_date
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -31,6 +32,8 @@ _PUT_HEAD = re.compile(
     rb"PUT (/[\x21-\x7e]*) HTTP/1\.1\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
 )
+#: The one header of a 201 that is not on every answer.
+_NO_BODY = ((b"Content-Length", b"0"),)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 #: Headers that take a PUT down the full path: another framing of the body, an interim
 #: answer to send, a protocol switch, a resumable upload's creation.
@@ -158,28 +161,16 @@ def take_put(channel: UploadChannel, data: bytes) -> bool:
             channel.release()
             return  # the connection went while the commit ran on a thread
         if refusal is None and status < 300:
-            fields = [*BASE_HEADERS, *cors_fields(settings, origin)]
-            answer_body = b""
+            after_date = head_after_date(cors_fields(settings, origin), _NO_BODY)
+            status_line = b"HTTP/1.1 %d %s\r\nDate: " % (status, reason_phrase(status))
+            transport.write(status_line + http_date_now() + after_date)
         else:
             refusal = refusal or InternalError("internal error")
             status = refusal.status
-            fields = refusal_headers(refusal, settings, origin)
-            answer_body = refusal_body(refusal)
-        out = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status)), b"Date: " + http_date_now()]
-        out += [name + b": " + value for name, value in fields]
-        out.append(b"Content-Length: %d" % len(answer_body))
-        transport.write(b"\r\n".join(out) + b"\r\n\r\n" + answer_body)
+            transport.write(raw_refusal(refusal, settings, origin, request, closing=False))
         channel.resetTimeout()
-        client, secure = "", False
-        if site.logs_answers:
-            peer = getattr(transport.getPeer(), "host", None)
-            proto, forwarded = headers.get(b"x-forwarded-proto"), headers.get(b"x-forwarded-for")
-            client = site.proxies.client_address(peer, [forwarded] if forwarded is not None else [])
-            secure = site.proxies.secure(
-                channel.isSecure(), peer, [proto] if proto is not None else []
-            )
-        site.answered(
-            client=client, secure=secure, method=b"PUT", rel=upload.rel, status=status,
+        answered_quickly(
+            channel, headers, method=b"PUT", rel=upload.rel, status=status,
             size=upload.received, scheme=upload.grant.scheme, started=request.started,
         )
         channel.release()
