@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from tests.helpers import resumable as rufh
-from tests.helpers.server import Server, start_server, stop_server, wait_logged
+from tests.helpers.server import Server, start_server, stop_server, wait_for, wait_logged
 from tests.helpers.signing import SECRET, mac_v1, mac_v2
 
 JOURNAL = (
@@ -36,12 +36,16 @@ def test_a_signature_mismatch_is_a_warning_with_a_hint_once_a_minute(tmp_path: P
             body=b"jpeg",
         )
         assert response.status == 403
-    wait_logged(server, "-> 403 refused: signature mismatch")
+    # (each answer goes out before its line is logged: wait for all three lines)
+    def logged_refusals() -> list[str] | None:
+        found = [line for line in list(server.log) if "refused: signature mismatch" in line]
+        return found if len(found) >= 3 else None
+
+    refusals = wait_for(logged_refusals, 10, "three refusals logged")
     hints = [line for line in server.log if "matches no secret" in line]
     assert len(hints) == 1, server.log_tail()
     assert hints[0].startswith("<4>hmacfs.http: 1 upload(s) with a signature that matches no")
     assert "(v2 scheme, paths under /upload/)" in hints[0]
-    refusals = [line for line in server.log if "refused: signature mismatch" in line]
     assert len(refusals) == 3 and all(line.startswith("<6>") for line in refusals)
     # Neither the MACs sent nor the secret appear anywhere.
     for secret_text in (*macs, SECRET.decode(), other.decode()):
