@@ -1,17 +1,18 @@
 """Download bodies: the pieces of a `hmacfs.core.download.Plan` written to a request.
 
 A body of one piece of a local file goes out with sendfile(2) on a plain connection when the
-fast paths are on; anything else (small bodies, multipart answers, TLS, remote stores) is read
-a chunk at a time by a pull producer, which the transport asks for more only when it has room:
-a slow client never makes the server hold more than one chunk, and a client that pipelines
-requests without reading the answers stops being read.
+fast paths are on, and is encrypted into the socket past Twisted's TLS wrapper on a TLS one
+(`hmacfs.http.fast.tls`); anything else (small bodies, multipart answers, remote stores) is
+read a chunk at a time by a pull producer, which the transport asks for more only when it has
+room: a slow client never makes the server hold more than one chunk, and a client that
+pipelines requests without reading the answers stops being read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, ISSLTransport
 from zope.interface import implementer
 
 from hmacfs.core.download import Piece, Plan
@@ -37,12 +38,22 @@ def send_body(request: Any, plan: Plan, reader: Reader, *, sendfile: bool) -> No
         and pieces[0][1] >= SENDFILE_MIN
         and reader.fileno() is not None
         and request.channel is not None
-        and plain_socket(request.channel.transport) is not None
     ):
         offset, count = pieces[0]
-        request.write(b"")  # the headers
-        SendfileProducer(request, reader, offset, count).start()
-        return
+        transport = request.channel.transport
+        if plain_socket(transport) is not None:
+            request.write(b"")  # the headers
+            SendfileProducer(request, reader, offset, count).start()
+            return
+        if ISSLTransport.providedBy(transport):
+            # (imported here: a server without TLS listeners never loads OpenSSL)
+            from hmacfs.http.fast.tls import TlsBodyProducer, tls_connection
+
+            request.write(b"")  # the headers
+            connection = tls_connection(transport)
+            if connection is not None:
+                TlsBodyProducer(request, reader, offset, count, connection).start()
+                return
     PiecesProducer(request, pieces, reader).start()
 
 
@@ -75,7 +86,9 @@ class PiecesProducer:
             # The file shrank under us (an admin's hand): end rather than send a short body.
             self._close()
             self.request.unregisterProducer()
-            self.request.channel.transport.loseConnection()
+            # (the channel's loseConnection: over TLS, the wrapper's alone would wait for ever
+            # for the channel, its producer, to go)
+            self.request.channel.loseConnection()
             return
         if count > len(data):
             self.pieces.append((offset + len(data), count - len(data)))

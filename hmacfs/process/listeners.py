@@ -264,11 +264,11 @@ class Listeners(Service):  # type: ignore[misc]
         factory: Any = self.factory
         listener = bound.listener
         if listener.tls:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+            from hmacfs.http.fast.tls import tls_factory
 
             context = self.tls()
             assert context is not None, "configuration check lets no https listener without TLS"
-            factory = TLSMemoryBIOFactory(context, False, factory)
+            factory = tls_factory(context, factory)
         port = self.reactor.adoptStreamPort(bound.sock.fileno(), bound.sock.family, factory)
         if listener.activated is not None:
             # Close the descriptor systemd passed, or the socket would keep accepting
