@@ -5,29 +5,34 @@ The only module that touches the global reactor.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
-import secrets
 import shlex
 import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, urlencode
 
 from hmacfs import __version__, admin
-from hmacfs.core import auth, config
+from hmacfs.core import config
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
 from hmacfs.process.systemd import stream_is_journal
+
+if TYPE_CHECKING:  # (see `worker_config`: a worker never loads it)
+    import argparse
 
 DEFAULT_CONFIG = Path("/etc/hmac-file-server/config.toml")
 #: Exit statuses (documented in hmac-file-server(8)).
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEV_SAMPLE = b"hello from hmac-file-server\n"
+#: What a supervisor never uses, hidden while it imports Twisted and itself: pyOpenSSL (and
+#: cryptography), the standard library's TLS, and OpenSSL's hashes (hashlib then has its
+#: built-in SHA-2 and the others); the last two load libssl and libcrypto, about 4 MiB.
+SUPERVISOR_NEVER_USES = ("OpenSSL", "ssl", "_hashlib")
 
 
 def base_url(cfg: Config) -> str:
@@ -54,6 +59,8 @@ def signed_example(  # noqa: PLR0917 (a slot's values, in the order they are pri
     cfg: Config, rel: str, size: int, content_type: str, scheme: str, lifetime: float
 ) -> tuple[str, dict[str, str]]:
     """A signed PUT URL for `rel` and the headers the client must send with it."""
+    from hmacfs.core import auth  # (what only `sign` and `dev` need, not the supervisor)
+
     signed = auth.sign(
         scheme,
         rel,
@@ -118,6 +125,22 @@ def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def imports_without(names: Sequence[str]) -> Iterator[None]:
+    """Within, importing any of `names` fails as if it were not installed, so that what can do
+    without one does without it for good (Twisted's TLS support, asyncio's and urllib's,
+    hashlib's OpenSSL hashes); afterwards each imports as ever. A name already imported is
+    left as it is."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            del sys.modules[name]  # (what failed to import without it is not kept)
+
+
 def load_reactor_without_openssl() -> None:
     """Import Twisted's reactor without pyOpenSSL, for a server with no TLS listener.
 
@@ -127,16 +150,30 @@ def load_reactor_without_openssl() -> None:
     reload add some, wrap their connections in twisted.protocols.tls, which then imports
     pyOpenSSL itself.
     """
-    if "twisted.internet.reactor" in sys.modules or "OpenSSL" in sys.modules:
+    if "twisted.internet.reactor" in sys.modules:
         return
-    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
-    try:
+    with imports_without(("OpenSSL",)):
         import twisted.internet.reactor  # noqa: F401
-    finally:
-        del sys.modules["OpenSSL"]  # (what failed to import without it is not kept)
 
 
-def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
+def process_class(cfg: Config, *, supervisor: bool) -> Any:
+    """Import Twisted's reactor and this process's class, `Supervisor` or `Node`, each with
+    only what its process uses: a supervisor serves nothing (`SUPERVISOR_NEVER_USES`, and no
+    web layer), a server with no https listener does no TLS."""
+    if supervisor:
+        with imports_without(SUPERVISOR_NEVER_USES):
+            import twisted.internet.reactor  # noqa: F401
+
+            from hmacfs.process.supervisor import Supervisor
+        return Supervisor
+    if not any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
+        load_reactor_without_openssl()
+    from hmacfs.process.node import Node
+
+    return Node
+
+
+def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     cfg: Config,
     on_ready: Callable[[list[str]], None] | None = None,
     *,
@@ -146,39 +183,47 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
 
     With `[server] workers` other than 1 (and a configuration file for the workers to read),
     this process supervises worker processes; `worker` is the mode of such a worker.
+
+    A process that serves checks its https listeners' certificate first (`cfg` may come
+    without that check): raises ConfigError if it does not load. A supervisor, which serves
+    nothing, leaves that to its workers, and imports nothing that only serving needs: not the
+    web layer, prometheus_client, pyOpenSSL or the standard library's TLS
+    (tests/unit/test_imports.py keeps it so).
     """
     import shutil
     import signal
 
-    from hmacfs.process.limits import raise_open_files_limit
-    from hmacfs.process.supervisor import multiprocess_dir, worker_count
+    from hmacfs.process.limits import raise_open_files_limit, release_free_memory, worker_count
+    from hmacfs.process.shared_metrics import MULTIPROC_ENV, multiprocess_dir
     from hmacfs.process.systemd import Notifier, activated_sockets
-    from hmacfs.process.worker import ignore_hangup, worker_plan
 
     raise_open_files_limit()
     # Before Twisted is imported: twisted.internet.endpoints takes (and clears) the socket
     # activation variables for itself when it is first imported.
     activated = activated_sockets()
-    plan = worker_plan() if worker else None
+    plan = None
+    if worker:
+        from hmacfs.process.worker import worker_plan
+
+        plan = worker_plan()
     if worker and plan is None:
         print("hmac-file-server: the worker command is for the supervisor only", file=sys.stderr)
         return EXIT_CONFIG
     count = 1 if plan is not None or cfg.source is None else worker_count(cfg.server.workers)
+    if count == 1:
+        config.check_certificate(cfg)
     metrics_dir = None
     if count > 1:
-        # Before prometheus_client is imported: it chooses multi-process mode at import.
+        # Before prometheus_client is imported (by the workers, which inherit it): it chooses
+        # multi-process mode at import.
         metrics_dir = multiprocess_dir()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-
-    if not any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
-        load_reactor_without_openssl()
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    kind = process_class(cfg, supervisor=count > 1)
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
     from hmacfs.process.clock import use_monotonic_clock
     from hmacfs.process.logs import start_logging
-    from hmacfs.process.node import Node
-    from hmacfs.process.supervisor import Supervisor
 
     reactor: Any = global_reactor
     use_monotonic_clock(reactor)
@@ -191,12 +236,12 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
     service: Any
     try:
         if count > 1:
-            service = Supervisor(
+            service = kind(
                 cfg, reactor, count=count, notifier=notifier, activated=activated,
                 observer=observer,
             )
         else:
-            service = Node(
+            service = kind(
                 cfg, reactor, notifier=notifier, observer=observer, activated=activated,
                 worker=plan,
             )
@@ -212,6 +257,7 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
         service.startService()
 
         def listening(addresses: list[str]) -> None:
+            release_free_memory()
             if plan is not None:
                 return
             log.info(
@@ -223,15 +269,21 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
                 on_ready(addresses)
 
         def failed(failure: Any) -> None:
-            message = f"cannot listen: {failure.getErrorMessage()}"
+            from hmacfs.process.worker import ConfigRefused
+
+            if failure.check(ConfigRefused):  # (the worker has said why)
+                message, status[0] = failure.getErrorMessage(), EXIT_CONFIG
+            else:
+                message, status[0] = f"cannot listen: {failure.getErrorMessage()}", EXIT_FAILURE
             print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
             notifier.status(message)
-            status[0] = EXIT_FAILURE
             stop_once()
 
         service.started.addCallbacks(listening, failed)
 
     if plan is not None:
+        from hmacfs.process.worker import ignore_hangup
+
         ignore_hangup()
     else:
 
@@ -269,14 +321,34 @@ def serve(  # noqa: PLR0915 (the start-up sequence, read top to bottom)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    return serve(_load(args.config))
+    # (the certificate is checked by `serve`, in the processes that serve)
+    return serve(config.load(args.config, check_certificate=False))
 
 
 def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
-    return serve(_load(args.config), worker=True)
+    return run_worker(args.config)
+
+
+def run_worker(path: Path) -> int:
+    """The `worker` command: serve `path`'s configuration as one of a supervisor's workers."""
+    return serve(config.load(path, check_certificate=False), worker=True)
+
+
+def worker_config(words: Sequence[str]) -> Path | None:
+    """The configuration file of the `worker` command, written the one way the supervisor
+    writes it (`--config FILE worker`), else None.
+
+    A worker's command line is read here rather than by argparse, which a worker would
+    otherwise load (building the whole command line) for that alone."""
+    if len(words) == 3 and words[0] == "--config" and words[2] == "worker":
+        return Path(words[1])
+    return None
 
 
 def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
+    import secrets
+    import uuid
+
     base = Path(args.dir).resolve()
     secret = secrets.token_urlsafe(24).encode()
     cfg = config.development_config(base, secret)
@@ -307,6 +379,8 @@ def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="hmac-file-server",
         description="XEP-0363 HTTP File Upload server for Prosody, ejabberd and Metronome.",
@@ -362,10 +436,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
-    command = COMMANDS[args.command or "run"]
+    words = sys.argv[1:] if argv is None else list(argv)
+    worker = worker_config(words)
     try:
-        return command(args, sys.stdout)
+        if worker is not None:
+            return run_worker(worker)
+        args = build_parser().parse_args(words)
+        return COMMANDS[args.command or "run"](args, sys.stdout)
     except ConfigError as e:
         # Under systemd, "<3>" makes it an error in the journal (sd-daemon(3)).
         priority = "<3>" if stream_is_journal(sys.stderr) else ""

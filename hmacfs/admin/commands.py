@@ -39,6 +39,7 @@ from hmacfs.admin.inventory import (
     text_option,
     uploaded_at,
 )
+from hmacfs.admin.parsers import add_storage_parsers
 from hmacfs.core import config
 from hmacfs.core.printable import printable
 from hmacfs.core.settings import Config
@@ -47,8 +48,6 @@ from hmacfs.storage.local import LocalStorage
 
 #: Exit statuses, those of hmacfs.cli (documented in hmac-file-server(8)).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: How many uploaders and content types `stats` shows by default.
-TOP = 10
 
 Command = Callable[[argparse.Namespace, TextIO], int]
 
@@ -451,36 +450,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 # -- the command line -----------------------------------------------------------------------
 
-
-def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add list, stats, delete, prune and verify to the `hmac-file-server` command line."""
-    listing = subparsers.add_parser("list", help="list the stored files")
-    listing.add_argument("--uploader", metavar="U", help="only files uploaded by U")
-    listing.add_argument(
-        "--older-than", metavar="DURATION", help='only files uploaded longer ago ("30d")'
-    )
-    listing.add_argument("--larger-than", metavar="SIZE", help='only larger files ("10M")')
-    listing.add_argument(
-        "--type", metavar="PREFIX", help='only content types that start so ("image/")'
-    )
-    listing.add_argument("--expired", action="store_true", help="only expired files")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    stats = subparsers.add_parser("stats", help="count the stored files and partial uploads")
-    stats.add_argument("--json", action="store_true", help="one JSON object")
-    stats.add_argument(
-        "--top", type=int, default=TOP, metavar="N",
-        help=f"uploaders and content types shown (default: {TOP}; 0: all)",
-    )
-    delete = subparsers.add_parser("delete", help="remove stored files")
-    delete.add_argument("paths", nargs="+", metavar="PATH", help="signed path, or its URL")
-    prune = subparsers.add_parser("prune", help="remove the stored files that match")
-    prune.add_argument("--older-than", metavar="DURATION", help="files uploaded longer ago")
-    prune.add_argument("--uploader", metavar="U", help="files uploaded by U")
-    prune.add_argument("--expired", action="store_true", help="expired files")
-    prune.add_argument("--dry-run", action="store_true", help="only print what would go")
-    verify = subparsers.add_parser("verify", help="check the stored files and their metadata")
-    verify.add_argument("--repair", action="store_true", help="fix what is safe to fix")
-    verify.add_argument("--json", action="store_true", help="one JSON object per finding")
+#: The arguments are defined apart (`hmacfs.admin.parsers`), so that the command line is built
+#: without loading this module.
+add_parsers = add_storage_parsers
 
 
 COMMANDS: dict[str, Command] = {

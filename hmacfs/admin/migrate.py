@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from hmacfs.admin.parsers import add_migrate_parser
 from hmacfs.core import config
 from hmacfs.core.config import KEYS, ConfigError
 from hmacfs.core.files import NotRegularFile, read_regular
@@ -1019,26 +1020,9 @@ def _write(path: Path, text: str, *, force: bool) -> None:
 # --- the command ----------------------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `migrate-config` and its arguments to `subparsers`."""
-    parser = subparsers.add_parser(
-        "migrate-config",
-        help="turn a Go HMAC File Server configuration into one for this server",
-        description=(
-            "Read the config.toml of the Go HMAC File Server (3.2.1 to 3.4) and write the "
-            "equivalent configuration of this server. Standard error names every key that is "
-            "not carried over and why, and the keys the Go server itself ignores."
-        ),
-    )
-    parser.add_argument("go_config", type=Path, metavar="GO_CONFIG", help="the Go config.toml")
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        metavar="OUT",
-        help="write the configuration to OUT (mode 0640) instead of standard output",
-    )
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+#: The arguments are defined apart (`hmacfs.admin.parsers`), so that the command line is built
+#: without loading this module.
+add_parser = add_migrate_parser
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:

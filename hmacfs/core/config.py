@@ -171,15 +171,19 @@ class _File:
             raise self.error(section, name, str(e)) from None
 
 
-def parse(data: Mapping[str, object], source: Path | None = None) -> Config:
+def parse(
+    data: Mapping[str, object], source: Path | None = None, *, check_certificate: bool = True
+) -> Config:
     """Validate an already-parsed configuration (as `tomllib` returns it) into a `Config`.
 
     `source` is the file it came from: it names the file in messages, and relative paths are
     taken relative to its directory (with no `source`, relative paths are errors). Reads the
     `[hmac] secret_file` if one is named. Raises ConfigError for any unknown section or key,
     wrong type or invalid value, and for a secret file that cannot be read or holds no secret.
+    With https listeners, the certificate and key are read and checked too, unless
+    `check_certificate` is false (see `check_certificate`).
     """
-    return _build(data, source, secret=None)
+    return _build(data, source, secret=None, check_certificate=check_certificate)
 
 
 def _tables(data: Mapping[str, object], source: Path | None) -> dict[str, Mapping[str, object]]:
@@ -222,7 +226,13 @@ def _tables(data: Mapping[str, object], source: Path | None) -> dict[str, Mappin
     return tables
 
 
-def _build(data: Mapping[str, object], source: Path | None, *, secret: bytes | None) -> Config:
+def _build(
+    data: Mapping[str, object],
+    source: Path | None,
+    *,
+    secret: bytes | None,
+    check_certificate: bool = True,
+) -> Config:
     """`parse`, except that a given `secret` stands in for `[hmac] secret`/`secret_file`."""
     file = _File(_tables(data, source), source)
     # Section by section, each one's rules after its keys; the secrets come first in [hmac]
@@ -233,7 +243,12 @@ def _build(data: Mapping[str, object], source: Path | None, *, secret: bytes | N
     http = HttpSettings(**file.values("http"))
     metrics = MetricsSettings(**file.values("metrics"))
     metrics = _health_path(file, server, _apart(file, server, metrics))
-    tls = _tls(file, TlsSettings(**file.values("tls")), (*server.listeners, *metrics.listeners))
+    tls = _tls(
+        file,
+        TlsSettings(**file.values("tls")),
+        (*server.listeners, *metrics.listeners),
+        check=check_certificate,
+    )
     quota = _quota(file, server, QuotaSettings(**file.values("quota")))
     return Config(
         server=server,
@@ -411,29 +426,46 @@ def _health_path(file: _File, server: ServerSettings, metrics: MetricsSettings) 
     return dataclasses.replace(metrics, health_path=health)
 
 
-def _tls(file: _File, settings: TlsSettings, listeners: tuple[Listener, ...]) -> TlsSettings:
+def _tls(
+    file: _File, settings: TlsSettings, listeners: tuple[Listener, ...], *, check: bool
+) -> TlsSettings:
     """`settings`; if one of `listeners` serves TLS, also checks that the certificate and key
-    are given and usable (reading them). Raises ConfigError naming the `[tls]` key at fault."""
+    are given and, with `check`, usable (reading them). Raises ConfigError naming the `[tls]`
+    key at fault."""
     if not any(listener.tls for listener in listeners):
         return settings
     if settings.certificate is None:
         raise file.error("tls", "certificate", "an https:// listener needs a certificate file")
     if settings.key is None:
         raise file.error("tls", "key", "an https:// listener needs a private key file")
+    if check:
+        _check_certificate(settings, file.source)
+    return settings
+
+
+def _check_certificate(settings: TlsSettings, source: Path | None) -> None:
     from hmacfs.process import tls  # late: only configurations with TLS need pyOpenSSL loaded
 
     try:
         tls.build_context(settings)
     except tls.TlsError as e:
-        raise file.error("tls", e.key, e.message) from None
-    return settings
+        raise ConfigError(e.message, source, "tls", e.key) from None
+
+
+def check_certificate(config: Config) -> None:
+    """Check that the certificate and key of `config`'s https listeners, if any, load and go
+    together: what `load` does unless told not to. A supervisor, which serves nothing, leaves
+    this to its workers, so that it never loads pyOpenSSL. Raises ConfigError naming the
+    `[tls]` key at fault."""
+    if any(listener.tls for listener in (*config.server.listeners, *config.metrics.listeners)):
+        _check_certificate(config.tls, config.source)
 
 
 # --- files ----------------------------------------------------------------------------------
 
 
-def load(path: Path) -> Config:
-    """Read and validate the configuration file at `path`.
+def load(path: Path, *, check_certificate: bool = True) -> Config:
+    """Read and validate the configuration file at `path` (`check_certificate`: as `parse`).
 
     Raises ConfigError naming `path` if the file is missing or unreadable, not UTF-8, not
     valid TOML (with tomllib's line and column), or not a valid configuration (see `parse`).
@@ -454,7 +486,7 @@ def load(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", path) from None
-    config = parse(data, path)
+    config = parse(data, path, check_certificate=check_certificate)
     hmac_table = data.get("hmac", {})
     if mode & stat.S_IROTH and isinstance(hmac_table, Mapping) and "secret" in hmac_table:
         warning = _locate(

@@ -17,7 +17,6 @@ loader adds the file, the section and the key.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from abc import ABC, abstractmethod
@@ -104,6 +103,8 @@ def toml_type(value: object) -> str:  # noqa: PLR0911 (one return per TOML type)
 
 def suggest(word: str, choices: Sequence[str]) -> str | None:
     """The one of `choices` that `word` is most likely a misspelling of, if any."""
+    import difflib  # (only a file with a mistake needs it, not every server process)
+
     matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return matches[0] if matches else None
 

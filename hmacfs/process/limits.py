@@ -1,7 +1,11 @@
-"""Process limits a server with many connections needs."""
+"""Process limits a server with many connections needs, how many processes it runs, and the
+memory it gives back once started."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import resource
 from pathlib import Path
 
@@ -28,3 +32,21 @@ def raise_open_files_limit() -> tuple[int, int]:
             return soft, soft
         return soft, target
     return soft, soft
+
+
+def worker_count(configured: int) -> int:
+    """How many worker processes `[server] workers = configured` means: itself, or one per
+    core for 0."""
+    return configured if configured > 0 else max(1, os.cpu_count() or 1)
+
+
+def release_free_memory() -> bool:
+    """Hand back to the kernel the memory that start-up used and freed (compiling modules
+    without cached bytecode leaves megabytes of it), which the C library keeps otherwise: glibc's
+    malloc_trim(3). Returns whether it could; elsewhere (musl) it does nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        trim = ctypes.CDLL(None).malloc_trim
+        trim.argtypes = [ctypes.c_size_t]
+        trim(0)
+        return True
+    return False

@@ -11,7 +11,8 @@ Every listener takes the same path, whether this process stands alone or is a wo
   (`accept_one_at_a_time`, from `hmacfs.http._twisted`, where every use of Twisted's private
   state is canaried).
 
-The supervisor binds with `bind_all` and passes the sockets on; it never accepts on them.
+The supervisor binds with `bind_all` and passes the sockets on; it never accepts on them, and
+never loads the web layer (`hmacfs.http`, twisted.web) that accepting uses.
 """
 
 from __future__ import annotations
@@ -27,14 +28,12 @@ from twisted.application.service import Service
 from twisted.internet import defer
 
 from hmacfs.core.settings import Listener
-from hmacfs.http._twisted import accept_one_at_a_time
 from hmacfs.process.systemd import ActivatedSockets
 
 __all__ = [
     "SOCKET_BACKLOG",
     "Bound",
     "Listeners",
-    "accept_one_at_a_time",
     "activated_listener",
     "bind",
     "bind_all",
@@ -279,6 +278,8 @@ class Listeners(Service):  # type: ignore[misc]
             # that woke first would take a whole burst (all of a client's parallel
             # connections) and leave the others idle; one at a time, they share it (what
             # nginx's default "multi_accept off" does).
+            from hmacfs.http._twisted import accept_one_at_a_time
+
             accept_one_at_a_time(port)
         return port
 

@@ -5,7 +5,8 @@ A node stands alone (`[server] workers = 1`) or is one of the workers a supervis
 
 - start: every listener listens (or adopts its socket-activated descriptor); only then
   READY=1, with a STATUS line naming the listeners. A worker says "ready" to its supervisor
-  instead, then beats, and leaves sweeping to the supervisor.
+  instead, then beats, and leaves sweeping to the supervisor (and shows the figures of its
+  sweeps, `hmacfs.process.shared_metrics`).
 - SIGHUP (`reload`, see `hmacfs.process.reload`): if the file is valid, new requests get the
   new limits, secrets, CORS settings and certificate; if not, the running settings stay.
 - SIGTERM (`stopService`): STOPPING=1; the listeners close; uploads in flight get
@@ -28,6 +29,7 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Listeners
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import log_certificate, tls_for
+from hmacfs.process.shared_metrics import SweepFigures, shared_directory
 from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
 from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
@@ -99,6 +101,9 @@ class Node(ServerProcess):
         )
         if worker is None:  # workers leave sweeping to their supervisor
             self.sweeper.setServiceParent(self)
+        #: A worker's view of its supervisor's sweeps, for its /metrics.
+        shared = shared_directory() if worker is not None else None
+        self.figures = SweepFigures(shared) if shared is not None else None
 
     # -- start -------------------------------------------------------------------------------
 
@@ -132,6 +137,8 @@ class Node(ServerProcess):
     def _beat(self) -> None:
         assert self.reporter is not None
         self.reporter.send(f"beat {len(self.site.in_flight)}")
+        if self.figures is not None:
+            self.figures.take(self.site.metrics)
 
     def status_text(self) -> str:
         """The one line `systemctl status` shows."""

@@ -63,7 +63,10 @@ def reload_config(process: Reloadable, path: Path | None = None) -> defer.Deferr
     log = process.log
     process.notifier.reloading()
     try:
-        new = config_module.load(source)
+        # Only a process with https listeners reads the certificate here: a supervisor (which
+        # has none, serving nothing) leaves that to the new workers, which refuse to start
+        # with a certificate that does not load, so that it never loads pyOpenSSL.
+        new = config_module.load(source, check_certificate=process.tls is not None)
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: {error}", error=str(e))
         process.notifier.ready(f"reload failed: {e}; {process.status_text()}")

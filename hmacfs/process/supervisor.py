@@ -4,13 +4,22 @@ The supervisor binds every listening socket (or takes them from systemd socket a
 and starts `workers` copies of the server (`hmac-file-server worker`), handing each the same
 sockets; the kernel spreads new connections over the processes accepting on them. It alone
 talks to systemd: READY=1 once every worker is ready, STATUS= with the uploads in flight of
-all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. It also runs the storage sweeper.
+all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. It also runs the storage sweeper,
+whose figures the workers' /metrics show (`hmacfs.process.shared_metrics`).
+
+It serves nothing, so it loads nothing that only serving needs: not the web layer
+(`hmacfs.http`, twisted.web), not prometheus_client, not pyOpenSSL (tests/unit/test_imports.py
+keeps it so). What it imports it shares with every process: Twisted's reactor, the
+configuration, the storage for the sweeper.
 
 A worker reports over a pipe (`hmacfs.process.worker`). A worker that dies is started again,
 after a delay that doubles with every crash in a row; one that stops beating (a hung reactor)
 is killed and started again. SIGHUP checks the configuration (`hmacfs.process.reload`), then
 replaces the workers one at a time (a new one is ready before the old one is told to finish
 its requests and stop), so service never pauses. SIGTERM stops every worker gracefully.
+The certificate of https listeners is the workers' to check: one that refuses the
+configuration (`ConfigRefused`) fails the start, or stops the reload with the running workers
+kept.
 
 Everything runs on the reactor it is given: processes are started with its `spawnProcess`
 and time is its `seconds()`, so a test can drive it all with a fake reactor.
@@ -21,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,9 +45,16 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import ReloadStopped
+from hmacfs.process.shared_metrics import SweepFigures, forget_live_gauges, shared_directory
 from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
-from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV, plan_text
+from hmacfs.process.worker import (
+    BEAT_INTERVAL,
+    EXIT_CONFIG,
+    WORKER_ENV,
+    ConfigRefused,
+    plan_text,
+)
 
 _log = Logger(namespace="hmacfs.process.supervisor")
 
@@ -56,17 +71,6 @@ CRASH_WINDOW = 60.0
 KILL_GRACE = 15.0
 #: Variables meant for the supervisor alone (systemd's), not for its workers.
 _NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
-
-
-def worker_count(configured: int) -> int:
-    """`configured`, or one per core for 0."""
-    return configured if configured > 0 else max(1, os.cpu_count() or 1)
-
-
-def multiprocess_dir() -> Path:
-    """A fresh directory for the workers' shared metrics (removed by the caller)."""
-    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-    return Path(tempfile.mkdtemp(prefix="hmacfs-metrics-", dir=base))
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -107,7 +111,17 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         if not self.ready.called:
-            self.ready.errback(RuntimeError(f"worker exited before it was ready: {reason.value}"))
+            if getattr(reason.value, "exitCode", None) == EXIT_CONFIG:
+                self.ready.errback(
+                    ConfigRefused(
+                        "worker exited before it was ready: it found the configuration invalid"
+                        " (its message says why)"
+                    )
+                )
+            else:
+                self.ready.errback(
+                    RuntimeError(f"worker exited before it was ready: {reason.value}")
+                )
         self.ended.callback(None)
         self.supervisor.worker_ended(self, reason)
 
@@ -145,16 +159,16 @@ class Supervisor(ServerProcess):
             def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
                 return deferToThreadPool(reactor, pool, f, *args)
 
-        # Imported here: prometheus_client chooses multi-process mode when it is first
-        # imported, which must be after the command has set PROMETHEUS_MULTIPROC_DIR.
-        from hmacfs.metrics import Metrics
-
+        # The supervisor serves nothing, so it has no metrics (nor prometheus_client) of its
+        # own: its workers show the figures of its sweeps.
+        shared = shared_directory()
+        self.figures = SweepFigures(shared) if shared is not None else None
         self.sweeper = Sweeper(
             self.storage,
             config.server.sweep_interval,
             run_blocking,
             clock=reactor,
-            metrics=Metrics(),
+            published=self.figures.publish if self.figures is not None else None,
         )
         #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
@@ -312,7 +326,9 @@ class Supervisor(ServerProcess):
             except Exception as e:
                 fresh.retiring = True
                 fresh.signal("KILL")
-                raise ReloadStopped(f"a new worker did not start: {e}") from None
+                raise ReloadStopped(
+                    f"a new worker did not start: {e}; keeping the running workers"
+                ) from None
             finally:
                 if timeout.active():
                     timeout.cancel()
@@ -356,11 +372,6 @@ class Supervisor(ServerProcess):
 
 def _mark_dead(pid: int | None) -> None:
     """Let the multi-process metrics forget a dead worker's live gauges."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if pid is None or not directory:
-        return
-    from prometheus_client import multiprocess
-
-    # Metrics must never take the supervisor down.
-    with contextlib.suppress(OSError, ValueError):
-        multiprocess.mark_process_dead(pid, directory)
+    directory = shared_directory()
+    if pid is not None and directory is not None:
+        forget_live_gauges(pid, directory)

@@ -64,8 +64,9 @@ class Sweeper(TimerService):  # type: ignore[misc]
     seconds of `clock` (the first sweep as it starts).
 
     `active` names the partial files of uploads still in flight; `metrics`, if given, gets
-    the storage figures of every sweep. A sweep still running when the next is due delays it;
-    stopping waits for it.
+    the storage figures of every sweep, and `published`, if given, its whole report (the
+    supervisor, which has no metrics of its own, hands it on to its workers). A sweep still
+    running when the next is due delays it; stopping waits for it.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class Sweeper(TimerService):  # type: ignore[misc]
         clock: Any,
         active: Callable[[], frozenset[str]] = frozenset,
         metrics: Any = None,
+        published: Callable[[SweepReport], None] | None = None,
     ) -> None:
         super().__init__(interval, self.sweep)
         self.clock = clock
@@ -84,6 +86,7 @@ class Sweeper(TimerService):  # type: ignore[misc]
         self.run_blocking = run_blocking
         self.active = active
         self.metrics = metrics
+        self.published = published
         #: What the last sweep found (None until one has finished).
         self.last: SweepReport | None = None
 
@@ -97,6 +100,8 @@ class Sweeper(TimerService):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.set_storage(result.files, result.bytes)
             self.metrics.set_kept_partials(result.kept, result.kept_bytes)
+        if self.published is not None:
+            self.published(result)
         if result.expired or result.partials or result.orphans:
             _log.info(
                 "sweep removed {expired} expired files, {partials} abandoned partial"

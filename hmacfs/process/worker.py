@@ -26,6 +26,14 @@ _log = Logger(namespace="hmacfs.process.worker")
 WORKER_ENV = "HMACFS_WORKER"
 #: How often a worker reports to its supervisor.
 BEAT_INTERVAL = 1.0
+#: The exit status of a worker that finds the configuration invalid (`hmacfs.cli`'s): it
+#: checks the certificate of the https listeners, which its supervisor leaves to it.
+EXIT_CONFIG = 2
+
+
+class ConfigRefused(RuntimeError):
+    """A worker exited with EXIT_CONFIG before it was ready: it found the configuration (or
+    the certificate) invalid, and said why on its standard error."""
 
 
 def plan_text(

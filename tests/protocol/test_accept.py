@@ -15,7 +15,8 @@ import pytest
 from twisted.internet import protocol, tcp
 from twisted.internet.testing import MemoryReactor
 
-from hmacfs.process.listeners import Listeners, accept_one_at_a_time, activated_listener
+from hmacfs.http._twisted import accept_one_at_a_time
+from hmacfs.process.listeners import Listeners, activated_listener
 from hmacfs.process.systemd import ActivatedSockets
 from tests.process.fakes import FakeReactor
 

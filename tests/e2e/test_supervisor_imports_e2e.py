@@ -1,0 +1,146 @@
+"""The real supervisor, with two workers and an https listener, runs without anything only
+serving needs: no web layer, no prometheus_client, no pyOpenSSL, no libssl/libcrypto. Its
+workers, which serve, check the certificate, serve TLS and show its sweeps in /metrics.
+
+What each process imported is written at its exit by a sitecustomize module put on the
+server's PYTHONPATH (the server itself has no hook for it); the shared objects each has loaded
+are read from /proc/PID/maps while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.certs import TestCA
+from tests.e2e.test_service_e2e import put_url, upload
+from tests.helpers.client import curl
+from tests.helpers.server import (
+    config_text,
+    start_server,
+    stop_server,
+    wait_for,
+    workers_of,
+    write_config,
+)
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import atexit, json, os, sys
+
+    def _write():
+        path = os.path.join(os.environ["HMACFS_TEST_MODULES"], f"{os.getpid()}.json")
+        with open(path, "w") as f:
+            json.dump(sorted(name for name, m in sys.modules.items() if m is not None), f)
+
+    atexit.register(_write)
+    """
+)
+#: Modules (and submodules) that only serving needs.
+SERVING_ONLY = (
+    "twisted.web",
+    "prometheus_client",
+    "OpenSSL",
+    "cryptography",
+    "ssl",
+    "_ssl",
+    "_hashlib",
+    "hmacfs.http",
+    "hmacfs.metrics",
+    "hmacfs.process.node",
+    "hmacfs.process.tls",
+)
+#: Shared objects that only serving (TLS) loads.
+SERVING_LIBRARIES = ("libssl.so", "cryptography", "_ssl.cpython", "_hashlib.cpython")
+
+
+def among(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes)]
+
+
+def libraries(pid: int) -> set[str]:
+    """Which of SERVING_LIBRARIES process `pid` has loaded."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {library for library in SERVING_LIBRARIES if library in maps}
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.mark.workers
+def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) -> None:
+    hook, modules = tmp_path / "hook", tmp_path / "modules"
+    hook.mkdir()
+    modules.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (tmp_path / "ca").mkdir()
+    leaf = TestCA(tmp_path / "ca").issue("localhost")
+    server = start_server(
+        tmp_path,
+        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
+        workers=2,
+        server_toml='sweep_interval = "1s"',
+        extra_toml=(
+            f'[tls]\ncertificate = "{leaf.certificate}"\nkey = "{leaf.key}"\n'
+            '[metrics]\nlisten = ["127.0.0.1:0"]\n'
+        ),
+        env={"PYTHONPATH": str(hook), "HMACFS_TEST_MODULES": str(modules)},
+    )
+    supervisor = server.process.pid
+    workers = workers_of(server, 2)
+    assert libraries(supervisor) == set()
+    for pid in workers:
+        assert {"libssl.so", "cryptography"} <= libraries(pid)  # (TLS is served)
+    # The workers show the sweeps of the supervisor, which has no metrics of its own.
+    assert upload(put_url(server.base, f"{uuid.uuid4()}/a.txt", 3), b"abc") == 201
+    address = next(a for a in server.addresses if a.endswith("(metrics)")).split()[0]
+
+    def stored() -> float | None:
+        text = curl(f"http://{address}/metrics").stdout.decode()
+        return metric(text, "hmacfs_storage_files")
+
+    assert wait_for(lambda: stored() == 1, 20, "the sweep's figures in /metrics")
+    assert stop_server(server) == 0
+    written = {int(p.stem): json.loads(p.read_text()) for p in modules.iterdir()}
+    assert set(written) == {supervisor, *workers}, server.log_tail()
+    assert among(written[supervisor], SERVING_ONLY) == []
+    for pid in workers:
+        found = among(written[pid], SERVING_ONLY)
+        assert {"twisted.web", "prometheus_client", "OpenSSL", "hmacfs.http"} <= set(found)
+
+
+@pytest.mark.workers
+def test_with_workers_a_certificate_that_does_not_load_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """The supervisor leaves the certificate to its workers; they refuse to start with it,
+    and the command fails as for any configuration error (exit status 2, the key named)."""
+    path = tmp_path / "config.toml"
+    text = config_text(
+        tmp_path / "files",
+        listen=("127.0.0.1:0", "https://127.0.0.1:0"),
+        workers=2,
+        log_level="info",
+        extra_toml=f'[tls]\ncertificate = "{tmp_path / "no.pem"}"\nkey = "{tmp_path / "no.key"}"',
+    )
+    write_config(path, text)
+    done = subprocess.run(
+        [sys.executable, "-m", "hmacfs", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "[tls] certificate" in done.stderr
+    assert "found the configuration invalid" in done.stderr

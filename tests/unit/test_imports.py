@@ -1,0 +1,144 @@
+"""What each kind of process imports: a supervisor nothing that only serving needs, a worker
+no admin command and no argparse.
+
+Each check runs in a fresh interpreter (this one has imported everything), the code path of
+the real command: reading the configuration as `run` does, then importing what the process
+imports. The same script with a process that serves finds the web layer and TLS, so that the
+checks are seen to be able to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hmacfs
+from hmacfs import admin
+from hmacfs.admin import commands
+from tests.helpers.signing import SECRET
+
+ROOT = Path(hmacfs.__file__).resolve().parents[1]
+
+#: Modules (and their submodules) only serving needs, none of which a supervisor may load.
+SERVING_ONLY = (
+    "twisted.web",
+    "prometheus_client",
+    "OpenSSL",
+    "cryptography",
+    "hmacfs.http",
+    "hmacfs.metrics",
+    "hmacfs.core.auth",
+    "hmacfs.process.node",
+    "hmacfs.process.tls",
+)
+#: What Twisted and the storage would import if they could, and the command hides from a
+#: supervisor (they load libssl and libcrypto): the standard library's TLS, OpenSSL's hashes.
+TLS_LIBRARIES = ("ssl", "_ssl", "_hashlib")
+#: What no server process needs: the admin commands (and argparse, for a worker).
+ADMIN_ONLY = ("hmacfs.admin.commands", "hmacfs.admin.inventory", "hmacfs.admin.migrate")
+
+
+def loaded(code: str, *prefixes: str, env: dict[str, str] | None = None) -> list[str]:
+    """The modules among `prefixes` (each with its submodules) that running `code` in a fresh
+    interpreter has imported."""
+    script = (
+        f"{code}\nimport json, sys\nprefixes = {prefixes!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None"
+        " and any(m == p or m.startswith(p + '.') for p in prefixes))))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def config_file(tmp_path: Path, *, workers: int, https: bool = True) -> Path:
+    """A configuration (with an https listener whose certificate does not exist: a
+    supervisor must not even try to read it)."""
+    lines = [
+        "[server]",
+        'listen = ["127.0.0.1:0", "https://127.0.0.1:0"]' if https else 'listen = "127.0.0.1:0"',
+        f"storage_dir = {json.dumps(str(tmp_path / 'files'))}",
+        f"workers = {workers}",
+        "[hmac]",
+        f"secret = {json.dumps(SECRET.decode())}",
+    ]
+    if https:
+        lines += [
+            "[tls]",
+            f"certificate = {json.dumps(str(tmp_path / 'missing.pem'))}",
+            f"key = {json.dumps(str(tmp_path / 'missing.key'))}",
+        ]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines))
+    path.chmod(0o600)
+    return path
+
+
+def the_command_up_to_its_process(*argv: str) -> str:
+    """The real `hmac-file-server ARGV`, stopped once its process (supervisor or node) has
+    imported what it runs on, before the reactor starts."""
+    return (
+        "from hmacfs import cli\n"
+        "class Stop(Exception):\n"
+        "    pass\n"
+        "chosen = cli.process_class\n"
+        "def stop_there(cfg, *, supervisor):\n"
+        "    chosen(cfg, supervisor=supervisor)\n"
+        "    raise Stop\n"
+        "cli.process_class = stop_there\n"
+        "try:\n"
+        f"    cli.main({list(argv)!r})\n"
+        "except Stop:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('the command ended before it chose its process')\n"
+    )
+
+
+def test_the_supervisor_module_loads_nothing_that_only_serving_needs() -> None:
+    assert loaded("import hmacfs.process.supervisor", *SERVING_ONLY) == []
+
+
+def test_the_command_of_a_supervisor_loads_nothing_that_only_serving_needs(
+    tmp_path: Path,
+) -> None:
+    command = the_command_up_to_its_process("--config", str(config_file(tmp_path, workers=2)))
+    env = {"RUNTIME_DIRECTORY": str(tmp_path)}  # (where its metrics directory goes)
+    assert loaded(command, *SERVING_ONLY, *TLS_LIBRARIES, *ADMIN_ONLY, env=env) == []
+    # What it hid while importing is importable afterwards, as ever.
+    found = loaded(command + "import ssl, _hashlib, OpenSSL", *TLS_LIBRARIES, "OpenSSL", env=env)
+    assert {"OpenSSL", "ssl", "_hashlib"} <= set(found)
+
+
+def test_a_process_that_serves_loads_the_web_layer(tmp_path: Path) -> None:
+    """The counterpart of the checks above: the same path for a single process finds it."""
+    path = config_file(tmp_path, workers=1, https=False)
+    found = loaded(the_command_up_to_its_process("--config", str(path), "run"), *SERVING_ONLY)
+    assert {"twisted.web", "hmacfs.http", "hmacfs.metrics", "prometheus_client"} <= set(found)
+
+
+def test_a_worker_loads_neither_argparse_nor_the_admin_commands(tmp_path: Path) -> None:
+    path = config_file(tmp_path, workers=2, https=False)
+    plan = {"index": 0, "status_fd": 1, "listen": [], "metrics": []}  # (what it is handed)
+    command = the_command_up_to_its_process("--config", str(path), "worker")
+    env = {"HMACFS_WORKER": json.dumps(plan)}
+    assert loaded(command, "argparse", "difflib", *ADMIN_ONLY, env=env) == []
+    assert "twisted.web" in loaded(command, "twisted.web", env=env)
+
+
+def test_the_admin_commands_are_loaded_when_they_run() -> None:
+    assert set(admin.COMMANDS) == {*commands.COMMANDS, "migrate-config"}
+    assert loaded("import hmacfs.cli; hmacfs.cli.build_parser()", *ADMIN_ONLY) == []
