@@ -31,24 +31,56 @@ CHUNK = 4 * 1024 * 1024
 _log = Logger(namespace="hmacfs.http.fast.sendfile")
 
 
-@implementer(IPullProducer)
-class SendfileProducer:
-    """Sends bytes [offset, offset + count) of an open file to the request's socket."""
+class FileBody:
+    """What the producers that send a local file's bytes behind the transport's back share:
+    bytes [offset, offset + count) of `reader` (which they close when done), the first call's
+    wait for the headers to leave, the count of what was sent, and the close."""
 
     def __init__(self, request: Any, reader: Reader, offset: int, count: int) -> None:
-        """Send from `reader` (a local file), which this producer closes when done."""
         self.request = request
         self.channel = request.channel
-        self.transport = self.channel.transport
         self.reader = reader
         fd = reader.fileno()
         assert fd is not None
         self.fd = fd
         self.offset = offset
         self.left = count
-        self.sent = 0
         self._primed = False
         self._done = False
+
+    def _priming(self, transport: Any) -> bool:
+        """True on the call at registration, which only lets `transport` flush the headers
+        still in its buffer (it calls back once its buffer is empty)."""
+        if self._primed:
+            return False
+        self._primed = True
+        transport.startWriting()
+        return True
+
+    def _advance(self, count: int) -> None:
+        self.offset += count
+        self.left -= count
+        self.request.sentLength += count  # (as it goes: the send deadline watches it)
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            self.reader.close()
+
+    def stopProducing(self) -> None:
+        # The connection is gone; the channel tells the request.
+        self._close()
+
+
+@implementer(IPullProducer)
+class SendfileProducer(FileBody):
+    """Sends bytes [offset, offset + count) of an open file to the request's socket."""
+
+    def __init__(self, request: Any, reader: Reader, offset: int, count: int) -> None:
+        """Send from `reader` (a local file), which this producer closes when done."""
+        super().__init__(request, reader, offset, count)
+        self.transport = self.channel.transport
+        self.sent = 0
 
     def start(self) -> None:
         """Take over from the channel; the headers must already have been written."""
@@ -56,13 +88,7 @@ class SendfileProducer:
         self.transport.registerProducer(self, False)
 
     def resumeProducing(self) -> None:
-        if self._done:
-            return
-        if not self._primed:
-            # Called at registration: the headers may still sit in the transport's buffer.
-            # Let it flush them; it calls back here once its buffer is empty.
-            self._primed = True
-            self.transport.startWriting()
+        if self._done or self._priming(self.transport):
             return
         if self.left <= 0:
             self._finish()
@@ -85,10 +111,8 @@ class SendfileProducer:
         if sent == 0 and self.left > 0 and not self._socket_writable_soon():
             self._finish_truncated()
             return
-        self.offset += sent
-        self.left -= sent
+        self._advance(sent)
         self.sent += sent
-        self.request.sentLength += sent  # (as it goes: the send deadline watches it)
         if self.left <= 0:
             self._finish()
         else:
@@ -114,12 +138,3 @@ class SendfileProducer:
             transport.registerProducer(channel, True)
         if not _twisted.request_disconnected(request):
             request.finish()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            self.reader.close()
-
-    def stopProducing(self) -> None:
-        # The connection is gone; the channel tells the request.
-        self._close()

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from hmacfs.http import _twisted
 from hmacfs.http.fast._pyopenssl import Buffer, RawTls
+from hmacfs.http.fast.sendfile import FileBody
 from hmacfs.storage.backend import Reader
 
 #: Bytes read from the file at a time, encrypted, and sent in one send(2).
@@ -163,7 +164,7 @@ class CipherOut:
 
 
 @implementer(IPullProducer)
-class TlsBodyProducer:
+class TlsBodyProducer(FileBody):
     """Sends bytes [offset, offset + count) of an open file to the request's TLS connection."""
 
     def __init__(
@@ -171,23 +172,14 @@ class TlsBodyProducer:
     ) -> None:
         """Send from `reader` (a local file), which this producer closes when done;
         `connection` is `tls_connection(request.channel.transport)`."""
-        self.request = request
-        self.channel = request.channel
+        super().__init__(request, reader, offset, count)
         self.wrapper = self.channel.transport
         self.transport = self.wrapper.transport  # the TCP (or Unix) connection
         self.connection = connection
-        self.reader = reader
-        fd = reader.fileno()
-        assert fd is not None
-        self.fd = fd
-        self.offset = offset
-        self.left = count
         buffers = _buffers_of(self.wrapper)
         self.file = buffers.file.view
         self.out = CipherOut(connection, buffers.cipher)
         self._wrapper_producer: Any = None
-        self._primed = False
-        self._done = False
 
     def start(self) -> None:
         """Take over from the TLS wrapper's producer; the headers must already have been
@@ -204,13 +196,7 @@ class TlsBodyProducer:
         self._close()
 
     def resumeProducing(self) -> None:
-        if self._done:
-            return
-        if not self._primed:
-            # Called at registration: the headers may still sit in the transport's buffer.
-            # Let it flush them; it calls back here once its buffer is empty.
-            self._primed = True
-            self.transport.startWriting()
+        if self._done or self._priming(self.transport):
             return
         if self.wrapper.disconnecting or self.transport.disconnecting:
             # Closing under us (the client's TLS close, an abort): send nothing more.
@@ -267,11 +253,6 @@ class TlsBodyProducer:
         self._advance(got)
         return got
 
-    def _advance(self, count: int) -> None:
-        self.offset += count
-        self.left -= count
-        self.request.sentLength += count  # (as it goes: the send deadline watches it)
-
     def _send(self) -> bool:
         """Send all the ciphertext there is; True if the socket took it all, False if the
         rest went into the transport's buffer (the socket is full, or failed: the transport
@@ -320,15 +301,6 @@ class TlsBodyProducer:
         self._give_back()
         if not _twisted.request_disconnected(self.request):
             self.request.finish()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            self.reader.close()
-
-    def stopProducing(self) -> None:
-        # The connection is gone; the channel tells the request.
-        self._close()
 
 
 # -- reading: everything a read decrypts to handed on at once --------------------------------
