@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,27 +24,9 @@ from hmacfs.process.systemd import ActivatedSockets
 from hmacfs.process.worker import EXIT_CONFIG, ConfigRefused, WorkerPlan
 from hmacfs.storage.backend import SweepReport
 from tests.process.conftest import ConfigFile
-from tests.process.fakes import FakeReactor, LogCapture, RecordingNotifier, capture_logs, result
+from tests.process.fakes import FakeReactor, LogCapture, RecordingNotifier, result
 
 HTTPS = ("127.0.0.1:0", "https://127.0.0.1:0")
-
-
-@pytest.fixture
-def reactor() -> Iterator[FakeReactor]:
-    fake = FakeReactor()
-    fake.advance(1_700_000_000)
-    yield fake
-    fake.close_ports()
-
-
-@pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    yield from capture_logs()
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> ConfigFile:
-    return ConfigFile(tmp_path)
 
 
 def missing_certificate(config_file: ConfigFile, workers: int) -> Path:
