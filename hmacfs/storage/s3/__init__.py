@@ -1,0 +1,1 @@
+"""An S3 (and Ceph radosgw) object store backend."""
