@@ -21,6 +21,7 @@ from hmacfs.core import config
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
 from hmacfs.process.systemd import stream_is_journal
+from hmacfs.storage.s3.errors import StoreError
 
 if TYPE_CHECKING:  # (see `worker_config`: a worker never loads it)
     import argparse
@@ -248,6 +249,13 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     except OSError as e:
         print(
             f"hmac-file-server: cannot use storage_dir {cfg.server.storage_dir}: {e.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except StoreError as e:
+        print(
+            f"hmac-file-server: {cfg.source or 'configuration'}: [storage] bucket "
+            f"{cfg.storage.bucket} at {cfg.storage.endpoint}: {e.message}",
             file=sys.stderr,
         )
         return EXIT_FAILURE

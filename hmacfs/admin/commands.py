@@ -98,6 +98,10 @@ def open_storage_of(cfg: Config, *, writing: bool, command: str) -> LocalStorage
     (where new metadata goes, the quota counts); otherwise without the trial writes that
     opening does (a scratch file in the partial directory), so that it works on a read-only
     storage, reading the metadata of either kind. Raises Failure."""
+    if cfg.storage.backend != "local":
+        raise Failure(
+            f"{command} works on local storage only: [storage] backend is {cfg.storage.backend!r}"
+        )
     root = cfg.server.storage_dir
     if not root.is_dir():
         raise Failure(f"storage_dir {root} is not a directory (or does not exist)")
@@ -105,7 +109,8 @@ def open_storage_of(cfg: Config, *, writing: bool, command: str) -> LocalStorage
         if writing:
             from hmacfs.process.sweeper import open_storage
 
-            return open_storage(cfg)
+            opened: LocalStorage = open_storage(cfg)
+            return opened
         return LocalStorage(
             root,
             fsync=cfg.server.fsync,

@@ -39,6 +39,7 @@ from hmacfs.core.settings import (
     MetricsSettings,
     QuotaSettings,
     ServerSettings,
+    StorageSettings,
     TlsSettings,
     Where,
     keys_of,
@@ -74,6 +75,7 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "tls": TlsSettings,
         "metrics": MetricsSettings,
         "quota": QuotaSettings,
+        "storage": StorageSettings,
     }
 )
 
@@ -250,6 +252,7 @@ def _build(
         check=check_certificate,
     )
     quota = _quota(file, server, QuotaSettings(**file.values("quota")))
+    storage = _storage(file, server, quota, StorageSettings(**file.values("storage")))
     return Config(
         server=server,
         hmac=hmac,
@@ -257,6 +260,7 @@ def _build(
         tls=tls,
         metrics=metrics,
         quota=quota,
+        storage=storage,
         source=source,
         warnings=tuple(file.warnings),
     )
@@ -393,6 +397,54 @@ def _quota(file: _File, server: ServerSettings, quota: QuotaSettings) -> QuotaSe
             f"({format_size(quota.uploader_limit)}): the soft limit would never act",
         )
     return quota
+
+
+def _storage(
+    file: _File, server: ServerSettings, quota: QuotaSettings, storage: StorageSettings
+) -> StorageSettings:
+    """An s3 backend needs an endpoint, a bucket and credentials; its part sizes are S3's.
+    What it does not keep yet (usage counts, resumable uploads) is refused or said."""
+    if storage.backend != "s3":
+        return storage
+    for key in ("endpoint", "bucket"):
+        if getattr(storage, key) is None:
+            raise file.error("storage", key, f'backend "s3" needs {key}')
+    if not 5 * 2**20 <= storage.part_size <= 5 * 2**30:
+        raise file.error(
+            "storage",
+            "part_size",
+            f"{format_size(storage.part_size)} is out of range: 5M to 5G (S3's part sizes)",
+        )
+    if storage.parts_in_flight < 1:
+        raise file.error("storage", "parts_in_flight", "must be at least 1")
+    from hmacfs.core.credentials import CredentialsError, load_credentials
+
+    try:
+        load_credentials(storage.credentials_file, storage.credentials_profile)
+    except CredentialsError as e:
+        raise file.error("storage", e.key, e.message) from None
+    if quota.counts:
+        key = next(
+            k
+            for k in ("uploader_limit", "uploader_soft_limit", "uploader_daily_limit",
+                      "total_limit")
+            if getattr(quota, k)
+        )
+        raise file.error(
+            "quota", key, 'limits on stored bytes are not available with [storage] backend "s3"'
+        )
+    if quota.min_free_space:
+        file.remark(
+            "quota", "min_free_space", "an object store reports no free space: ignored"
+        )
+    if server.resumable and file.has("server", "resumable"):
+        file.remark(
+            "server",
+            "resumable",
+            'resumable uploads are not kept in an object store yet: with backend "s3" their '
+            "requests are taken as plain uploads",
+        )
+    return storage
 
 
 def _apart(file: _File, server: ServerSettings, metrics: MetricsSettings) -> MetricsSettings:

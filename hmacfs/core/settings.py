@@ -886,6 +886,94 @@ class QuotaSettings:
         )
 
 
+def _endpoint(value: str) -> str:
+    """An object store's endpoint: an http(s) URL, kept as given without trailing slashes."""
+    url = _public_url(value)
+    if urlsplit(url).path not in ("", "/"):
+        raise ValueError(f"{show(value)} must be scheme://host[:port] without a path")
+    return url
+
+
+def _bucket_name(value: str) -> str:
+    if not _BUCKET_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{show(value)} is not a bucket name (3 to 63 lower-case letters, digits, "
+            '"." and "-", starting and ending with a letter or digit)'
+        )
+    return value
+
+
+def _key_prefix(value: str) -> str:
+    if value.startswith("/") or "//" in value or any(
+        segment in (".", "..") for segment in value.split("/")[:-1]
+    ):
+        raise ValueError(f'{show(value)} must not start with "/" nor contain "//", "." or ".."')
+    if value and not value.endswith("/"):
+        value += "/"
+    return value
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """`[storage]`: where the files are kept: the local directory, or an S3 bucket."""
+
+    backend: str = setting(
+        "local",
+        Choice(("local", "s3")),
+        'where files are kept: "local" ([server] storage_dir) or "s3" (an S3 bucket: AWS S3, '
+        "Ceph's radosgw, ...; every node behind a load balancer may share it)",
+    )
+    endpoint: str | None = setting(
+        None,
+        Maybe(Text(check=_endpoint)),
+        'the object store\'s URL (e.g. "https://s3.eu-west-1.amazonaws.com", '
+        '"http://127.0.0.1:7480" for a Ceph gateway)',
+    )
+    bucket: str | None = setting(
+        None, Maybe(Text(check=_bucket_name)), "the bucket that holds the files (it must exist)"
+    )
+    region: str = setting(
+        "us-east-1", Text(), "the region requests are signed for (Ceph accepts any)"
+    )
+    prefix: str = setting(
+        "", Text(check=_key_prefix), 'a key prefix for every object, e.g. "upload/" ("": none)'
+    )
+    addressing: str = setting(
+        "path",
+        Choice(("path", "virtual")),
+        '"path" (endpoint/bucket/key, what Ceph and most S3 servers want) or "virtual" '
+        "(bucket.endpoint/key)",
+    )
+    credentials_file: Path | None = setting(  # noqa: RUF009 (a Field, as from field())
+        None,
+        Maybe(FilePath()),
+        "an AWS credentials file (aws_access_key_id, aws_secret_access_key; mode 0640); "
+        "unset: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment",
+    )
+    credentials_profile: str = setting(
+        "default", Text(), "the section of credentials_file to read"
+    )
+    ca_file: Path | None = setting(  # noqa: RUF009 (a Field, as from field())
+        None,
+        Maybe(FilePath()),
+        "PEM certificates trusted for an https endpoint (unset: the system's)",
+    )
+    part_size: int = setting(
+        16 * 1024 * 1024,
+        Size(),
+        "uploads up to this size are one PUT; larger ones go up as a multipart upload of "
+        "parts this size (5M to 5G)",
+    )
+    parts_in_flight: int = setting(
+        4,
+        Count(64, zero="(not allowed)"),
+        "parts of one upload whose answers may be awaited at once before its client waits",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the server needs; `source` is the file it came from (None if built in)."""
@@ -896,6 +984,7 @@ class Config:
     tls: TlsSettings = field(default_factory=TlsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     source: Path | None = None
     #: Non-fatal remarks found while loading (e.g. a short secret), for the log.
     warnings: tuple[str, ...] = ()

@@ -31,6 +31,13 @@ def send_body(request: Any, plan: Plan, reader: Reader, *, sendfile: bool) -> No
     """Write `plan`'s body from `reader` (which this takes over and closes) and finish the
     request."""
     pieces = plan.body
+    stream = getattr(reader, "streams", None)
+    if stream is not None:
+        # (imported here: only a server on an object store streams from one)
+        from hmacfs.http.remote_body import RemoteBody
+
+        RemoteBody(request, pieces, reader).start()
+        return
     if (
         sendfile
         and len(pieces) == 1

@@ -148,7 +148,41 @@ class Root(resource.Resource):  # type: ignore[misc]
         if rel == "":
             raise NotFound("not found")
         request.rel = rel
+        if getattr(self.site.storage, "remote", False):
+            self._download_remote(request, rel)
+            return server.NOT_DONE_YET  # type: ignore[no-any-return]
         stored = self._stored(request, rel)
+        return self._answer_download(request, stored)
+
+    def _download_remote(self, request: UploadRequest, rel: str) -> None:
+        """A download from a remote store: looked up on a thread, then streamed."""
+        settings = self.site.config.http
+
+        def found(stored: StoredFile) -> None:
+            if _twisted.request_disconnected(request):
+                return
+            try:
+                body = self._answer_download(request, stored)
+            except Refusal as e:
+                body = write_refusal(request, e, settings)
+            if body is not server.NOT_DONE_YET:
+                assert isinstance(body, bytes)
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Any) -> None:
+            if _twisted.request_disconnected(request):
+                return
+            error = failure.value
+            refusal = error if isinstance(error, Refusal) else InternalError("internal error")
+            request.write(write_refusal(request, refusal, settings))
+            request.finish()
+
+        self.site.run_blocking(self.site.storage.lookup, rel).addCallback(found).addErrback(
+            failed
+        )
+
+    def _answer_download(self, request: UploadRequest, stored: StoredFile) -> bytes | int:
         wanted = {
             name: value
             for name in download.PLAN_HEADERS

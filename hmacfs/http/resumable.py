@@ -100,7 +100,10 @@ class Resumptions:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.site.config.server.resumable)
+        # (an object store keeps no partials yet: its uploads are plain ones)
+        return bool(self.site.config.server.resumable) and not getattr(
+            self.site.storage, "remote", False
+        )
 
     def resource_prefix(self) -> bytes:
         """The path below which upload resources live (asked for every request: worked out

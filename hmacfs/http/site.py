@@ -48,7 +48,7 @@ from hmacfs.http.resources import Root
 from hmacfs.http.resumable import Resumptions
 from hmacfs.http.upload import Upload
 from hmacfs.metrics import DISCONNECTED, HealthReport, HealthResource, Metrics, MetricsResource
-from hmacfs.storage.backend import Backend, Partial
+from hmacfs.storage.backend import Backend, Partial, StoredFile
 
 T = TypeVar("T")
 BlockingRunner = Callable[..., "defer.Deferred[Any]"]
@@ -95,7 +95,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         self.requestFactory = UploadRequest
         self.metrics = Metrics()
         if fast is None:
-            fast = FastPaths(enabled=config.server.fast_paths)
+            # (the fast paths read and write local files; a remote store's go through threads)
+            fast = FastPaths(
+                enabled=config.server.fast_paths and not getattr(storage, "remote", False)
+            )
         self.fast = fast
         self._refilling = False
         self.health_resource = HealthResource(self.public_health)
@@ -186,12 +189,12 @@ class UploadSite(server.Site):  # type: ignore[misc]
             token = raw_path[len(resources) :].decode("latin-1")
             return self.resumptions.admit(method, token, request, length)
         if method == b"PUT":
-            request.upload = self._admit_put(target, request, length, None)
+            return self._admit_put(target, request, length, None)
         elif method == b"POST":
             creation = self.resumptions.creation(request.plain_headers())
             if creation is None:
                 raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
-            request.upload = self._admit_put(target, request, length, creation)
+            return self._admit_put(target, request, length, creation)
         elif method in (b"GET", b"HEAD", b"OPTIONS"):
             self._small_body(length)
         else:
@@ -203,7 +206,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
         refuse it (BadRequest for the resumable uploads' resources, which `admit` takes)."""
         if split_target(target)[0].startswith(self.resumptions.resource_prefix()):
             raise BadRequest("not an upload path")
-        return self._admit_put(target, request, length, None)
+        if self._admit_put(target, request, length, None) is not None or request.upload is None:
+            raise BadRequest("upload must wait for its storage")  # (a remote store's)
+        return request.upload
 
     @staticmethod
     def _small_body(length: int | None) -> None:
@@ -216,7 +221,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         request: UploadRequest,
         length: int | None,
         creation: wire.Creation | None,
-    ) -> Upload:
+    ) -> defer.Deferred[None] | None:
+        """Admit a PUT (or a resumable upload's creation): its upload is attached to
+        `request` now, or, for a remote store, by the Deferred returned once the store said
+        what is at the path."""
         config = self.config
         raw_path, raw_query = split_target(target)
         rel = decode_path(raw_path, config.server.upload_prefix)
@@ -242,7 +250,23 @@ class UploadSite(server.Site):  # type: ignore[misc]
         request.grant = grant
         if grant.size > config.server.max_upload_size:
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
-        existing = self.storage.existing(rel)
+        if getattr(self.storage, "remote", False):
+            looked_up = self.run_blocking(self.storage.existing, rel)
+            return looked_up.addCallback(
+                lambda existing: self._begin_upload(request, grant, rel, creation, existing)
+            )
+        self._begin_upload(request, grant, rel, creation, self.storage.existing(rel))
+        return None
+
+    def _begin_upload(
+        self,
+        request: UploadRequest,
+        grant: auth.Grant,
+        rel: str,
+        creation: wire.Creation | None,
+        existing: StoredFile | None,
+    ) -> None:
+        config = self.config
         # Same path, same size: take the body and compare; an identical body is a client
         # retrying after it lost our 201, and gets its 201 now.
         if existing is not None and existing.size != grant.size:
@@ -261,6 +285,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
             scheme=grant.scheme,
             uploader=uploader,
             reopenable=creation is not None,
+            existing=existing,
         )
         upload = self.start_upload(
             request,
@@ -273,7 +298,6 @@ class UploadSite(server.Site):  # type: ignore[misc]
             self.resumptions.created(request, upload, creation)
         else:
             self._refill()
-        return upload
 
     def start_upload(
         self,
@@ -299,6 +323,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         )
         self.in_flight[upload] = request
         request.upload = upload
+        attach = getattr(partial, "attach", None)
+        if attach is not None and request.channel is not None:
+            # (a remote store pauses the client while it cannot take more)
+            attach(request.channel.transport)
         return upload
 
     def _upload_ended(self, upload: Upload) -> None:

@@ -73,6 +73,10 @@ class Node(ServerProcess):
         self.activated = activated or ActivatedSockets()
         self.tls = tls_for(config, _log)
         self.storage = open_storage(config)
+        if getattr(self.storage, "remote", False):
+            from hmacfs.http.objectstore import attach_streams
+
+            attach_streams(self.storage, reactor)  # (its bodies stream on the reactor)
         self.site = UploadSite(config, self.storage, reactor, run_blocking)
         site = self.site
         self.listeners = Listeners(

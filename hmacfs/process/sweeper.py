@@ -22,10 +22,14 @@ from hmacfs.storage.local import LocalStorage
 _log = Logger(namespace="hmacfs.process.sweeper")
 
 
-def open_storage(config: Config, wall: Callable[[], float] = time.time) -> LocalStorage:
-    """The storage directory of `config`; `wall` tells the date (file ages, expiry).
+def open_storage(config: Config, wall: Callable[[], float] = time.time) -> Any:
+    """The storage of `config` (its directory, or its bucket); `wall` tells the date (file
+    ages, expiry).
 
-    Raises OSError when the directory cannot be created or used."""
+    Raises OSError when the directory cannot be created or used, StoreError when the bucket
+    does not answer."""
+    if config.storage.backend == "s3":
+        return open_bucket(config, wall)
     storage = LocalStorage(
         config.server.storage_dir,
         fsync=config.server.fsync,
@@ -36,6 +40,44 @@ def open_storage(config: Config, wall: Callable[[], float] = time.time) -> Local
     if config.quota.counts:
         storage.count_usage()
     return storage
+
+
+def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
+    """The S3 storage of `config`, once its bucket answered. Raises StoreError (its message
+    names what is wrong) and CredentialsError."""
+    from hmacfs.core.credentials import load_credentials
+    from hmacfs.storage.s3.backend import S3Storage
+    from hmacfs.storage.s3.client import BlockingClient, Bucket
+
+    settings = config.storage
+    assert settings.endpoint is not None and settings.bucket is not None
+    client = BlockingClient(
+        Bucket(
+            settings.endpoint,
+            settings.bucket,
+            settings.region,
+            virtual_host=settings.addressing == "virtual",
+        ),
+        load_credentials(settings.credentials_file, settings.credentials_profile),
+        settings.ca_file,
+    )
+    client.head_bucket()
+    server = config.server
+    # No part of a live upload is older than a part's time at the slowest rate allowed.
+    if server.min_body_rate:
+        stale = settings.part_size / server.min_body_rate + 2 * server.idle_timeout
+    else:
+        stale = server.resumable_ttl
+    return S3Storage(
+        client,
+        prefix=settings.prefix,
+        part_size=settings.part_size,
+        parts_in_flight=settings.parts_in_flight,
+        file_ttl=server.file_ttl,
+        resumable_ttl=server.resumable_ttl,
+        stale_after=stale,
+        clock=wall,
+    )
 
 
 def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]) -> None:

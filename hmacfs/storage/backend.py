@@ -169,7 +169,12 @@ class Partial(Protocol):
 
 
 class Backend(Protocol):
-    """Where uploads go and downloads come from."""
+    """Where uploads go and downloads come from.
+
+    A backend whose `remote` attribute is true (an object store) is asked `existing` and
+    `lookup` from a thread rather than on the reactor, and streams bodies itself: its
+    partials take the client's transport (`attach`) to pause it, and its readers stream
+    (`hmacfs.http.body`)."""
 
     #: Whether commits wait for the data to be durable.
     fsync: bool
@@ -207,8 +212,11 @@ class Backend(Protocol):
         scheme: str = "",
         uploader: str | None = None,
         reopenable: bool = False,
+        existing: StoredFile | None = None,
     ) -> Partial:
-        """Start receiving a body of `size` bytes for `rel`. Raises StorageFailure."""
+        """Start receiving a body of `size` bytes for `rel`. `existing`: what `existing(rel)`
+        found there just before (of the same size: the body is to be compared with it; a
+        backend may then keep nothing but what the comparison needs). Raises StorageFailure."""
         ...
 
     def reopen(self, upload_id: str, *, appending: bool = False) -> Partial:

@@ -397,6 +397,7 @@ class LocalStorage:
         scheme: str = "",
         uploader: str | None = None,
         reopenable: bool = False,
+        existing: StoredFile | None = None,
     ) -> LocalPartial:
         """Open a partial file for an upload of `size` bytes to `rel`.
 

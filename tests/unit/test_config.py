@@ -32,6 +32,7 @@ from hmacfs.core.settings import (
     MetricsSettings,
     QuotaSettings,
     ServerSettings,
+    StorageSettings,
     TlsSettings,
 )
 from hmacfs.core.units import MAX_DURATION, MAX_SIZE, toml_string
@@ -179,7 +180,7 @@ def test_every_key(tmp_path: Path) -> None:
 
 def test_schema_matches_the_settings() -> None:
     """Every settings field but the secrets is a key of the same name, and vice versa."""
-    assert set(SCHEMA) == {"server", "hmac", "http", "tls", "metrics", "quota"}
+    assert set(SCHEMA) == {"server", "hmac", "http", "tls", "metrics", "quota", "storage"}
     for section, settings_class in (
         ("server", ServerSettings),
         ("hmac", HmacSettings),
@@ -187,6 +188,7 @@ def test_schema_matches_the_settings() -> None:
         ("tls", TlsSettings),
         ("metrics", MetricsSettings),
         ("quota", QuotaSettings),
+        ("storage", StorageSettings),
     ):
         fields = {f.name for f in dataclasses.fields(settings_class)}
         keys = set(SCHEMA[section])
@@ -311,7 +313,7 @@ def test_group_readable_config_is_fine(tmp_path: Path) -> None:
         (
             "[network_resilience]\nenabled = true\n",
             "unknown section [network_resilience] (known sections: [server], [hmac], [http], "
-            "[tls], [metrics], [quota])",
+            "[tls], [metrics], [quota], [storage])",
         ),
         ("[server.tls]\ncert = 'x'\n", "unknown key [server] tls (known keys: listen, "),
         (
@@ -1486,6 +1488,8 @@ def test_describe(tmp_path: Path) -> None:
             shown.add("secret_file")
         if section == "tls":  # unset paths are shown as comments
             shown |= {"certificate", "key", "chain"}
+        if section == "storage":  # (and so is what only the s3 backend needs)
+            shown |= {"endpoint", "bucket", "credentials_file", "ca_file"}
         assert shown == set(keys)
     assert_same_settings(parse(tomllib.loads(reveal(text, config.hmac.secrets))), config)
 
@@ -1642,6 +1646,22 @@ def test_etc_config_sets_or_shows_every_key() -> None:
     assert seen == {name: set(keys) for name, keys in SCHEMA.items()}
 
 
+def with_s3_storage(data: dict[str, dict[str, object]], key: str, tmp_path: Path) -> None:
+    """Complete a `[storage]` example into an s3 backend that loads: an endpoint, a bucket,
+    and a credentials file of its own where the example names files that are not here."""
+    storage = data["storage"]
+    credentials = tmp_path / "credentials"
+    profile = storage.get("credentials_profile", "default")
+    write(credentials, f"[{profile}]\naws_access_key_id = a\naws_secret_access_key = b\n".encode())
+    credentials.chmod(0o640)
+    if key in ("credentials_file", "ca_file"):
+        storage[key] = str(credentials)  # (an existing file stands in for the example's)
+    storage.setdefault("credentials_file", str(credentials))
+    storage.update(backend="s3")
+    storage.setdefault("endpoint", "http://127.0.0.1:7480")
+    storage.setdefault("bucket", "uploads")
+
+
 def test_etc_config_examples_are_valid(tmp_path: Path) -> None:
     section = None
     examples = 0
@@ -1659,6 +1679,8 @@ def test_etc_config_examples_are_valid(tmp_path: Path) -> None:
                 value = toml_string(str(tmp_path / "secret"))
                 data["hmac"] = {}
             data[section][key] = tomllib.loads(f"v = {value}")["v"]
+            if section == "storage":
+                with_s3_storage(data, key, tmp_path)
             parse(data, tmp_path / "config.toml")
             examples += 1
     assert examples >= sum(len(keys) for keys in SCHEMA.values()) - len(cfg.SCHEME_KEYS) - 1

@@ -613,7 +613,7 @@ def test_keys_agree_with_the_table() -> None:
 @pytest.mark.parametrize(
     ("name", "key"), [(name, key) for name, keys in SCHEMA.items() for key in keys]
 )
-def test_documented_example_is_valid(name: str, key: str) -> None:
+def test_documented_example_is_valid(name: str, key: str, tmp_path: Path) -> None:
     body = documented_keys()[name][key]
     (line,) = [line for line in body if line.startswith("Example:")]
     match = re.fullmatch(r"Example: (\w+) = (.*)", line)
@@ -627,6 +627,10 @@ def test_documented_example_is_valid(name: str, key: str) -> None:
     if name == "hmac" and key == "secret":
         data = {"hmac": {}}
     data.setdefault(name, {})[key] = value
+    if name == "storage":
+        from tests.unit.test_config import with_s3_storage
+
+        with_s3_storage(data, key, tmp_path)
     config_module.parse(data)
 
 
