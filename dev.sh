@@ -16,9 +16,11 @@ PY=${PYTHON:-python3}
 # clock that steps, an ext4 image that turns read-only), and the .deb build.
 SYSTEM_PACKAGES=(curl python3-venv python3-pip
   python3-twisted python3-openssl python3-service-identity python3-sdnotify
-  python3-prometheus-client python3-pytest
+  python3-prometheus-client python3-pytest python3-boto3
   systemd-container debootstrap zstd groff-base man-db faketime e2fsprogs)
 mapfile -t INTEROP_PACKAGES < <(grep -v '^\s*#' tests/interop/packages.txt | grep -v '^\s*$')
+# A one-node Ceph cluster (its S3 gateway) and HAProxy for the object store and several-node tests.
+mapfile -t OBJECTSTORE_PACKAGES < <(grep -v '^\s*#' tests/objectstore/packages.txt | grep -v '^\s*$')
 # Debian's Chromium (and Prosody) for the browser tests.
 mapfile -t BROWSER_PACKAGES < <(grep -v '^\s*#' tests/browser/packages.txt | grep -v '^\s*$')
 
@@ -111,15 +113,16 @@ case "$cmd" in
     ;;
   test)
     ensure_system "${SYSTEM_PACKAGES[@]}" "${INTEROP_PACKAGES[@]}" "${BROWSER_PACKAGES[@]}" \
-      "${DEB_BUILD_PACKAGES[@]}"
+      "${OBJECTSTORE_PACKAGES[@]}" "${DEB_BUILD_PACKAGES[@]}"
     ensure_venv
     ensure_tus_client
     ensure_browser_client
     lint
     say "pytest: the whole suite on the newest Twisted ($("$VENV/bin/python" -c 'import twisted; print(twisted.__version__)'))"
     run_pytest "$VENV/bin/python" -m pytest "$@"
-    say "pytest: protocol and end-to-end tests on Debian's python3-twisted ($(/usr/bin/python3 -c 'import twisted; print(twisted.__version__)'))"
-    PYTHONPATH=$ROOT run_pytest /usr/bin/python3 -m pytest -p no:cacheprovider tests/protocol tests/e2e "$@"
+    say "pytest: protocol, end-to-end and object store tests on Debian's python3-twisted ($(/usr/bin/python3 -c 'import twisted; print(twisted.__version__)'))"
+    PYTHONPATH=$ROOT run_pytest /usr/bin/python3 -m pytest -p no:cacheprovider tests/protocol tests/e2e \
+      tests/objectstore "$@"
     ;;
   test-fast)
     ensure_venv
