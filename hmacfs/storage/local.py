@@ -587,21 +587,64 @@ class LocalStorage:
     def delete(self, rel: str) -> bool:
         """Remove the file at `rel` (and a metadata file of its) and prune emptied
         directories; whether one was there. Blocking."""
+        for _ in range(3):  # (again if the file changed as it was looked at)
+            try:
+                real, st = self._resolve(rel)
+            except NotFound:
+                return False
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            meta = self._read_meta(real, st, rel)
+            if self._remove_stored(rel, real, st, meta):
+                self._prune_dirs(Path(real).parent)
+                return True
+        return False
+
+    def _remove_stored(
+        self, rel: str, path: str | Path, st: os.stat_result, meta: Mapping[str, object] | None
+    ) -> bool:
+        """Remove the stored file `path` (at `rel`, with metadata `meta`) if it is still the
+        file `st` was taken of, with its metadata file, out of the usage counts; whether it
+        was removed.
+
+        Another node may have removed that file since, and an upload stored a new one at its
+        path, perhaps with the same inode number (freed inodes are soon given out again): the
+        new one must stay, and keep its metadata. So the file is held open while it is
+        compared and removed, which keeps its inode from being given to another file: the
+        inode-keyed metadata file removed after it is surely its own. The last look and the
+        removal by name are made under an exclusive lock on its directory, which commits
+        take shared to link a file there (`_link_at`), so that no file is linked in between.
+        (Where directories take no flock(2), as on NFS, that window of a system call stays.)
+        """
+        fd = _open_to_hold(path)
+        if fd is None:
+            return False
         try:
-            real, st = self._resolve(rel)
-        except NotFound:
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        meta = self._read_meta(real, st, rel)
-        try:
-            os.unlink(real)
-        except FileNotFoundError:
-            return False
-        self._uncounted(rel, st.st_size, meta)
-        self._meta_path(st.st_ino).unlink(missing_ok=True)
-        self._prune_dirs(Path(real).parent)
-        return True
+            if self.accounting is not None:
+                # Wait for a commit that has just linked it to count it (see `commit`).
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+            held = os.fstat(fd)
+            if not stat.S_ISREG(held.st_mode) or _identity(held) != _identity(st):
+                return False
+            directory, name = os.path.split(path)
+            try:
+                dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+                    if not os.path.samestat(os.lstat(name, dir_fd=dir_fd), held):
+                        return False
+                    os.unlink(name, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except FileNotFoundError:
+                return False
+            self._uncounted(rel, held.st_size, meta)
+            self._meta_path(held.st_ino).unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
 
     def free_bytes(self) -> int | None:
         """Bytes an unprivileged process may still write on the storage's filesystem (None
@@ -1006,6 +1049,11 @@ class LocalStorage:
         return opened
 
     def _link_at(self, upload: LocalPartial, dir_fd: int, name: str) -> None:
+        # Under a lock on the directory shared with other commits, which a removal of a file
+        # from it takes alone (`_remove_stored`): a file linked here cannot be the one it
+        # removes by name just after it looked.
+        with contextlib.suppress(OSError):
+            fcntl.flock(dir_fd, fcntl.LOCK_SH)
         try:
             if upload.partial is None:
                 _link_unnamed(upload.fileno(), dir_fd, name)
@@ -1015,6 +1063,9 @@ class LocalStorage:
             raise Conflict("file already exists") from None
         except NotADirectoryError:
             raise Conflict("path is in use") from None
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
     def _link_through_links(self, upload: LocalPartial) -> None:
         """`_link_into_place` for a path through a symbolic link, which must lead to a
@@ -1082,15 +1133,9 @@ class LocalStorage:
                 continue
             expires = _number(meta.get("expires"))
             if expires is not None and expires <= now and target is not None:
-                try:
-                    target.unlink()
-                except FileNotFoundError:
-                    pass
-                else:
-                    self._uncounted(str(rel), st.st_size, meta)
-                meta_path.unlink(missing_ok=True)
+                if self._remove_stored(str(rel), target, st, meta):
+                    report.expired += 1
                 self._prune_dirs(target.parent)
-                report.expired += 1
         self._sweep_stored(now, report)
         return report
 
@@ -1187,22 +1232,21 @@ class LocalStorage:
     def _sweep_stored(self, now: float, report: SweepReport) -> None:
         """Walk the stored files: remove those whose extended attribute says they have
         expired, and count the others into `report`."""
-        expired: list[tuple[str, str, int, dict[str, object] | None]] = []
+        expired: list[tuple[str, str, os.stat_result, dict[str, object] | None]] = []
         for rel, path, st in self._walk():
             if self._read_xattrs:
                 meta = _valid_meta(_xattr_of(path), st, rel)
                 expires = _number(meta.get("expires")) if meta is not None else None
                 if expires is not None and expires <= now:
-                    expired.append((rel, path, st.st_size, meta))
+                    expired.append((rel, path, st, meta))
                     continue
             report.files += 1
             report.bytes += st.st_size
-        # Removed after the walk, which would otherwise step into directories pruned under it.
-        for rel, path, size, meta in expired:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        # Removed after the walk, which would otherwise step into directories pruned under it
+        # (each only if it is still the file walked: see `_remove_stored`).
+        for rel, path, st, meta in expired:
+            if self._remove_stored(rel, path, st, meta):
                 report.expired += 1
-                self._uncounted(rel, size, meta)
             self._prune_dirs(Path(path).parent)
 
     def _prune_dirs(self, directory: Path) -> None:
@@ -1426,6 +1470,12 @@ class LocalPartial:
                 os.fsync(fd)
             if meta_path is not None:
                 _write_file(meta_path, encoded, fsync=storage.fsync)
+            if storage.accounting is not None:
+                # Held until it is counted (the partial is closed after that): a node that
+                # removes the file meanwhile waits for it, so that it is never uncounted
+                # before it was counted (counts do not go below zero: that would be lost).
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (not linked yet: free)
             try:
                 storage._link_into_place(self)
             except Conflict:
@@ -1583,6 +1633,27 @@ def _same_size_file(path: Path, size: int) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def _open_to_hold(path: str | Path) -> int | None:
+    """A descriptor of the file `path` (not following a link), to hold its inode; None when
+    it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError:  # (a file another server stored, unreadable: never counted)
+        pass
+    except OSError:
+        return None
+    try:
+        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one file from another that got its inode number later: any change to the
+    file (a write, an attribute, a link) moves its ctime too."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _xattr_of(path: str) -> bytes | None:
