@@ -13,7 +13,6 @@ they come; the store's connection is paused while the client's is full.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -223,8 +222,6 @@ class Sent:
     status: int = 0
     #: The entity tag of the object (single PUT) or of each part, in order.
     etags: list[str] = field(default_factory=list)
-    #: The MD5 of the body (single PUT) or of each part, as computed here.
-    digests: list[str] = field(default_factory=list)
     upload_id: str | None = None
 
 
@@ -257,7 +254,6 @@ class StreamedUpload:
         self.result = Sent()
         self.error: StoreError | None = None
         self._written = 0
-        self._md5 = hashlib.md5(usedforsecurity=False)
         self._part: BodyWriter | None = None
         self._part_number = 0
         self._waiting: dict[int, defer.Deferred[Any]] = {}
@@ -314,15 +310,10 @@ class StreamedUpload:
                 part = self._next_part()
             take = data if len(data) <= part.remaining else data[: part.remaining]
             data = data[len(take) :]
-            if self.multipart:
-                self._part_md5.update(take)
-            self._md5.update(take)
             self._written += len(take)
             part.write(take)
             if part.remaining == 0:
                 self._part = None
-                if self.multipart:
-                    self.result.digests.append(self._part_md5.hexdigest())
                 if self._written == self.size:
                     self._wrote_all()
 
@@ -332,7 +323,6 @@ class StreamedUpload:
         length = min(self.part_size, self.size - self._written)
         writer = BodyWriter(length, self.flow, f"part {number}")
         self._part = writer
-        self._part_md5 = hashlib.md5(usedforsecurity=False)
         if self.result.upload_id is None:
             self._pending_parts.append((number, writer))
         else:
@@ -383,10 +373,6 @@ class StreamedUpload:
         d.addCallback(answered).addBoth(ended)
 
     def _wrote_all(self) -> None:
-        if self.multipart:
-            pass
-        else:
-            self.result.digests = [self._md5.hexdigest()]
         if not self._all_written.called:
             self._all_written.callback(None)
 
@@ -412,13 +398,6 @@ class StreamedUpload:
             d.cancel()
         self._settle()
 
-    @property
-    def multipart_digest(self) -> str:
-        """The entity tag S3 gives the completed multipart upload of these parts."""
-        digests = self.result.digests
-        joined = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests), usedforsecurity=False)
-        return f"{joined.hexdigest()}-{len(digests)}"
-
     def abort(self) -> defer.Deferred[None]:
         """Stop sending, cancel what is in flight and abort the multipart upload, if any."""
         self._aborted = True
@@ -433,7 +412,9 @@ class StreamedUpload:
         upload_ids = self._upload_id
         assert upload_ids is not None
 
-        def abort_upload(upload_id: str) -> defer.Deferred[Any]:
+        def abort_upload(upload_id: str | None) -> defer.Deferred[Any] | None:
+            if not upload_id:  # (never created)
+                return None
             return self.streams.request(
                 "DELETE", self.key, (("uploadId", upload_id),)
             ).addCallback(readBody)

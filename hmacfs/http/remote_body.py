@@ -123,5 +123,11 @@ class RemoteBody:
 
 
 class _Discard(RangeSender):
+    """The answer to a range the client went away before: not read at all."""
+
     def __init__(self) -> None:
         super().__init__(lambda data: None, defer.Deferred())
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        transport.stopProducing()

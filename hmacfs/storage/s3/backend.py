@@ -394,7 +394,9 @@ class S3Partial:
             part_size = existing.part_size or max(size, 1)
         if size > part_size:
             headers["x-amz-meta-part-size"] = str(part_size)
-        self._hasher = _Hasher(size, part_size) if existing is not None else None
+        #: What the body's entity tag will be, worked out as it arrives (to check what the
+        #: store says it stored, and to compare the body with a file stored at its path).
+        self.digest = BodyDigest(size, part_size)
         self.upload: Any = None
         if existing is None:
             self.upload = storage.streams.upload(
@@ -420,10 +422,9 @@ class S3Partial:
         if self.received + len(data) > self.size:
             raise TooLarge("body longer than Content-Length")
         self.received += len(data)
-        if self._hasher is not None:
-            self._hasher.update(data)
+        self.digest.update(data)
+        if self.upload is None:  # (compared with the stored file, not sent)
             return
-        assert self.upload is not None
         try:
             self.upload.write(data)
         except StoreError as e:
@@ -453,9 +454,9 @@ class S3Partial:
 
     def _commit(self) -> StoredFile:
         storage = self.storage
-        if self._hasher is not None:
+        if self.upload is None:
             assert self.existing is not None
-            if self._hasher.etag() == self.existing.etag:
+            if self.digest.etag() == self.existing.etag:
                 return self.existing
             raise Conflict("file already exists")
         upload = self.upload
@@ -465,19 +466,19 @@ class S3Partial:
         except StoreError as e:
             raise StorageFailure("object store refused the upload") from e
         if not upload.multipart:
-            digest = sent.digests[0]
+            digest = self.digest.etag()
             if sent.status == 412:
                 return self._compare(digest)
             if not _digest_agrees(sent.etags[0], digest):
                 storage.client.delete(self.key)
                 raise StorageFailure("object store stored other bytes than were sent")
             return self._stored()
-        return self._complete(sent, upload.multipart_digest)
+        return self._complete(sent, self.digest.etag())
 
     def _complete(self, sent: Any, digest: str) -> StoredFile:
         """Complete a multipart upload whose parts are all in, holding the path's claim."""
         storage = self.storage
-        for etag, part_digest in zip(sent.etags, sent.digests, strict=True):
+        for etag, part_digest in zip(sent.etags, self.digest.parts(), strict=True):
             if not _digest_agrees(etag, part_digest):
                 self._abort_now(sent.upload_id)
                 raise StorageFailure("object store stored other bytes than were sent")
@@ -550,8 +551,9 @@ def _digest_agrees(etag: str, digest: str) -> bool:
     return match.group(1) == digest
 
 
-class _Hasher:
-    """The entity tag S3 gives a body uploaded with a part size (0 or the size: one PUT)."""
+class BodyDigest:
+    """The entity tag S3 gives a body uploaded with a part size: the MD5 of the body when it
+    is one PUT (not larger than the part size), else the MD5 of its parts' MD5s and "-N"."""
 
     def __init__(self, size: int, part_size: int) -> None:
         import hashlib
@@ -574,12 +576,19 @@ class _Hasher:
                 self._digests.append(self._part.digest())
                 self._part, self._in_part = self._new(), 0
 
+    def _digests_so_far(self) -> list[bytes]:
+        return [*self._digests, self._part.digest()] if self._in_part else list(self._digests)
+
+    def parts(self) -> list[str]:
+        """The MD5 of each part (of the one PUT), as the store tags them."""
+        if not self.multipart:
+            return [self._part.hexdigest()]
+        return [digest.hex() for digest in self._digests_so_far()]
+
     def etag(self) -> str:
         if not self.multipart:
             return self._part.hexdigest()
-        digests = list(self._digests)
-        if self._in_part:
-            digests.append(self._part.digest())
+        digests = self._digests_so_far()
         joined = self._new()
         joined.update(b"".join(digests))
         return f"{joined.hexdigest()}-{len(digests)}"

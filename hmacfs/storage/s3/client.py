@@ -9,6 +9,7 @@ one kept-alive connection per thread. Every request is signed with SigV4
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import socket
 import threading
@@ -179,8 +180,6 @@ class BlockingClient:
     ) -> Answer:
         """Make one request and read its whole answer (control requests are small). Raises
         StoreError when the store cannot be reached."""
-        import hashlib
-
         all_headers = {"host": self.bucket.host}
         for name, value in (headers or {}).items():
             all_headers[name.lower()] = value
