@@ -405,7 +405,15 @@ def _storage(
     """An s3 backend needs an endpoint, a bucket and credentials; its part sizes are S3's.
     What it does not keep yet (usage counts, resumable uploads) is refused or said."""
     if storage.backend != "s3":
+        if storage.redirect_downloads:
+            raise file.error(
+                "storage", "redirect_downloads", 'needs backend = "s3" (a store to redirect to)'
+            )
         return storage
+    if storage.redirect_lifetime > 7 * 24 * 3600:
+        raise file.error(
+            "storage", "redirect_lifetime", "a presigned URL lasts at most 7 days"
+        )
     for key in ("endpoint", "bucket"):
         if getattr(storage, key) is None:
             raise file.error("storage", key, f'backend "s3" needs {key}')

@@ -972,6 +972,17 @@ class StorageSettings:
         Count(64, zero="(not allowed)"),
         "parts of one upload whose answers may be awaited at once before its client waits",
     )
+    redirect_downloads: bool = setting(
+        False,
+        Flag(),
+        "answer a GET of a stored file with a 302 to a presigned URL of the store, which then "
+        "serves the body (uploads are never redirected)",
+    )
+    redirect_lifetime: float = setting(
+        300.0,
+        Seconds(positive=True),
+        "how long a presigned download URL stays valid (up to 7 days)",
+    )
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,29 @@ class Root(resource.Resource):  # type: ignore[misc]
             failed
         )
 
+    def _redirects(self, request: UploadRequest, plan: download.Plan) -> bool:
+        """Whether the store is to send this answer's body itself (a GET answered with the
+        file or one range of it, when `[storage] redirect_downloads` says so)."""
+        return (
+            request.method == b"GET"
+            and self.site.config.storage.redirect_downloads
+            and getattr(self.site.storage, "remote", False)
+            and (plan.status == 200 or (plan.status == 206 and len(plan.body) == 1))
+        )
+
+    def _redirect(self, request: UploadRequest, stored: StoredFile, plan: download.Plan) -> bytes:
+        """302 to a presigned GET of `stored`, which answers with this plan's type,
+        disposition and caching (the Range, if any, is asked again of the store)."""
+        lifetime = self.site.config.storage.redirect_lifetime
+        storage: Any = self.site.storage  # (remote: an object store, see _redirects)
+        location = storage.presigned_download(stored, plan.headers, lifetime)
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("ascii"))
+        # (the URL is good for `lifetime` only, and is the client's own to use)
+        request.setHeader(b"cache-control", b"private, max-age=%d" % max(0, int(lifetime) - 5))
+        request.setHeader(b"content-length", b"0")
+        return b""
+
     def _answer_download(self, request: UploadRequest, stored: StoredFile) -> bytes | int:
         wanted = {
             name: value
@@ -189,6 +212,8 @@ class Root(resource.Resource):  # type: ignore[misc]
             if (value := _header(request, name)) is not None
         }
         plan = download.plan(request.method, wanted, stored, self.site.wall())
+        if self._redirects(request, plan):
+            return self._redirect(request, stored, plan)
         request.setResponseCode(plan.status)
         self._set(request, list(plan.headers))
         if not plan.body:

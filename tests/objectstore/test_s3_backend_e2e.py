@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -356,3 +357,58 @@ def test_health_reports_the_store(server: Server) -> None:
         assert b"ok" in response.read()
     finally:
         connection.close()
+
+
+def fetch_url(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A GET of an absolute http URL (a presigned one), as a client following a 302 does."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request("GET", parts.path + "?" + parts.query, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_redirected_downloads_are_served_by_the_store(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, redirect_downloads=True, redirect_lifetime="2m", prefix="f/"
+    )
+    try:
+        body = os.urandom(300_000)
+        assert put(srv, "a/page.html", body, "text/html")[0] == 201
+        status, headers, content = get(srv, "a/page.html")
+        assert status == 302 and content == b""
+        location = headers["location"]
+        assert location.startswith(ceph.endpoint + "/" + bucket + "/f/a/page.html?")
+        assert "X-Amz-Expires=120" in location
+        assert headers["cache-control"].startswith("private")
+        # The store answers with the headers our own answer would carry: an HTML upload is
+        # no page of ours (attachment), with its type and caching.
+        _, ours, _ = get(srv, "a/page.html", method="HEAD")
+        status, theirs, content = fetch_url(location)
+        assert status == 200 and content == body
+        for name in ("content-type", "content-disposition", "cache-control"):
+            assert theirs[name] == ours[name], name
+        assert ours["content-disposition"].startswith("attachment")
+        # A range is asked again of the store.
+        status, _, content = get(srv, "a/page.html", {"Range": "bytes=10-19"})
+        assert status == 302
+        status, theirs, content = fetch_url(location, {"Range": "bytes=10-19"})
+        assert status == 206 and content == body[10:20]
+        # What needs no body, or more than the store does, is answered here.
+        etag = ours["etag"]
+        assert get(srv, "a/page.html", {"If-None-Match": etag})[0] == 304
+        assert get(srv, "a/page.html", {"Range": "bytes=900000-"})[0] == 416
+        status, headers, content = get(srv, "a/page.html", {"Range": "bytes=0-1,5-6"})
+        assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
+        assert get(srv, "a/page.html", method="HEAD")[0] == 200
+        assert get(srv, "missing")[0] == 404
+        # Uploads are never redirected, and a signature on a presigned URL is checked.
+        assert put(srv, "b", b"x")[0] == 201
+        assert fetch_url(location.replace("X-Amz-Signature=", "X-Amz-Signature=0"))[0] == 403
+    finally:
+        assert stop_server(srv) == 0

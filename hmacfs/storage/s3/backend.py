@@ -29,7 +29,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -52,6 +52,12 @@ CLAIM_STALE = 60.0
 CLAIM_WAIT = 30.0
 #: The longest key S3 takes (in UTF-8 bytes).
 MAX_KEY = 1024
+#: The answer fields a presigned GET may set, by the query parameter that sets each.
+_RESPONSE_OVERRIDES = {
+    b"content-type": "response-content-type",
+    b"content-disposition": "response-content-disposition",
+    b"cache-control": "response-cache-control",
+}
 _MD5 = re.compile(r'^"?([0-9a-f]{32})(-\d+)?"?$')
 
 
@@ -290,6 +296,19 @@ class S3Storage:
 
     def live_names(self) -> frozenset[str]:
         return frozenset()
+
+    def presigned_download(
+        self, stored: StoredFile, headers: Sequence[tuple[bytes, bytes]], lifetime: float
+    ) -> str:
+        """A presigned GET of `stored` valid for `lifetime` seconds, whose answer carries the
+        `headers` given (Content-Type, Content-Disposition, Cache-Control: those a store
+        lets a presigned URL set) in place of the object's own."""
+        query = [
+            (_RESPONSE_OVERRIDES[name.lower()], value.decode("latin-1"))
+            for name, value in headers
+            if name.lower() in _RESPONSE_OVERRIDES
+        ]
+        return self.client.presigned(stored.location, query, max(1, int(lifetime)))
 
     def open_reader(self, stored: StoredFile) -> ObjectReader:
         if self.streams is None:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from hmacfs.core.credentials import Credentials, CredentialsError, load_credentials
 from hmacfs.storage.s3.errors import StoreError
-from hmacfs.storage.s3.sigv4 import EMPTY_SHA256, sign_headers, uri_encode
+from hmacfs.storage.s3.sigv4 import EMPTY_SHA256, presign_query, sign_headers, uri_encode
 
 #: The S3 XML namespace (answers may or may not use it).
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -231,6 +231,23 @@ class BlockingClient:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+    def presigned(
+        self, key: str, query: Sequence[tuple[str, str]], expires: int, method: str = "GET"
+    ) -> str:
+        """A URL that lets its holder make `method` on `key` (with `query`) for `expires`
+        seconds, without credentials of its own."""
+        signed = presign_query(
+            method,
+            self.bucket.path(key),
+            query,
+            self.bucket.host,
+            self.credentials,
+            self.bucket.region,
+            datetime.now(UTC),
+            expires,
+        )
+        return self.bucket.url(key, signed)
 
     # -- operations --------------------------------------------------------------------------
 
