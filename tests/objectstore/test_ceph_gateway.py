@@ -100,6 +100,30 @@ def test_if_none_match_lets_one_of_racing_writers_win(ceph: CephGateway, bucket:
     assert got == bodies[winner]
 
 
+def test_if_match_replaces_only_the_object_seen(ceph: CephGateway, bucket: str) -> None:
+    """What a claim's takeover relies on: a PUT with If-Match on the entity tag a node saw
+    replaces the object only while it has that tag. (Ceph 16 matches the bare tag; the
+    quoted form HTTP uses is refused, so the backend tries both.)"""
+    s3 = ceph.client()
+    s3.put_object(Bucket=bucket, Key="claim", Body=b"first")
+    seen = s3.head_object(Bucket=bucket, Key="claim")["ETag"].strip('"')
+    client = _raw_client(ceph, bucket)
+    assert client.request("PUT", "claim", headers={"if-match": seen}, body=b"second").status == 200
+    # The object changed: the same condition is refused now, and nothing is replaced.
+    assert client.request("PUT", "claim", headers={"if-match": seen}, body=b"third").status == 412
+    assert s3.get_object(Bucket=bucket, Key="claim")["Body"].read() == b"second"
+
+
+def _raw_client(ceph: CephGateway, bucket: str) -> Any:
+    from hmacfs.core.credentials import Credentials
+    from hmacfs.storage.s3.client import BlockingClient, Bucket
+
+    return BlockingClient(
+        Bucket(ceph.endpoint, bucket, ceph.region),
+        Credentials(ceph.access_key, ceph.secret_key),
+    )
+
+
 def test_user_metadata_round_trip(ceph: CephGateway, bucket: str) -> None:
     client = ceph.client()
     metadata = {"owner": "alice@example.org", "sha256": hashlib.sha256(b"x").hexdigest()}

@@ -336,18 +336,28 @@ class S3Storage:
             held = self.client.head(key)
             if held is not None:
                 taken = http_time(held.headers.get("last-modified", ""))
-                if taken + CLAIM_STALE < self.clock():
-                    # Left by a node that died: take it over, only if nobody else just did.
-                    etag = held.headers.get("etag", "")
-                    answer = self.client.request(
-                        "PUT", key, headers={"if-match": etag}, body=body, what="taking a claim"
-                    )
-                    if answer.status == 200:
-                        return nonce
+                # Left by a node that died: take it over, only if nobody else just did.
+                stale = taken + CLAIM_STALE < self.clock()
+                if stale and self._replace_if(key, held.headers.get("etag", ""), body):
+                    return nonce
             if time.monotonic() > deadline:
                 raise StorageFailure("another upload of this path is being completed")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _replace_if(self, key: str, etag: str, body: bytes) -> bool:
+        """PUT `body` at `key` if the object there still has entity tag `etag`; whether it
+        did. Ceph's gateway (16) matches If-Match against the bare tag only, and refuses the
+        quoted form that HTTP (and AWS) use: the bare form is tried when the quoted one is
+        refused (each is conditional, so of nodes racing on one tag one wins)."""
+        quoted = etag.strip()
+        for value in dict.fromkeys((quoted, _plain_etag(quoted))):
+            answer = self.client.request(
+                "PUT", key, headers={"if-match": value}, body=body, what="taking a claim"
+            )
+            if answer.status == 200:
+                return True
+        return False
 
     def drop_claim(self, rel: str) -> None:
         # (if it cannot be deleted, the next taker finds it stale; the sweeper removes it)
