@@ -148,7 +148,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         if rel == "":
             raise NotFound("not found")
         request.rel = rel
-        if getattr(self.site.storage, "remote", False):
+        if self.site.storage.remote:
             self._download_remote(request, rel)
             return server.NOT_DONE_YET  # type: ignore[no-any-return]
         stored = self._stored(request, rel)
@@ -188,7 +188,7 @@ class Root(resource.Resource):  # type: ignore[misc]
         return (
             request.method == b"GET"
             and self.site.config.storage.redirect_downloads
-            and getattr(self.site.storage, "remote", False)
+            and self.site.storage.remote
             and (plan.status == 200 or (plan.status == 206 and len(plan.body) == 1))
         )
 

@@ -101,9 +101,7 @@ class Resumptions:
     @property
     def enabled(self) -> bool:
         # (an object store keeps no partials yet: its uploads are plain ones)
-        return bool(self.site.config.server.resumable) and not getattr(
-            self.site.storage, "remote", False
-        )
+        return bool(self.site.config.server.resumable) and not self.site.storage.remote
 
     def resource_prefix(self) -> bytes:
         """The path below which upload resources live (asked for every request: worked out

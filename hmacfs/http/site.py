@@ -97,7 +97,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         if fast is None:
             # (the fast paths read and write local files; a remote store's go through threads)
             fast = FastPaths(
-                enabled=config.server.fast_paths and not getattr(storage, "remote", False)
+                enabled=config.server.fast_paths and not storage.remote
             )
         self.fast = fast
         self._refilling = False
@@ -250,7 +250,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         request.grant = grant
         if grant.size > config.server.max_upload_size:
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
-        if getattr(self.storage, "remote", False):
+        if self.storage.remote:
             looked_up = self.run_blocking(self.storage.existing, rel)
             return looked_up.addCallback(
                 lambda existing: self._begin_upload(request, grant, rel, creation, existing)

@@ -73,7 +73,7 @@ class Node(ServerProcess):
         self.activated = activated or ActivatedSockets()
         self.tls = tls_for(config, _log)
         self.storage = open_storage(config)
-        if getattr(self.storage, "remote", False):
+        if self.storage.remote:
             from hmacfs.http.objectstore import attach_streams
 
             attach_streams(self.storage, reactor)  # (its bodies stream on the reactor)

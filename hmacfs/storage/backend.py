@@ -176,6 +176,8 @@ class Backend(Protocol):
     partials take the client's transport (`attach`) to pause it, and its readers stream
     (`hmacfs.http.body`)."""
 
+    #: Whether the files are elsewhere (an object store): see the class's docstring.
+    remote: bool
     #: Whether commits wait for the data to be durable.
     fsync: bool
     file_ttl: float | None

@@ -169,6 +169,9 @@ def _is_within(path: str, root: str) -> bool:
 class LocalStorage:
     """The storage directory: begin uploads, look files up, sweep what has expired."""
 
+    #: Files are local: looked up on the reactor, sent with sendfile (see `Backend.remote`).
+    remote = False
+
     def __init__(
         self,
         root: Path,
