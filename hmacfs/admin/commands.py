@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from hmacfs.admin.inventory import (
     LIST_HEADER,
@@ -125,6 +125,19 @@ def open_storage_of(cfg: Config, *, writing: bool, command: str) -> LocalStorage
         raise Failure(f"{command}: cannot open storage_dir {root}: {e.strerror}") from e
 
 
+def open_bucket_of(cfg: Config, command: str) -> Any:
+    """The object store of `cfg` (`[storage] backend = "s3"`), once its bucket answered.
+    Raises Failure."""
+    from hmacfs.core.credentials import CredentialsError
+    from hmacfs.process.sweeper import open_bucket
+    from hmacfs.storage.s3.errors import StoreError
+
+    try:
+        return open_bucket(cfg)
+    except (StoreError, CredentialsError) as e:
+        raise Failure(f"{command}: [storage] bucket: {e}") from e
+
+
 def _json_line(out: TextIO, value: object) -> None:
     out.write(json.dumps(value) + "\n")
 
@@ -146,7 +159,12 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         type_prefix=text_option("--type", args.type),
         expired=args.expired,
     )
-    storage = open_storage_of(config.load(args.config), writing=False, command="list")
+    cfg = config.load(args.config)
+    storage: Any = (
+        open_bucket_of(cfg, "list")
+        if cfg.storage.backend == "s3"
+        else open_storage_of(cfg, writing=False, command="list")
+    )
     now = time.time()
     header = not args.json
     # Streamed as the walk finds them: memory stays flat however many files are stored.
@@ -255,6 +273,8 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     prefix = cfg.server.upload_prefix
     # Every argument is judged before anything is removed: a typo removes nothing.
     targets = [(argument, signed_path(argument, prefix)) for argument in args.paths]
+    if cfg.storage.backend == "s3":
+        return _delete_objects(open_bucket_of(cfg, "delete"), targets, out)
     root = cfg.server.storage_dir
     for argument, rel in targets:
         if leaves_storage(root, root.joinpath(*rel.split("/"))):
@@ -278,6 +298,28 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
         else:
             hint = " (a percent-encoded path: give the whole URL)" if "%" in argument else ""
             _say(f"{shown}: no such file{hint}")
+            status = EXIT_FAILURE
+    return status
+
+
+def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -> int:
+    """`delete` on an object store: each object and its metadata (one object) removed."""
+    from hmacfs.core.refusals import BadRequest
+    from hmacfs.storage.s3.errors import StoreError
+
+    status = EXIT_OK
+    for argument, rel in targets:
+        shown = printable(argument)
+        try:
+            removed = storage.delete(rel)
+        except (StoreError, BadRequest) as e:
+            _say(f"{shown}: cannot remove: {e}")
+            status = EXIT_FAILURE
+            continue
+        if removed:
+            print(f"removed {printable(rel)}", file=out)
+        else:
+            _say(f"{shown}: no such file")
             status = EXIT_FAILURE
     return status
 

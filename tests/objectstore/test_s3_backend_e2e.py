@@ -12,6 +12,8 @@ import http.client
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -412,3 +414,39 @@ def test_redirected_downloads_are_served_by_the_store(
         assert fetch_url(location.replace("X-Amz-Signature=", "X-Amz-Signature=0"))[0] == 403
     finally:
         assert stop_server(srv) == 0
+
+
+def admin(server: Server, ceph: CephGateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hmacfs", "--config", str(server.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **keys_env(ceph)},
+    )
+
+
+def test_list_and_delete_work_on_the_bucket(
+    server: Server, ceph: CephGateway, bucket: str
+) -> None:
+    assert put(server, "a/one.txt", b"1" * 10, "text/plain")[0] == 201
+    assert put(server, "b/two.bin", b"2" * 20)[0] == 201
+    listed = admin(server, ceph, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    records = sorted((r["path"], r["size"], r["content_type"]) for r in rows)
+    assert records == [
+        ("a/one.txt", 10, "text/plain"),
+        ("b/two.bin", 20, "application/octet-stream"),
+    ]
+    assert "a/one.txt" in admin(server, ceph, "list").stdout
+    deleted = admin(server, ceph, "delete", "a/one.txt", "missing.txt")
+    assert deleted.returncode == 1
+    assert "removed a/one.txt" in deleted.stdout and "missing.txt: no such file" in deleted.stderr
+    assert keys(ceph, bucket) == ["files/b/two.bin"]
+    assert get(server, "a/one.txt")[0] == 404
+    # What works on local storage only says so, in one line.
+    stats = admin(server, ceph, "stats")
+    assert stats.returncode != 0 and "local storage only" in stats.stderr
+    assert len(stats.stderr.strip().splitlines()) == 1
