@@ -91,7 +91,8 @@ def enforce_soft_limit(storage: Backend, uploader: str, limit: int, keep: str) -
         if entry.rel == keep:
             continue
         if not storage.delete(entry.rel):
-            accounting.removed(entry.rel, entry.size, uploader)  # gone already: uncount it
+            # Gone already: uncounted by whoever removed it, else now (never twice).
+            accounting.forget(entry.rel, entry.size, uploader)
         deleted.append(entry.rel)
         stored = accounting.of(uploader).bytes
     return deleted

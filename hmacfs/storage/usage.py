@@ -125,16 +125,32 @@ class Usage:
     def removed(self, rel: str, size: int, uploader: str | None) -> None:
         self._change(rel, size, uploader, -1)
 
+    def forget(self, rel: str, size: int, uploader: str) -> bool:
+        """Uncount `rel`, found gone, unless it is uncounted already (whoever removed it,
+        another node perhaps, uncounts it too); whether it was still counted."""
+        with self._locked():
+            counted = False
+            for entry in self.entries(uploader):
+                if entry.rel == rel:
+                    counted = entry.sign > 0
+            if counted:
+                self._apply(rel, size, uploader, -1)
+            return counted
+
     def _change(self, rel: str, size: int, uploader: str | None, sign: int) -> None:
+        with self._locked():
+            self._apply(rel, size, uploader, sign)
+
+    def _apply(self, rel: str, size: int, uploader: str | None, sign: int) -> None:
+        """Count a change (holding the lock)."""
         now = self.clock()
         line = _log_line(sign, now, size, rel, uploader)
-        with self._locked():
-            _bump(self.directory / "total", size, sign, create=False)
-            if uploader is not None:
-                _bump(self._uploader_path(uploader, ""), size, sign, name=uploader)
-                _append(self._uploader_path(uploader, ".log"), _log_line(sign, now, size, rel))
-            if os.path.exists(self._rebuilding):
-                _append(self.directory / "since.log", line)
+        _bump(self.directory / "total", size, sign, create=False)
+        if uploader is not None:
+            _bump(self._uploader_path(uploader, ""), size, sign, name=uploader)
+            _append(self._uploader_path(uploader, ".log"), _log_line(sign, now, size, rel))
+        if os.path.exists(self._rebuilding):
+            _append(self.directory / "since.log", line)
 
     def rebuild(self, files: Callable[[], Iterable[tuple[str, int, str | None, float]]]) -> Counts:
         """Count again from `files()` (path, size, uploader, ctime of each stored file), and

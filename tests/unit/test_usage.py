@@ -79,3 +79,22 @@ def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
     with log.open("a") as f:
         f.write('+ 1000000.000 12 "a/')
     assert [e.rel for e in usage.oldest("romeo@x")] == ["a/1"]
+
+
+def test_a_file_found_gone_is_uncounted_once(tmp_path: Path) -> None:
+    """Another node removed a file (and uncounted it): finding it gone uncounts nothing
+    more; one nobody uncounted is uncounted once."""
+    usage = Usage(tmp_path / "usage", Clock())
+    usage.rebuild(list)
+    usage.added("a/1", 100, "romeo@x")
+    usage.added("a/2", 40, "romeo@x")
+    usage.removed("a/1", 100, "romeo@x")  # (by the node that removed it)
+    assert usage.forget("a/1", 100, "romeo@x") is False
+    assert usage.of("romeo@x") == Counts(1, 40)
+    assert usage.forget("a/2", 40, "romeo@x") is True
+    assert usage.forget("a/2", 40, "romeo@x") is False
+    assert usage.of("romeo@x") == Counts(0, 0) and usage.total() == Counts(0, 0)
+    # Uploaded again later: counted again, and uncounted again once.
+    usage.added("a/1", 100, "romeo@x")
+    assert usage.forget("a/1", 100, "romeo@x") is True
+    assert usage.of("romeo@x") == Counts(0, 0)
