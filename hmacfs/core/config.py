@@ -403,7 +403,7 @@ def _storage(
     file: _File, server: ServerSettings, quota: QuotaSettings, storage: StorageSettings
 ) -> StorageSettings:
     """An s3 backend needs an endpoint, a bucket and credentials; its part sizes are S3's.
-    What it does not keep yet (usage counts, resumable uploads) is refused or said."""
+    What it does not keep yet (resumable uploads, free space) is said."""
     if storage.backend != "s3":
         if storage.redirect_downloads:
             raise file.error(
@@ -431,16 +431,6 @@ def _storage(
         load_credentials(storage.credentials_file, storage.credentials_profile)
     except CredentialsError as e:
         raise file.error("storage", e.key, e.message) from None
-    if quota.counts:
-        key = next(
-            k
-            for k in ("uploader_limit", "uploader_soft_limit", "uploader_daily_limit",
-                      "total_limit")
-            if getattr(quota, k)
-        )
-        raise file.error(
-            "quota", key, 'limits on stored bytes are not available with [storage] backend "s3"'
-        )
     if quota.min_free_space:
         file.remark(
             "quota", "min_free_space", "an object store reports no free space: ignored"

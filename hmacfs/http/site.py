@@ -251,12 +251,23 @@ class UploadSite(server.Site):  # type: ignore[misc]
         if grant.size > config.server.max_upload_size:
             raise TooLarge(f"file too large (limit {format_size(config.server.max_upload_size)})")
         if self.storage.remote:
-            looked_up = self.run_blocking(self.storage.existing, rel)
+            # (the store's answers, and the usage in it, are waited for on a thread)
+            looked_up = self.run_blocking(self._look_up_remote, grant, rel)
             return looked_up.addCallback(
-                lambda existing: self._begin_upload(request, grant, rel, creation, existing)
+                lambda existing: self._begin_upload(
+                    request, grant, rel, creation, existing, checked=True
+                )
             )
         self._begin_upload(request, grant, rel, creation, self.storage.existing(rel))
         return None
+
+    def _look_up_remote(self, grant: auth.Grant, rel: str) -> StoredFile | None:
+        """What a remote store holds at `rel`, and, if nothing, whether the quotas leave room
+        for the upload. Blocking."""
+        existing = self.storage.existing(rel)
+        if existing is None:
+            quota.check(self, grant, quota.uploader_of(grant, self.config.quota))
+        return existing
 
     def _begin_upload(
         self,
@@ -265,6 +276,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         rel: str,
         creation: wire.Creation | None,
         existing: StoredFile | None,
+        *,
+        checked: bool = False,
     ) -> None:
         config = self.config
         # Same path, same size: take the body and compare; an identical body is a client
@@ -272,7 +285,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         if existing is not None and existing.size != grant.size:
             raise Conflict("file already exists")
         uploader = quota.uploader_of(grant, config.quota)
-        if existing is None:  # (a retry adds nothing)
+        if existing is None and not checked:  # (a retry adds nothing)
             quota.check(self, grant, uploader)
         content_type = safe_media_type(grant.content_type)
         if content_type is None or content_type.lower().startswith(wire.PARTIAL_UPLOAD):

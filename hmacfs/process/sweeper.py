@@ -48,6 +48,7 @@ def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
     from hmacfs.core.credentials import load_credentials
     from hmacfs.storage.s3.backend import S3Storage
     from hmacfs.storage.s3.client import BlockingClient, Bucket
+    from hmacfs.storage.s3.usage import S3Usage
 
     settings = config.storage
     assert settings.endpoint is not None and settings.bucket is not None
@@ -68,7 +69,7 @@ def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
         stale = settings.part_size / server.min_body_rate + 2 * server.idle_timeout
     else:
         stale = server.resumable_ttl
-    return S3Storage(
+    storage = S3Storage(
         client,
         prefix=settings.prefix,
         part_size=settings.part_size,
@@ -78,13 +79,17 @@ def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
         stale_after=stale,
         clock=wall,
     )
+    # (kept whatever the limits: a limit set later finds every file since counted)
+    storage.accounting = S3Usage(client, settings.prefix, storage.usage, wall)
+    return storage
 
 
 def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]) -> None:
     """When `config` has limits on stored bytes: count the stored files again for them, on
     a thread (at start, and when a reload sets the first such limit). Until that is done,
-    the counts kept from before hold."""
-    if not config.quota.counts:
+    the counts kept from before hold. (An object store's ledger is kept always: nothing to
+    count again.)"""
+    if not config.quota.counts or storage.remote:
         return
 
     def counted(total: Any) -> None:

@@ -48,13 +48,24 @@ def keys_env(ceph: CephGateway) -> dict[str, str]:
 
 
 def start_on(
-    tmp: Path, ceph: CephGateway, bucket: str, server_toml: str = "", **extra: object
+    tmp: Path,
+    ceph: CephGateway,
+    bucket: str,
+    server_toml: str = "",
+    *,
+    quota: dict[str, str] | None = None,
+    max_upload_size: str = "2G",
+    **extra: object,
 ) -> Server:
+    tables = storage_toml(ceph, bucket, **extra)
+    if quota:
+        tables += "\n[quota]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in quota.items())
     return start_server(
         tmp,
-        storage_toml(ceph, bucket, **extra),
+        tables,
         server_toml,
         env=keys_env(ceph),
+        max_upload_size=max_upload_size,
     )
 
 

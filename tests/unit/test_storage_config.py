@@ -49,9 +49,12 @@ def test_s3_errors_name_the_key(tmp_path: Path, text: str, key: str, reason: str
     assert f"[storage] {key}" in message and reason in message
 
 
-def test_byte_quotas_are_refused_with_s3(tmp_path: Path) -> None:
-    message = error_of(tmp_path, s3(tmp_path) + '[quota]\ntotal_limit = "1G"\n')
-    assert "[quota] total_limit" in message and "s3" in message
+def test_byte_quotas_work_with_s3_free_space_is_ignored(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path, s3(tmp_path) + '[quota]\ntotal_limit = "1G"\nmin_free_space = "1G"\n'
+    )
+    assert config.quota.total_limit == 2**30
+    assert any("[quota] min_free_space" in w and "ignored" in w for w in config.warnings)
 
 
 def test_a_redirect_needs_a_store(tmp_path: Path) -> None:

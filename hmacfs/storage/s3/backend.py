@@ -79,7 +79,8 @@ class S3Storage:
 
     remote = True
     background: Callable[..., object] | None = None
-    accounting = None
+    #: The usage ledger in the bucket (`hmacfs.storage.s3.usage`), when set.
+    accounting: Any = None
 
     def __init__(
         self,
@@ -207,11 +208,23 @@ class S3Storage:
     def delete(self, rel: str) -> bool:
         if self._reserved(rel):
             return False
-        key = self.key_of(rel)
-        if self.client.head(key) is None:
+        stored = self._object(rel)
+        if stored is None:
             return False
-        self.client.delete(key)
+        self.client.delete(stored.location)
+        self._uncount(stored)
         return True
+
+    def _uncount(self, stored: StoredFile) -> None:
+        if self.accounting is not None:
+            self.accounting.removed(stored.rel, stored.size, stored.uploader)
+
+    def _count(self, stored: StoredFile) -> None:
+        """Note a new file in the usage ledger; a store that refuses leaves it uncounted
+        (the file is stored all the same)."""
+        if self.accounting is not None:
+            with contextlib.suppress(StoreError):
+                self.accounting.added(stored.rel, stored.size, stored.uploader)
 
     def sweep(self, active: frozenset[str] = frozenset()) -> SweepReport:
         """Delete expired objects, abort abandoned multipart uploads, remove stale claims."""
@@ -231,10 +244,13 @@ class S3Storage:
                 continue
             if self._expired(stored):
                 self.client.delete(listed.key)
+                self._uncount(stored)
                 report.expired += 1
                 continue
             report.files += 1
             report.bytes += stored.size
+        if self.accounting is not None:
+            self.accounting.sweep()
         for unfinished in self.client.list_unfinished(self.prefix):
             if unfinished.upload_id in active:
                 continue
@@ -542,7 +558,7 @@ class S3Partial:
 
     def _stored(self) -> StoredFile:
         now = self.storage.clock()
-        return StoredFile(
+        stored = StoredFile(
             rel=self.rel,
             location=self.key,
             size=self.size,
@@ -552,6 +568,8 @@ class S3Partial:
             expires=self.expires,
             uploader=self.uploader,
         )
+        self.storage._count(stored)
+        return stored
 
     def _abort_now(self, upload_id: str | None) -> None:
         if upload_id is not None:

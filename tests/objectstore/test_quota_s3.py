@@ -1,0 +1,82 @@
+"""`[quota]` on an s3 backend: the bytes each uploader stores are counted in the bucket (a
+marker object per file), so the limits hold across nodes; deletes and the soft limit take
+the markers along."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from tests.helpers.ceph import CephGateway
+from tests.helpers.server import stop_server, wait_for
+from tests.helpers.signing import mac_v1
+from tests.objectstore.test_s3_backend_e2e import admin, get, keys, put, start_on
+
+KIB = 1024
+ROMEO = "a" * 40  # (ejabberd's sha1(user@host) directory: the uploader)
+JULIET = "b" * 40
+
+
+def markers(ceph: CephGateway, bucket: str, uploader: str) -> list[str]:
+    prefix = f"files/.hmacfs/usage/{uploader}/"
+    return [key[len(prefix) :] for key in keys(ceph, bucket) if key.startswith(prefix)]
+
+
+def test_uploader_daily_and_total_limits(tmp_path: Path, ceph: CephGateway, bucket: str) -> None:
+    limits = {"uploader_limit": "100K", "uploader_daily_limit": "150K"}
+    srv = start_on(tmp_path, ceph, bucket, prefix="files/", max_upload_size="100K", quota=limits)
+    try:
+        assert put(srv, f"{ROMEO}/one.bin", os.urandom(60 * KIB))[0] == 201
+        assert [m.split("/")[:2] for m in markers(ceph, bucket, ROMEO)] == [
+            [f"{ROMEO}%2Fone.bin", str(60 * KIB)]
+        ]
+        status, body = put(srv, f"{ROMEO}/two.bin", os.urandom(60 * KIB))
+        assert status == 413 and b"upload quota exceeded" in body
+        # Deleting a file gives its bytes back (its marker goes with it).
+        assert admin(srv, ceph, "delete", f"{ROMEO}/one.bin").returncode == 0
+        assert markers(ceph, bucket, ROMEO) == []
+        assert put(srv, f"{ROMEO}/two.bin", os.urandom(60 * KIB))[0] == 201
+        # 120K uploaded today (deleted or not): 40K more is past the daily 150K.
+        status, body = put(srv, f"{ROMEO}/three.bin", os.urandom(40 * KIB))
+        assert status == 413 and b"daily upload quota exceeded" in body
+        # Another uploader has limits of its own.
+        assert put(srv, f"{JULIET}/one.bin", os.urandom(100 * KIB))[0] == 201
+    finally:
+        assert stop_server(srv) == 0
+
+
+def test_the_total_limit(tmp_path: Path, ceph: CephGateway, bucket: str) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, prefix="files/", max_upload_size="100K",
+        quota={"total_limit": "200K"},
+    )
+    try:
+        assert put(srv, "anyone/one.bin", os.urandom(100 * KIB))[0] == 201
+        assert put(srv, f"{ROMEO}/two.bin", os.urandom(60 * KIB))[0] == 201
+        status, body = put(srv, f"{JULIET}/three.bin", os.urandom(50 * KIB))
+        assert status == 507 and b"quota is used up" in body
+        assert put(srv, f"{JULIET}/three.bin", os.urandom(40 * KIB))[0] == 201
+    finally:
+        assert stop_server(srv) == 0
+
+
+def test_the_soft_limit_deletes_the_oldest_files(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, prefix="files/", max_upload_size="100K",
+        quota={"uploader_soft_limit": "100K"},
+    )
+    try:
+        # (a path too long to name in a marker's key: the marker holds it)
+        old = f"{ROMEO}/{'é' * 80}.bin"
+        encoded = f"{ROMEO}/{quote('é' * 80)}.bin"
+        assert put(srv, encoded, os.urandom(60 * KIB), mac=mac_v1(old, 60 * KIB))[0] == 201
+        assert markers(ceph, bucket, ROMEO)[0].startswith("~")
+        assert put(srv, f"{ROMEO}/new.bin", os.urandom(60 * KIB))[0] == 201
+        wait_for(lambda: get(srv, encoded)[0] == 404, 20, "the oldest file deleted")
+        assert get(srv, f"{ROMEO}/new.bin")[0] == 200
+        assert [m.split("/")[0] for m in markers(ceph, bucket, ROMEO)] == [f"{ROMEO}%2Fnew.bin"]
+    finally:
+        assert stop_server(srv) == 0
