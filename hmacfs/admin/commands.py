@@ -304,7 +304,7 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -> int:
     """`delete` on an object store: each object and its metadata (one object) removed."""
-    from hmacfs.core.refusals import BadRequest
+    from hmacfs.core.refusals import Refusal
     from hmacfs.storage.s3.errors import StoreError
 
     status = EXIT_OK
@@ -312,7 +312,7 @@ def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -
         shown = printable(argument)
         try:
             removed = storage.delete(rel)
-        except (StoreError, BadRequest) as e:
+        except (StoreError, Refusal) as e:
             _say(f"{shown}: cannot remove: {e}")
             status = EXIT_FAILURE
             continue

@@ -196,6 +196,12 @@ class Root(resource.Resource):  # type: ignore[misc]
         """302 to a presigned GET of `stored`, which answers with this plan's type,
         disposition and caching (the Range, if any, is asked again of the store)."""
         lifetime = self.site.config.storage.redirect_lifetime
+        ends = [stored.expires] if stored.expires is not None else []
+        ttl = self.site.config.server.file_ttl
+        if ttl is not None:
+            ends.append((stored.uploaded if stored.uploaded is not None else stored.mtime) + ttl)
+        if ends:  # (never a URL that outlives the file)
+            lifetime = max(1.0, min(lifetime, min(ends) - self.site.wall()))
         storage: Any = self.site.storage  # (remote: an object store, see _redirects)
         location = storage.presigned_download(stored, plan.headers, lifetime)
         request.setResponseCode(302)
