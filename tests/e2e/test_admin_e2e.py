@@ -19,18 +19,8 @@ import pytest
 
 from hmacfs.core import auth
 from tests.helpers.client import curl
-from tests.helpers.server import Server, start_server
+from tests.helpers.server import Server, hmacfs, start_server
 from tests.helpers.signing import SECRET, mac_v1
-
-
-def hmacfs(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hmacfs", "--config", str(server.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def put(url: str, body: bytes, *headers: str) -> int:

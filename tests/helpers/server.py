@@ -371,3 +371,17 @@ def _did_not_start(
     pump.join(timeout=5)
     why = "not ready in time" if status is None else f"exit status {status}"
     raise ServerDidNotStart(f"server did not start ({why}):\n" + "\n".join(log))
+
+
+def hmacfs(
+    server: Server, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """An admin command on `server`'s configuration (`env`: added to the environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hmacfs", "--config", str(server.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )

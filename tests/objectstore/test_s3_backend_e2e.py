@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.helpers.ceph import CephGateway
-from tests.helpers.server import Server, start_server, stop_server, wait_for
+from tests.helpers.server import Server, hmacfs, start_server, stop_server, wait_for
 from tests.helpers.signing import mac_v1
 
 MIB = 1024 * 1024
@@ -319,7 +319,6 @@ def test_credentials_from_a_file(tmp_path: Path, ceph: CephGateway, bucket: str)
 
 def _run_refused(tmp_path: Path, toml: str, env: dict[str, str]) -> tuple[int, str]:
     import subprocess
-    import sys
 
     from tests.helpers.server import config_text, write_config
 
@@ -431,14 +430,7 @@ def test_redirected_downloads_are_served_by_the_store(
 
 
 def admin(server: Server, ceph: CephGateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hmacfs", "--config", str(server.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **keys_env(ceph)},
-    )
+    return hmacfs(server, *args, env=keys_env(ceph))
 
 
 def test_list_and_delete_work_on_the_bucket(
