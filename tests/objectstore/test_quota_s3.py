@@ -80,3 +80,22 @@ def test_the_soft_limit_deletes_the_oldest_files(
         assert [m.split("/")[0] for m in markers(ceph, bucket, ROMEO)] == [f"{ROMEO}%2Fnew.bin"]
     finally:
         assert stop_server(srv) == 0
+
+
+def test_the_sweeper_drops_the_markers_of_files_gone(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, 'sweep_interval = "1s"', prefix="files/",
+        max_upload_size="100K", quota={"uploader_limit": "100K"},
+    )
+    try:
+        assert put(srv, f"{ROMEO}/one.bin", os.urandom(60 * KIB))[0] == 201
+        assert put(srv, f"{ROMEO}/two.bin", os.urandom(30 * KIB))[0] == 201
+        # Removed behind the server's back: its bytes are counted until a sweep sees it gone.
+        ceph.client().delete_object(Bucket=bucket, Key=f"files/{ROMEO}/one.bin")
+        wait_for(lambda: len(markers(ceph, bucket, ROMEO)) == 1, 30, "a sweep")
+        assert markers(ceph, bucket, ROMEO)[0].startswith(f"{ROMEO}%2Ftwo.bin/")
+        assert put(srv, f"{ROMEO}/three.bin", os.urandom(60 * KIB))[0] == 201
+    finally:
+        assert stop_server(srv) == 0

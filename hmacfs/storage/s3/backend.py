@@ -251,6 +251,7 @@ class S3Storage:
             report.bytes += stored.size
         if self.accounting is not None:
             self.accounting.sweep()
+            report.orphans += self.accounting.reconcile(lambda rel: self._object(rel) is not None)
         for unfinished in self.client.list_unfinished(self.prefix):
             if unfinished.upload_id in active:
                 continue

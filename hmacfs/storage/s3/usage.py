@@ -155,6 +155,27 @@ class S3Usage:
             found = True
         return found
 
+    def reconcile(self, exists: Callable[[str], bool]) -> int:
+        """Delete the markers of files that are gone (removed behind the server's back, or
+        by a node that died between the removal and its marker's); how many. `exists`
+        tells whether a path holds a file."""
+        gone = 0
+        for listed in self.client.list_objects(self._marks):
+            parts = listed.key[len(self._marks) :].split("/")
+            if len(parts) != 4:
+                continue
+            if parts[1].startswith("~"):
+                body = self.client.get(listed.key)
+                if body is None:
+                    continue
+                rel = body.decode("utf-8", "surrogateescape")
+            else:
+                rel = unquote(parts[1])
+            if not exists(rel):
+                self.client.delete(listed.key)
+                gone += 1
+        return gone
+
     def sweep(self) -> int:
         """Delete the notes of uploads older than a day; how many."""
         deleted = 0
