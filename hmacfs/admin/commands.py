@@ -45,6 +45,7 @@ from hmacfs.core.printable import printable
 from hmacfs.core.settings import Config
 from hmacfs.storage.backend import StoredFile
 from hmacfs.storage.local import LocalStorage
+from hmacfs.storage.s3.errors import StoreError
 
 #: Exit statuses, those of hmacfs.cli (documented in hmac-file-server(8)).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -84,6 +85,9 @@ def guarded(run: Command) -> Command:
             # it to; stdout is pointed at /dev/null so that its final flush cannot fail too.
             if out is sys.stdout:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILURE
+        except StoreError as e:
+            _say(f"{args.command}: the object store: {e}")
             return EXIT_FAILURE
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""
@@ -130,7 +134,6 @@ def open_bucket_of(cfg: Config, command: str) -> Any:
     Raises Failure."""
     from hmacfs.core.credentials import CredentialsError
     from hmacfs.process.sweeper import open_bucket
-    from hmacfs.storage.s3.errors import StoreError
 
     try:
         return open_bucket(cfg)
@@ -184,7 +187,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 # -- stats ----------------------------------------------------------------------------------
 
 
-def _partial_counts(storage: LocalStorage) -> dict[str, Count]:
+def _partial_counts(storage: Any) -> dict[str, Count]:
     counts = {"kept": Count(), "in_progress": Count(), "abandoned": Count()}
     for partial in storage.partial_files():
         if partial.abandoned is not None:
@@ -200,7 +203,12 @@ def _partial_counts(storage: LocalStorage) -> dict[str, Count]:
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     if args.top < 0:
         raise BadArgument(f"--top: {args.top} is negative (0 shows all)")
-    storage = open_storage_of(config.load(args.config), writing=False, command="stats")
+    cfg = config.load(args.config)
+    storage: Any = (
+        open_bucket_of(cfg, "stats")
+        if cfg.storage.backend == "s3"
+        else open_storage_of(cfg, writing=False, command="stats")
+    )
     now = time.time()
     tally = Tally()
     for stored in storage.files():
@@ -305,7 +313,6 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -> int:
     """`delete` on an object store: each object and its metadata (one object) removed."""
     from hmacfs.core.refusals import Refusal
-    from hmacfs.storage.s3.errors import StoreError
 
     status = EXIT_OK
     for argument, rel in targets:

@@ -453,6 +453,26 @@ def test_list_and_delete_work_on_the_bucket(
     assert keys(ceph, bucket) == ["files/b/two.bin"]
     assert get(server, "a/one.txt")[0] == 404
     # What works on local storage only says so, in one line.
-    stats = admin(server, ceph, "stats")
-    assert stats.returncode != 0 and "local storage only" in stats.stderr
-    assert len(stats.stderr.strip().splitlines()) == 1
+    verify = admin(server, ceph, "verify")
+    assert verify.returncode != 0 and "local storage only" in verify.stderr
+    assert len(verify.stderr.strip().splitlines()) == 1
+
+
+def test_stats_on_the_bucket(server: Server, ceph: CephGateway, bucket: str) -> None:
+    assert put(server, "a/one.txt", b"1" * 10, "text/plain")[0] == 201
+    assert put(server, "b/two.bin", b"2" * 20)[0] == 201
+    client = ceph.client()
+    left = client.create_multipart_upload(Bucket=bucket, Key="files/left/behind.bin")
+    client.upload_part(
+        Bucket=bucket, Key="files/left/behind.bin", PartNumber=1, UploadId=left["UploadId"],
+        Body=b"x" * (5 * MIB),
+    )
+    stats = admin(server, ceph, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    report = json.loads(stats.stdout)
+    assert (report["files"], report["bytes"]) == (2, 30)
+    types = {t["content_type"]: t["files"] for t in report["content_types"]}
+    assert types == {"text/plain": 1, "application/octet-stream": 1}
+    # A multipart upload under way (nobody's, as far as the sweeper can tell yet).
+    assert report["partials"]["in_progress"] == {"files": 1, "bytes": 5 * MIB}
+    assert "2 files" in admin(server, ceph, "stats").stdout

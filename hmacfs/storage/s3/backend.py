@@ -43,7 +43,7 @@ from hmacfs.core.refusals import (
     StorageFailure,
     TooLarge,
 )
-from hmacfs.storage.backend import PartialState, StoredFile, SweepReport
+from hmacfs.storage.backend import PartialFile, PartialState, StoredFile, SweepReport
 from hmacfs.storage.s3.client import BlockingClient, StoreError, http_time, metadata_of
 
 #: A claim this old was left by a node that died while completing an upload.
@@ -225,6 +225,20 @@ class S3Storage:
         if self.accounting is not None:
             with contextlib.suppress(StoreError):
                 self.accounting.added(stored.rel, stored.size, stored.uploader)
+
+    def partial_files(self) -> Iterator[PartialFile]:
+        """The unfinished multipart uploads, as `LocalStorage.partial_files` gives partials
+        (for `stats`): "plain" ones, abandoned once a sweep would abort them."""
+        now = self.clock()
+        for unfinished in self.client.list_unfinished(self.prefix):
+            stale = unfinished.initiated + self.stale_after < now
+            yield PartialFile(
+                name=unfinished.upload_id,
+                kind="plain",
+                size=self.client.part_bytes(unfinished.key, unfinished.upload_id),
+                touched=unfinished.initiated,
+                abandoned="older than a live upload can be" if stale else None,
+            )
 
     def sweep(self, active: frozenset[str] = frozenset()) -> SweepReport:
         """Delete expired objects, abort abandoned multipart uploads, remove stale claims."""

@@ -390,6 +390,26 @@ class BlockingClient:
             if _text(root, "IsTruncated") != "true" or not key_marker:
                 return
 
+    def part_bytes(self, key: str, upload_id: str) -> int:
+        """The bytes the parts of an unfinished multipart upload hold so far."""
+        total = 0
+        marker = ""
+        while True:
+            query = [("uploadId", upload_id)]
+            if marker:
+                query.append(("part-number-marker", marker))
+            answer = self.request("GET", key, sorted(query), what="listing parts")
+            if answer.status == 404:
+                return total  # (completed or aborted meanwhile)
+            if answer.status != 200:
+                raise error_of(answer, "listing parts")
+            root = answer.xml()
+            for part in _all(root, "Part"):
+                total += int(_text(part, "Size") or 0)
+            marker = _text(root, "NextPartNumberMarker")
+            if _text(root, "IsTruncated") != "true" or not marker:
+                return total
+
 
 def _xml_escape(text: str) -> str:
     from xml.sax.saxutils import escape
