@@ -312,18 +312,13 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -> int:
     """`delete` on an object store: each object and its metadata (one object) removed."""
-    from hmacfs.core.refusals import Refusal
-
     status = EXIT_OK
     for argument, rel in targets:
         shown = printable(argument)
-        try:
-            removed = storage.delete(rel)
-        except (StoreError, Refusal) as e:
-            _say(f"{shown}: cannot remove: {e}")
+        removed = _remove(storage, rel, shown)
+        if removed is None:
             status = EXIT_FAILURE
-            continue
-        if removed:
+        elif removed:
             print(f"removed {printable(rel)}", file=out)
         else:
             _say(f"{shown}: no such file")
@@ -331,13 +326,18 @@ def _delete_objects(storage: Any, targets: list[tuple[str, str]], out: TextIO) -
     return status
 
 
-def _remove(storage: LocalStorage, rel: str, shown: str) -> bool | None:
+def _remove(storage: Any, rel: str, shown: str) -> bool | None:
     """Remove the stored file `rel`: whether it was there, or None (said on stderr) when the
     storage refused."""
+    from hmacfs.core.refusals import Refusal
+
     try:
-        return storage.delete(rel)
+        return bool(storage.delete(rel))
     except OSError as e:
         _say(f"{shown}: cannot remove: {e.strerror}")
+        return None
+    except (StoreError, Refusal) as e:
+        _say(f"{shown}: cannot remove: {e}")
         return None
 
 
@@ -361,10 +361,15 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     if filters == Filters():
         raise BadArgument("prune: give at least one of --older-than, --uploader, --expired")
     cfg = config.load(args.config)
-    if args.dry_run:
+    remote = cfg.storage.backend == "s3"
+    storage: Any
+    if remote:
+        storage = open_bucket_of(cfg, "prune")
+    elif args.dry_run:
         storage = open_storage_of(cfg, writing=False, command="prune")
     else:
         storage = open_storage_of(cfg, writing=True, command="prune")
+    unchanged = storage.unchanged if remote else _unchanged
     now = time.time()
     # Chosen by a whole walk first, then removed: removing prunes emptied directories, which
     # the walk would otherwise step into.
@@ -377,7 +382,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             print(f"would remove {shown}", file=out)
             done.add(stored.size)
             continue
-        removed = _unchanged(stored) and _remove(storage, stored.rel, shown)
+        removed = unchanged(stored) and _remove(storage, stored.rel, shown)
         if removed is None:
             status = EXIT_FAILURE
         elif removed:

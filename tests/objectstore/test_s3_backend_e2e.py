@@ -452,6 +452,19 @@ def test_list_and_delete_work_on_the_bucket(
     assert "removed a/one.txt" in deleted.stdout and "missing.txt: no such file" in deleted.stderr
     assert keys(ceph, bucket) == ["files/b/two.bin"]
     assert get(server, "a/one.txt")[0] == 404
+    # prune: chosen by a listing, removed unless a new upload took the path meanwhile.
+    romeo = "a" * 40  # (ejabberd's directory of an uploader)
+    assert put(server, f"{romeo}/three.bin", b"3" * 30)[0] == 201
+    assert admin(server, ceph, "prune", "--older-than", "1h").stdout.endswith("0 files, 0B\n")
+    pruned = admin(server, ceph, "prune", "--uploader", romeo, "--dry-run")
+    assert pruned.returncode == 0 and f"would remove {romeo}/three.bin" in pruned.stdout
+    assert f"files/{romeo}/three.bin" in keys(ceph, bucket)
+    pruned = admin(server, ceph, "prune", "--uploader", romeo)
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.splitlines() == [f"removed {romeo}/three.bin", "removed 1 file, 30B"]
+    assert [k for k in keys(ceph, bucket) if not k.startswith("files/.hmacfs/")] == [
+        "files/b/two.bin"
+    ]
     # What works on local storage only says so, in one line.
     verify = admin(server, ceph, "verify")
     assert verify.returncode != 0 and "local storage only" in verify.stderr

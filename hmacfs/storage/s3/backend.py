@@ -215,6 +215,17 @@ class S3Storage:
         self._uncount(stored)
         return True
 
+    def unchanged(self, stored: StoredFile) -> bool:
+        """Whether `stored` is still the object at its path (not a new upload that took the
+        path once it was removed). Blocking."""
+        there = self._object(stored.rel)
+        return (
+            there is not None
+            and isinstance(stored, StoredObject)
+            and there.etag == stored.etag
+            and there.mtime == stored.mtime
+        )
+
     def _uncount(self, stored: StoredFile) -> None:
         if self.accounting is not None:
             self.accounting.removed(stored.rel, stored.size, stored.uploader)
