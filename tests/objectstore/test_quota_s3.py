@@ -97,5 +97,15 @@ def test_the_sweeper_drops_the_markers_of_files_gone(
         wait_for(lambda: len(markers(ceph, bucket, ROMEO)) == 1, 30, "a sweep")
         assert markers(ceph, bucket, ROMEO)[0].startswith(f"{ROMEO}%2Ftwo.bin/")
         assert put(srv, f"{ROMEO}/three.bin", os.urandom(60 * KIB))[0] == 201
+        # Removed behind its back and uploaded again: the old marker goes, the new one stays.
+        ceph.client().delete_object(Bucket=bucket, Key=f"files/{ROMEO}/two.bin")
+        assert put(srv, f"{ROMEO}/two.bin", os.urandom(10 * KIB))[0] == 201
+        wait_for(
+            lambda: sorted(
+                m.split("/")[1] for m in markers(ceph, bucket, ROMEO) if "two.bin" in m
+            ) == [str(10 * KIB)],
+            30,
+            "a sweep",
+        )
     finally:
         assert stop_server(srv) == 0

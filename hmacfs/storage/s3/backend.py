@@ -215,6 +215,13 @@ class S3Storage:
         self._uncount(stored)
         return True
 
+    def _uploaded(self, rel: str) -> float | None:
+        """When the file at `rel` was uploaded (None: there is none)."""
+        there = self._object(rel)
+        if there is None:
+            return None
+        return there.uploaded if there.uploaded is not None else there.mtime
+
     def unchanged(self, stored: StoredFile) -> bool:
         """Whether `stored` is still the object at its path (not a new upload that took the
         path once it was removed). Blocking."""
@@ -276,7 +283,7 @@ class S3Storage:
             report.bytes += stored.size
         if self.accounting is not None:
             self.accounting.sweep()
-            report.orphans += self.accounting.reconcile(lambda rel: self._object(rel) is not None)
+            report.orphans += self.accounting.reconcile(self._uploaded)
         for unfinished in self.client.list_unfinished(self.prefix):
             if unfinished.upload_id in active:
                 continue

@@ -155,15 +155,20 @@ class S3Usage:
             found = True
         return found
 
-    def reconcile(self, exists: Callable[[str], bool]) -> int:
+    def reconcile(self, uploaded: Callable[[str], float | None]) -> int:
         """Delete the markers of files that are gone (removed behind the server's back, or
-        by a node that died between the removal and its marker's); how many. `exists`
-        tells whether a path holds a file."""
+        by a node that died between the removal and its marker's), also those of a file
+        that another upload has replaced since; how many. `uploaded` gives when the file at
+        a path was uploaded (None: no file there)."""
         gone = 0
         for listed in self.client.list_objects(self._marks):
             parts = listed.key[len(self._marks) :].split("/")
             if len(parts) != 4:
                 continue
+            try:
+                marked = float(parts[3])
+            except ValueError:
+                marked = 0.0
             if parts[1].startswith("~"):
                 body = self.client.get(listed.key)
                 if body is None:
@@ -171,7 +176,9 @@ class S3Usage:
                 rel = body.decode("utf-8", "surrogateescape")
             else:
                 rel = unquote(parts[1])
-            if not exists(rel):
+            # (a file's marker is written after its upload began: an older one is stale)
+            there = uploaded(rel)
+            if there is None or marked < there:
                 self.client.delete(listed.key)
                 gone += 1
         return gone
