@@ -130,6 +130,27 @@ class Streams:
     def upload(self, *args: Any, **kwargs: Any) -> StreamedUpload:
         return StreamedUpload(self, *args, **kwargs)
 
+    def pieces(self, **kwargs: Any) -> PieceStream:
+        return PieceStream(self, **kwargs)
+
+    def small(self, *args: Any, **kwargs: Any) -> defer.Deferred[tuple[int, str, bytes]]:
+        return small_request(self, *args, **kwargs)
+
+    def every(self, interval: float, call: Callable[[], object]) -> Callable[[], None]:
+        """Call `call` every `interval` seconds (on the reactor, from the reactor); the
+        function returned stops it."""
+        from twisted.internet import task
+
+        loop = task.LoopingCall(call)
+        loop.clock = self.reactor
+        loop.start(interval, now=False).addErrback(lambda _: None)
+
+        def stop() -> None:
+            if loop.running:
+                loop.stop()
+
+        return stop
+
     def wait(self, deferred: Callable[[], defer.Deferred[Any]]) -> Any:
         """From a thread: the result of the Deferred that `deferred` gives on the reactor
         (its failure raised)."""
@@ -422,6 +443,295 @@ class StreamedUpload:
         done: defer.Deferred[Any] = upload_ids.addCallback(abort_upload)
         done.addErrback(lambda _: None)  # (the sweeper aborts what is left)
         return done
+
+
+# -- a resumable upload's pieces -------------------------------------------------------------
+
+
+@implementer(IBodyProducer)
+class SmallBody:
+    """A small request body held whole (facts, holder records)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def small_request(
+    streams: Streams,
+    method: str,
+    key: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    query: Sequence[tuple[str, str]] = (),
+) -> defer.Deferred[tuple[int, str, bytes]]:
+    """A request with a small body (or none): its status, entity tag and body."""
+    producer = SmallBody(body) if body is not None else None
+    d = streams.request(method, key, query, headers, producer)
+
+    def answered(response: Any) -> defer.Deferred[tuple[int, str, bytes]]:
+        etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("latin-1")
+        return readBody(response).addCallback(  # type: ignore[no-any-return]
+            lambda data: (response.code, etag, data)
+        )
+
+    return d.addCallback(answered)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Piece:
+    """A stretch of a resumable upload stored by one request to the store: the whole object
+    (``single``), a part of its multipart upload (``part``) or the bytes after the last part
+    (``tail``, an object of its own)."""
+
+    kind: str
+    start: int
+    length: int
+    number: int = 0
+    #: What the store answered: its status and entity tag; and the MD5 of what was sent.
+    status: int = 0
+    etag: str = ""
+    md5: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class PieceStream:
+    """The bytes of one request of a resumable upload, on their way into the store as
+    pieces (see `hmacfs.storage.s3.resumable`). Runs on the reactor.
+
+    Pieces are cut at `part_size` from `start` (where the stored parts end); the first one
+    begins with `prefix` (the stored tail, read back), and the request's bytes follow. A
+    piece that ends where the request does, short of the upload's end and smaller than S3's
+    smallest part, is a tail; the whole upload in one piece is one create-only PUT; anything
+    else is a part. `stored` is told of each piece the store took; `created` of the
+    multipart upload, once there is one."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        *,
+        key: str,
+        tail_key: Callable[[int], str],
+        headers: Mapping[str, str],
+        size: int,
+        part_size: int,
+        min_part: int,
+        start: int,
+        prefix: bytes,
+        end: int,
+        upload_id: str | None,
+        next_number: int,
+        flow: Flow,
+        in_flight: int,
+        stored: Callable[[Piece], None],
+        created: Callable[[str], None],
+    ) -> None:
+        self.streams = streams
+        self.key = key
+        self.tail_key = tail_key
+        self.headers = dict(headers)
+        self.size = size
+        self.part_size = part_size
+        self.min_part = min_part
+        self.end = end
+        self.flow = flow
+        self.in_flight = in_flight
+        self._stored = stored
+        self._created = created
+        self._pos = start
+        self._number = next_number
+        self.error: StoreError | None = None
+        self._piece: tuple[Piece, BodyWriter, Any] | None = None
+        self._waiting: dict[int, tuple[defer.Deferred[Any], BodyWriter]] = {}
+        self._upload_id: defer.Deferred[str] | None = (
+            defer.succeed(upload_id) if upload_id is not None else None
+        )
+        self._quiet: list[defer.Deferred[None]] = []
+        self._multipart_pending = False
+        if prefix:
+            self.write(prefix)
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        while data:
+            if self._piece is None:
+                self._next_piece()
+            assert self._piece is not None
+            piece, writer, digest = self._piece
+            take = data if len(data) <= writer.remaining else data[: writer.remaining]
+            data = data[len(take) :]
+            self._pos += len(take)
+            digest.update(take)
+            writer.write(take)
+            if writer.remaining == 0:
+                piece.md5 = digest.hexdigest()
+                self._piece = None
+
+    def _next_piece(self) -> None:
+        import hashlib
+
+        start = self._pos
+        if start >= self.end:
+            raise StoreError("more bytes than the request has")
+        stop = min(start + self.part_size, self.end)
+        if start == 0 and stop == self.size and self._number == 1:
+            piece = Piece("single", start, stop - start)
+        elif stop < self.size and stop - start < self.min_part:
+            piece = Piece("tail", start, stop - start)
+        else:
+            piece = Piece("part", start, stop - start, number=self._number)
+            self._number += 1
+        writer = BodyWriter(piece.length, self.flow, f"piece at {start}")
+        self._piece = (piece, writer, hashlib.md5(usedforsecurity=False))
+        if piece.kind == "single":
+            put_headers = {**self.headers, "if-none-match": "*"}
+            request = self.streams.request("PUT", self.key, (), put_headers, writer)
+            self._send(piece, writer, request)
+        elif piece.kind == "tail":
+            request = self.streams.request("PUT", self.tail_key(start), (), {}, writer)
+            self._send(piece, writer, request)
+        else:
+            self._send(piece, writer, self._part_request(piece, writer))
+
+    def _part_request(self, piece: Piece, writer: BodyWriter) -> defer.Deferred[Any]:
+        if self._upload_id is None:
+            query = (("uploads", ""),)
+            self._upload_id = self.streams.request("POST", self.key, query, self.headers)
+            self._upload_id.addCallback(self._read_upload_id)
+        sent: list[defer.Deferred[Any]] = []
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            for request in sent:
+                request.cancel()  # (which drops its connection to the store)
+
+        d: defer.Deferred[Any] = defer.Deferred(canceller=cancel)
+
+        def relay(result: object) -> None:
+            if d.called:
+                return
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        def send(upload_id: str) -> None:
+            if d.called:  # (cut before the multipart upload existed)
+                return
+            query = (("partNumber", str(piece.number)), ("uploadId", upload_id))
+            request = self.streams.request("PUT", self.key, query, {}, writer)
+            sent.append(request)
+            request.addBoth(relay)
+
+        def failed(failure: Failure) -> Failure:
+            writer.stopProducing()
+            if not d.called:
+                d.errback(failure)
+            return failure
+
+        def on_id(upload_id: str) -> str:
+            send(upload_id)
+            return upload_id
+
+        self._upload_id.addCallbacks(on_id, failed)
+        return d
+
+    def _read_upload_id(self, response: Any) -> defer.Deferred[str]:
+        def read(body: bytes) -> str:
+            if response.code != 200:
+                raise _answer_error(response, body, "starting a multipart upload")
+            found = [e.text for e in parse_xml(body).iter() if e.tag.endswith("UploadId")]
+            if not found or not found[0]:
+                raise StoreError("starting a multipart upload: no UploadId in the answer")
+            self._created(found[0])
+            return found[0]
+
+        return readBody(response).addCallback(read)  # type: ignore[no-any-return]
+
+    def _send(self, piece: Piece, writer: BodyWriter, d: defer.Deferred[Any]) -> None:
+        self._waiting[piece.start] = (d, writer)
+        if len(self._waiting) > self.in_flight:
+            self.flow.pause("pieces in flight")
+        what = f"storing the bytes from {piece.start}"
+
+        def answered(response: Any) -> defer.Deferred[None]:
+            def read(body: bytes) -> None:
+                piece.status = response.code
+                if response.code == 412 and piece.kind == "single":
+                    return  # (an object is there: the commit compares)
+                if response.code != 200:
+                    raise _answer_error(response, body, what)
+                etag = (response.headers.getRawHeaders(b"etag") or [b""])[0]
+                piece.etag = etag.decode("latin-1")
+
+            return readBody(response).addCallback(read)  # type: ignore[no-any-return]
+
+        def ended(result: object) -> None:
+            writer.release()
+            self._waiting.pop(piece.start, None)
+            if len(self._waiting) <= self.in_flight:
+                self.flow.resume("pieces in flight")
+            if isinstance(result, Failure):
+                if self.error is None:
+                    self.error = _as_store_error(result, what)
+            elif writer.remaining == 0:
+                self._stored(piece)
+            self._settle()
+
+        d.addCallback(answered).addBoth(ended)
+
+    def _settle(self) -> None:
+        if self._waiting:
+            return
+        quiet, self._quiet = self._quiet, []
+        for d in quiet:
+            d.callback(None)
+
+    def settled(self) -> defer.Deferred[None]:
+        """Fires once no piece is on its way any more (stored or failed)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._quiet.append(d)
+        self._settle()
+        return d
+
+    def cut(self) -> defer.Deferred[None]:
+        """The request ended early: drop the piece still waiting for bytes (pieces whose
+        bytes are all sent still get their answers); fires once none is on its way."""
+        if self._piece is not None:
+            piece, writer, _ = self._piece
+            self._piece = None
+            waiting = self._waiting.get(piece.start)
+            if waiting is not None:
+                waiting[0].cancel()
+            writer.release()
+        return self.settled()
+
+    def abort(self) -> defer.Deferred[None]:
+        """Drop every piece on its way."""
+        self._piece = None
+        for d, writer in list(self._waiting.values()):
+            d.cancel()
+            writer.release()
+        if self.error is None:
+            self.error = StoreError("upload aborted")
+        return self.settled()
 
 
 def _as_store_error(failure: Failure, what: str) -> StoreError:

@@ -162,9 +162,11 @@ class Partial(Protocol):
         """Forget the body (idempotent)."""
         ...
 
-    def close(self) -> None:
+    def close(self) -> object:
         """Let go of the partial but keep it for `Backend.reopen` if it is reopenable (an
-        upload cut off that may be resumed); abort it otherwise."""
+        upload cut off that may be resumed); abort it otherwise. A remote store's partial
+        lets go on the reactor, and returns a Deferred that fires once it has (None
+        otherwise)."""
         ...
 
 

@@ -16,7 +16,8 @@ without the other, and never over another object:
   is `CLAIM_STALE` old, with `If-Match` on its entity tag, so that only one node takes it.
 
 A multipart upload whose client went away is aborted at once; one a crashed node left is
-aborted by the sweeper, once no part can still be on its way (see `stale_after`).
+aborted by the sweeper, once no part can still be on its way (see `stale_after`). Resumable
+uploads are kept in the bucket too, by `hmacfs.storage.s3.resumable`.
 
 The control requests (HEAD, DELETE, listings, completion) are blocking and are made from
 threads; the bodies stream on the reactor (`hmacfs.http.objectstore`), which `attach` gives.
@@ -105,6 +106,12 @@ class S3Storage:
         self.clock = clock
         self.fsync = True
         self.streams: Any = None
+        #: Whether this store matches If-Match against the bare entity tag only (Ceph 16);
+        #: None until a conditional write tells.
+        self._bare_if_match: bool | None = None
+        from hmacfs.storage.s3.resumable import Resumables
+
+        self.resumables = Resumables(self)
 
     def attach(self, streams: Any) -> None:
         """Stream bodies with `streams` (`hmacfs.http.objectstore.Streams`, on the reactor of
@@ -245,10 +252,27 @@ class S3Storage:
                 self.accounting.added(stored.rel, stored.size, stored.uploader)
 
     def partial_files(self) -> Iterator[PartialFile]:
-        """The unfinished multipart uploads, as `LocalStorage.partial_files` gives partials
-        (for `stats`): "plain" ones, abandoned once a sweep would abort them."""
+        """The unfinished uploads, as `LocalStorage.partial_files` gives partials (for
+        `stats`): resumable ones ("resumable", or "completed" for the record a completed
+        one keeps), and the other multipart uploads ("plain", abandoned once a sweep would
+        abort them)."""
         now = self.clock()
+        in_use = set()
+        for upload_id, facts in self.resumables.listed():
+            if facts is None:
+                continue
+            if facts.upload_id:
+                in_use.add(facts.upload_id)
+            yield PartialFile(
+                name=upload_id,
+                kind="completed" if facts.complete else "resumable",
+                size=0 if facts.complete else facts.received,
+                touched=facts.touched,
+                abandoned=None if self.resumables.live(facts) else "older than resumable_ttl",
+            )
         for unfinished in self.client.list_unfinished(self.prefix):
+            if unfinished.upload_id in in_use:
+                continue
             stale = unfinished.initiated + self.stale_after < now
             yield PartialFile(
                 name=unfinished.upload_id,
@@ -284,9 +308,11 @@ class S3Storage:
         if self.accounting is not None:
             self.accounting.sweep()
             report.orphans += self.accounting.reconcile(self._uploaded)
+        removed, report.kept, report.kept_bytes, in_use = self.resumables.sweep(active)
+        report.partials += removed
         for unfinished in self.client.list_unfinished(self.prefix):
-            if unfinished.upload_id in active:
-                continue
+            if unfinished.upload_id in active or unfinished.upload_id in in_use:
+                continue  # (a resumable upload's parts are kept as long as it is)
             if unfinished.initiated + self.stale_after < now:
                 self.client.abort_multipart(unfinished.key, unfinished.upload_id)
                 report.partials += 1
@@ -311,6 +337,10 @@ class S3Storage:
         is only hashed, to be compared with it."""
         if self.streams is None:
             raise StorageFailure("object store not attached")
+        if reopenable:
+            return self.resumables.begin(  # type: ignore[return-value]
+                rel, size, content_type, expires=expires, scheme=scheme, uploader=uploader
+            )
         return S3Partial(
             self,
             rel,
@@ -322,19 +352,22 @@ class S3Storage:
             existing=existing if isinstance(existing, StoredObject) else None,
         )
 
+    # -- resumable uploads (`hmacfs.storage.s3.resumable`; blocking, from threads) -----------
+
     def reopen(self, upload_id: str, *, appending: bool = False) -> Any:
-        raise NotFound("no such upload")
+        return self.resumables.reopen(upload_id, appending=appending)
 
     def describe(self, upload_id: str) -> PartialState:
-        raise NotFound("no such upload")
+        return self.resumables.describe(upload_id)
 
     def claim(self, upload_id: str, *, appending: bool) -> str:
-        raise StorageFailure("resumable uploads are not kept in the object store")
+        return self.resumables.claim(upload_id, appending=appending)
 
     def claim_of(self, upload_id: str) -> str | None:
-        return None
+        return self.resumables.claim_of(upload_id)
 
     def claimed(self) -> frozenset[str]:
+        # (a node holding an upload asks `claim_of` for each, from a thread)
         return frozenset()
 
     def wants_refill(self) -> bool:
@@ -395,18 +428,32 @@ class S3Storage:
             delay = min(delay * 2, 0.5)
 
     def _replace_if(self, key: str, etag: str, body: bytes) -> bool:
-        """PUT `body` at `key` if the object there still has entity tag `etag`; whether it
-        did. Ceph's gateway (16) matches If-Match against the bare tag only, and refuses the
-        quoted form that HTTP (and AWS) use: the bare form is tried when the quoted one is
-        refused (each is conditional, so of nodes racing on one tag one wins)."""
-        quoted = etag.strip()
-        for value in dict.fromkeys((quoted, _plain_etag(quoted))):
+        return self.replace_if(key, etag, body) is not None
+
+    def replace_if(self, key: str, etag: str, body: bytes) -> str | None:
+        """PUT `body` at `key` if the object there still has entity tag `etag`; the new
+        entity tag if it did, else None. Blocking."""
+        forms = self.if_match_forms(etag)
+        for value in forms:
             answer = self.client.request(
-                "PUT", key, headers={"if-match": value}, body=body, what="taking a claim"
+                "PUT", key, headers={"if-match": value}, body=body, what="replacing an object"
             )
             if answer.status == 200:
-                return True
-        return False
+                self.if_match_worked('"' not in value)
+                return answer.headers.get("etag", "")
+        return None
+
+    def if_match_forms(self, etag: str) -> list[str]:
+        """The If-Match values to try for `etag`, in turn. Ceph's gateway (16) matches
+        If-Match against the bare tag only, and refuses the quoted form that HTTP (and AWS)
+        use: the bare form is tried when the quoted one is refused (each is conditional, so
+        of nodes racing on one tag one wins); once one form worked, it goes first."""
+        quoted = etag.strip()
+        forms = list(dict.fromkeys((quoted, _plain_etag(quoted))))
+        return forms[::-1] if self._bare_if_match else forms
+
+    def if_match_worked(self, bare: bool) -> None:
+        self._bare_if_match = bare
 
     def drop_claim(self, rel: str) -> None:
         # (if it cannot be deleted, the next taker finds it stale; the sweeper removes it)

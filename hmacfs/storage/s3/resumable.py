@@ -1,0 +1,776 @@
+"""Resumable uploads kept in the object store: an upload cut on one node is continued on any
+other (or on the same one after a restart), since nothing of it lives in a node's memory.
+
+Under ``prefix + ".hmacfs/resumable/<id>/"`` each upload has:
+
+- ``facts``: what the upload is (path, size, type, expiry, uploader) and how far it got: the
+  multipart upload at the file's key, the parts stored in it (start, length, entity tag and
+  MD5 of each), and the *tail*, the bytes after the last part when there are too few for a
+  part (S3's parts are at least 5 MiB, but the last); written by the request that holds the
+  upload each time a piece is stored, and kept `resumable_ttl` after the commit so that its
+  upload resource still answers;
+- ``tail-<start>``: the tail, an object of its own; the next request sends it again, in
+  front of its own bytes, as the first piece it stores (at most `MIN_PART` bytes are read
+  back, once per request, to do so);
+- ``holder``: the request that holds the upload (one at a time, in all nodes), created with
+  ``If-None-Match: *`` and renewed every `HOLD_BEAT` seconds with ``If-Match``; a holder whose
+  record has not changed for `HOLD_STALE` seconds (its node died) is taken over, again with
+  ``If-Match``, so that of two nodes taking it one does;
+- ``claim``: the newest request for the upload (see `hmacfs.storage.backend.Backend.claim`):
+  a node holding the upload for an older request lets go of it once it sees another claim.
+
+An upload that is the whole of its size in one piece of at most the part size is one
+create-only PUT of the file, as a plain upload is; anything larger completes its multipart
+upload while holding the path's claim, as a plain upload does (`S3Partial._complete`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from hmacfs.core.paths import RESERVED_SEGMENT
+from hmacfs.core.refusals import BadRequest, Conflict, NotFound, StorageFailure, TooLarge
+from hmacfs.storage.backend import Busy, PartialState, StoredFile, make_claim
+from hmacfs.storage.s3.client import StoreError
+
+if TYPE_CHECKING:
+    from hmacfs.storage.s3.backend import S3Storage
+
+#: S3's smallest part (but the last).
+MIN_PART = 5 * 2**20
+#: How often a request holding an upload renews its holder record.
+HOLD_BEAT = 3.0
+#: A holder record unchanged this long belongs to a node that died: it is taken over.
+HOLD_STALE = 10.0
+
+
+def _md5_of_parts(md5s: list[str]) -> str:
+    joined = hashlib.md5(usedforsecurity=False)
+    joined.update(b"".join(bytes.fromhex(md5) for md5 in md5s))
+    return f"{joined.hexdigest()}-{len(md5s)}"
+
+
+@dataclass
+class Part:
+    number: int
+    start: int
+    length: int
+    etag: str
+    md5: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass
+class Facts:
+    """What an upload is, and how far it got (the ``facts`` object)."""
+
+    rel: str
+    size: int
+    content_type: str
+    expires: float | None
+    scheme: str
+    uploader: str | None
+    created: float
+    touched: float
+    upload_id: str | None = None
+    parts: list[Part] = field(default_factory=list)
+    #: The tail's start and length.
+    tail: tuple[int, int] | None = None
+    complete: bool = False
+    by_size: bool = False
+
+    @property
+    def parts_end(self) -> int:
+        return self.parts[-1].end if self.parts else 0
+
+    @property
+    def received(self) -> int:
+        if self.complete:
+            return self.size
+        return self.tail[0] + self.tail[1] if self.tail is not None else self.parts_end
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "rel": self.rel,
+            "size": self.size,
+            "type": self.content_type,
+            "expires": self.expires,
+            "scheme": self.scheme,
+            "uploader": self.uploader,
+            "created": self.created,
+            "touched": self.touched,
+            "upload_id": self.upload_id,
+            "parts": [[p.number, p.start, p.length, p.etag, p.md5] for p in self.parts],
+            "tail": list(self.tail) if self.tail is not None else None,
+            "complete": self.complete,
+            "by_size": self.by_size,
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Facts:
+        """Raises ValueError for anything else than facts."""
+        try:
+            data = json.loads(body)
+            tail = data.get("tail")
+            return cls(
+                rel=str(data["rel"]),
+                size=int(data["size"]),
+                content_type=str(data["type"]),
+                expires=None if data.get("expires") is None else float(data["expires"]),
+                scheme=str(data.get("scheme") or ""),
+                uploader=None if data.get("uploader") is None else str(data["uploader"]),
+                created=float(data["created"]),
+                touched=float(data["touched"]),
+                upload_id=data.get("upload_id") or None,
+                parts=[
+                    Part(int(n), int(s), int(ln), str(e), str(m))
+                    for n, s, ln, e, m in data.get("parts") or []
+                ],
+                tail=(int(tail[0]), int(tail[1])) if tail else None,
+                complete=bool(data.get("complete")),
+                by_size=bool(data.get("by_size")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not the facts of an upload: {e}") from None
+
+
+class Resumables:
+    """The resumable uploads of one `S3Storage` (its `describe`, `reopen`, `claim`...)."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.storage = storage
+        #: The holder records seen busy, by upload: their entity tag, and since when.
+        self._seen: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- names ----------------------------------------------------------------------------
+
+    @property
+    def root(self) -> str:
+        return f"{self.storage.prefix}{RESERVED_SEGMENT}/resumable/"
+
+    def key(self, upload_id: str, name: str) -> str:
+        return f"{self.root}{upload_id}/{name}"
+
+    def tail_key(self, upload_id: str, start: int) -> str:
+        return self.key(upload_id, f"tail-{start}")
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def facts(self, upload_id: str) -> Facts | None:
+        """The facts of `upload_id`, None when there are none (or not readable). Blocking."""
+        if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
+            return None
+        try:
+            body = self.storage.client.get(self.key(upload_id, "facts"))
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        if body is None:
+            return None
+        try:
+            return Facts.decode(body)
+        except ValueError:
+            return None
+
+    def live(self, facts: Facts) -> bool:
+        """Whether the upload's resource still answers (it is kept `resumable_ttl`)."""
+        return facts.touched + self.storage.resumable_ttl > self.storage.clock()
+
+    def describe(self, upload_id: str) -> PartialState:
+        facts = self.facts(upload_id)
+        if facts is None or not self.live(facts):
+            raise NotFound("no such upload")
+        return PartialState(
+            id=upload_id,
+            rel=facts.rel,
+            size=facts.size,
+            received=facts.received,
+            complete=facts.complete,
+            touched=facts.touched,
+            by_size=facts.by_size,
+        )
+
+    # -- claims ---------------------------------------------------------------------------
+
+    def claim(self, upload_id: str, *, appending: bool) -> str:
+        claim = make_claim(appending, secrets.token_hex(8))
+        try:
+            self.storage.client.put(self.key(upload_id, "claim"), claim.encode())
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        return claim
+
+    def claim_of(self, upload_id: str) -> str | None:
+        try:
+            body = self.storage.client.get(self.key(upload_id, "claim"))
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        return body.decode("ascii", "replace") if body is not None else None
+
+    # -- holding ----------------------------------------------------------------------------
+
+    def reopen(self, upload_id: str, *, appending: bool) -> S3ResumablePartial:
+        """Hold `upload_id` (blocking). Raises NotFound, Busy, StorageFailure."""
+        facts = self.facts(upload_id)
+        if facts is None or facts.complete or not self.live(facts):
+            raise NotFound("no such upload")
+        try:
+            holder = self._take_holder(upload_id, appending)
+            tail = b""
+            if appending and facts.tail is not None:
+                tail = self._read_tail(upload_id, facts.tail)
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        return S3ResumablePartial(
+            self, upload_id, facts, holder=holder, appending=appending, tail=tail, new=False
+        )
+
+    def _read_tail(self, upload_id: str, tail: tuple[int, int]) -> bytes:
+        start, length = tail
+        if length == 0:
+            return b""
+        answer = self.storage.client.request(
+            "GET",
+            self.tail_key(upload_id, start),
+            headers={"range": f"bytes=0-{length - 1}"},
+            what="reading an upload's tail",
+        )
+        if answer.status not in (200, 206) or len(answer.body) < length:
+            raise StorageFailure("object store lost part of the upload")
+        return answer.body[:length]
+
+    def holder_body(self, appending: bool, beat: int = 0) -> bytes:
+        return json.dumps(
+            {"appending": appending, "beat": beat, "nonce": secrets.token_hex(8)}
+        ).encode()
+
+    def _take_holder(self, upload_id: str, appending: bool) -> str:
+        """The entity tag of our new holder record. Raises Busy."""
+        client = self.storage.client
+        key = self.key(upload_id, "holder")
+        body = self.holder_body(appending)
+        for _ in range(2):
+            answer = client.request(
+                "PUT", key, headers={"if-none-match": "*"}, body=body, what="holding an upload"
+            )
+            if answer.status // 100 == 2:
+                with self._lock:
+                    self._seen.pop(upload_id, None)
+                return answer.headers.get("etag", "")
+            if answer.status != 412:
+                raise StoreError(f"holding an upload: {answer.status}", answer.status)
+            held = client.request("GET", key, what="reading an upload's holder")
+            if held.status == 404:
+                continue  # (let go of meanwhile)
+            etag = held.headers.get("etag", "")
+            try:
+                busy_appending = bool(json.loads(held.body).get("appending"))
+            except (ValueError, AttributeError):
+                busy_appending = False
+            now = time.monotonic()
+            with self._lock:
+                seen = self._seen.get(upload_id)
+                if seen is None or seen[0] != etag:
+                    self._seen[upload_id] = (etag, now)
+                    raise Busy(appending=busy_appending)
+                if now - seen[1] < HOLD_STALE:
+                    raise Busy(appending=busy_appending)
+            # Its node stopped renewing it: take it over (if nobody else just did).
+            taken = self.storage.replace_if(key, etag, body)
+            if taken is None:
+                raise Busy(appending=busy_appending)
+            with self._lock:
+                self._seen.pop(upload_id, None)
+            return taken
+        raise Busy(appending=False)
+
+    # -- creating -------------------------------------------------------------------------
+
+    def begin(
+        self,
+        rel: str,
+        size: int,
+        content_type: str,
+        *,
+        expires: float | None,
+        scheme: str,
+        uploader: str | None,
+    ) -> S3ResumablePartial:
+        """A new resumable upload (on the reactor): its facts and holder are written as
+        its first bytes stream."""
+        now = self.storage.clock()
+        self.storage.key_of(rel)  # (raises for a path too long)
+        facts = Facts(rel, size, content_type, expires, scheme, uploader, now, now)
+        upload_id = secrets.token_hex(16)
+        return S3ResumablePartial(
+            self, upload_id, facts, holder=None, appending=False, tail=b"", new=True
+        )
+
+    # -- removing -------------------------------------------------------------------------
+
+    def remove(self, upload_id: str, facts: Facts | None) -> None:
+        """Delete everything of `upload_id` (blocking; what cannot be deleted is left to the
+        sweeper)."""
+        client = self.storage.client
+        with contextlib.suppress(StoreError):
+            if facts is not None and facts.upload_id and not facts.complete:
+                client.abort_multipart(self.storage.key_of(facts.rel), facts.upload_id)
+            for listed in list(client.list_objects(f"{self.root}{upload_id}/")):
+                client.delete(listed.key)
+
+    def _ids(self) -> dict[str, float]:
+        """Every upload with something in the store, and when it was last written to."""
+        ids: dict[str, float] = {}
+        for listed in self.storage.client.list_objects(self.root):
+            upload_id = listed.key[len(self.root) :].split("/", 1)[0]
+            ids[upload_id] = max(ids.get(upload_id, 0.0), listed.modified)
+        return ids
+
+    def listed(self) -> Iterator[tuple[str, Facts | None]]:
+        """Every upload with something in the store, and its facts (None: none). Blocking."""
+        for upload_id in self._ids():
+            yield upload_id, self.facts(upload_id)
+
+    def sweep(self, active: frozenset[str]) -> tuple[int, int, int, set[str]]:
+        """Remove uploads whose time is up: (partials removed, kept, bytes kept, multipart
+        uploads still in use). Blocking."""
+        removed = kept = kept_bytes = 0
+        in_use: set[str] = set()
+        now = self.storage.clock()
+        for upload_id, modified in self._ids().items():
+            facts = self.facts(upload_id)
+            if upload_id in active:
+                if facts is not None and facts.upload_id:
+                    in_use.add(facts.upload_id)
+                continue
+            if facts is None:
+                # What a node that died at the creation left (or a removal cut short).
+                if modified + self.storage.resumable_ttl < now:
+                    self.remove(upload_id, None)
+                    removed += 1
+                continue
+            if self.live(facts):
+                if facts.upload_id:
+                    in_use.add(facts.upload_id)
+                if not facts.complete:
+                    kept += 1
+                    kept_bytes += facts.received
+                continue
+            self.remove(upload_id, facts)
+            removed += 0 if facts.complete else 1
+        return removed, kept, kept_bytes, in_use
+
+
+class S3ResumablePartial:
+    """One request's hold on a resumable upload in the object store (see the module)."""
+
+    reopenable = True
+
+    def __init__(
+        self,
+        uploads: Resumables,
+        upload_id: str,
+        facts: Facts,
+        *,
+        holder: str | None,
+        appending: bool,
+        tail: bytes,
+        new: bool,
+    ) -> None:
+        storage = uploads.storage
+        if storage.streams is None:
+            raise StorageFailure("object store not attached")
+        self.uploads = uploads
+        self.storage = storage
+        self.streams = storage.streams
+        self._id = upload_id
+        self.name = upload_id
+        self.facts = facts
+        self.rel = facts.rel
+        self.size = facts.size
+        self.content_type = facts.content_type
+        self.expires = facts.expires
+        self.scheme = facts.scheme
+        self.uploader = facts.uploader
+        self.received = facts.received
+        self.done = False
+        self.claim: str | None = None
+        self.by_size = False
+        #: Where the body of the request that holds the upload ends (when it says).
+        self.body_end: int | None = None
+        self.appending = appending
+        self.key = storage.key_of(facts.rel)
+        self.flow = self.streams.flow()
+        self._holder = holder
+        self._tail = tail
+        self._stream: Any = None
+        self._stop_beat: Any = None
+        self._beats = 0
+        self._lost = False
+        self._bad = False
+        self._pieces: dict[int, Any] = {}
+        self._single: Any = None
+        self._saving: Any = None
+        if new:
+            self._save()
+            holder_key = uploads.key(upload_id, "holder")
+            d = self.streams.small("PUT", holder_key, body=uploads.holder_body(False))
+            d.addCallbacks(self._held, lambda _: None)
+            self._start_beat()
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def attach(self, source: Any) -> None:
+        self.flow.source = source
+
+    # -- the bytes ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            raise StorageFailure("upload already closed")
+        if self._lost:
+            raise StorageFailure("another request took this upload over")
+        if self.received + len(data) > self.size:
+            raise TooLarge("body longer than Content-Length")
+        if self._stream is None:
+            self._start()
+        self.received += len(data)
+        try:
+            self._stream.write(data)
+        except StoreError as e:
+            raise StorageFailure("object store refused the upload") from e
+
+    def _start(self) -> None:
+        facts = self.facts
+        end = self.size if self.body_end is None else min(self.body_end, self.size)
+        self._stream = self.streams.pieces(
+            key=self.key,
+            tail_key=lambda start: self.uploads.tail_key(self._id, start),
+            headers=self._object_headers(),
+            size=self.size,
+            part_size=self.storage.part_size,
+            min_part=MIN_PART,
+            start=facts.parts_end,
+            prefix=self._tail,
+            end=end,
+            upload_id=facts.upload_id,
+            next_number=len(facts.parts) + 1,
+            flow=self.flow,
+            in_flight=self.storage.parts_in_flight,
+            stored=self._stored_piece,
+            created=self._created,
+        )
+        self._tail = b""
+        if self._stop_beat is None:
+            self._start_beat()
+
+    def _object_headers(self) -> dict[str, str]:
+        headers = {
+            "content-type": self.content_type,
+            "x-amz-meta-type": self.content_type,
+            "x-amz-meta-uploaded": repr(self.storage.clock()),
+            "x-amz-meta-scheme": self.scheme or "-",
+        }
+        if self.expires is not None:
+            headers["x-amz-meta-expires"] = repr(float(self.expires))
+        if self.uploader is not None:
+            headers["x-amz-meta-uploader"] = quote(self.uploader, safe="")
+        return headers
+
+    def fileno(self) -> int:
+        raise StorageFailure("not a local file")
+
+    def wrote(self, count: int) -> None:
+        raise StorageFailure("not a local file")
+
+    def failed(self, error: OSError) -> StorageFailure:
+        return StorageFailure("object store failure")
+
+    def can_commit_inline(self, compare: bool = False) -> bool:
+        return False
+
+    # -- what the store took (on the reactor) ----------------------------------------------
+
+    def _created(self, upload_id: str) -> None:
+        self.facts.upload_id = upload_id
+        self._save()
+
+    def _stored_piece(self, piece: Any) -> None:
+        from hmacfs.storage.s3.backend import _digest_agrees
+
+        if piece.kind == "single":
+            self._single = piece
+            if piece.status == 200 and not _digest_agrees(piece.etag, piece.md5):
+                self._bad = True
+            return
+        if not _digest_agrees(piece.etag, piece.md5):
+            self._bad = True
+            return
+        self._pieces[piece.start] = piece
+        facts = self.facts
+        old_tail = facts.tail
+        changed = False
+        while True:
+            found = self._pieces.get(facts.parts_end)
+            if found is None:
+                break
+            if found.kind == "tail":
+                if facts.tail is not None and facts.tail[1] >= found.length:
+                    break  # (never shorter than it was)
+                facts.tail = (found.start, found.length)
+                changed = True
+                break
+            del self._pieces[found.start]
+            facts.parts.append(Part(found.number, found.start, found.length, found.etag, found.md5))
+            if facts.tail is not None and facts.tail[0] < facts.parts_end:
+                facts.tail = None
+            changed = True
+        if changed:
+            self._save()
+            if old_tail is not None and (facts.tail is None or facts.tail[0] != old_tail[0]):
+                key = self.uploads.tail_key(self._id, old_tail[0])
+                self.streams.small("DELETE", key).addErrback(lambda _: None)
+
+    def _save(self) -> None:
+        """Write the facts as they stand (in order: each write waits for the one before)."""
+        self.facts.touched = self.storage.clock()
+        body = self.facts.encode()
+        key = self.uploads.key(self._id, "facts")
+
+        def write(_: object) -> Any:
+            headers = {"content-type": "application/json"}
+            return self.streams.small("PUT", key, headers=headers, body=body)
+
+        if self._saving is None:
+            self._saving = write(None)
+        else:
+            self._saving = self._saving.addBoth(write)
+        self._saving.addErrback(lambda _: None)
+
+    # -- the holder record ---------------------------------------------------------------------
+
+    def _held(self, answer: tuple[int, str, bytes]) -> None:
+        status, etag, _ = answer
+        if status // 100 == 2:
+            self._holder = etag
+
+    def _start_beat(self) -> None:
+        self._stop_beat = self.streams.every(HOLD_BEAT, self._beat)
+
+    def _stop_beating(self) -> None:
+        if self._stop_beat is not None:
+            self._stop_beat()
+
+    def _beat(self) -> Any:
+        if self._holder is None or self.done:
+            return None
+        self._beats += 1
+        body = self.uploads.holder_body(self.appending, self._beats)
+        key = self.uploads.key(self._id, "holder")
+        forms = self.storage.if_match_forms(self._holder)
+
+        def attempt(index: int) -> Any:
+            d = self.streams.small("PUT", key, headers={"if-match": forms[index]}, body=body)
+
+            def answered(answer: tuple[int, str, bytes]) -> Any:
+                status, etag, _ = answer
+                if status // 100 == 2:
+                    self.storage.if_match_worked('"' not in forms[index])
+                    self._holder = etag
+                    return None
+                if status == 412 and index + 1 < len(forms):
+                    return attempt(index + 1)
+                if status in (404, 412):
+                    self._lost = True  # another node took it over
+                return None
+
+            return d.addCallback(answered)
+
+        return attempt(0).addErrback(lambda _: None)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def _quiet(self) -> Any:
+        """(on the reactor) Fires once no piece and no facts write is on its way."""
+        from twisted.internet import defer
+
+        d = self._stream.settled() if self._stream is not None else defer.succeed(None)
+        return d.addCallback(lambda _: self._saved())
+
+    def _saved(self) -> Any:
+        """(on the reactor) Fires once the facts writes asked for so far are over."""
+        from twisted.internet import defer
+
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._saving is None:
+            d.callback(None)
+        else:
+
+            def passed(result: object) -> object:
+                d.callback(None)
+                return result
+
+            self._saving.addBoth(passed)
+        return d
+
+    def close(self) -> Any:
+        """Let go of the upload, what was stored kept (on the reactor): fires once the facts
+        say so and the holder record is gone."""
+        from twisted.internet import defer
+
+        if self.done:
+            return defer.succeed(None)
+        self.done = True
+        self._stop_beating()
+        self.flow.source = None
+        d = self._stream.cut() if self._stream is not None else defer.succeed(None)
+        d.addCallback(lambda _: self._saved())
+
+        def release(_: object) -> Any:
+            if self._lost:
+                return None
+            key = self.uploads.key(self._id, "holder")
+            return self.streams.small("DELETE", key)
+
+        return d.addCallback(release).addErrback(lambda _: None)
+
+    def abort(self) -> None:
+        """Cancel the upload (on the reactor): everything of it is removed, from a thread."""
+        if self.done:
+            return
+        self.done = True
+        self._stop_beating()
+        self.flow.source = None
+        from twisted.internet import defer, threads
+
+        d = self._stream.abort() if self._stream is not None else defer.succeed(None)
+        d.addCallback(lambda _: self._saved())
+        facts = self.facts
+        d.addBoth(lambda _: threads.deferToThread(self.uploads.remove, self._id, facts))
+        d.addErrback(lambda _: None)
+
+    def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
+        """Blocking (on a thread): wait for the last pieces, then make the file visible at
+        its path (or compare it with the one there)."""
+        if self.received != self.size:
+            raise BadRequest("body shorter than Content-Length")
+        try:
+            stored = self._commit()
+        except Conflict:
+            self.uploads.remove(self._id, self.facts)
+            raise
+        except BaseException:
+            self._release_now()
+            raise
+        finally:
+            self.done = True
+            self.streams.reactor.callFromThread(self._stop_beating)
+        self._completed()
+        return stored
+
+    def _commit(self) -> StoredFile:
+        storage = self.storage
+        try:
+            self.streams.wait(self._quiet)
+        except StoreError as e:
+            raise StorageFailure("object store refused the upload") from e
+        stream = self._stream
+        if self._bad:
+            raise StorageFailure("object store stored other bytes than were sent")
+        single = self._single
+        if single is not None:
+            return self._compare(single.md5) if single.status == 412 else self._stored()
+        if stream is not None and stream.error is not None:
+            raise StorageFailure("object store refused the upload")
+        if self.size == 0:
+            return self._create_empty()
+        facts = self.facts
+        if facts.parts_end != self.size or facts.upload_id is None:
+            raise StorageFailure("object store lost part of the upload")
+        digest = _md5_of_parts([p.md5 for p in facts.parts])
+        storage.take_claim(self.rel)
+        try:
+            there = storage._object(self.rel)
+            if there is not None:
+                with contextlib.suppress(StoreError):
+                    storage.client.abort_multipart(self.key, facts.upload_id)
+                if there.size == self.size and there.etag == digest:
+                    return there
+                raise Conflict("file already exists")
+            try:
+                storage.client.complete_multipart(
+                    self.key, facts.upload_id, [p.etag for p in facts.parts]
+                )
+            except StoreError as e:
+                if e.status == 412:
+                    return self._compare(digest)
+                raise StorageFailure("object store refused the upload") from e
+        finally:
+            storage.drop_claim(self.rel)
+        return self._stored()
+
+    def _create_empty(self) -> StoredFile:
+        empty = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+        try:
+            created = self.storage.client.put(
+                self.key, b"", self._object_headers(), create_only=True
+            )
+        except StoreError as e:
+            raise StorageFailure("object store refused the upload") from e
+        return self._stored() if created else self._compare(empty)
+
+    def _compare(self, digest: str) -> StoredFile:
+        there = self.storage._object(self.rel)
+        if there is not None and there.size == self.size and there.etag == digest:
+            return there
+        raise Conflict("file already exists")
+
+    def _stored(self) -> StoredFile:
+        """The file this upload made (counted in the usage ledger: a new one)."""
+        now = self.storage.clock()
+        stored = StoredFile(
+            rel=self.rel,
+            location=self.key,
+            size=self.size,
+            mtime=now,
+            content_type=self.content_type,
+            uploaded=now,
+            expires=self.expires,
+            uploader=self.uploader,
+        )
+        self.storage._count(stored)
+        return stored
+
+    def _completed(self) -> None:
+        """Keep the facts as the record of a completed upload; drop the rest (blocking)."""
+        client = self.storage.client
+        facts = self.facts
+        facts.complete = True
+        facts.by_size = self.by_size
+        facts.touched = self.storage.clock()
+        with contextlib.suppress(StoreError):
+            client.put(self.uploads.key(self._id, "facts"), facts.encode())
+            for listed in list(client.list_objects(f"{self.uploads.root}{self._id}/")):
+                if not listed.key.endswith("/facts"):
+                    client.delete(listed.key)
+
+    def _release_now(self) -> None:
+        if self._lost:
+            return
+        with contextlib.suppress(StoreError):
+            self.storage.client.delete(self.uploads.key(self._id, "holder"))
