@@ -403,7 +403,7 @@ def _storage(
     file: _File, server: ServerSettings, quota: QuotaSettings, storage: StorageSettings
 ) -> StorageSettings:
     """An s3 backend needs an endpoint, a bucket and credentials; its part sizes are S3's.
-    What it does not keep yet (resumable uploads, free space) is said."""
+    What it cannot keep (free space) is said."""
     if storage.backend != "s3":
         if storage.redirect_downloads:
             raise file.error(
@@ -434,13 +434,6 @@ def _storage(
     if quota.min_free_space:
         file.remark(
             "quota", "min_free_space", "an object store reports no free space: ignored"
-        )
-    if server.resumable and file.has("server", "resumable"):
-        file.remark(
-            "server",
-            "resumable",
-            'resumable uploads are not kept in an object store yet: with backend "s3" their '
-            "requests are taken as plain uploads",
         )
     return storage
 

@@ -19,6 +19,11 @@ in another process lets go of an upload that a newer request claimed (every proc
 while it holds uploads, `Resumptions._look`), and a request that waited for the upload gives
 up if a newer one claimed it meanwhile, so that what a request reports is never changed by an
 older one.
+
+With an object store the other process may be on another node: the store's answers are
+waited for on threads, a request waits longer for the holder to let go (`REMOTE_WAIT`: a
+node that died is let go of once its holder record is stale), and the claims are read less
+often (`REMOTE_POLL`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hmacfs.core import resumable as wire
 from hmacfs.core.auth import Grant
@@ -59,6 +65,12 @@ RELEASE_WAIT = 5.0
 #: How often a request waiting for an upload tries again, and how often a process holding
 #: uploads looks whether a newer request claimed one of them (a listing of a directory).
 RELEASE_POLL = 0.02
+#: For an object store, shared by nodes: how long a request waits for the node holding an
+#: upload to let go (longer than a dead node's holder record takes to go stale), and how
+#: often it tries again and a node holding uploads looks whether another request claimed one
+#: (a request to the store each time).
+REMOTE_WAIT = 20.0
+REMOTE_POLL = 0.25
 #: The methods of an upload resource.
 RESOURCE_METHODS = "OPTIONS, HEAD, PATCH, DELETE"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -96,12 +108,12 @@ class Resumptions:
     def __init__(self, site: UploadSite) -> None:
         self.site = site
         self._watch: task.LoopingCall | None = None
+        self._looking = False
         self._prefix: tuple[str | None, bytes] = (None, b"")
 
     @property
     def enabled(self) -> bool:
-        # (an object store keeps no partials yet: its uploads are plain ones)
-        return bool(self.site.config.server.resumable) and not self.site.storage.remote
+        return bool(self.site.config.server.resumable)
 
     def resource_prefix(self) -> bytes:
         """The path below which upload resources live (asked for every request: worked out
@@ -269,6 +281,8 @@ class Resumptions:
         """Hold the upload `upload_id` (None for a completed one, which nobody holds), after
         terminating the request under way on it, if any."""
         storage = self.site.storage
+        if storage.remote:
+            return self._take_remote(upload_id, token, request, appending=appending)
         state = storage.describe(upload_id)
         if not wire.token_matches(
             token, self.site.config.hmac.secrets, upload_id, state.rel, state.size
@@ -292,6 +306,41 @@ class Resumptions:
         if taken is not None:
             return defer.succeed(taken)
         return self._wait(upload_id, appending, claim)
+
+    def _take_remote(
+        self, upload_id: str, token: str, request: UploadRequest, *, appending: bool
+    ) -> defer.Deferred[tuple[PartialState, Partial | None]]:
+        """`_take` for an object store: what the store says is asked from threads, and the
+        node holding the upload may be another one (it lets go once it sees the claim)."""
+        site = self.site
+        storage = site.storage
+
+        def described(state: PartialState) -> Any:
+            if not wire.token_matches(
+                token, site.config.hmac.secrets, upload_id, state.rel, state.size
+            ):
+                raise NotFound("no such upload")
+            if state.complete:
+                return (state, None)
+            holder = self._holder(upload_id)
+            if holder is not None and appending and holder.resumed and holder.interruptible:
+                raise wire.busy()
+            if appending and request_gone(request):
+                raise wire.abandoned()
+            claimed = site.run_blocking(lambda: storage.claim(upload_id, appending=appending))
+
+            def got(claim: str) -> defer.Deferred[tuple[PartialState, Partial | None]]:
+                holder = self._holder(upload_id)
+                if holder is not None:
+                    self.terminate(holder)
+                return self._wait(upload_id, appending, claim)
+
+            return claimed.addCallback(got)
+
+        taken: defer.Deferred[tuple[PartialState, Partial | None]] = site.run_blocking(
+            storage.describe, upload_id
+        ).addCallback(described)
+        return taken
 
     def _attempt(
         self, upload_id: str, appending: bool, claim: str
@@ -322,23 +371,35 @@ class Resumptions:
         """Try to hold the upload every RELEASE_POLL seconds, up to RELEASE_WAIT; give up as
         soon as a newer request has claimed it."""
         clock = self.site.clock
-        deadline = clock.seconds() + RELEASE_WAIT
+        remote = self.site.storage.remote
+        poll = REMOTE_POLL if remote else RELEASE_POLL
+        deadline = clock.seconds() + (REMOTE_WAIT if remote else RELEASE_WAIT)
         d: defer.Deferred[tuple[PartialState, Partial | None]] = defer.Deferred()
 
-        def attempt() -> None:
-            try:
-                taken = self._attempt(upload_id, appending, claim)
-            except Refusal as e:
-                d.errback(e)
-                return
+        def decide(taken: tuple[PartialState, Partial | None] | None) -> None:
             if taken is not None:
                 d.callback(taken)
             elif clock.seconds() >= deadline:
                 d.errback(wire.locked())
             else:
-                clock.callLater(RELEASE_POLL, attempt)
+                clock.callLater(poll, attempt)
 
-        clock.callLater(RELEASE_POLL, attempt)
+        def attempt() -> None:
+            if remote:  # (from a thread: each attempt asks the store)
+                tried = self.site.run_blocking(self._attempt, upload_id, appending, claim)
+                tried.addCallbacks(decide, d.errback)
+                return
+            try:
+                taken = self._attempt(upload_id, appending, claim)
+            except Refusal as e:
+                d.errback(e)
+                return
+            decide(taken)
+
+        if remote:
+            attempt()
+        else:
+            clock.callLater(RELEASE_POLL, attempt)
         return d
 
     def _holder(self, upload_id: str) -> Upload | None:
@@ -458,6 +519,8 @@ class Resumptions:
                 )
             if complete and end != state.size:
                 raise wire.inconsistent_length(version, "the upload ends short of its size")
+            if hasattr(partial, "body_end"):
+                partial.body_end = end  # (an object store cuts its pieces where it ends)
             self._admit_append(request, partial, complete)
 
         return admit
@@ -466,7 +529,8 @@ class Resumptions:
         site = self.site
         if partial.size > site.config.server.max_upload_size:
             raise TooLarge("file too large")
-        existing = site.storage.existing(partial.rel)
+        # (an object store compares with what is at the path as it completes the upload)
+        existing = None if site.storage.remote else site.storage.existing(partial.rel)
         grant = Grant(
             path=partial.rel,
             size=partial.size,
@@ -490,7 +554,8 @@ class Resumptions:
         if self._watch is None or not self._watch.running:
             self._watch = task.LoopingCall(self._look)
             self._watch.clock = self.site.clock
-            self._watch.start(RELEASE_POLL, now=False)
+            poll = REMOTE_POLL if self.site.storage.remote else RELEASE_POLL
+            self._watch.start(poll, now=False)
 
     def _look(self) -> None:
         """Let go of the uploads another process asks for; stop looking once none is held."""
@@ -500,6 +565,9 @@ class Resumptions:
                 self._watch.stop()
             return
         storage = self.site.storage
+        if storage.remote:
+            self._look_remote(held)
+            return
         claimed = storage.claimed()
         if not claimed:
             return
@@ -512,6 +580,33 @@ class Resumptions:
             if upload.resumed and appending_claim(claim):
                 continue  # an append while this append is under way: it gets 409
             self.terminate(upload)  # a newer request wants it
+
+    def _look_remote(self, held: list[Upload]) -> None:
+        """`_look` for an object store: the claims are read from a thread."""
+        if self._looking:
+            return
+        self._looking = True
+        storage = self.site.storage
+        ids = sorted({upload.id for upload in held})
+        read = self.site.run_blocking(lambda: {i: storage.claim_of(i) for i in ids})
+
+        def seen(claims: dict[str, str | None]) -> None:
+            for upload in held:
+                claim = claims.get(upload.id)
+                if upload.over or not upload.interruptible:
+                    continue
+                if claim is None or claim == upload.partial.claim:
+                    continue
+                if upload.resumed and appending_claim(claim):
+                    continue
+                self.terminate(upload)
+
+        def done(result: object) -> None:
+            self._looking = False
+            if isinstance(result, Failure):
+                _log.debug("reading claims failed: {e}", e=result.getErrorMessage())
+
+        read.addCallback(seen).addBoth(done)
 
     def stop(self) -> None:
         if self._watch is not None and self._watch.running:

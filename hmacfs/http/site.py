@@ -255,7 +255,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
             looked_up = self.run_blocking(self._look_up_remote, grant, rel)
             return looked_up.addCallback(
                 lambda existing: self._begin_upload(
-                    request, grant, rel, creation, existing, checked=True
+                    request, grant, rel, creation, existing, checked=True, body=length
                 )
             )
         self._begin_upload(request, grant, rel, creation, self.storage.existing(rel))
@@ -278,6 +278,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         existing: StoredFile | None,
         *,
         checked: bool = False,
+        body: int | None = None,
     ) -> None:
         config = self.config
         # Same path, same size: take the body and compare; an identical body is a client
@@ -300,6 +301,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
             reopenable=creation is not None,
             existing=existing,
         )
+        if creation is not None and hasattr(partial, "body_end"):
+            partial.body_end = body  # (an object store cuts its pieces where the body ends)
         upload = self.start_upload(
             request,
             grant,

@@ -240,7 +240,14 @@ class Upload:
         """This request's part of a resumable upload is in, and the upload is not complete:
         keep the partial for the next part, tell `answer` (`status`), end as kept."""
         self._move(State.COMMITTING)
-        self.partial.close()
+        closed = self.partial.close()
+        if isinstance(closed, defer.Deferred):
+            # (an object store answers once what arrived is stored and the upload let go of)
+            closed.addBoth(lambda _: self._kept(answer, status))
+            return
+        self._kept(answer, status)
+
+    def _kept(self, answer: Answer, status: int) -> None:
         self._metrics.partial_kept()
         try:
             answer(status, None)

@@ -3,8 +3,8 @@
 
 Uploads and downloads spread over the nodes; a node killed with SIGKILL in the middle of an
 upload leaves nothing visible, and the client's retry, which HAProxy hands to another node,
-gets its 201; on the shared directory a resumable upload cut on one node is continued on
-another. Every file is compared byte for byte.
+gets its 201; a resumable upload begun on one node is continued on another (on both
+storages). Every file is compared byte for byte.
 """
 
 from __future__ import annotations
@@ -192,8 +192,6 @@ def test_a_node_killed_mid_upload_and_the_retry_on_another_node(
     assert sum(cluster.answered(node, "PUT") for node in survivors) >= 1
 
 
-# (resumable uploads are not kept in the object store yet: the shared directory only)
-@pytest.mark.parametrize("cluster", ["shared-directory"], indirect=True)
 def test_a_resumable_upload_continued_on_another_node(cluster: Cluster) -> None:
     version = 8
     size = 300_000
