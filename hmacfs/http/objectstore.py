@@ -136,6 +136,17 @@ class Streams:
     def small(self, *args: Any, **kwargs: Any) -> defer.Deferred[tuple[int, str, bytes]]:
         return small_request(self, *args, **kwargs)
 
+    def succeed(self, result: object = None) -> defer.Deferred[Any]:
+        return defer.succeed(result)
+
+    def deferred(self) -> defer.Deferred[Any]:
+        return defer.Deferred()
+
+    def in_thread(self, call: Callable[..., object], *args: object) -> defer.Deferred[Any]:
+        from twisted.internet import threads
+
+        return threads.deferToThread(call, *args)
+
     def every(self, interval: float, call: Callable[[], object]) -> Callable[[], None]:
         """Call `call` every `interval` seconds (on the reactor, from the reactor); the
         function returned stops it."""

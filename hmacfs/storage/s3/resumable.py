@@ -607,16 +607,12 @@ class S3ResumablePartial:
 
     def _quiet(self) -> Any:
         """(on the reactor) Fires once no piece and no facts write is on its way."""
-        from twisted.internet import defer
-
-        d = self._stream.settled() if self._stream is not None else defer.succeed(None)
+        d = self._stream.settled() if self._stream is not None else self.streams.succeed()
         return d.addCallback(lambda _: self._saved())
 
     def _saved(self) -> Any:
         """(on the reactor) Fires once the facts writes asked for so far are over."""
-        from twisted.internet import defer
-
-        d: defer.Deferred[None] = defer.Deferred()
+        d = self.streams.deferred()
         if self._saving is None:
             d.callback(None)
         else:
@@ -631,14 +627,12 @@ class S3ResumablePartial:
     def close(self) -> Any:
         """Let go of the upload, what was stored kept (on the reactor): fires once the facts
         say so and the holder record is gone."""
-        from twisted.internet import defer
-
         if self.done:
-            return defer.succeed(None)
+            return self.streams.succeed()
         self.done = True
         self._stop_beating()
         self.flow.source = None
-        d = self._stream.cut() if self._stream is not None else defer.succeed(None)
+        d = self._stream.cut() if self._stream is not None else self.streams.succeed()
         d.addCallback(lambda _: self._saved())
 
         def release(_: object) -> Any:
@@ -656,12 +650,10 @@ class S3ResumablePartial:
         self.done = True
         self._stop_beating()
         self.flow.source = None
-        from twisted.internet import defer, threads
-
-        d = self._stream.abort() if self._stream is not None else defer.succeed(None)
+        d = self._stream.abort() if self._stream is not None else self.streams.succeed()
         d.addCallback(lambda _: self._saved())
         facts = self.facts
-        d.addBoth(lambda _: threads.deferToThread(self.uploads.remove, self._id, facts))
+        d.addBoth(lambda _: self.streams.in_thread(self.uploads.remove, self._id, facts))
         d.addErrback(lambda _: None)
 
     def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
