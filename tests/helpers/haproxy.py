@@ -123,3 +123,52 @@ def start_haproxy(
         if "Address already in use" not in log.read_text(errors="replace"):
             break
     raise RuntimeError(f"HAProxy did not start:\n{log.read_text(errors='replace')}")
+
+
+def start_tls_front(
+    directory: Path, target: tuple[str, int], certificate: Path, key: Path,
+    timeout: float = 20.0,
+) -> Balancer:
+    """HAProxy ending TLS (with `certificate` and `key`) in front of the plain HTTP server
+    at `target` (bytes passed on as they are). Raises RuntimeError with its log when it does
+    not start."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = directory / "front.pem"
+    pem.write_bytes(certificate.read_bytes() + key.read_bytes())
+    stats = directory / "haproxy.stats"
+    log = directory / "haproxy.log"
+    for _ in range(5):
+        port = _free_port()
+        path = directory / "haproxy.cfg"
+        path.write_text(f"""global
+    maxconn 200
+    stats socket {stats} mode 600 level admin
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {pem}
+    default_backend plain
+
+backend plain
+    server s {target[0]}:{target[1]}
+""")
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [HAPROXY, "-db", "-f", str(path)], stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        front = Balancer(process, port, stats, log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return front
+            time.sleep(0.05)
+        front.stop()
+        if "Address already in use" not in log.read_text(errors="replace"):
+            break
+    raise RuntimeError(f"HAProxy did not start:\n{log.read_text(errors='replace')}")
