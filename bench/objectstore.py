@@ -163,6 +163,8 @@ class Row:
     errors: list[str] = field(default_factory=list)
     ours_put_mb_s: float | None = None
     ours_get_mb_s: float | None = None
+    #: A resumable creation (what Apple's URLSession sends), the whole file in it.
+    ours_rput_mb_s: float | None = None
     boto3_put_mb_s: float | None = None
     boto3_get_mb_s: float | None = None
     #: Our server's process tree: the sum of its processes' VmRSS and the largest one.
@@ -170,6 +172,8 @@ class Row:
     ours_put_rss_max_mib: float | None = None
     ours_get_rss_sum_mib: float | None = None
     ours_get_rss_max_mib: float | None = None
+    ours_rput_rss_sum_mib: float | None = None
+    ours_rput_rss_max_mib: float | None = None
     boto3_put_rss_mib: float | None = None
     boto3_get_rss_mib: float | None = None
     boto3_put_vmhwm_mib: float | None = None
@@ -270,8 +274,23 @@ def measure_run(row: Row, args: argparse.Namespace, cluster: CephCluster, gatewa
         problems = get.problems("ours GET", size, (200,))
         row.errors += problems
         row.ours_get_mb_s = mb_per_s(size, get.seconds) if not problems else None
+    if not row.errors:
+        rpath = f"bench-{secrets.token_hex(6)}/ours-resumable-r{row.run}.bin"
+        rurl = f"http://{HOST}:{server.port}{UPLOAD_PREFIX}{rpath}?v={mac_v1(rpath, size)}"
+        with phase(f"rput{row.run}") as ceph:
+            rput = run_curl(
+                ["-T", str(test_file), "-H", "Expect:", "-H", "Upload-Draft-Interop-Version: 8",
+                 "-H", "Upload-Complete: ?1", rurl],
+                size, upload=True,
+            )
+        row.ceph_rss_mib["ours_rput"] = ceph.peaks()
+        problems = rput.problems("ours resumable PUT", size, (201,))
+        row.errors += problems
+        row.ours_rput_mb_s = mb_per_s(size, rput.seconds) if not problems else None
     sampler.set_phase(f"idle{row.run}")
-    for attr, name in (("put", f"put{row.run}"), ("get", f"get{row.run}")):
+    for attr, name in (
+        ("put", f"put{row.run}"), ("get", f"get{row.run}"), ("rput", f"rput{row.run}")
+    ):
         peak = sampler.phases.get(name)
         if peak is not None:
             setattr(row, f"ours_{attr}_rss_sum_mib", _mib(kib_to_mib(peak.sum_kib)))
@@ -402,7 +421,8 @@ def _f(value: object, digits: int = 1) -> str:
 
 def print_run(row: Row) -> None:
     status = "ok" if row.ok else "FAIL: " + "; ".join(row.errors)
-    print(f"run {row.run}: ours PUT {_f(row.ours_put_mb_s)} GET {_f(row.ours_get_mb_s)} MB/s, "
+    print(f"run {row.run}: ours PUT {_f(row.ours_put_mb_s)} GET {_f(row.ours_get_mb_s)} "
+          f"resumable PUT {_f(row.ours_rput_mb_s)} MB/s, "
           f"boto3 PUT {_f(row.boto3_put_mb_s)} GET {_f(row.boto3_get_mb_s)} MB/s; "
           f"peak RSS ours tree PUT {_f(row.ours_put_rss_sum_mib)} GET "
           f"{_f(row.ours_get_rss_sum_mib)} MiB, boto3 PUT {_f(row.boto3_put_rss_mib)} GET "
@@ -423,9 +443,17 @@ def summarize(rows: Sequence[Row]) -> list[dict[str, object]]:
         vals = [v for r in rows if isinstance(v := getattr(r, attr), float)]
         return max(vals) if vals else None
 
+    def daemon_peak(daemon: str, short: str) -> float | None:
+        """A Ceph daemon's peak during the transfers of `short` (ours and boto3's)."""
+        return max((v for r in rows for k, p in r.ceph_rss_mib.items()
+                    if k.split("_", 1)[1] == short and isinstance(v := p.get(daemon), float)),
+                   default=None)
+
     out: list[dict[str, object]] = []
-    for what, short in (("PUT", "put"), ("GET", "get")):
-        ours, boto = med(f"ours_{short}_mb_s"), med(f"boto3_{short}_mb_s")
+    for what, short, theirs in (
+        ("PUT", "put", "put"), ("GET", "get", "get"), ("resumable PUT", "rput", "put")
+    ):
+        ours, boto = med(f"ours_{short}_mb_s"), med(f"boto3_{theirs}_mb_s")
         out.append({
             "op": what,
             "runs": sum(isinstance(getattr(r, f"ours_{short}_mb_s"), float) for r in rows),
@@ -434,13 +462,9 @@ def summarize(rows: Sequence[Row]) -> list[dict[str, object]]:
             "ratio": _ratio(ours, boto),
             "ours_rss_sum_mib": peak(f"ours_{short}_rss_sum_mib"),
             "ours_rss_max_mib": peak(f"ours_{short}_rss_max_mib"),
-            "boto3_rss_mib": peak(f"boto3_{short}_rss_mib"),
-            "ceph_rgw_mib": max((v for r in rows for k, p in r.ceph_rss_mib.items()
-                                 if k.endswith(short) and isinstance(v := p.get("rgw"), float)),
-                                default=None),
-            "ceph_osd_mib": max((v for r in rows for k, p in r.ceph_rss_mib.items()
-                                 if k.endswith(short) and isinstance(v := p.get("osd"), float)),
-                                default=None),
+            "boto3_rss_mib": peak(f"boto3_{theirs}_rss_mib"),
+            "ceph_rgw_mib": daemon_peak("rgw", short),
+            "ceph_osd_mib": daemon_peak("osd", short),
         })
     return out
 

@@ -136,6 +136,15 @@ class Streams:
     def small(self, *args: Any, **kwargs: Any) -> defer.Deferred[tuple[int, str, bytes]]:
         return small_request(self, *args, **kwargs)
 
+    def on_reactor(self) -> bool:
+        """Whether the caller runs on the reactor's thread."""
+        from twisted.python import threadable
+
+        return bool(threadable.isInIOThread())
+
+    def call_on_reactor(self, call: Callable[..., object], *args: object) -> None:
+        self.reactor.callFromThread(call, *args)
+
     def succeed(self, result: object = None) -> defer.Deferred[Any]:
         return defer.succeed(result)
 

@@ -23,7 +23,7 @@ older one.
 With an object store the other process may be on another node: the store's answers are
 waited for on threads, a request waits longer for the holder to let go (`REMOTE_WAIT`: a
 node that died is let go of once its holder record is stale), and the claims are read less
-often (`REMOTE_POLL`).
+often (`REMOTE_LOOK`).
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ RELEASE_WAIT = 5.0
 #: uploads looks whether a newer request claimed one of them (a listing of a directory).
 RELEASE_POLL = 0.02
 #: For an object store, shared by nodes: how long a request waits for the node holding an
-#: upload to let go (longer than a dead node's holder record takes to go stale), and how
-#: often it tries again and a node holding uploads looks whether another request claimed one
-#: (a request to the store each time).
+#: upload to let go (longer than a dead node's holder record takes to go stale), how often it
+#: tries again, and how often a node looks whether another request claimed an upload it holds
+#: (a request to the store each time, for each upload held).
 REMOTE_WAIT = 20.0
 REMOTE_POLL = 0.25
+REMOTE_LOOK = 1.0
 #: The methods of an upload resource.
 RESOURCE_METHODS = "OPTIONS, HEAD, PATCH, DELETE"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -554,7 +555,7 @@ class Resumptions:
         if self._watch is None or not self._watch.running:
             self._watch = task.LoopingCall(self._look)
             self._watch.clock = self.site.clock
-            poll = REMOTE_POLL if self.site.storage.remote else RELEASE_POLL
+            poll = REMOTE_LOOK if self.site.storage.remote else RELEASE_POLL
             self._watch.start(poll, now=False)
 
     def _look(self) -> None:

@@ -627,6 +627,11 @@ class S3ResumablePartial:
     def close(self) -> Any:
         """Let go of the upload, what was stored kept (on the reactor): fires once the facts
         say so and the holder record is gone."""
+        if not self.streams.on_reactor():
+            # (a request that took the upload on a thread, then found it claimed by a newer
+            # one, lets go of it at once)
+            self.streams.call_on_reactor(self.close)
+            return None
         if self.done:
             return self.streams.succeed()
         self.done = True
@@ -671,7 +676,7 @@ class S3ResumablePartial:
             raise
         finally:
             self.done = True
-            self.streams.reactor.callFromThread(self._stop_beating)
+            self.streams.call_on_reactor(self._stop_beating)
         self._completed()
         return stored
 
