@@ -282,6 +282,9 @@ class Resumables:
                 busy_appending = False
             now = time.monotonic()
             with self._lock:
+                if len(self._seen) > 1000:  # (forget what no request waits for any more)
+                    for old in [k for k, (_, t) in self._seen.items() if now - t > 6 * HOLD_STALE]:
+                        del self._seen[old]
                 seen = self._seen.get(upload_id)
                 if seen is None or seen[0] != etag:
                     self._seen[upload_id] = (etag, now)
