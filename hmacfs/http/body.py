@@ -10,6 +10,7 @@ pipelines requests without reading the answers stops being read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPullProducer, ISSLTransport
@@ -27,16 +28,24 @@ CHUNK = 64 * 1024
 SENDFILE_MIN = 64 * 1024
 
 
-def send_body(request: Any, plan: Plan, reader: Reader, *, sendfile: bool) -> None:
+def send_body(
+    request: Any,
+    plan: Plan,
+    reader: Reader,
+    *,
+    sendfile: bool,
+    vanished: Callable[[], bytes] | None = None,
+) -> None:
     """Write `plan`'s body from `reader` (which this takes over and closes) and finish the
-    request."""
+    request. `vanished`: for a remote store, what to answer instead (its status and headers
+    set, its body returned) when the file is gone before a byte of it was sent."""
     pieces = plan.body
     stream = getattr(reader, "streams", None)
     if stream is not None:
         # (imported here: only a server on an object store streams from one)
         from hmacfs.http.remote_body import RemoteBody
 
-        RemoteBody(request, pieces, reader).start()
+        RemoteBody(request, pieces, reader, vanished).start()
         return
     if (
         sendfile

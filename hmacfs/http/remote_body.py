@@ -8,6 +8,7 @@ client so never makes the node hold more than a socket buffer of the object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -25,8 +26,15 @@ _log = Logger(namespace="hmacfs.http")
 class RemoteBody:
     """Writes a plan's pieces to a request, the file ranges streamed from the store."""
 
-    def __init__(self, request: Any, pieces: tuple[Piece, ...], reader: Any) -> None:
+    def __init__(
+        self,
+        request: Any,
+        pieces: tuple[Piece, ...],
+        reader: Any,
+        vanished: Callable[[], bytes] | None = None,
+    ) -> None:
         self.request = request
+        self.vanished = vanished
         self.pieces = list(reversed(pieces))
         self.reader = reader
         self._sender: RangeSender | None = None
@@ -68,6 +76,12 @@ class RemoteBody:
         if self._gone:
             response.deliverBody(_Discard())
             return None
+        if response.code == 404 and self.vanished is not None and not self.request.startedWriting:
+            # Removed (expired, deleted, replaced by a quota) since it was looked up, and
+            # nothing of it sent yet: answered as what it now is.
+            return readBody(response).addCallback(  # type: ignore[no-any-return]
+                lambda _: self._vanish()
+            )
         if response.code not in (200, 206) or (response.code == 200 and offset != 0):
             return readBody(response).addCallback(  # type: ignore[no-any-return]
                 lambda body: self._cut(f"the store answered {response.code}")
@@ -111,6 +125,16 @@ class RemoteBody:
     def _failed(self, failure: Failure) -> None:
         if not self._gone:
             self._cut(failure.getErrorMessage() or "the store cannot be reached")
+
+    def _vanish(self) -> None:
+        assert self.vanished is not None
+        self._gone = True
+        self.reader.close()
+        if _twisted.request_disconnected(self.request):
+            return
+        _log.info("download of {key}: removed since it was looked up", key=self.reader.key)
+        self.request.write(self.vanished())
+        self.request.finish()
 
     def _cut(self, why: str) -> None:
         """The body cannot be sent whole: end the connection rather than send a short one."""

@@ -225,5 +225,11 @@ class Root(resource.Resource):  # type: ignore[misc]
         if not plan.body:
             return b""
         reader = self.site.storage.open_reader(stored)
-        send_body(request, plan, reader, sendfile=self.site.fast.enabled)
+
+        def vanished() -> bytes:
+            for name, _ in plan.headers:
+                request.responseHeaders.removeHeader(name)
+            return write_refusal(request, NotFound("not found"), self.site.config.http)
+
+        send_body(request, plan, reader, sendfile=self.site.fast.enabled, vanished=vanished)
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
