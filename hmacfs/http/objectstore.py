@@ -562,6 +562,7 @@ class PieceStream:
         in_flight: int,
         stored: Callable[[Piece], None],
         created: Callable[[str], None],
+        tee: Callable[[Piece, bytes], None] | None = None,
     ) -> None:
         self.streams = streams
         self.key = key
@@ -584,7 +585,9 @@ class PieceStream:
             defer.succeed(upload_id) if upload_id is not None else None
         )
         self._quiet: list[defer.Deferred[None]] = []
-        self._multipart_pending = False
+        self._tee = tee
+        #: The piece a cut dropped, and how many of its bytes had come (see `cut`).
+        self.cut_piece: tuple[Piece, int] | None = None
         if prefix:
             self.write(prefix)
 
@@ -600,6 +603,8 @@ class PieceStream:
             data = data[len(take) :]
             self._pos += len(take)
             digest.update(take)
+            if self._tee is not None:
+                self._tee(piece, take)
             writer.write(take)
             if writer.remaining == 0:
                 piece.md5 = digest.hexdigest()
@@ -733,10 +738,12 @@ class PieceStream:
 
     def cut(self) -> defer.Deferred[None]:
         """The request ended early: drop the piece still waiting for bytes (pieces whose
-        bytes are all sent still get their answers); fires once none is on its way."""
+        bytes are all sent still get their answers); fires once none is on its way. The
+        piece dropped, and how many bytes it had, are `cut_piece`."""
         if self._piece is not None:
             piece, writer, _ = self._piece
             self._piece = None
+            self.cut_piece = (piece, piece.length - writer.remaining)
             waiting = self._waiting.get(piece.start)
             if waiting is not None:
                 waiting[0].cancel()

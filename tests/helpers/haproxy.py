@@ -1,6 +1,7 @@
 """Debian's HAProxy in front of several of our servers, round robin, for the tests of several
 nodes: `start_haproxy(directory, [(host, port), ...])` writes its configuration, starts it in
-the foreground and waits until every node is seen up by its health checks.
+the foreground and waits until every node is seen up by its health checks; `start_tls_front`
+puts it, ending TLS, in front of one plain HTTP server (an object store over https).
 
 HAProxy cannot listen on port 0 and say which port it got, so its port is one the kernel
 handed out to a socket of ours just before (a start that finds it taken is tried again).
@@ -14,7 +15,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +93,22 @@ backend nodes
 """
 
 
-def start_haproxy(
-    directory: Path, nodes: Sequence[tuple[str, int]], timeout: float = 20.0
+def _start(
+    directory: Path,
+    config_of: Callable[[int, Path], str],
+    ready: Callable[[Balancer], bool],
+    timeout: float,
 ) -> Balancer:
-    """HAProxy in front of `nodes`, once every node is up. Raises RuntimeError with its log
-    when it does not start."""
+    """HAProxy with the configuration `config_of(port, stats socket)`, once `ready` says so
+    (on a free port: tried again if another process took it meanwhile). Raises RuntimeError
+    with its log when it does not start."""
     directory.mkdir(parents=True, exist_ok=True)
     stats = directory / "haproxy.stats"
     log = directory / "haproxy.log"
     for _ in range(5):
         port = _free_port()
         path = directory / "haproxy.cfg"
-        path.write_text(config(port, nodes, stats))
+        path.write_text(config_of(port, stats))
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [HAPROXY, "-db", "-f", str(path)], stdout=out, stderr=subprocess.STDOUT,
@@ -111,18 +116,28 @@ def start_haproxy(
             )
         balancer = Balancer(process, port, stats, log)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
+        while time.monotonic() < deadline and process.poll() is None:
             with contextlib.suppress(OSError):
-                states = balancer.states()
-                if len(states) == len(nodes) and all(s == "UP" for s in states.values()):
+                if ready(balancer):
                     return balancer
             time.sleep(0.05)
         balancer.stop()
         if "Address already in use" not in log.read_text(errors="replace"):
             break
     raise RuntimeError(f"HAProxy did not start:\n{log.read_text(errors='replace')}")
+
+
+def start_haproxy(
+    directory: Path, nodes: Sequence[tuple[str, int]], timeout: float = 20.0
+) -> Balancer:
+    """HAProxy in front of `nodes`, once every node is up. Raises RuntimeError with its log
+    when it does not start."""
+
+    def all_up(balancer: Balancer) -> bool:
+        states = balancer.states()
+        return len(states) == len(nodes) and all(s == "UP" for s in states.values())
+
+    return _start(directory, lambda port, stats: config(port, nodes, stats), all_up, timeout)
 
 
 def start_tls_front(
@@ -135,12 +150,9 @@ def start_tls_front(
     directory.mkdir(parents=True, exist_ok=True)
     pem = directory / "front.pem"
     pem.write_bytes(certificate.read_bytes() + key.read_bytes())
-    stats = directory / "haproxy.stats"
-    log = directory / "haproxy.log"
-    for _ in range(5):
-        port = _free_port()
-        path = directory / "haproxy.cfg"
-        path.write_text(f"""global
+
+    def front_config(port: int, stats: Path) -> str:
+        return f"""global
     maxconn 200
     stats socket {stats} mode 600 level admin
 
@@ -156,19 +168,10 @@ frontend tls
 
 backend plain
     server s {target[0]}:{target[1]}
-""")
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [HAPROXY, "-db", "-f", str(path)], stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        front = Balancer(process, port, stats, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                return front
-            time.sleep(0.05)
-        front.stop()
-        if "Address already in use" not in log.read_text(errors="replace"):
-            break
-    raise RuntimeError(f"HAProxy did not start:\n{log.read_text(errors='replace')}")
+"""
+
+    def listening(front: Balancer) -> bool:
+        with socket.create_connection(("127.0.0.1", front.port), 1):
+            return True
+
+    return _start(directory, front_config, listening, timeout)

@@ -1,8 +1,9 @@
 """Resumable uploads kept in the Ceph bucket: two of our servers on the same bucket (as two
-nodes), an upload begun on one continued on the other, after a cut connection, a node killed
-with SIGKILL, or a connection that never said it was gone; small appends across a part
-boundary (the tail); a cancellation; the sweeper. Every file is compared byte for byte with
-boto3's view of the bucket."""
+nodes), an upload begun on one continued on the other, after a cut connection (every byte
+that came is kept), a node killed with SIGKILL (what was stored is kept), or a connection
+that never said it was gone; small appends across a part boundary (the tail); a
+cancellation; the sweeper. Every file is compared byte for byte with boto3's view of the
+bucket."""
 
 from __future__ import annotations
 
@@ -76,25 +77,45 @@ def resource_keys(ceph: CephGateway, bucket: str, location: str) -> list[str]:
     return [key[len(base) :] for key in keys(ceph, bucket) if key.startswith(base)]
 
 
+def cut_creation(node: Server, name: str, cut_after: int) -> tuple[bytes, str, str]:
+    """A resumable creation of 13 MiB on `node`, cut after `cut_after` bytes: the body, its
+    path and the upload resource."""
+    body = os.urandom(13 * MIB)
+    rel = f"{uuid.uuid4()}/{name}"
+    exchange = rufh.create(slot(node, rel, len(body)), body, VERSION, cut_after=cut_after)
+    assert exchange.location is not None and exchange.final is None, exchange
+    return body, rel, exchange.location
+
+
+def send_most_of(node: Server, name: str) -> tuple[bytes, str, rufh.Transfer]:
+    """A resumable creation of 13 MiB on `node`, of which 11 MiB are sent (two whole
+    parts and some): the body, its path and the transfer, still open."""
+    body = os.urandom(13 * MIB)
+    rel = f"{uuid.uuid4()}/{name}"
+    transfer = rufh.start_create(slot(node, rel, len(body)), body, VERSION)
+    transfer.send(11 * MIB)
+    assert transfer.wait_informational() is not None and transfer.location is not None
+    return body, rel, transfer
+
+
 def offset_of(location: str) -> int:
     answer = rufh.head(location, VERSION)
     assert answer.status == 204, answer
     return int(answer.headers["upload-offset"])
 
 
-def test_a_cut_upload_resumes_on_the_other_node_from_its_last_part(
+def test_a_cut_upload_resumes_on_the_other_node_where_it_broke_off(
     nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
 ) -> None:
     a, b = nodes
-    size = 13 * MIB
-    body = os.urandom(size)
-    rel = f"{uuid.uuid4()}/cut.bin"
-    exchange = rufh.create(slot(a, rel, size), body, VERSION, cut_after=12 * MIB)
-    location = exchange.location
-    assert location is not None and exchange.final is None
-    # Two whole parts (5M each) were stored; the third was on its way when the client went.
-    assert offset_of(on(b, location)) == 10 * MIB
-    done = rufh.patch(on(b, location), VERSION, 10 * MIB, body[10 * MIB :])
+    body, rel, location = cut_creation(a, "cut.bin", 12 * MIB)
+    size = len(body)
+    # Two whole parts (5M each) were stored; of the third, on its way when the client went,
+    # what came is stored as the tail.
+    assert offset_of(on(b, location)) == 12 * MIB
+    kept = ["claim", "facts", f"tail-{10 * MIB}"]  # (and the HEAD's holder, let go of soon)
+    wait_for(lambda: sorted(resource_keys(ceph, bucket, location)) == kept or None, 10, "keys")
+    done = rufh.patch(on(b, location), VERSION, 12 * MIB, body[12 * MIB :])
     assert done.status == 201, done
     data, etag = stored(ceph, bucket, rel)
     assert data == body
@@ -138,7 +159,7 @@ def test_small_appends_across_a_part_boundary_on_alternating_nodes(
     assert unfinished(ceph, bucket) == []
 
 
-def test_a_small_upload_cut_starts_over_and_completes_as_one_object(
+def test_a_small_upload_cut_completes_as_one_object(
     nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
 ) -> None:
     a, b = nodes
@@ -148,9 +169,9 @@ def test_a_small_upload_cut_starts_over_and_completes_as_one_object(
     exchange = rufh.create(slot(a, rel, size), body, VERSION, cut_after=300_000)
     location = exchange.location
     assert location is not None
-    # One piece (the whole file, one PUT) was on its way: nothing of it was stored.
-    assert offset_of(on(b, location)) == 0
-    assert rufh.patch(on(b, location), VERSION, 0, body).status == 201
+    # One piece (the whole file, one PUT) was on its way: what came of it is the tail.
+    assert offset_of(on(b, location)) == 300_000
+    assert rufh.patch(on(b, location), VERSION, 300_000, body[300_000:]).status == 201
     data, etag = stored(ceph, bucket, rel)
     assert data == body and "-" not in etag
 
@@ -159,15 +180,10 @@ def test_a_node_killed_mid_upload_leaves_it_to_the_other_node(
     nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
 ) -> None:
     a, b = nodes
-    size = 13 * MIB
-    body = os.urandom(size)
-    rel = f"{uuid.uuid4()}/killed.bin"
-    transfer = rufh.start_create(slot(a, rel, size), body, VERSION)
+    body, rel, transfer = send_most_of(a, "killed.bin")
     try:
-        transfer.send(11 * MIB)
-        location = transfer.wait_informational()
-        assert location is not None and transfer.location is not None
         location_url = transfer.location
+        assert location_url is not None
 
         def two_parts() -> bool | None:
             known = facts(ceph, bucket, location_url)
@@ -190,22 +206,17 @@ def test_a_connection_that_went_quiet_is_taken_over_by_the_other_node(
     nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
 ) -> None:
     a, b = nodes
-    size = 13 * MIB
-    body = os.urandom(size)
-    rel = f"{uuid.uuid4()}/quiet.bin"
-    transfer = rufh.start_create(slot(a, rel, size), body, VERSION)
+    body, rel, transfer = send_most_of(a, "quiet.bin")
     try:
-        transfer.send(11 * MIB)
-        transfer.wait_informational()
         transfer.settle()
         location = transfer.location
         assert location is not None
         # (the client moved to another network: its old connection says nothing more)
-        assert offset_of(on(b, location)) == 10 * MIB
+        assert offset_of(on(b, location)) == 11 * MIB
         transfer.connection.wait_closed(10)  # node a let go and closed it
     finally:
         transfer.connection.close()
-    done = rufh.patch(on(b, location), VERSION, 10 * MIB, body[10 * MIB :])
+    done = rufh.patch(on(b, location), VERSION, 11 * MIB, body[11 * MIB :])
     assert done.status == 201, done
     assert stored(ceph, bucket, rel)[0] == body
     assert any("taking over the upload" in line for line in a.log), a.log_tail()
@@ -215,13 +226,8 @@ def test_a_cancelled_upload_leaves_nothing_in_the_store(
     nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
 ) -> None:
     a, b = nodes
-    size = 13 * MIB
-    body = os.urandom(size)
-    rel = f"{uuid.uuid4()}/cancelled.bin"
-    exchange = rufh.create(slot(a, rel, size), body, VERSION, cut_after=7 * MIB)
-    location = exchange.location
-    assert location is not None
-    assert offset_of(on(b, location)) == 5 * MIB
+    _, rel, location = cut_creation(a, "cancelled.bin", 7 * MIB)
+    assert offset_of(on(b, location)) == 7 * MIB
     assert rufh.delete(on(b, location), VERSION).status == 204
     wait_for(lambda: resource_keys(ceph, bucket, location) == [] or None, 10, "removal")
     assert unfinished(ceph, bucket) == []
@@ -232,9 +238,6 @@ def test_a_cancelled_upload_leaves_nothing_in_the_store(
 def test_the_sweeper_keeps_a_live_upload_and_removes_one_whose_time_is_up(
     tmp_path: Path, ceph: CephGateway, bucket: str
 ) -> None:
-    size = 13 * MIB
-    body = os.urandom(size)
-    rel = f"{uuid.uuid4()}/left.bin"
     # Parts would count as abandoned after seconds (min_body_rate), but a resumable upload's
     # multipart upload is kept for as long as the upload is.
     node = start_on(
@@ -244,15 +247,13 @@ def test_the_sweeper_keeps_a_live_upload_and_removes_one_whose_time_is_up(
         prefix=PREFIX,
     )
     try:
-        exchange = rufh.create(slot(node, rel, size), body, VERSION, cut_after=6 * MIB)
-        location = exchange.location
-        assert location is not None
-        assert offset_of(location) == 5 * MIB
+        _, _, location = cut_creation(node, "left.bin", 6 * MIB)
+        assert offset_of(location) == 6 * MIB
         [ours] = unfinished(ceph, bucket)
         stats = hmacfs(node, "stats", "--json", env=keys_env(ceph))
         assert stats.returncode == 0, stats.stderr
         partials = json.loads(stats.stdout)["partials"]
-        assert partials["kept"] == {"files": 1, "bytes": 5 * MIB}, partials
+        assert partials["kept"] == {"files": 1, "bytes": 6 * MIB}, partials
         assert partials["in_progress"]["files"] == 0, partials  # (its parts are not counted twice)
         # A multipart upload of nobody's, begun after ours: once a sweep aborted it, ours
         # was older than abandoned ones are, and it is kept all the same.
@@ -262,9 +263,34 @@ def test_the_sweeper_keeps_a_live_upload_and_removes_one_whose_time_is_up(
             30,
             "the sweeper to abort the stray one",
         )
-        assert offset_of(location) == 5 * MIB  # still resumable
+        assert offset_of(location) == 6 * MIB  # still resumable
         wait_for(lambda: unfinished(ceph, bucket) == [] or None, 30, "the sweeper to remove it")
         wait_for(lambda: resource_keys(ceph, bucket, location) == [] or None, 10, "its keys")
         assert rufh.head(location, VERSION).status == 404
+    finally:
+        assert stop_server(node) == 0
+
+
+def test_what_a_cut_left_of_a_large_piece_is_stored_as_a_part(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    node = start_on(tmp_path, ceph, bucket, prefix=PREFIX, part_size="8M")
+    try:
+        size = 20 * MIB
+        body = os.urandom(size)
+        rel = f"{uuid.uuid4()}/parts.bin"
+        exchange = rufh.create(slot(node, rel, size), body, VERSION, cut_after=14 * MIB)
+        location = exchange.location
+        assert location is not None
+        assert offset_of(location) == 14 * MIB
+        known = facts(ceph, bucket, location)
+        assert known is not None
+        # The first part whole (8M), the 6M that came of the second as a part of its own.
+        assert [(p[1], p[2]) for p in known["parts"]] == [(0, 8 * MIB), (8 * MIB, 6 * MIB)]  # type: ignore[union-attr]
+        assert known["tail"] is None
+        done = rufh.patch(location, VERSION, 14 * MIB, body[14 * MIB :])
+        assert done.status == 201, done
+        data, etag = stored(ceph, bucket, rel)
+        assert data == body and etag.strip('"').endswith("-3")
     finally:
         assert stop_server(node) == 0

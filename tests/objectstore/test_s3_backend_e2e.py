@@ -37,8 +37,8 @@ def storage_toml(ceph: CephGateway, bucket: str, **extra: object) -> str:
         f"endpoint = {json.dumps(ceph.endpoint)}",
         f"bucket = {json.dumps(bucket)}",
         f"region = {json.dumps(ceph.region)}",
-        'part_size = "5M"',
     ]
+    extra = {"part_size": "5M", **extra}
     lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
     return "\n".join(lines)
 

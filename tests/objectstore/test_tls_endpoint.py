@@ -82,8 +82,8 @@ def test_uploads_and_downloads_over_https_with_a_ca_file(
         exchange = rufh.create(url, large, 8, cut_after=6 * MIB)
         assert exchange.location is not None
         offset = rufh.head(exchange.location, 8)
-        assert offset.headers["upload-offset"] == str(5 * MIB), offset
-        done = rufh.patch(exchange.location, 8, 5 * MIB, large[5 * MIB :])
+        assert offset.headers["upload-offset"] == str(6 * MIB), offset
+        done = rufh.patch(exchange.location, 8, 6 * MIB, large[6 * MIB :])
         assert done.status == 201, done
         assert store.get_object(Bucket=bucket, Key=rel)["Body"].read() == large
     finally:

@@ -244,6 +244,53 @@ class S3Storage:
         if self.accounting is not None:
             self.accounting.removed(stored.rel, stored.size, stored.uploader)
 
+    def object_headers(
+        self, content_type: str, scheme: str, expires: float | None, uploader: str | None
+    ) -> dict[str, str]:
+        """The header fields that create an object with its metadata."""
+        headers = {
+            "content-type": content_type,
+            "x-amz-meta-type": content_type,
+            "x-amz-meta-uploaded": repr(self.clock()),
+            "x-amz-meta-scheme": scheme or "-",
+        }
+        if expires is not None:
+            headers["x-amz-meta-expires"] = repr(float(expires))
+        if uploader is not None:
+            headers["x-amz-meta-uploader"] = quote(uploader, safe="")
+        return headers
+
+    def compare_with(self, rel: str, size: int, digest: str) -> StoredFile:
+        """The file at `rel` if it is a body of `size` bytes with entity tag `digest` (a
+        retry of the same upload); raises Conflict otherwise. Blocking."""
+        there = self._object(rel)
+        if there is not None and there.size == size and there.etag == digest:
+            return there
+        raise Conflict("file already exists")
+
+    def made(
+        self,
+        rel: str,
+        size: int,
+        content_type: str,
+        expires: float | None,
+        uploader: str | None,
+    ) -> StoredFile:
+        """The file an upload just made at `rel`, counted in the usage ledger."""
+        now = self.clock()
+        stored = StoredFile(
+            rel=rel,
+            location=self.key_of(rel),
+            size=size,
+            mtime=now,
+            content_type=content_type,
+            uploaded=now,
+            expires=expires,
+            uploader=uploader,
+        )
+        self._count(stored)
+        return stored
+
     def _count(self, stored: StoredFile) -> None:
         """Note a new file in the usage ledger; a store that refuses leaves it uncounted
         (the file is stored all the same)."""
@@ -470,7 +517,45 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-class S3Partial:
+class StreamedPartial:
+    """What the object store's partials share: a body streamed on the reactor, never a
+    local file."""
+
+    _id: str
+    flow: Any
+    done: bool
+    received: int
+    size: int
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def attach(self, source: Any) -> None:
+        """Pause `source` (the client's transport) while the store cannot take more."""
+        self.flow.source = source
+
+    def _admit(self, data: bytes) -> None:
+        """Raise what a write of `data` cannot be."""
+        if self.done:
+            raise StorageFailure("upload already closed")
+        if self.received + len(data) > self.size:
+            raise TooLarge("body longer than Content-Length")
+
+    def fileno(self) -> int:
+        raise StorageFailure("not a local file")
+
+    def wrote(self, count: int) -> None:
+        raise StorageFailure("not a local file")
+
+    def failed(self, error: OSError) -> StorageFailure:
+        return StorageFailure("object store failure")
+
+    def can_commit_inline(self, compare: bool = False) -> bool:
+        return False
+
+
+class S3Partial(StreamedPartial):
     """One body streaming into the store (see `S3Storage`)."""
 
     reopenable = False
@@ -503,16 +588,7 @@ class S3Partial:
         self.key = storage.key_of(rel)
         self.existing = existing
         self.flow = storage.streams.flow()
-        headers = {
-            "content-type": content_type,
-            "x-amz-meta-type": content_type,
-            "x-amz-meta-uploaded": repr(storage.clock()),
-            "x-amz-meta-scheme": scheme or "-",
-        }
-        if expires is not None:
-            headers["x-amz-meta-expires"] = repr(float(expires))
-        if uploader is not None:
-            headers["x-amz-meta-uploader"] = quote(uploader, safe="")
+        headers = storage.object_headers(content_type, scheme, expires, uploader)
         part_size = storage.part_size
         if existing is not None:
             # Compared with the stored file, not sent: hashed the way it was uploaded.
@@ -533,19 +609,8 @@ class S3Partial:
                 in_flight=storage.parts_in_flight,
             )
 
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def attach(self, source: Any) -> None:
-        """Pause `source` (the client's transport) while the store cannot take more."""
-        self.flow.source = source
-
     def write(self, data: bytes) -> None:
-        if self.done:
-            raise StorageFailure("upload already closed")
-        if self.received + len(data) > self.size:
-            raise TooLarge("body longer than Content-Length")
+        self._admit(data)
         self.received += len(data)
         self.digest.update(data)
         if self.upload is None:  # (compared with the stored file, not sent)
@@ -555,17 +620,6 @@ class S3Partial:
         except StoreError as e:
             raise StorageFailure("object store refused the upload") from e
 
-    def fileno(self) -> int:
-        raise StorageFailure("not a local file")
-
-    def wrote(self, count: int) -> None:
-        raise StorageFailure("not a local file")
-
-    def failed(self, error: OSError) -> StorageFailure:
-        return StorageFailure("object store failure")
-
-    def can_commit_inline(self, compare: bool = False) -> bool:
-        return False
 
     def commit(self, compare: bool = False, *, inline: bool = False) -> StoredFile:
         """Blocking (on a thread, while the reactor runs): wait for the store's answers, then
@@ -594,7 +648,7 @@ class S3Partial:
             digest = self.digest.etag()
             if sent.status == 412:
                 return self._compare(digest)
-            if not _digest_agrees(sent.etags[0], digest):
+            if not digest_agrees(sent.etags[0], digest):
                 storage.client.delete(self.key)
                 raise StorageFailure("object store stored other bytes than were sent")
             return self._stored()
@@ -604,7 +658,7 @@ class S3Partial:
         """Complete a multipart upload whose parts are all in, holding the path's claim."""
         storage = self.storage
         for etag, part_digest in zip(sent.etags, self.digest.parts(), strict=True):
-            if not _digest_agrees(etag, part_digest):
+            if not digest_agrees(etag, part_digest):
                 self._abort_now(sent.upload_id)
                 raise StorageFailure("object store stored other bytes than were sent")
         try:
@@ -631,25 +685,13 @@ class S3Partial:
         return self._stored()
 
     def _compare(self, digest: str) -> StoredFile:
-        there = self.storage._object(self.rel)
-        if there is not None and there.size == self.size and there.etag == digest:
-            return there
-        raise Conflict("file already exists")
+        return self.storage.compare_with(self.rel, self.size, digest)
 
     def _stored(self) -> StoredFile:
-        now = self.storage.clock()
-        stored = StoredFile(
-            rel=self.rel,
-            location=self.key,
-            size=self.size,
-            mtime=now,
-            content_type=self.content_type,
-            uploaded=now,
-            expires=self.expires,
-            uploader=self.uploader,
+        """The file this upload made (a new one: counted in the usage ledger)."""
+        return self.storage.made(
+            self.rel, self.size, self.content_type, self.expires, self.uploader
         )
-        self.storage._count(stored)
-        return stored
 
     def _abort_now(self, upload_id: str | None) -> None:
         if upload_id is not None:
@@ -669,7 +711,7 @@ class S3Partial:
         self.abort()
 
 
-def _digest_agrees(etag: str, digest: str) -> bool:
+def digest_agrees(etag: str, digest: str) -> bool:
     """Whether the store's entity tag says it holds the bytes whose MD5 is `digest` (an
     entity tag that is no MD5, as some encrypting stores give, says nothing)."""
     match = _MD5.match(_plain_etag(etag))

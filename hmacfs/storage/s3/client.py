@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from hmacfs.core.credentials import Credentials, CredentialsError, load_credentials
@@ -70,6 +71,39 @@ class Bucket:
     def url(self, key: str, query: Sequence[tuple[str, str]] = ()) -> str:
         scheme = urlsplit(self.endpoint).scheme
         return f"{scheme}://{self.host}{self.target(key, query)}"
+
+
+class FileSlice:
+    """The first `length` bytes of an open file, as a request body read a block at a time
+    (`sha256` and `md5` of them worked out beforehand, in one pass)."""
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self.file = file
+        self.length = length
+        sha256 = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
+        self.seek(0)
+        while chunk := self.read(1 << 20):
+            sha256.update(chunk)
+            md5.update(chunk)
+        if self._left:
+            raise StoreError("the file is shorter than the body to send")
+        self.sha256 = sha256.hexdigest()
+        self.md5 = md5.hexdigest()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def seek(self, offset: int) -> None:
+        assert offset == 0
+        self.file.seek(0)
+        self._left = self.length
+
+    def read(self, size: int = -1) -> bytes:
+        count = self._left if size < 0 else min(size, self._left)
+        data = self.file.read(count)
+        self._left -= len(data)
+        return data
 
 
 @dataclass
@@ -174,18 +208,22 @@ class BlockingClient:
         key: str,
         query: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | FileSlice = b"",
         *,
         what: str = "",
     ) -> Answer:
-        """Make one request and read its whole answer (control requests are small). Raises
-        StoreError when the store cannot be reached."""
+        """Make one request and read its whole answer (control requests are small; a larger
+        body is a `FileSlice`, read as it is sent). Raises StoreError when the store cannot be
+        reached."""
         all_headers = {"host": self.bucket.host}
         for name, value in (headers or {}).items():
             all_headers[name.lower()] = value
         if body or method in ("PUT", "POST"):
             all_headers["content-length"] = str(len(body))
-        payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        if isinstance(body, FileSlice):
+            payload = body.sha256
+        else:
+            payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         signed = sign_headers(
             method,
             self.bucket.path(key),
@@ -203,6 +241,8 @@ class BlockingClient:
             fresh = connection is None
             if connection is None:
                 connection = self._local.connection = self._connect()
+            if isinstance(body, FileSlice):
+                body.seek(0)
             try:
                 connection.request(method, target, body=body or None, headers=all_headers)
                 response = connection.getresponse()

@@ -30,17 +30,18 @@ import contextlib
 import hashlib
 import json
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hmacfs.core.paths import RESERVED_SEGMENT
-from hmacfs.core.refusals import BadRequest, Conflict, NotFound, StorageFailure, TooLarge
+from hmacfs.core.refusals import BadRequest, Conflict, NotFound, StorageFailure
 from hmacfs.storage.backend import Busy, PartialState, StoredFile, make_claim
-from hmacfs.storage.s3.client import StoreError
+from hmacfs.storage.s3.backend import StreamedPartial, digest_agrees
+from hmacfs.storage.s3.client import FileSlice, StoreError
 
 if TYPE_CHECKING:
     from hmacfs.storage.s3.backend import S3Storage
@@ -377,7 +378,7 @@ class Resumables:
         return removed, kept, kept_bytes, in_use
 
 
-class S3ResumablePartial:
+class S3ResumablePartial(StreamedPartial):
     """One request's hold on a resumable upload in the object store (see the module)."""
 
     reopenable = True
@@ -427,6 +428,10 @@ class S3ResumablePartial:
         self._pieces: dict[int, Any] = {}
         self._single: Any = None
         self._saving: Any = None
+        #: A copy of the piece on its way (a file without a name), so that what a cut
+        #: connection sent of it is stored as the connection ends (`_salvage`).
+        self._spool: BinaryIO | None = None
+        self._spool_start: int | None = None
         if new:
             self._save()
             holder_key = uploads.key(upload_id, "holder")
@@ -434,22 +439,12 @@ class S3ResumablePartial:
             d.addCallbacks(self._held, lambda _: None)
             self._start_beat()
 
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def attach(self, source: Any) -> None:
-        self.flow.source = source
-
     # -- the bytes ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.done:
-            raise StorageFailure("upload already closed")
+        self._admit(data)
         if self._lost:
             raise StorageFailure("another request took this upload over")
-        if self.received + len(data) > self.size:
-            raise TooLarge("body longer than Content-Length")
         if self._stream is None:
             self._start()
         self.received += len(data)
@@ -477,35 +472,16 @@ class S3ResumablePartial:
             in_flight=self.storage.parts_in_flight,
             stored=self._stored_piece,
             created=self._created,
+            tee=self._tee,
         )
         self._tail = b""
         if self._stop_beat is None:
             self._start_beat()
 
     def _object_headers(self) -> dict[str, str]:
-        headers = {
-            "content-type": self.content_type,
-            "x-amz-meta-type": self.content_type,
-            "x-amz-meta-uploaded": repr(self.storage.clock()),
-            "x-amz-meta-scheme": self.scheme or "-",
-        }
-        if self.expires is not None:
-            headers["x-amz-meta-expires"] = repr(float(self.expires))
-        if self.uploader is not None:
-            headers["x-amz-meta-uploader"] = quote(self.uploader, safe="")
-        return headers
-
-    def fileno(self) -> int:
-        raise StorageFailure("not a local file")
-
-    def wrote(self, count: int) -> None:
-        raise StorageFailure("not a local file")
-
-    def failed(self, error: OSError) -> StorageFailure:
-        return StorageFailure("object store failure")
-
-    def can_commit_inline(self, compare: bool = False) -> bool:
-        return False
+        return self.storage.object_headers(
+            self.content_type, self.scheme, self.expires, self.uploader
+        )
 
     # -- what the store took (on the reactor) ----------------------------------------------
 
@@ -514,14 +490,12 @@ class S3ResumablePartial:
         self._save()
 
     def _stored_piece(self, piece: Any) -> None:
-        from hmacfs.storage.s3.backend import _digest_agrees
-
         if piece.kind == "single":
             self._single = piece
-            if piece.status == 200 and not _digest_agrees(piece.etag, piece.md5):
+            if piece.status == 200 and not digest_agrees(piece.etag, piece.md5):
                 self._bad = True
             return
-        if not _digest_agrees(piece.etag, piece.md5):
+        if not digest_agrees(piece.etag, piece.md5):
             self._bad = True
             return
         self._pieces[piece.start] = piece
@@ -627,8 +601,75 @@ class S3ResumablePartial:
             self._saving.addBoth(passed)
         return d
 
+    def _tee(self, piece: Any, data: bytes) -> None:
+        """(on the reactor) Keep a copy of the piece on its way."""
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(prefix="hmacfs-piece-")  # noqa: SIM115
+        if piece.start != self._spool_start:
+            self._spool.seek(0)
+            self._spool.truncate()
+            self._spool_start = piece.start
+        self._spool.write(data)
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _salvage_cut(self) -> Any:
+        """(on the reactor, once nothing is on its way) Store what arrived of the piece a cut
+        dropped, from its copy, on a thread; None when there is nothing to store."""
+        cut = self._stream.cut_piece if self._stream is not None else None
+        facts = self.facts
+        if cut is None or self._lost or self._bad or self._spool is None:
+            self._drop_spool()
+            return None
+        piece, count = cut
+        if piece.start != facts.parts_end or piece.start + count <= facts.received:
+            self._drop_spool()  # (an earlier piece is missing, or nothing new came)
+            return None
+        def dropped(result: object) -> object:
+            self._drop_spool()
+            return result
+
+        return self.streams.in_thread(self._salvage, piece.start, count).addBoth(dropped)
+
+    def _salvage(self, start: int, count: int) -> None:
+        """Store the first `count` bytes of the copy of the piece at `start`: a part when
+        they are enough for one, else the tail; then the facts. Blocking."""
+        assert self._spool is not None
+        self._spool.flush()
+        client = self.storage.client
+        facts = self.facts
+        body = FileSlice(self._spool, count)
+        old_tail = facts.tail
+        try:
+            if count >= MIN_PART:
+                if facts.upload_id is None:
+                    facts.upload_id = client.create_multipart(self.key, self._object_headers())
+                number = len(facts.parts) + 1
+                query = (("partNumber", str(number)), ("uploadId", facts.upload_id))
+                answer = client.request("PUT", self.key, query, body=body, what="storing a part")
+                etag = answer.headers.get("etag", "")
+                if answer.status != 200 or not digest_agrees(etag, body.md5):
+                    return
+                facts.parts.append(Part(number, start, count, etag, body.md5))
+                facts.tail = None
+            else:
+                key = self.uploads.tail_key(self._id, start)
+                answer = client.request("PUT", key, body=body, what="storing a tail")
+                if answer.status != 200:
+                    return
+                facts.tail = (start, count)
+            facts.touched = self.storage.clock()
+            client.put(self.uploads.key(self._id, "facts"), facts.encode())
+            if old_tail is not None and facts.tail is None:  # (now in the part)
+                client.delete(self.uploads.tail_key(self._id, old_tail[0]))
+        except StoreError:
+            return  # (what the facts said before stands)
+
     def close(self) -> Any:
-        """Let go of the upload, what was stored kept (on the reactor): fires once the facts
+        """Let go of the upload, what arrived kept (on the reactor): fires once the facts
         say so and the holder record is gone."""
         if not self.streams.on_reactor():
             # (a request that took the upload on a thread, then found it claimed by a newer
@@ -642,6 +683,7 @@ class S3ResumablePartial:
         self.flow.source = None
         d = self._stream.cut() if self._stream is not None else self.streams.succeed()
         d.addCallback(lambda _: self._saved())
+        d.addCallback(lambda _: self._salvage_cut())
 
         def release(_: object) -> Any:
             if self._lost:
@@ -657,6 +699,7 @@ class S3ResumablePartial:
             return
         self.done = True
         self._stop_beating()
+        self._drop_spool()
         self.flow.source = None
         d = self._stream.abort() if self._stream is not None else self.streams.succeed()
         d.addCallback(lambda _: self._saved())
@@ -680,6 +723,7 @@ class S3ResumablePartial:
         finally:
             self.done = True
             self.streams.call_on_reactor(self._stop_beating)
+            self.streams.call_on_reactor(self._drop_spool)
         self._completed()
         return stored
 
@@ -735,26 +779,13 @@ class S3ResumablePartial:
         return self._stored() if created else self._compare(empty)
 
     def _compare(self, digest: str) -> StoredFile:
-        there = self.storage._object(self.rel)
-        if there is not None and there.size == self.size and there.etag == digest:
-            return there
-        raise Conflict("file already exists")
+        return self.storage.compare_with(self.rel, self.size, digest)
 
     def _stored(self) -> StoredFile:
-        """The file this upload made (counted in the usage ledger: a new one)."""
-        now = self.storage.clock()
-        stored = StoredFile(
-            rel=self.rel,
-            location=self.key,
-            size=self.size,
-            mtime=now,
-            content_type=self.content_type,
-            uploaded=now,
-            expires=self.expires,
-            uploader=self.uploader,
+        """The file this upload made (a new one: counted in the usage ledger)."""
+        return self.storage.made(
+            self.rel, self.size, self.content_type, self.expires, self.uploader
         )
-        self.storage._count(stored)
-        return stored
 
     def _completed(self) -> None:
         """Keep the facts as the record of a completed upload; drop the rest (blocking)."""
