@@ -432,6 +432,7 @@ class S3ResumablePartial(StreamedPartial):
         #: connection sent of it is stored as the connection ends (`_salvage`).
         self._spool: BinaryIO | None = None
         self._spool_start: int | None = None
+        self._no_spool = False
         if new:
             self._save()
             holder_key = uploads.key(upload_id, "holder")
@@ -602,18 +603,29 @@ class S3ResumablePartial(StreamedPartial):
         return d
 
     def _tee(self, piece: Any, data: bytes) -> None:
-        """(on the reactor) Keep a copy of the piece on its way."""
-        if self._spool is None:
-            self._spool = tempfile.TemporaryFile(prefix="hmacfs-piece-")  # noqa: SIM115
-        if piece.start != self._spool_start:
-            self._spool.seek(0)
-            self._spool.truncate()
-            self._spool_start = piece.start
-        self._spool.write(data)
+        """(on the reactor) Keep a copy of the piece on its way. A copy that cannot be made
+        (a full temporary directory) is given up: a cut then loses the piece on its way, as
+        when the node dies."""
+        if self._no_spool:
+            return
+        try:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile(  # noqa: SIM115
+                    buffering=0, prefix="hmacfs-piece-"
+                )
+            if piece.start != self._spool_start:
+                self._spool.seek(0)
+                self._spool.truncate()
+                self._spool_start = piece.start
+            self._spool.write(data)
+        except OSError:
+            self._no_spool = True
+            self._drop_spool()
 
     def _drop_spool(self) -> None:
         if self._spool is not None:
-            self._spool.close()
+            with contextlib.suppress(OSError):
+                self._spool.close()
             self._spool = None
 
     def _salvage_cut(self) -> Any:
@@ -638,7 +650,6 @@ class S3ResumablePartial(StreamedPartial):
         """Store the first `count` bytes of the copy of the piece at `start`: a part when
         they are enough for one, else the tail; then the facts. Blocking."""
         assert self._spool is not None
-        self._spool.flush()
         client = self.storage.client
         facts = self.facts
         body = FileSlice(self._spool, count)
