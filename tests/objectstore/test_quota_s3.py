@@ -4,6 +4,7 @@ the markers along."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -107,5 +108,53 @@ def test_the_sweeper_drops_the_markers_of_files_gone(
             30,
             "a sweep",
         )
+    finally:
+        assert stop_server(srv) == 0
+
+
+def test_verify_finds_and_repairs_what_the_ledger_misses(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, prefix="files/", max_upload_size="100K",
+        quota={"uploader_limit": "100K"},
+    )
+    try:
+        assert put(srv, f"{ROMEO}/counted.bin", os.urandom(10 * KIB))[0] == 201
+        assert put(srv, f"{ROMEO}/older.bin", os.urandom(20 * KIB))[0] == 201
+        assert put(srv, f"{JULIET}/gone.bin", os.urandom(30 * KIB))[0] == 201
+        store = ceph.client()
+        # A file stored before its marker existed (as before the ledger was kept) ...
+        [older] = [m for m in markers(ceph, bucket, ROMEO) if m.startswith(f"{ROMEO}%2Folder")]
+        store.delete_object(Bucket=bucket, Key=f"files/.hmacfs/usage/{ROMEO}/{older}")
+        # ... a file counted twice (a repair made while its own marker was being written) ...
+        [counted] = [m for m in markers(ceph, bucket, ROMEO) if m.startswith(f"{ROMEO}%2Fcounted")]
+        twice = counted.rsplit("/", 1)[0] + "/1.0"
+        store.put_object(Bucket=bucket, Key=f"files/.hmacfs/usage/{ROMEO}/{twice}", Body=b"")
+        # ... a file removed behind the server's back, and an object of another program.
+        store.delete_object(Bucket=bucket, Key=f"files/{JULIET}/gone.bin")
+        store.put_object(Bucket=bucket, Key="files/foreign.txt", Body=b"x")
+        found = admin(srv, ceph, "verify", "--json")
+        assert found.returncode == 1, found.stderr
+        kinds = sorted((f["kind"], f["path"]) for f in map(json.loads, found.stdout.splitlines()))
+        assert kinds == [
+            ("no metadata", "foreign.txt"),
+            ("not counted", f"{ROMEO}/older.bin"),
+            ("stale usage marker", f"{ROMEO}/counted.bin"),
+            ("stale usage marker", f"{JULIET}/gone.bin"),
+        ]
+        repaired = admin(srv, ceph, "verify", "--repair")
+        assert repaired.returncode == 1, repaired.stdout  # (the foreign object stays)
+        assert "3 repaired" in repaired.stdout
+        assert sorted(m.split("/")[0] for m in markers(ceph, bucket, ROMEO)) == [
+            f"{ROMEO}%2Fcounted.bin", f"{ROMEO}%2Folder.bin"
+        ]
+        assert counted in markers(ceph, bucket, ROMEO)  # (the newer of the two)
+        assert markers(ceph, bucket, JULIET) == []
+        # Romeo's 30K are all counted again: 80K more do not fit.
+        status, _ = put(srv, f"{ROMEO}/more.bin", os.urandom(80 * KIB))
+        assert status == 413
+        again = admin(srv, ceph, "verify", "--json")
+        assert [json.loads(line)["kind"] for line in again.stdout.splitlines()] == ["no metadata"]
     finally:
         assert stop_server(srv) == 0

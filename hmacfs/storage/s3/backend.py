@@ -355,15 +355,23 @@ class S3Storage:
         if self.accounting is not None:
             self.accounting.sweep()
             report.orphans += self.accounting.reconcile(self._uploaded)
-        removed, report.kept, report.kept_bytes, in_use = self.resumables.sweep(active)
+        removed, report.kept, report.kept_bytes = self.sweep_partials(active)
         report.partials += removed
+        return report
+
+    def sweep_partials(self, active: frozenset[str] = frozenset()) -> tuple[int, int, int]:
+        """Remove the resumable uploads whose time is up and abort the multipart uploads
+        nobody will complete (except those named in `active`): (how many, resumable uploads
+        kept, the bytes they hold). Blocking."""
+        removed, kept, kept_bytes, in_use = self.resumables.sweep(active)
+        now = self.clock()
         for unfinished in self.client.list_unfinished(self.prefix):
             if unfinished.upload_id in active or unfinished.upload_id in in_use:
                 continue  # (a resumable upload's parts are kept as long as it is)
             if unfinished.initiated + self.stale_after < now:
                 self.client.abort_multipart(unfinished.key, unfinished.upload_id)
-                report.partials += 1
-        return report
+                removed += 1
+        return removed, kept, kept_bytes
 
     # -- uploads ------------------------------------------------------------------------------
 

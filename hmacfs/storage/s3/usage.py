@@ -127,7 +127,13 @@ class S3Usage:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def added(self, rel: str, size: int, uploader: str | None) -> None:
+    def counted(self, rel: str, uploader: str) -> bool:
+        """Whether the file at `rel` has its marker."""
+        return any(True for _ in self._markers(uploader, rel))
+
+    def added(self, rel: str, size: int, uploader: str | None, *, upload: bool = True) -> None:
+        """Count a file stored at `rel`; `upload`: it was uploaded now (noted for the daily
+        limit), not merely found uncounted."""
         with self._lock:
             if self._total is not None:
                 self._total = (self._total[0], self._total[1].plus(size, +1))
@@ -136,6 +142,8 @@ class S3Usage:
         now = self.clock()
         marker = f"{self._marks}{_who(uploader)}/{_segment(rel)}/{size}/{now!r}"
         self.client.put(marker, rel.encode("utf-8", "surrogateescape"))
+        if not upload:
+            return
         nonce = secrets.token_hex(4)
         self.client.put(f"{self._uploads}{_who(uploader)}/{now!r}-{size}-{nonce}", b"")
 
@@ -161,27 +169,54 @@ class S3Usage:
         that another upload has replaced since; how many. `uploaded` gives when the file at
         a path was uploaded (None: no file there)."""
         gone = 0
-        for listed in self.client.list_objects(self._marks):
-            parts = listed.key[len(self._marks) :].split("/")
-            if len(parts) != 4:
+        for key, _ in self.stale(uploaded):
+            self.client.delete(key)
+            gone += 1
+        return gone
+
+    def stale(self, uploaded: Callable[[str], float | None]) -> Iterator[tuple[str, str]]:
+        """The markers `reconcile` deletes, each one's key and the path it names: those of
+        files gone or replaced since, and all but the newest of a path's markers (as a
+        repair made while the file's own was being written leaves)."""
+        group: tuple[str, str] | None = None
+        found: list[tuple[float, str]] = []
+        for listed in [*self.client.list_objects(self._marks), None]:
+            parts = listed.key[len(self._marks) :].split("/") if listed is not None else []
+            if listed is not None and len(parts) != 4:
                 continue
+            if group is not None and (listed is None or (parts[0], parts[1]) != group):
+                yield from self._stale_of(group[1], sorted(found), uploaded)
+                found = []
+            if listed is None:
+                break
+            group = (parts[0], parts[1])
             try:
                 marked = float(parts[3])
             except ValueError:
                 marked = 0.0
-            if parts[1].startswith("~"):
-                body = self.client.get(listed.key)
-                if body is None:
-                    continue
-                rel = body.decode("utf-8", "surrogateescape")
-            else:
-                rel = unquote(parts[1])
-            # (a file's marker is written after its upload began: an older one is stale)
-            there = uploaded(rel)
-            if there is None or marked < there:
-                self.client.delete(listed.key)
-                gone += 1
-        return gone
+            found.append((marked, listed.key))
+
+    def _stale_of(
+        self,
+        segment: str,
+        markers: list[tuple[float, str]],
+        uploaded: Callable[[str], float | None],
+    ) -> Iterator[tuple[str, str]]:
+        """The stale ones of one path's markers (oldest first)."""
+        newest, key = markers[-1]
+        if segment.startswith("~"):
+            body = self.client.get(key)
+            if body is None:
+                return
+            rel = body.decode("utf-8", "surrogateescape")
+        else:
+            rel = unquote(segment)
+        for _, older in markers[:-1]:
+            yield older, rel
+        # (a file's marker is written after its upload began: an older one is stale)
+        there = uploaded(rel)
+        if there is None or newest < there:
+            yield key, rel
 
     def sweep(self) -> int:
         """Delete the notes of uploads older than a day; how many."""
