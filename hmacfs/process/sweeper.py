@@ -77,6 +77,7 @@ def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
         file_ttl=server.file_ttl,
         resumable_ttl=server.resumable_ttl,
         stale_after=stale,
+        sweep_every=server.sweep_interval,
         clock=wall,
     )
     # (kept whatever the limits: a limit set later finds every file since counted)
@@ -144,6 +145,8 @@ class Sweeper(TimerService):  # type: ignore[misc]
 
     def _report(self, result: SweepReport) -> None:
         self.last = result
+        if result.elsewhere:
+            _log.debug("sweep left to another node of the bucket")
         if self.metrics is not None:
             self.metrics.set_storage(result.files, result.bytes)
             self.metrics.set_kept_partials(result.kept, result.kept_bytes)

@@ -50,6 +50,9 @@ class SweepReport:
     #: Reopenable partials kept for a resumption, and the bytes they hold.
     kept: int = 0
     kept_bytes: int = 0
+    #: Whether another node of a shared store swept in this one's stead (the figures are
+    #: that node's last sweep's).
+    elsewhere: bool = False
 
 
 @dataclass(frozen=True)

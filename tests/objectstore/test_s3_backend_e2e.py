@@ -108,8 +108,10 @@ def unfinished(ceph: CephGateway, bucket: str) -> list[Any]:
 
 
 def keys(ceph: CephGateway, bucket: str) -> list[str]:
+    """The bucket's keys, but for the sweep's turn (`.hmacfs/sweep`, there once a node swept:
+    see test_nodes_of_one_bucket_sweep_it_one_at_a_time)."""
     listed = ceph.client().list_objects_v2(Bucket=bucket).get("Contents", [])
-    return sorted(item["Key"] for item in listed)
+    return sorted(k for item in listed if not (k := item["Key"]).endswith(".hmacfs/sweep"))
 
 
 @pytest.fixture
@@ -278,6 +280,36 @@ def test_expired_files_are_swept_from_the_store(
         assert get(srv, "brief.txt")[0] == 404
     finally:
         assert stop_server(srv) == 0
+
+
+def test_nodes_of_one_bucket_sweep_it_one_at_a_time(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(
+                start_on(tmp_path / name, ceph, bucket, 'file_ttl = "2s"\nsweep_interval = "5s"')
+            )
+        a, b = nodes
+        # a swept as it started; b, starting within the interval, leaves it to a.
+        wait_for(lambda: any("left to another node" in line for line in b.log) or None, 20,
+                 "the second node to leave the sweep to the first")
+        turn = json.loads(
+            ceph.client().get_object(Bucket=bucket, Key=".hmacfs/sweep")["Body"].read()
+        )
+        assert set(turn) == {"node", "report"} and "files" in turn["report"]
+        assert not any("left to another node" in line for line in a.log)
+        # The node whose turn it was dies: the other one sweeps once the turn is stale.
+        assert put(b, "brief.txt", b"gone soon")[0] == 201
+        a.process.kill()
+        a.process.wait()
+        wait_for(lambda: "brief.txt" not in keys(ceph, bucket) or None, 40, "b to sweep")
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                assert stop_server(node) == 0
 
 
 def test_the_sweeper_aborts_multipart_uploads_a_dead_node_left(

@@ -93,6 +93,7 @@ class S3Storage:
         file_ttl: float | None = None,
         resumable_ttl: float = 24 * 3600.0,
         stale_after: float = 6 * 3600.0,
+        sweep_every: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -103,6 +104,10 @@ class S3Storage:
         self.resumable_ttl = resumable_ttl
         #: An unfinished multipart upload untouched this long is abandoned.
         self.stale_after = stale_after
+        #: How often the nodes sharing the bucket sweep it, one at a time (None: every
+        #: sweep asked for is made).
+        self.sweep_every = sweep_every
+        self._node = secrets.token_hex(8)
         self.clock = clock
         self.fsync = True
         self.streams: Any = None
@@ -330,7 +335,54 @@ class S3Storage:
             )
 
     def sweep(self, active: frozenset[str] = frozenset()) -> SweepReport:
-        """Delete expired objects, abort abandoned multipart uploads, remove stale claims."""
+        """Delete expired objects, abort abandoned multipart uploads, remove stale claims:
+        on one node of those sharing the bucket per `sweep_every` (see `_sweep_turn`)."""
+        turn = self._sweep_turn()
+        if isinstance(turn, SweepReport):
+            return turn
+        report = self._sweep(active)
+        if turn is not None:
+            figures = {k: v for k, v in vars(report).items() if k != "elsewhere"}
+            body = json.dumps({"node": self._node, "report": figures}).encode()
+            with contextlib.suppress(StoreError):
+                self.client.put(turn, body)
+        return report
+
+    def _sweep_turn(self) -> str | SweepReport | None:
+        """Whether this node sweeps now: the key of the turn object to write the report to
+        when it does (None: no turns, `sweep_every` unset), else the report of the node
+        whose turn it is. The turn (``.hmacfs/sweep``) is this node's when it swept last,
+        when nobody has swept for most of an interval (the node that did is gone), or when
+        there is none yet; taken with a conditional write, so that of nodes racing for it
+        one sweeps."""
+        if self.sweep_every is None:
+            return None
+        key = f"{self.prefix}{RESERVED_SEGMENT}/sweep"
+        body = json.dumps({"node": self._node}).encode()
+        held = self.client.request("GET", key, what="reading the sweep turn")
+        if held.status == 404:
+            return key if self.client.put(key, body, create_only=True) else SweepReport(
+                elsewhere=True
+            )
+        try:
+            last = json.loads(held.body)
+            figures = last.get("report") or {}
+            mine = last.get("node") == self._node
+        except (ValueError, AttributeError):
+            figures, mine = {}, False
+        modified = http_time(held.headers.get("last-modified", ""))
+        if mine:
+            return key
+        stale = modified + 0.9 * self.sweep_every < self.clock()
+        if stale and self.replace_if(key, held.headers.get("etag", ""), body) is not None:
+            return key
+        report = SweepReport(elsewhere=True)
+        for name, value in figures.items():
+            if name in vars(report) and name != "elsewhere" and isinstance(value, int):
+                setattr(report, name, value)
+        return report
+
+    def _sweep(self, active: frozenset[str]) -> SweepReport:
         report = SweepReport()
         now = self.clock()
         for listed in self.client.list_objects(self.prefix):
