@@ -641,6 +641,12 @@ class PieceStream:
             query = (("uploads", ""),)
             self._upload_id = self.streams.request("POST", self.key, query, self.headers)
             self._upload_id.addCallback(self._read_upload_id)
+
+            def answered(result: object) -> object:
+                self._settle()  # (`settled` waits for this answer too)
+                return result
+
+            self._upload_id.addBoth(answered)
         sent: list[defer.Deferred[Any]] = []
 
         def cancel(_: defer.Deferred[Any]) -> None:
@@ -723,7 +729,7 @@ class PieceStream:
         d.addCallback(answered).addBoth(ended)
 
     def _settle(self) -> None:
-        if self._waiting:
+        if self._waiting or (self._upload_id is not None and not self._upload_id.called):
             return
         quiet, self._quiet = self._quiet, []
         for d in quiet:

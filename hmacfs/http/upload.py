@@ -242,12 +242,16 @@ class Upload:
         self._move(State.COMMITTING)
         closed = self.partial.close()
         if isinstance(closed, defer.Deferred):
-            # (an object store answers once what arrived is stored and the upload let go of)
-            closed.addBoth(lambda _: self._kept(answer, status))
+            # (an object store answers once what arrived is stored and the upload let go of;
+            # it fires with a Refusal when not all of it could be)
+            closed.addBoth(lambda outcome: self._kept(answer, status, outcome))
             return
         self._kept(answer, status)
 
-    def _kept(self, answer: Answer, status: int) -> None:
+    def _kept(self, answer: Answer, status: int, outcome: object = None) -> None:
+        if isinstance(outcome, Refusal):
+            self._answer(answer, outcome.status, outcome)  # (what is stored stays kept)
+            return
         self._metrics.partial_kept()
         try:
             answer(status, None)
@@ -263,12 +267,21 @@ class Upload:
         if not self.interruptible:
             return
         if self.resumable:
-            self.partial.close()
-            self._metrics.partial_kept()
-            self._end(State.KEPT, status)
+            closed = self.partial.close()
+            if isinstance(closed, defer.Deferred):
+                # (an object store stores what arrived first: the upload is over, and a
+                # shutdown may go on, once it has)
+                self._move(State.COMMITTING)
+                closed.addBoth(lambda _: self._abandoned(status))
+                return
+            self._abandoned(status)
             return
         self.partial.abort()
         self._end(State.ABORTED, status)
+
+    def _abandoned(self, status: int) -> None:
+        self._metrics.partial_kept()
+        self._end(State.KEPT, status)
 
     def _end(self, state: State, status: int) -> None:
         self._move(state)

@@ -294,3 +294,57 @@ def test_what_a_cut_left_of_a_large_piece_is_stored_as_a_part(
         assert data == body and etag.strip('"').endswith("-3")
     finally:
         assert stop_server(node) == 0
+
+
+def test_a_node_stopping_stores_what_arrived_before_it_goes(
+    tmp_path: Path, nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
+) -> None:
+    _, b = nodes
+    (tmp_path / "c").mkdir()
+    a = start_on(tmp_path / "c", ceph, bucket, 'shutdown_timeout = "1s"', prefix=PREFIX)
+    body, rel, transfer = send_most_of(a, "stopped.bin")
+    try:
+        transfer.settle()
+        location = transfer.location
+        assert location is not None
+        # SIGTERM: the upload under way gets a second to finish, then is cut off, and what
+        # came of it is stored before the node goes.
+        assert stop_server(a) == 0
+    finally:
+        if a.process.poll() is None:
+            stop_server(a)
+        transfer.connection.close()
+    assert offset_of(on(b, location)) == 11 * MIB
+    assert "holder" not in resource_keys(ceph, bucket, location)
+    done = rufh.patch(on(b, location), VERSION, 11 * MIB, body[11 * MIB :])
+    assert done.status == 201, done
+    assert stored(ceph, bucket, rel)[0] == body
+
+
+def test_a_request_whose_upload_changed_under_it_changes_nothing_more(
+    nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
+) -> None:
+    a, _ = nodes
+    size = 13 * MIB
+    body = os.urandom(size)
+    rel = f"{uuid.uuid4()}/fenced.bin"
+    transfer = rufh.start_create(slot(a, rel, size), body, VERSION)
+    try:
+        transfer.send(3 * MIB)
+        assert transfer.wait_informational() is not None and transfer.location is not None
+        location = transfer.location
+        transfer.settle()
+        # Another node's request took the upload over and wrote its facts (as after this
+        # node lost the store for longer than its holder record lasts).
+        key = f"{PREFIX}.hmacfs/resumable/{upload_id(location)}/facts"
+        theirs = dict(facts(ceph, bucket, location) or {}, touched=1.0)
+        ceph.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(theirs).encode())
+        transfer.send()  # (the first part is stored; its facts are refused: this one stops)
+        final = transfer.final or transfer.connection.read_final("PUT", 30)[1]
+    except OSError:
+        final = None  # (refused mid-body, the connection closed as the body still came)
+    finally:
+        transfer.connection.close()
+    assert final is None or final.status >= 500, final
+    assert facts(ceph, bucket, location) == theirs  # never overwritten by the old holder
+    assert get(a, rel)[0] == 404

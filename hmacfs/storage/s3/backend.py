@@ -45,7 +45,13 @@ from hmacfs.core.refusals import (
     TooLarge,
 )
 from hmacfs.storage.backend import PartialFile, PartialState, StoredFile, SweepReport
-from hmacfs.storage.s3.client import BlockingClient, StoreError, http_time, metadata_of
+from hmacfs.storage.s3.client import (
+    BlockingClient,
+    StoreError,
+    error_of,
+    http_time,
+    metadata_of,
+)
 
 #: A claim this old was left by a node that died while completing an upload.
 CLAIM_STALE = 60.0
@@ -351,15 +357,17 @@ class S3Storage:
     def _sweep_turn(self) -> str | SweepReport | None:
         """Whether this node sweeps now: the key of the turn object to write the report to
         when it does (None: no turns, `sweep_every` unset), else the report of the node
-        whose turn it is. The turn (``.hmacfs/sweep``) is this node's when it swept last,
-        when nobody has swept for most of an interval (the node that did is gone), or when
-        there is none yet; taken with a conditional write, so that of nodes racing for it
-        one sweeps."""
+        whose turn it is. The turn (``.hmacfs/sweep``, written as a sweep begins and as it
+        ends) is this node's when it swept last, when nobody has written it for one and a
+        half intervals (the node that did is gone), or when there is none yet; taken with a
+        conditional write, so that of nodes racing for it one sweeps."""
         if self.sweep_every is None:
             return None
         key = f"{self.prefix}{RESERVED_SEGMENT}/sweep"
         body = json.dumps({"node": self._node}).encode()
         held = self.client.request("GET", key, what="reading the sweep turn")
+        if held.status not in (200, 404):
+            raise error_of(held, "reading the sweep turn")
         if held.status == 404:
             return key if self.client.put(key, body, create_only=True) else SweepReport(
                 elsewhere=True
@@ -372,8 +380,10 @@ class S3Storage:
             figures, mine = {}, False
         modified = http_time(held.headers.get("last-modified", ""))
         if mine:
+            with contextlib.suppress(StoreError):
+                self.client.put(key, held.body)  # (a sweep under way: the turn is taken)
             return key
-        stale = modified + 0.9 * self.sweep_every < self.clock()
+        stale = modified + 1.5 * self.sweep_every < self.clock()
         if stale and self.replace_if(key, held.headers.get("etag", ""), body) is not None:
             return key
         report = SweepReport(elsewhere=True)

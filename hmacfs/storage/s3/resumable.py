@@ -173,18 +173,27 @@ class Resumables:
 
     def facts(self, upload_id: str) -> Facts | None:
         """The facts of `upload_id`, None when there are none (or not readable). Blocking."""
+        return self.facts_and_tag(upload_id)[0]
+
+    def facts_and_tag(self, upload_id: str) -> tuple[Facts | None, str]:
+        """The facts of `upload_id` and their entity tag (what a conditional write of the
+        next facts names). Blocking. Raises StorageFailure."""
         if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
-            return None
+            return None, ""
         try:
-            body = self.storage.client.get(self.key(upload_id, "facts"))
+            answer = self.storage.client.request(
+                "GET", self.key(upload_id, "facts"), what="reading an upload's facts"
+            )
         except StoreError as e:
             raise StorageFailure("object store unavailable") from e
-        if body is None:
-            return None
+        if answer.status == 404:
+            return None, ""
+        if answer.status != 200:
+            raise StorageFailure("object store unavailable")
         try:
-            return Facts.decode(body)
+            return Facts.decode(answer.body), answer.headers.get("etag", "")
         except ValueError:
-            return None
+            return None, ""
 
     def live(self, facts: Facts) -> bool:
         """Whether the upload's resource still answers (it is kept `resumable_ttl`)."""
@@ -224,33 +233,52 @@ class Resumables:
     # -- holding ----------------------------------------------------------------------------
 
     def reopen(self, upload_id: str, *, appending: bool) -> S3ResumablePartial:
-        """Hold `upload_id` (blocking). Raises NotFound, Busy, StorageFailure."""
-        facts = self.facts(upload_id)
-        if facts is None or facts.complete or not self.live(facts):
+        """Hold `upload_id` (blocking): the facts are read once it is held (a request that
+        held it before may have changed them until then). Raises NotFound, Busy,
+        StorageFailure."""
+        if self.facts(upload_id) is None:
             raise NotFound("no such upload")
         try:
             holder = self._take_holder(upload_id, appending)
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        try:
+            facts, tag = self.facts_and_tag(upload_id)
+            if facts is None or facts.complete or not self.live(facts):
+                raise NotFound("no such upload")
             tail = b""
             if appending and facts.tail is not None:
                 tail = self._read_tail(upload_id, facts.tail)
-        except StoreError as e:
-            raise StorageFailure("object store unavailable") from e
+        except BaseException:
+            self.let_go(upload_id)
+            raise
         return S3ResumablePartial(
-            self, upload_id, facts, holder=holder, appending=appending, tail=tail, new=False
+            self, upload_id, facts, holder=holder, appending=appending, tail=tail, new=False,
+            facts_tag=tag,
         )
+
+    def let_go(self, upload_id: str) -> None:
+        """Remove the holder record (blocking; one left behind goes stale)."""
+        with contextlib.suppress(StoreError):
+            self.storage.client.delete(self.key(upload_id, "holder"))
 
     def _read_tail(self, upload_id: str, tail: tuple[int, int]) -> bytes:
         start, length = tail
         if length == 0:
             return b""
-        answer = self.storage.client.request(
-            "GET",
-            self.tail_key(upload_id, start),
-            headers={"range": f"bytes=0-{length - 1}"},
-            what="reading an upload's tail",
-        )
-        if answer.status not in (200, 206) or len(answer.body) < length:
+        try:
+            answer = self.storage.client.request(
+                "GET",
+                self.tail_key(upload_id, start),
+                headers={"range": f"bytes=0-{length - 1}"},
+                what="reading an upload's tail",
+            )
+        except StoreError as e:
+            raise StorageFailure("object store unavailable") from e
+        if answer.status == 404 or (answer.status in (200, 206) and len(answer.body) < length):
             raise StorageFailure("object store lost part of the upload")
+        if answer.status not in (200, 206):
+            raise StorageFailure("object store unavailable")
         return answer.body[:length]
 
     def holder_body(self, appending: bool, beat: int = 0) -> bytes:
@@ -276,6 +304,8 @@ class Resumables:
             held = client.request("GET", key, what="reading an upload's holder")
             if held.status == 404:
                 continue  # (let go of meanwhile)
+            if held.status != 200:
+                raise StoreError(f"reading an upload's holder: {held.status}", held.status)
             etag = held.headers.get("etag", "")
             try:
                 busy_appending = bool(json.loads(held.body).get("appending"))
@@ -393,6 +423,7 @@ class S3ResumablePartial(StreamedPartial):
         appending: bool,
         tail: bytes,
         new: bool,
+        facts_tag: str = "",
     ) -> None:
         storage = uploads.storage
         if storage.streams is None:
@@ -433,18 +464,32 @@ class S3ResumablePartial(StreamedPartial):
         self._spool: BinaryIO | None = None
         self._spool_start: int | None = None
         self._no_spool = False
+        self._aborted = False
+        #: The entity tag of the facts as this request last wrote (or read) them: each write
+        #: names it (If-Match), so that a request that lost the upload to another one, and
+        #: does not know it yet, changes nothing ("" for new facts: If-None-Match).
+        self._facts_tag = facts_tag
+        #: What the facts say arrived, as last stored (a kept part is answered with it).
+        self.stored = facts.received
+        self._save_failed = False
+        #: When the holder record was last renewed (monotonic); a request that could not
+        #: renew it for most of `HOLD_STALE` stops, as another node may take it over then.
+        self._renewed = time.monotonic()
         if new:
             self._save()
             holder_key = uploads.key(upload_id, "holder")
             d = self.streams.small("PUT", holder_key, body=uploads.holder_body(False))
             d.addCallbacks(self._held, lambda _: None)
             self._start_beat()
+        else:
+            self.streams.call_on_reactor(self._start_beat)  # (made on a thread)
 
     # -- the bytes ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         self._admit(data)
-        if self._lost:
+        if self._lost or time.monotonic() - self._renewed > HOLD_STALE * 0.7:
+            self._lost = True
             raise StorageFailure("another request took this upload over")
         if self._stream is None:
             self._start()
@@ -476,8 +521,6 @@ class S3ResumablePartial(StreamedPartial):
             tee=self._tee,
         )
         self._tail = b""
-        if self._stop_beat is None:
-            self._start_beat()
 
     def _object_headers(self) -> dict[str, str]:
         return self.storage.object_headers(
@@ -487,10 +530,14 @@ class S3ResumablePartial(StreamedPartial):
     # -- what the store took (on the reactor) ----------------------------------------------
 
     def _created(self, upload_id: str) -> None:
+        if self._aborted or self._lost:
+            return  # (the sweeper aborts it)
         self.facts.upload_id = upload_id
         self._save()
 
     def _stored_piece(self, piece: Any) -> None:
+        if self._lost or self._aborted:
+            return
         if piece.kind == "single":
             self._single = piece
             if piece.status == 200 and not digest_agrees(piece.etag, piece.md5):
@@ -518,27 +565,72 @@ class S3ResumablePartial(StreamedPartial):
             if facts.tail is not None and facts.tail[0] < facts.parts_end:
                 facts.tail = None
             changed = True
-        if changed:
+        if not changed:
+            return
+        if old_tail is not None and (facts.tail is None or facts.tail[0] != old_tail[0]):
+            # (deleted once the facts that no longer name it are stored)
+            key = self.uploads.tail_key(self._id, old_tail[0])
+            self._save(lambda: self.streams.small("DELETE", key))
+        else:
             self._save()
-            if old_tail is not None and (facts.tail is None or facts.tail[0] != old_tail[0]):
-                key = self.uploads.tail_key(self._id, old_tail[0])
-                self.streams.small("DELETE", key).addErrback(lambda _: None)
 
-    def _save(self) -> None:
-        """Write the facts as they stand (in order: each write waits for the one before)."""
+    def _save(self, then: Any = None) -> None:
+        """Write the facts as they stand, if they are still the ones this request wrote or
+        read (in order: each write waits for the one before); `then` is called once they are
+        stored."""
         self.facts.touched = self.storage.clock()
         body = self.facts.encode()
+        received = self.facts.received
         key = self.uploads.key(self._id, "facts")
 
         def write(_: object) -> Any:
-            headers = {"content-type": "application/json"}
-            return self.streams.small("PUT", key, headers=headers, body=body)
+            if self._lost:
+                return None
+            return self._put_if(key, body, self._facts_tag).addCallback(written)
+
+        def written(tag: str | None) -> Any:
+            if tag is None:
+                self._save_failed = True
+                return None
+            self._facts_tag = tag
+            self.stored = received
+            return then() if then is not None else None
 
         if self._saving is None:
             self._saving = write(None)
         else:
             self._saving = self._saving.addBoth(write)
-        self._saving.addErrback(lambda _: None)
+        self._saving.addErrback(self._save_error)
+
+    def _save_error(self, _: object) -> None:
+        self._save_failed = True
+
+    def _put_if(self, key: str, body: bytes, tag: str) -> Any:
+        """(on the reactor) PUT `body` at `key` if the object there has entity tag `tag`
+        (none, for ""): fires with the new tag, or None when refused (then, for a tag that
+        no longer matches, this request has lost the upload) or failed."""
+        headers = {"content-type": "application/json"}
+        forms = self.storage.if_match_forms(tag) if tag else [""]
+
+        def attempt(index: int) -> Any:
+            condition = {"if-match": forms[index]} if forms[index] else {"if-none-match": "*"}
+            d = self.streams.small("PUT", key, headers={**headers, **condition}, body=body)
+
+            def answered(answer: tuple[int, str, bytes]) -> Any:
+                status, etag, _ = answer
+                if status // 100 == 2:
+                    if forms[index]:
+                        self.storage.if_match_worked('"' not in forms[index])
+                    return etag
+                if status == 412 and index + 1 < len(forms):
+                    return attempt(index + 1)
+                if status in (404, 412):
+                    self._lost = True  # another request changed it
+                return None
+
+            return d.addCallback(answered)
+
+        return attempt(0).addErrback(lambda _: None)
 
     # -- the holder record ---------------------------------------------------------------------
 
@@ -546,8 +638,11 @@ class S3ResumablePartial(StreamedPartial):
         status, etag, _ = answer
         if status // 100 == 2:
             self._holder = etag
+            self._renewed = time.monotonic()
 
     def _start_beat(self) -> None:
+        if self.done or self._stop_beat is not None:
+            return
         self._stop_beat = self.streams.every(HOLD_BEAT, self._beat)
 
     def _stop_beating(self) -> None:
@@ -555,31 +650,18 @@ class S3ResumablePartial(StreamedPartial):
             self._stop_beat()
 
     def _beat(self) -> Any:
-        if self._holder is None or self.done:
+        if self._holder is None or self.done or self._lost:
             return None
         self._beats += 1
         body = self.uploads.holder_body(self.appending, self._beats)
         key = self.uploads.key(self._id, "holder")
-        forms = self.storage.if_match_forms(self._holder)
 
-        def attempt(index: int) -> Any:
-            d = self.streams.small("PUT", key, headers={"if-match": forms[index]}, body=body)
+        def renewed(tag: str | None) -> None:
+            if tag is not None:
+                self._holder = tag
+                self._renewed = time.monotonic()
 
-            def answered(answer: tuple[int, str, bytes]) -> Any:
-                status, etag, _ = answer
-                if status // 100 == 2:
-                    self.storage.if_match_worked('"' not in forms[index])
-                    self._holder = etag
-                    return None
-                if status == 412 and index + 1 < len(forms):
-                    return attempt(index + 1)
-                if status in (404, 412):
-                    self._lost = True  # another node took it over
-                return None
-
-            return d.addCallback(answered)
-
-        return attempt(0).addErrback(lambda _: None)
+        return self._put_if(key, body, self._holder).addCallback(renewed)
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -652,9 +734,9 @@ class S3ResumablePartial(StreamedPartial):
         assert self._spool is not None
         client = self.storage.client
         facts = self.facts
-        body = FileSlice(self._spool, count)
         old_tail = facts.tail
         try:
+            body = FileSlice(self._spool, count)
             if count >= MIN_PART:
                 if facts.upload_id is None:
                     facts.upload_id = client.create_multipart(self.key, self._object_headers())
@@ -673,11 +755,30 @@ class S3ResumablePartial(StreamedPartial):
                     return
                 facts.tail = (start, count)
             facts.touched = self.storage.clock()
-            client.put(self.uploads.key(self._id, "facts"), facts.encode())
+            if not self._write_facts_now():
+                return
             if old_tail is not None and facts.tail is None:  # (now in the part)
                 client.delete(self.uploads.tail_key(self._id, old_tail[0]))
-        except StoreError:
+        except (StoreError, OSError):
             return  # (what the facts said before stands)
+
+    def _write_facts_now(self) -> bool:
+        """Write the facts if they are still this request's (blocking); whether they were."""
+        key = self.uploads.key(self._id, "facts")
+        body = self.facts.encode()
+        if self._facts_tag:
+            tag = self.storage.replace_if(key, self._facts_tag, body)
+        else:
+            created = self.storage.client.request(
+                "PUT", key, headers={"if-none-match": "*"}, body=body, what="storing facts"
+            )
+            tag = created.headers.get("etag", "") if created.status // 100 == 2 else None
+        if tag is None:
+            self._lost = True
+            return False
+        self._facts_tag = tag
+        self.stored = self.facts.received
+        return True
 
     def close(self) -> Any:
         """Let go of the upload, what arrived kept (on the reactor): fires once the facts
@@ -700,15 +801,24 @@ class S3ResumablePartial(StreamedPartial):
             if self._lost:
                 return None
             key = self.uploads.key(self._id, "holder")
-            return self.streams.small("DELETE", key)
+            return self.streams.small("DELETE", key).addErrback(lambda _: None)
 
-        return d.addCallback(release).addErrback(lambda _: None)
+        def outcome(_: object) -> StorageFailure | None:
+            # What was kept is what the stored facts say: a part that arrived and was not
+            # stored is not answered as kept.
+            if self.stored < self.received:
+                self.received = self.stored
+                return StorageFailure("object store did not keep all of this part")
+            return None
+
+        return d.addBoth(release).addBoth(outcome)
 
     def abort(self) -> None:
         """Cancel the upload (on the reactor): everything of it is removed, from a thread."""
         if self.done:
             return
         self.done = True
+        self._aborted = True
         self._stop_beating()
         self._drop_spool()
         self.flow.source = None
@@ -724,6 +834,8 @@ class S3ResumablePartial(StreamedPartial):
         if self.received != self.size:
             raise BadRequest("body shorter than Content-Length")
         try:
+            if self._lost:
+                raise StorageFailure("another request took this upload over")
             stored = self._commit()
         except Conflict:
             self.uploads.remove(self._id, self.facts)
@@ -806,7 +918,8 @@ class S3ResumablePartial(StreamedPartial):
         facts.by_size = self.by_size
         facts.touched = self.storage.clock()
         with contextlib.suppress(StoreError):
-            client.put(self.uploads.key(self._id, "facts"), facts.encode())
+            if not self._write_facts_now():
+                return
             for listed in list(client.list_objects(f"{self.uploads.root}{self._id}/")):
                 if not listed.key.endswith("/facts"):
                     client.delete(listed.key)
