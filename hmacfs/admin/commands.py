@@ -477,7 +477,9 @@ def _check_orphans(storage: LocalStorage, report: Report, now: float) -> None:
         report.finding("orphaned metadata", where, detail, done)
 
 
-def _check_partials(storage: LocalStorage, report: Report) -> None:
+def _check_partials(storage: Any, report: Report, where: str = ".hmacfs/partial/") -> None:
+    """Abandoned partial uploads (`where` names them: the local partial directory);
+    --repair removes them as a sweep does."""
     abandoned = [partial for partial in storage.partial_files() if partial.abandoned]
     left: set[str] = set()
     if report.repairing and abandoned:
@@ -490,7 +492,7 @@ def _check_partials(storage: LocalStorage, report: Report) -> None:
         detail = f"{partial.kind}, {human_size(partial.size)}, {partial.abandoned}"
         if report.repairing and done is None:
             detail += " (a request still holds it)"
-        report.finding("abandoned partial", f".hmacfs/partial/{partial.name}", detail, done)
+        report.finding("abandoned partial", f"{where}{partial.name}", detail, done)
 
 
 def _verify_bucket(storage: Any, report: Report) -> int:
@@ -529,15 +531,7 @@ def _verify_bucket(storage: Any, report: Report) -> int:
             report.finding(
                 "stale usage marker", rel, "counts a file that is gone or was replaced", done
             )
-    abandoned = [partial for partial in storage.partial_files() if partial.abandoned]
-    left: set[str] = set()
-    if report.repairing and abandoned:
-        storage.sweep_partials()
-        left = {p.name for p in storage.partial_files() if p.abandoned is not None}
-    for partial in abandoned:
-        done = "removed" if report.repairing and partial.name not in left else None
-        detail = f"{partial.kind}, {human_size(partial.size)}, {partial.abandoned}"
-        report.finding("abandoned partial", partial.name, detail, done)
+    _check_partials(storage, report, where="")
     return checked
 
 

@@ -98,6 +98,12 @@ def send_most_of(node: Server, name: str) -> tuple[bytes, str, rufh.Transfer]:
     return body, rel, transfer
 
 
+def patched(node: Server, location: str, body: bytes, offset: int) -> None:
+    """Send the rest of `body`, from `offset`, to the upload resource on `node`: 201."""
+    done = rufh.patch(on(node, location), VERSION, offset, body[offset:])
+    assert done.status == 201, done
+
+
 def offset_of(location: str) -> int:
     answer = rufh.head(location, VERSION)
     assert answer.status == 204, answer
@@ -115,8 +121,7 @@ def test_a_cut_upload_resumes_on_the_other_node_where_it_broke_off(
     assert offset_of(on(b, location)) == 12 * MIB
     kept = ["claim", "facts", f"tail-{10 * MIB}"]  # (and the HEAD's holder, let go of soon)
     wait_for(lambda: sorted(resource_keys(ceph, bucket, location)) == kept or None, 10, "keys")
-    done = rufh.patch(on(b, location), VERSION, 12 * MIB, body[12 * MIB :])
-    assert done.status == 201, done
+    patched(b, location, body, 12 * MIB)
     data, etag = stored(ceph, bucket, rel)
     assert data == body
     assert etag.strip('"').endswith("-3")  # (its three parts, as they came)
@@ -197,8 +202,7 @@ def test_a_node_killed_mid_upload_leaves_it_to_the_other_node(
     # Its holder record is left behind: the other node takes it over once it is stale.
     assert resource_keys(ceph, bucket, location_url).count("holder") == 1
     assert offset_of(on(b, location_url)) == 10 * MIB
-    done = rufh.patch(on(b, location_url), VERSION, 10 * MIB, body[10 * MIB :])
-    assert done.status == 201, done
+    patched(b, location_url, body, 10 * MIB)
     assert stored(ceph, bucket, rel)[0] == body
 
 
@@ -216,8 +220,7 @@ def test_a_connection_that_went_quiet_is_taken_over_by_the_other_node(
         transfer.connection.wait_closed(10)  # node a let go and closed it
     finally:
         transfer.connection.close()
-    done = rufh.patch(on(b, location), VERSION, 11 * MIB, body[11 * MIB :])
-    assert done.status == 201, done
+    patched(b, location, body, 11 * MIB)
     assert stored(ceph, bucket, rel)[0] == body
     assert any("taking over the upload" in line for line in a.log), a.log_tail()
 
@@ -316,8 +319,7 @@ def test_a_node_stopping_stores_what_arrived_before_it_goes(
         transfer.connection.close()
     assert offset_of(on(b, location)) == 11 * MIB
     assert "holder" not in resource_keys(ceph, bucket, location)
-    done = rufh.patch(on(b, location), VERSION, 11 * MIB, body[11 * MIB :])
-    assert done.status == 201, done
+    patched(b, location, body, 11 * MIB)
     assert stored(ceph, bucket, rel)[0] == body
 
 
