@@ -722,6 +722,7 @@ class S3ResumablePartial(StreamedPartial):
         if piece.start != facts.parts_end or piece.start + count <= facts.received:
             self._drop_spool()  # (an earlier piece is missing, or nothing new came)
             return None
+
         def dropped(result: object) -> object:
             self._drop_spool()
             return result
