@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from tests.helpers import resumable as rufh
 from tests.helpers.ceph import CephGateway
 from tests.helpers.server import stop_server, wait_for
 from tests.helpers.signing import mac_v1
@@ -156,5 +157,33 @@ def test_verify_finds_and_repairs_what_the_ledger_misses(
         assert status == 413
         again = admin(srv, ceph, "verify", "--json")
         assert [json.loads(line)["kind"] for line in again.stdout.splitlines()] == ["no metadata"]
+    finally:
+        assert stop_server(srv) == 0
+
+
+def test_a_resumable_upload_is_counted_once_and_checked_at_its_creation(
+    tmp_path: Path, ceph: CephGateway, bucket: str
+) -> None:
+    srv = start_on(
+        tmp_path, ceph, bucket, prefix="files/", max_upload_size="10M",
+        quota={"uploader_limit": "10M"},
+    )
+    try:
+        rel = f"{ROMEO}/resumed.bin"
+        body = os.urandom(7 * 1024 * KIB)
+        url = f"http://127.0.0.1:{srv.port}/upload/{rel}?v={mac_v1(rel, len(body))}"
+        cut = rufh.create(url, body, 8, cut_after=3 * 1024 * KIB)
+        assert cut.location is not None
+        offset = int(rufh.head(cut.location, 8).headers["upload-offset"])
+        assert rufh.patch(cut.location, 8, offset, body[offset:]).status == 201
+        assert [m.split("/")[:2] for m in markers(ceph, bucket, ROMEO)] == [
+            [f"{ROMEO}%2Fresumed.bin", str(len(body))]
+        ]
+        # 7M of 10M used: a creation of 4M more is refused before a byte is stored.
+        big = f"{ROMEO}/big.bin"
+        url = f"http://127.0.0.1:{srv.port}/upload/{big}?v={mac_v1(big, 4 * 1024 * KIB)}"
+        refused = rufh.create(url, os.urandom(4 * 1024 * KIB), 8)
+        assert refused.final is not None and refused.final.status == 413, refused
+        assert refused.location is None  # (no upload resource was announced)
     finally:
         assert stop_server(srv) == 0

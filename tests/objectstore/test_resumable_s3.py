@@ -350,3 +350,24 @@ def test_a_request_whose_upload_changed_under_it_changes_nothing_more(
     assert final is None or final.status >= 500, final
     assert facts(ceph, bucket, location) == theirs  # never overwritten by the old holder
     assert get(a, rel)[0] == 404
+
+
+def test_an_empty_file_a_retry_and_another_body_as_for_plain_uploads(
+    nodes: tuple[Server, Server], ceph: CephGateway, bucket: str
+) -> None:
+    a, b = nodes
+    empty = f"{uuid.uuid4()}/empty.bin"
+    created = rufh.create(slot(a, empty, 0), b"", VERSION)
+    assert created.final is not None and created.final.status == 201, created
+    assert stored(ceph, bucket, empty)[0] == b""
+    # The same large body again (a client that lost the 201) gets its 201, on any node;
+    # another body of the same size gets 409, and the file is left as it was.
+    body = os.urandom(7 * MIB)
+    rel = f"{uuid.uuid4()}/twice.bin"
+    for node in (a, b):
+        again = rufh.create(slot(node, rel, len(body)), body, VERSION)
+        assert again.final is not None and again.final.status == 201, again
+    other = rufh.create(slot(b, rel, len(body)), os.urandom(7 * MIB), VERSION)
+    assert other.final is not None and other.final.status == 409, other
+    assert stored(ceph, bucket, rel)[0] == body
+    assert unfinished(ceph, bucket) == []
