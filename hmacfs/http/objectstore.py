@@ -322,20 +322,14 @@ class StreamedUpload:
     # -- the multipart upload's creation -------------------------------------------------------
 
     def _created(self, response: Any) -> defer.Deferred[str]:
-        def read(body: bytes) -> str:
-            if response.code != 200:
-                raise _answer_error(response, body, "starting a multipart upload")
-            root = parse_xml(body)
-            found = [e.text for e in root.iter() if e.tag.endswith("UploadId")]
-            if not found or not found[0]:
-                raise StoreError("starting a multipart upload: no UploadId in the answer")
-            self.result.upload_id = found[0]
+        def started(upload_id: str) -> str:
+            self.result.upload_id = upload_id
             for number, writer in self._pending_parts:
                 self._start_part(number, writer)
             self._pending_parts = []
-            return found[0]
+            return upload_id
 
-        return readBody(response).addCallback(read)  # type: ignore[no-any-return]
+        return upload_id_of(response).addCallback(started)
 
     def _create_failed(self, failure: Failure) -> None:
         self._fail(_as_store_error(failure, "starting a multipart upload"))
@@ -685,16 +679,11 @@ class PieceStream:
         return d
 
     def _read_upload_id(self, response: Any) -> defer.Deferred[str]:
-        def read(body: bytes) -> str:
-            if response.code != 200:
-                raise _answer_error(response, body, "starting a multipart upload")
-            found = [e.text for e in parse_xml(body).iter() if e.tag.endswith("UploadId")]
-            if not found or not found[0]:
-                raise StoreError("starting a multipart upload: no UploadId in the answer")
-            self._created(found[0])
-            return found[0]
+        def started(upload_id: str) -> str:
+            self._created(upload_id)
+            return upload_id
 
-        return readBody(response).addCallback(read)  # type: ignore[no-any-return]
+        return upload_id_of(response).addCallback(started)
 
     def _send(self, piece: Piece, writer: BodyWriter, d: defer.Deferred[Any]) -> None:
         self._waiting[piece.start] = (d, writer)
@@ -765,6 +754,21 @@ class PieceStream:
         if self.error is None:
             self.error = StoreError("upload aborted")
         return self.settled()
+
+
+def upload_id_of(response: Any) -> defer.Deferred[str]:
+    """The UploadId in the store's answer to the start of a multipart upload (StoreError
+    when it refused, or said none)."""
+
+    def read(body: bytes) -> str:
+        if response.code != 200:
+            raise _answer_error(response, body, "starting a multipart upload")
+        found = [e.text for e in parse_xml(body).iter() if e.tag.endswith("UploadId")]
+        if not found or not found[0]:
+            raise StoreError("starting a multipart upload: no UploadId in the answer")
+        return found[0]
+
+    return readBody(response).addCallback(read)  # type: ignore[no-any-return]
 
 
 def _as_store_error(failure: Failure, what: str) -> StoreError:

@@ -520,8 +520,7 @@ class Resumptions:
                 )
             if complete and end != state.size:
                 raise wire.inconsistent_length(version, "the upload ends short of its size")
-            if hasattr(partial, "body_end"):
-                partial.body_end = end  # (an object store cuts its pieces where it ends)
+            partial.body_end = end
             self._admit_append(request, partial, complete)
 
         return admit

@@ -301,8 +301,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
             reopenable=creation is not None,
             existing=existing,
         )
-        if creation is not None and hasattr(partial, "body_end"):
-            partial.body_end = body  # (an object store cuts its pieces where the body ends)
+        if creation is not None:
+            partial.body_end = body
         upload = self.start_upload(
             request,
             grant,

@@ -132,6 +132,9 @@ class Partial(Protocol):
     #: Set before a commit of a resumable upload that no request said was complete: it has
     #: all of its size (`PartialState.by_size`).
     by_size: bool
+    #: Where the body of the request now writing ends, when the request says (set by the
+    #: HTTP layer before the first byte; an object store cuts its pieces there).
+    body_end: int | None
 
     def write(self, data: bytes) -> None:
         """Append body bytes. Raises TooLarge past the size, StorageFailure."""

@@ -1327,6 +1327,9 @@ class LocalPartial:
     """One body being received into a file of the storage directory's partial directory:
     written as it arrives, then committed (linked into place) or aborted."""
 
+    #: (a file takes bytes wherever its request ends)
+    body_end: int | None = None
+
     def __init__(
         self, storage: LocalStorage, facts: _PartialFacts, partial: _Partial, *, reopenable: bool
     ) -> None:

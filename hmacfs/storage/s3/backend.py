@@ -596,6 +596,7 @@ class StreamedPartial:
     done: bool
     received: int
     size: int
+    body_end: int | None = None
 
     @property
     def id(self) -> str:

@@ -235,9 +235,8 @@ class Resumables:
     def reopen(self, upload_id: str, *, appending: bool) -> S3ResumablePartial:
         """Hold `upload_id` (blocking): the facts are read once it is held (a request that
         held it before may have changed them until then). Raises NotFound, Busy,
-        StorageFailure."""
-        if self.facts(upload_id) is None:
-            raise NotFound("no such upload")
+        StorageFailure. (The caller has just asked `describe`: an upload that is not there
+        leaves no holder record behind, since it is let go of at once.)"""
         try:
             holder = self._take_holder(upload_id, appending)
         except StoreError as e:
