@@ -834,8 +834,6 @@ class S3ResumablePartial(StreamedPartial):
         if self.received != self.size:
             raise BadRequest("body shorter than Content-Length")
         try:
-            if self._lost:
-                raise StorageFailure("another request took this upload over")
             stored = self._commit()
         except Conflict:
             self.uploads.remove(self._id, self.facts)
@@ -856,6 +854,8 @@ class S3ResumablePartial(StreamedPartial):
             self.streams.wait(self._quiet)
         except StoreError as e:
             raise StorageFailure("object store refused the upload") from e
+        if self._lost:  # (known only once the last facts write was answered)
+            raise StorageFailure("another request took this upload over")
         stream = self._stream
         if self._bad:
             raise StorageFailure("object store stored other bytes than were sent")
