@@ -6,7 +6,7 @@ that talks to systemd.
 - SIGHUP: `hmacfs.process.reload.reload_config`, with the process's own `apply`;
 - stop: STOPPING=1 naming the uploads in flight, and no more periodic messages.
 
-Periodic work runs on `TimerService`s on the process's reactor, so that all of it follows the
+Periodic work runs on `Timer`s on the process's reactor, so that all of it follows the
 reactor's clock (a fake one in tests).
 """
 
@@ -16,14 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import reload_config
+from hmacfs.process.services import Services, Timer
 from hmacfs.process.systemd import Notifier, watchdog_interval
 from hmacfs.storage.backend import SweepReport
 
@@ -44,7 +43,7 @@ def status_line(
     return "; ".join(parts)
 
 
-class ServerProcess(MultiService):  # type: ignore[misc]
+class ServerProcess(Services):
     """A process of the server as systemd sees it (subclasses: the node, the supervisor).
 
     `started` fires with the listener descriptions once it is reachable (or fails with why
@@ -71,7 +70,7 @@ class ServerProcess(MultiService):  # type: ignore[misc]
         self.tls: Any = None
         self.stopping = False
         self.started: defer.Deferred[list[str]] = defer.Deferred()
-        self._timers: list[TimerService] = []
+        self._timers: list[Timer] = []
         # One reload at a time: a SIGHUP during a reload (the supervisor's takes a while)
         # reads the file again once that one is done.
         self._reloads = defer.DeferredLock()
@@ -88,11 +87,10 @@ class ServerProcess(MultiService):  # type: ignore[misc]
 
     # -- periodic work -----------------------------------------------------------------------
 
-    def every(self, interval: float, call: Callable[[], object]) -> TimerService:
+    def every(self, interval: float, call: Callable[[], object]) -> Timer:
         """Call `call` now and every `interval` seconds of the reactor's clock, until the
         process stops."""
-        timer = TimerService(interval, call)
-        timer.clock = self.reactor
+        timer = Timer(interval, call, self.reactor)
         timer.setServiceParent(self)
         self._timers.append(timer)
         return timer

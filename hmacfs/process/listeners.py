@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 
 from hmacfs.core.settings import Listener
+from hmacfs.process.services import Service
 from hmacfs.process.systemd import ActivatedSockets
 
 __all__ = [
@@ -212,7 +212,7 @@ def bind_all(listeners: Sequence[Listener], activated: ActivatedSockets) -> list
     return bound
 
 
-class Listeners(Service):  # type: ignore[misc]
+class Listeners(Service):
     """Listens on `listeners` for `factory`; `ready` fires with their descriptions once all
     of them listen, or fails with the first that cannot (and none listens).
 

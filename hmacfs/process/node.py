@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -29,6 +28,7 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Listeners
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import log_certificate, tls_for
+from hmacfs.process.services import Services
 from hmacfs.process.shared_metrics import SweepFigures, shared_directory
 from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
@@ -185,7 +185,7 @@ class Node(ServerProcess):
             if cut:
                 _log.warn("cut off {count} unfinished upload(s) at shutdown", count=cut)
             yield self.site.close_connections(CLOSE_TIMEOUT)
-            yield defer.maybeDeferred(MultiService.stopService, self)
+            yield defer.maybeDeferred(Services.stopService, self)
             self.storage.close()
             _log.info("stopped")
 

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.threads import deferToThreadPool
@@ -45,6 +44,7 @@ from hmacfs.process.lifecycle import ServerProcess, status_line
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import ReloadStopped
+from hmacfs.process.services import Services
 from hmacfs.process.shared_metrics import SweepFigures, forget_live_gauges, shared_directory
 from hmacfs.process.sweeper import Sweeper, open_storage, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier
@@ -360,7 +360,7 @@ class Supervisor(ServerProcess):
             if kill.active():
                 kill.cancel()
             _log.info("stopped")
-            return MultiService.stopService(self)
+            return Services.stopService(self)
 
         ended = defer.gatherResults([timers] + [w.ended for w in workers], consumeErrors=True)
         return ended.addBoth(done)  # type: ignore[no-any-return]

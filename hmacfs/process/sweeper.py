@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
+from hmacfs.process.services import Timer
 from hmacfs.storage.backend import SweepReport
 from hmacfs.storage.local import LocalStorage
 
@@ -107,7 +107,7 @@ def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., A
     run_blocking(storage.rebuild_usage).addCallbacks(counted, failed)
 
 
-class Sweeper(TimerService):  # type: ignore[misc]
+class Sweeper(Timer):
     """Removes expired files and abandoned partial uploads, on a thread, every `interval`
     seconds of `clock` (the first sweep as it starts).
 
@@ -128,8 +128,7 @@ class Sweeper(TimerService):  # type: ignore[misc]
         metrics: Any = None,
         published: Callable[[SweepReport], None] | None = None,
     ) -> None:
-        super().__init__(interval, self.sweep)
-        self.clock = clock
+        super().__init__(interval, self.sweep, clock)
         self.storage = storage
         self.run_blocking = run_blocking
         self.active = active

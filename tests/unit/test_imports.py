@@ -142,3 +142,25 @@ def test_a_worker_loads_neither_argparse_nor_the_admin_commands(tmp_path: Path) 
 def test_the_admin_commands_are_loaded_when_they_run() -> None:
     assert set(admin.COMMANDS) == {*commands.COMMANDS, "migrate-config"}
     assert loaded("import hmacfs.cli; hmacfs.cli.build_parser()", *ADMIN_ONLY) == []
+
+
+#: Twisted's service framework, with the plugin system and persistence it brings: no process
+#: uses them (`hmacfs.process.services` stands in, at about 1 MiB less a process).
+SERVICE_FRAMEWORK = ("twisted.application", "twisted.plugin", "twisted.persisted.sob", "automat")
+
+
+def test_no_server_process_loads_twisteds_service_framework(tmp_path: Path) -> None:
+    supervisor = config_file(tmp_path, workers=2)
+    env = {"RUNTIME_DIRECTORY": str(tmp_path)}
+    assert loaded(the_command_up_to_its_process("--config", str(supervisor)),
+                  *SERVICE_FRAMEWORK, env=env) == []
+    single = config_file(tmp_path, workers=1, https=False)
+    assert loaded(the_command_up_to_its_process("--config", str(single), "run"),
+                  *SERVICE_FRAMEWORK) == []
+    plan = {"index": 0, "status_fd": 1, "listen": [], "metrics": []}
+    worker = the_command_up_to_its_process("--config", str(single), "worker")
+    assert loaded(worker, *SERVICE_FRAMEWORK, env={"HMACFS_WORKER": json.dumps(plan)}) == []
+    # (what the check looks for is there to find once imported)
+    assert "twisted.application.service" in loaded(
+        "import twisted.application.service", *SERVICE_FRAMEWORK
+    )
