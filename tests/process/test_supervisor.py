@@ -88,7 +88,7 @@ def test_workers_get_the_sockets_and_ready_waits_for_every_one(
     for index, process in enumerate(reactor.spawned):
         # (-P: nothing of the working directory is imported)
         assert process.argv == [
-            sys.executable, "-P", "-m", "hmacfs", "--config", str(config_file.path), "worker"
+            sys.executable, "-P", "-OO", "-m", "hmacfs", "--config", str(config_file.path), "worker"
         ]
         assert process.child_fds == {1: 1, 2: 2, 3: upload.fileno(), 4: metrics.fileno(), 5: "r"}
         assert plan_of(process) == {
