@@ -142,8 +142,19 @@ def imports_without(names: Sequence[str]) -> Iterator[None]:
             del sys.modules[name]  # (what failed to import without it is not kept)
 
 
+def load_reactor(hidden: Sequence[str] = ()) -> None:
+    """Install this server's reactor (`hmacfs.process.reactor`) as the global one, with the
+    modules `hidden` left out of what it imports; nothing if a reactor is installed already."""
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    with imports_without(hidden):
+        from hmacfs.process.reactor import install
+
+        install()
+
+
 def load_reactor_without_openssl() -> None:
-    """Import Twisted's reactor without pyOpenSSL, for a server with no TLS listener.
+    """Install the reactor without pyOpenSSL, for a server with no TLS listener.
 
     twisted.internet's TCP support and its reactor load pyOpenSSL (and with it cryptography,
     about 8 MiB per process) for startTLS and listenSSL whenever it is installed; this server
@@ -151,10 +162,7 @@ def load_reactor_without_openssl() -> None:
     reload add some, wrap their connections in twisted.protocols.tls, which then imports
     pyOpenSSL itself.
     """
-    if "twisted.internet.reactor" in sys.modules:
-        return
-    with imports_without(("OpenSSL",)):
-        import twisted.internet.reactor  # noqa: F401
+    load_reactor(("OpenSSL",))
 
 
 def process_class(cfg: Config, *, supervisor: bool) -> Any:
@@ -163,11 +171,13 @@ def process_class(cfg: Config, *, supervisor: bool) -> Any:
     web layer), a server with no https listener does no TLS."""
     if supervisor:
         with imports_without(SUPERVISOR_NEVER_USES):
-            import twisted.internet.reactor  # noqa: F401
+            load_reactor()
 
             from hmacfs.process.supervisor import Supervisor
         return Supervisor
-    if not any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
+    if any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
+        load_reactor()
+    else:
         load_reactor_without_openssl()
     from hmacfs.process.node import Node
 

@@ -164,3 +164,23 @@ def test_no_server_process_loads_twisteds_service_framework(tmp_path: Path) -> N
     assert "twisted.application.service" in loaded(
         "import twisted.application.service", *SERVICE_FRAMEWORK
     )
+
+
+def test_every_server_process_runs_on_the_servers_reactor(tmp_path: Path) -> None:
+    show = "\nfrom twisted.internet import reactor\nprint(type(reactor).__module__)\n"
+    supervisor = config_file(tmp_path, workers=2)
+    env = {"RUNTIME_DIRECTORY": str(tmp_path)}
+    single = config_file(tmp_path, workers=1, https=False)
+    plan = {"index": 0, "status_fd": 1, "listen": [], "metrics": []}
+    for argv, extra in (
+        (("--config", str(supervisor)), env),
+        (("--config", str(single), "run"), {}),
+        (("--config", str(single), "worker"), {"HMACFS_WORKER": json.dumps(plan)}),
+    ):
+        code = the_command_up_to_its_process(*argv) + show
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **extra},
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "hmacfs.process.reactor", argv
