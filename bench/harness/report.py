@@ -73,6 +73,9 @@ class TableRow:
     ref_name: str = "nginx"
     target: Target | None = None
     note: str = ""
+    #: The reference's figure is only a lower bound (wrk used up its list of fresh paths): a
+    #: ratio it seems to reach is not known to be reached.
+    ref_lower_bound: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -80,7 +83,8 @@ class TableRow:
 
     @property
     def met(self) -> bool | None:
-        return None if self.target is None else self.target.met(self.ours, self.ref)
+        met = None if self.target is None else self.target.met(self.ours, self.ref)
+        return None if met and self.ref_lower_bound else met
 
     def as_dict(self) -> dict[str, object]:
         return {"workload": self.workload, "unit": self.unit, "ours": self.ours,
@@ -92,9 +96,11 @@ class TableRow:
 TARGET_BIG_PUT = Target(ratio=1.2)
 TARGET_DURABLE = Target(ratio=0.9)
 TARGET_BIG_GET = Target(ratio=1.5)
-TARGET_SMALL_PUT = Target(ratio=0.8)
+TARGET_SMALL_PUT = Target(ratio=1.0)
+#: ... and on a tmpfs, where the filesystem costs next to nothing.
+TARGET_SMALL_PUT_TMPFS = Target(ratio=0.5)
 TARGET_MEDIUM_PUT = Target(ratio=1.0)
-TARGET_SMALL_GET = Target(ratio=0.3)
+TARGET_SMALL_GET = Target(ratio=0.7)
 TARGET_P99_DURING_UPLOAD_MS = Target(below=20.0)
 TARGET_TLS_GET = Target(ratio=1.0)
 TARGET_TLS_PUT = Target(ratio=1.2)
@@ -147,8 +153,17 @@ def _rounds_note(runs: Sequence[WrkRun], ours: WrkRun | None, ref: WrkRun | None
     return "best of rounds: " + ", ".join(parts) if parts else ""
 
 
+def _cpu_note(ours: WrkRun | None, ref: WrkRun | None) -> str:
+    """"CPU per request ours/nginx 150/46 us" (of the best rounds)."""
+    figures = [r.cpu_us_per_request if r is not None and not r.error else None
+               for r in (ours, ref)]
+    if all(f is None for f in figures):
+        return ""
+    return "CPU per request ours/nginx " + "/".join(num(f, 0) for f in figures) + " us"
+
+
 def wrk_rows(runs: Sequence[WrkRun], ours_label: str, ref_label: str, *,
-             with_targets: bool, tag: str = "") -> list[TableRow]:
+             with_targets: bool, tag: str = "", tmpfs: bool = False) -> list[TableRow]:
     rows = []
     keys = sorted({(r.method, r.size, r.concurrency) for r in runs},
                   key=lambda k: (k[0] != "PUT", k[1], k[2]))
@@ -158,8 +173,8 @@ def wrk_rows(runs: Sequence[WrkRun], ours_label: str, ref_label: str, *,
         target = None
         if with_targets:
             if method == "PUT" and size == SMALL and conc == 10:
-                target = TARGET_SMALL_PUT
-            elif method == "PUT" and size == MEDIUM:
+                target = TARGET_SMALL_PUT_TMPFS if tmpfs else TARGET_SMALL_PUT
+            elif method == "PUT" and size == MEDIUM and not tmpfs:
                 target = TARGET_MEDIUM_PUT
             elif method == "GET" and size == SMALL:
                 target = TARGET_SMALL_GET
@@ -168,7 +183,9 @@ def wrk_rows(runs: Sequence[WrkRun], ours_label: str, ref_label: str, *,
             ours.req_s if ours and not ours.error else None,
             ref.req_s if ref and not ref.error else None,
             target=target,
-            note="; ".join(x for x in (_note_for(ours, ref), _rounds_note(runs, ours, ref)) if x),
+            ref_lower_bound=bool(ref and ref.list_exhausted),
+            note="; ".join(x for x in (_note_for(ours, ref), _rounds_note(runs, ours, ref),
+                                       _cpu_note(ours, ref) if size == SMALL else "") if x),
         ))
     return rows
 
@@ -307,7 +324,8 @@ def build_rows(res: Results) -> list[TableRow]:
                                  note=note if pct == "p99" else ""))
     tmpfs = [r for r in res.wrk if r.storage == "tmpfs"]
     if tmpfs:
-        rows += wrk_rows(tmpfs, "ours tmpfs", "nginx tmpfs", with_targets=False, tag="tmpfs ")
+        rows += wrk_rows(tmpfs, "ours tmpfs", "nginx tmpfs", with_targets=True, tag="tmpfs ",
+                         tmpfs=True)
     rows += tls_rows(res)
     rows += durable_small_rows(res)
     rows += idle_rows(res)

@@ -309,7 +309,8 @@ def report_wrk(run: WrkRun) -> None:
     when = f" r{run.round}" if run.method == "PUT" else ""
     print(f"  {run.server:<14} {run.method} {size_name(run.size):>6} c={run.concurrency:<3}{when} "
           f"{num(run.req_s, 0):>7} req/s  p50 {num(run.p50_ms, 2)} ms  "
-          f"p99 {num(run.p99_ms, 2)} ms  {'; '.join(flags)}", flush=True)
+          f"p99 {num(run.p99_ms, 2)} ms  CPU {num(run.cpu_us_per_request, 0)} us/req  "
+          f"{'; '.join(flags)}", flush=True)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness import BENCH_DIR
 from harness.common import MB, clean_env, size_name
-from harness.sampling import OtherLoad
+from harness.sampling import OtherLoad, tree_cpu_seconds
 from harness.servers import BenchServer
 
 WRK = "/usr/bin/wrk"
@@ -51,6 +51,8 @@ class WrkRun:
     list_exhausted: bool = False
     stored: int | None = None
     other_load_cores: float | None = None
+    #: CPU time (utime + stime) the server's processes spent per answered request, in µs.
+    cpu_us_per_request: float | None = None
     error: str | None = None
     raw: dict[str, float] = field(default_factory=dict)
 
@@ -74,9 +76,11 @@ def run_wrk(run: WrkRun, server: BenchServer, list_file: Path, mode: str) -> Wrk
     ]
     server.sampler.set_phase(f"{run.method} {size_name(run.size)} c={run.concurrency}")
     try:
+        cpu_before = tree_cpu_seconds(server.pid)
         with OtherLoad() as other:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(),
                                   timeout=run.seconds + WRK_GRACE_S, check=False)
+        cpu = tree_cpu_seconds(server.pid) - cpu_before
         run.other_load_cores = other.cores
     except subprocess.TimeoutExpired:
         run.error = f"wrk did not finish within {run.seconds + WRK_GRACE_S:.0f} s"
@@ -98,6 +102,8 @@ def run_wrk(run: WrkRun, server: BenchServer, list_file: Path, mode: str) -> Wrk
     run.socket_errors = sum(int(raw[k]) for k in
                             ("errors_connect", "errors_read", "errors_write", "errors_timeout"))
     run.list_exhausted = exhausted > 0
+    if run.requests > 0:
+        run.cpu_us_per_request = cpu / run.requests * 1e6
     if run.duration_s > 0:
         run.req_s = run.ok / run.duration_s
         run.mb_s = run.ok * run.size / run.duration_s / MB
