@@ -82,10 +82,10 @@ class Services(Service):
 
 
 class Timer(Service):
-    """Calls `call` when it starts and then every `interval` seconds of `clock` (the global
-    reactor if None), until it stops."""
+    """Calls `call` when it starts and then every `interval` seconds of `clock` (the
+    process's reactor, or a fake one), until it stops."""
 
-    def __init__(self, interval: float, call: Callable[[], object], clock: Any = None) -> None:
+    def __init__(self, interval: float, call: Callable[[], object], clock: Any) -> None:
         self.interval = interval
         self.call = call
         self.clock = clock
@@ -95,10 +95,6 @@ class Timer(Service):
     def startService(self) -> None:
         super().startService()
         loop = self._loop = task.LoopingCall(self.call)
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            self.clock = reactor
         loop.clock = self.clock
         self._finished = loop.start(self.interval, now=True)
         self._finished.addErrback(self._failed)
