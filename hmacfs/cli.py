@@ -166,15 +166,13 @@ def load_reactor_without_openssl() -> None:
 
 
 def process_class(cfg: Config, *, supervisor: bool) -> Any:
-    """Import Twisted's reactor and this process's class, `Supervisor` or `Node`, each with
-    only what its process uses: a supervisor serves nothing (`SUPERVISOR_NEVER_USES`, and no
-    web layer), a server with no https listener does no TLS."""
+    """Import what this process runs on: the supervisor's module (no Twisted, and nothing of
+    `SUPERVISOR_NEVER_USES`: it serves nothing), or Twisted's reactor and `Node` (without
+    TLS for a server with no https listener)."""
     if supervisor:
         with imports_without(SUPERVISOR_NEVER_USES):
-            load_reactor()
-
-            from hmacfs.process.supervisor import Supervisor
-        return Supervisor
+            from hmacfs.process import supervisor as supervisor_module
+        return supervisor_module
     if any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
         load_reactor()
     else:
@@ -197,8 +195,8 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
 
     A process that serves checks its https listeners' certificate first (`cfg` may come
     without that check): raises ConfigError if it does not load. A supervisor, which serves
-    nothing, leaves that to its workers, and imports nothing that only serving needs: not the
-    web layer, prometheus_client, pyOpenSSL or the standard library's TLS
+    nothing, leaves that to its workers, and imports nothing that only serving needs: not
+    Twisted, the web layer, prometheus_client, pyOpenSSL or the standard library's TLS
     (tests/unit/test_imports.py keeps it so).
     """
     import shutil
@@ -230,6 +228,18 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
         metrics_dir = multiprocess_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
     kind = process_class(cfg, supervisor=count > 1)
+    if count > 1:
+        try:
+            supervised: int = kind.supervise(
+                cfg, count=count, activated=activated, on_ready=on_ready
+            )
+            return supervised
+        except (OSError, StoreError) as e:
+            print(f"hmac-file-server: {storage_refused(cfg, e)}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
@@ -246,28 +256,11 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     notifier = Notifier() if plan is None else Notifier({})
     service: Any
     try:
-        if count > 1:
-            service = kind(
-                cfg, reactor, count=count, notifier=notifier, activated=activated,
-                observer=observer,
-            )
-        else:
-            service = kind(
-                cfg, reactor, notifier=notifier, observer=observer, activated=activated,
-                worker=plan,
-            )
-    except OSError as e:
-        print(
-            f"hmac-file-server: cannot use storage_dir {cfg.server.storage_dir}: {e.strerror}",
-            file=sys.stderr,
+        service = kind(
+            cfg, reactor, notifier=notifier, observer=observer, activated=activated, worker=plan
         )
-        return EXIT_FAILURE
-    except StoreError as e:
-        print(
-            f"hmac-file-server: {cfg.source or 'configuration'}: [storage] bucket "
-            f"{cfg.storage.bucket} at {cfg.storage.endpoint}: {e.message}",
-            file=sys.stderr,
-        )
+    except (OSError, StoreError) as e:
+        print(f"hmac-file-server: {storage_refused(cfg, e)}", file=sys.stderr)
         return EXIT_FAILURE
     status = [EXIT_OK]
 
@@ -330,12 +323,18 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     reactor.callWhenRunning(take_signals)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    try:
-        reactor.run()
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    reactor.run()
     return status[0]
+
+
+def storage_refused(cfg: Config, error: OSError | StoreError) -> str:
+    """What to say when the storage of `cfg` cannot be opened."""
+    if isinstance(error, StoreError):
+        return (
+            f"{cfg.source or 'configuration'}: [storage] bucket {cfg.storage.bucket} at "
+            f"{cfg.storage.endpoint}: {error.message}"
+        )
+    return f"cannot use storage_dir {cfg.server.storage_dir}: {error.strerror}"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

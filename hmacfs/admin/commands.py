@@ -111,7 +111,7 @@ def open_storage_of(cfg: Config, *, writing: bool, command: str) -> LocalStorage
         raise Failure(f"storage_dir {root} is not a directory (or does not exist)")
     try:
         if writing:
-            from hmacfs.process.sweeper import open_storage
+            from hmacfs.process.stores import open_storage
 
             opened: LocalStorage = open_storage(cfg)
             return opened
@@ -133,7 +133,7 @@ def open_bucket_of(cfg: Config, command: str) -> Any:
     """The object store of `cfg` (`[storage] backend = "s3"`), once its bucket answered.
     Raises Failure."""
     from hmacfs.core.credentials import CredentialsError
-    from hmacfs.process.sweeper import open_bucket
+    from hmacfs.process.stores import open_bucket
 
     try:
         return open_bucket(cfg)

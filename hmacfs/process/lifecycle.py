@@ -1,5 +1,5 @@
-"""What the single-process node and the supervisor have in common: the life of a process
-that talks to systemd.
+"""The life of a process that serves, as systemd sees it (the single-process node; the
+supervisor, which runs without Twisted, does the same on its own loop).
 
 - ready: "listening on ..." for every listener, READY=1 with the STATUS line, then STATUS=
   every STATUS_INTERVAL seconds and WATCHDOG=1 as often as systemd asks;
@@ -23,28 +23,11 @@ from hmacfs.core.settings import Config
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import reload_config
 from hmacfs.process.services import Services, Timer
-from hmacfs.process.systemd import Notifier, watchdog_interval
-from hmacfs.storage.backend import SweepReport
-
-#: How often STATUS= is refreshed for `systemctl status`.
-STATUS_INTERVAL = 10.0
-
-
-def status_line(
-    listening: list[str], uploads: int, sweep: SweepReport | None, workers: int | None = None
-) -> str:
-    """The STATUS= line: where it listens, (workers,) uploads in flight, files stored."""
-    parts = [f"listening on {', '.join(listening) or 'nothing'}"]
-    if workers is not None:
-        parts.append(f"{workers} workers")
-    parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
-    if sweep is not None:
-        parts.append(f"{sweep.files} files stored")
-    return "; ".join(parts)
+from hmacfs.process.systemd import STATUS_INTERVAL, Notifier, watchdog_interval
 
 
 class ServerProcess(Services):
-    """A process of the server as systemd sees it (subclasses: the node, the supervisor).
+    """A process of the server as systemd sees it (the node).
 
     `started` fires with the listener descriptions once it is reachable (or fails with why
     not). Subclasses give `status_text` and `apply`, and call `went_ready` and

@@ -1,10 +1,5 @@
-"""Log output: readable lines on stderr, or journal lines with their priority under systemd.
-
-Under systemd (stderr is the journal stream named by JOURNAL_STREAM) each line starts with
-its syslog priority, `<3>` for errors ... `<7>` for debug (sd-daemon(3)), and carries no
-timestamp of its own, since the journal adds one. Elsewhere each line starts with a
-timestamp and the level.
-"""
+"""Log output of Twisted's events: readable lines on stderr, or journal lines with their
+priority under systemd, as `hmacfs.process.lines` renders them."""
 
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from hmacfs.core.printable import printable_line
+from hmacfs.process.lines import render
 from hmacfs.process.systemd import stream_is_journal
 
 #: sd-daemon(3) priorities for Twisted's levels.
@@ -69,18 +64,12 @@ class LineObserver:
             except Exception:
                 text += "\n(traceback unavailable)"
         namespace = str(event.get("log_namespace") or "-")
-        # Values from clients are escaped where they are logged; this catches the rest
+        # Values from clients are escaped where they are logged; `render` catches the rest
         # (Twisted's own messages, exceptions quoting a request), line by line.
-        lines = [printable_line(line) for line in text.rstrip("\n").split("\n")] or [""]
-        if self.journal:
-            prefix = f"<{PRIORITY.get(level, 6)}>"
-            out = "".join(f"{prefix}{namespace}: {line}\n" for line in lines)
-        else:
-            stamp = time.strftime(
-                "%Y-%m-%d %H:%M:%S", time.localtime(event.get("log_time", time.time()))
-            )
-            head = f"{stamp} {level.name.upper():5} {namespace}: "
-            out = head + lines[0] + "\n" + "".join(f"    {line}\n" for line in lines[1:])
+        out = render(
+            level.name, namespace, text, journal=self.journal,
+            when=event.get("log_time", time.time()),
+        )
         try:
             self.stream.write(out)
             self.stream.flush()

@@ -24,14 +24,15 @@ from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.http.site import UploadSite
-from hmacfs.process.lifecycle import ServerProcess, status_line
-from hmacfs.process.listeners import Listeners
+from hmacfs.process.lifecycle import ServerProcess
+from hmacfs.process.listening import Listeners
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.reload import log_certificate, tls_for
 from hmacfs.process.services import Services
 from hmacfs.process.shared_metrics import SweepFigures, shared_directory
-from hmacfs.process.sweeper import Sweeper, open_storage, recount
-from hmacfs.process.systemd import ActivatedSockets, Notifier
+from hmacfs.process.stores import open_storage
+from hmacfs.process.sweeper import Sweeper, recount
+from hmacfs.process.systemd import ActivatedSockets, Notifier, status_line
 from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
 
 _log = Logger(namespace="hmacfs.process.node")

@@ -1,15 +1,15 @@
-"""SIGHUP: the one reload path, for the single-process node and the supervisor alike.
+"""SIGHUP in the single-process node (the supervisor, which runs without Twisted, reloads
+the same way on its own loop: `hmacfs.process.supervisor`).
 
 `reload_config` reads the configuration file again and, if it is valid: re-reads the TLS
 certificate, logs every configuration warning once, keeps what only a restart can change
-(`RESTART_ONLY`, with a warning for each one changed), sets the log level, and hands the rest
-to the process to apply (the node reconfigures its site; the supervisor replaces its workers
-one at a time). systemd hears RELOADING=1 first and READY=1 at the end, whatever happened.
+(`hmacfs.process.restart`, with a warning for each one changed), sets the log level, and
+hands the rest to the process to apply (the node reconfigures its site). systemd hears
+RELOADING=1 first and READY=1 at the end, whatever happened.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,14 +21,8 @@ from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import Config
 from hmacfs.process.listeners import wants_tls
 from hmacfs.process.logs import LEVELS, LineObserver
+from hmacfs.process.restart import ReloadStopped, reloadable
 from hmacfs.process.systemd import Notifier
-
-#: `[server]` keys that a reload cannot apply (the sockets, the directory, the processes).
-RESTART_ONLY = ("listen", "storage_dir", "workers", "sweep_interval")
-
-
-class ReloadStopped(Exception):
-    """A reload could not be applied to the end (the message says why)."""
 
 
 class Reloadable(Protocol):
@@ -107,23 +101,6 @@ def reload_config(process: Reloadable, path: Path | None = None) -> defer.Deferr
         return in_use
 
     return d.addCallbacks(done, stopped).addCallback(ready)
-
-
-def reloadable(old: Config, new: Config, log: Logger) -> Config:
-    """`new` as a reload can apply it: what only a restart applies keeps its running value
-    (and the log says so)."""
-    kept = {}
-    for key in RESTART_ONLY:
-        if getattr(old.server, key) != getattr(new.server, key):
-            log.warn("[server] {key} changed: restart the service to apply it", key=key)
-        kept[key] = getattr(old.server, key)
-    if old.metrics.listen != new.metrics.listen:
-        log.warn("[metrics] listen changed: restart the service to apply it")
-    return replace(
-        new,
-        server=replace(new.server, **kept),
-        metrics=replace(new.metrics, listen=old.metrics.listen),
-    )
 
 
 def tls_for(config: Config, log: Logger, current: Any = None) -> Any:

@@ -7,47 +7,64 @@ talks to systemd: READY=1 once every worker is ready, STATUS= with the uploads i
 all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. It also runs the storage sweeper,
 whose figures the workers' /metrics show (`hmacfs.process.shared_metrics`).
 
-It serves nothing, so it loads nothing that only serving needs: not the web layer
-(`hmacfs.http`, twisted.web), not prometheus_client, not pyOpenSSL (tests/unit/test_imports.py
-keeps it so). What it imports it shares with every process: Twisted's reactor, the
-configuration, the storage for the sweeper.
+It serves nothing, so it runs without Twisted, on the standard library's selectors
+(`hmacfs.process.loop`): no reactor, no web layer, no prometheus_client, no pyOpenSSL
+(tests/unit/test_imports.py keeps it so). What it imports besides is the configuration and
+the storage, for the sweeper.
 
 A worker reports over a pipe (`hmacfs.process.worker`). A worker that dies is started again,
 after a delay that doubles with every crash in a row; one that stops beating (a hung reactor)
-is killed and started again. SIGHUP checks the configuration (`hmacfs.process.reload`), then
-replaces the workers one at a time (a new one is ready before the old one is told to finish
-its requests and stop), so service never pauses. SIGTERM stops every worker gracefully.
-The certificate of https listeners is the workers' to check: one that refuses the
-configuration (`ConfigRefused`) fails the start, or stops the reload with the running workers
-kept.
+is killed and started again. SIGHUP reads the configuration file again, then replaces the
+workers one at a time (a new one is ready before the old one is told to finish its requests
+and stop), so service never pauses. SIGTERM stops every worker gracefully. The certificate of
+https listeners is the workers' to check: one that refuses the configuration
+(`ConfigRefused`) fails the start, or stops the reload with the running workers kept.
 
-Everything runs on the reactor it is given: processes are started with its `spawnProcess`
-and time is its `seconds()`, so a test can drive it all with a fake reactor.
+Everything runs on the loop it is given: processes are started with its `spawn` and time is
+its `seconds()`, so a test can drive it all with a fake loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
-
+from hmacfs.core import config as config_module
+from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import Config
-from hmacfs.process.lifecycle import ServerProcess, status_line
+from hmacfs.process.lines import CONFIGURED, LineWriter, PlainLog, line_writer
 from hmacfs.process.listeners import Bound, bind_all
-from hmacfs.process.logs import LineObserver
-from hmacfs.process.reload import ReloadStopped
-from hmacfs.process.services import Services
+from hmacfs.process.loop import (
+    Exit,
+    Loop,
+    Outcome,
+    ProcessGone,
+    Repeating,
+    gather,
+    in_threads,
+    settled,
+)
+from hmacfs.process.restart import ReloadStopped, reloadable
 from hmacfs.process.shared_metrics import SweepFigures, forget_live_gauges, shared_directory
-from hmacfs.process.sweeper import Sweeper, open_storage, recount
-from hmacfs.process.systemd import ActivatedSockets, Notifier
+from hmacfs.process.stores import (
+    needs_recount,
+    open_storage,
+    tell_count_failed,
+    tell_counted,
+    tell_sweep,
+)
+from hmacfs.process.systemd import (
+    STATUS_INTERVAL,
+    ActivatedSockets,
+    Notifier,
+    status_line,
+    watchdog_interval,
+)
 from hmacfs.process.worker import (
     BEAT_INTERVAL,
     EXIT_CONFIG,
@@ -55,8 +72,7 @@ from hmacfs.process.worker import (
     ConfigRefused,
     plan_text,
 )
-
-_log = Logger(namespace="hmacfs.process.supervisor")
+from hmacfs.storage.backend import SweepReport
 
 #: A worker silent for this long is taken for hung, killed and started again.
 HANG_TIMEOUT = 10.0
@@ -71,146 +87,200 @@ CRASH_WINDOW = 60.0
 KILL_GRACE = 15.0
 #: Variables meant for the supervisor alone (systemd's), not for its workers.
 _NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
-
-
-class WorkerProcess(protocol.ProcessProtocol):
-    """One worker, as the supervisor sees it."""
-
-    def __init__(self, supervisor: Supervisor, index: int) -> None:
-        self.supervisor = supervisor
-        self.index = index
-        self.ready: defer.Deferred[None] = defer.Deferred()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        #: When it last said something, on the supervisor's clock.
-        self.last_beat: float = supervisor.reactor.seconds()
-        self.in_flight = 0
-        self.retiring = False
-        #: Kept from the start: the transport forgets it once the process has ended.
-        self.pid: int | None = None
-        self._buffer = b""
-
-    def connectionMade(self) -> None:
-        self.pid = getattr(self.transport, "pid", None)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.last_beat = self.supervisor.reactor.seconds()
-            if line == b"ready":
-                if not self.ready.called:
-                    self.ready.callback(None)
-            elif line.startswith(b"beat "):
-                self.in_flight = int(line[5:] or b"0")
-
-    def signal(self, name: str) -> None:
-        """Send it signal `name` ("TERM", "KILL"), unless it has already ended."""
-        transport: Any = self.transport
-        with contextlib.suppress(ProcessExitedAlready, OSError):
-            transport.signalProcess(name)
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.ready.called:
-            if getattr(reason.value, "exitCode", None) == EXIT_CONFIG:
-                self.ready.errback(
-                    ConfigRefused(
-                        "worker exited before it was ready: it found the configuration invalid"
-                        " (its message says why)"
-                    )
-                )
-            else:
-                self.ready.errback(
-                    RuntimeError(f"worker exited before it was ready: {reason.value}")
-                )
-        self.ended.callback(None)
-        self.supervisor.worker_ended(self, reason)
-
-
 #: The directory this process imported hmacfs from, which the workers must find it in too.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class Supervisor(ServerProcess):
+class NotReady(Exception):
+    """Workers were not ready within READY_TIMEOUT."""
+
+
+class WorkerProcess:
+    """One worker, as the supervisor sees it (the watcher of its child process)."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ready = Outcome()
+        self.ended = Outcome()
+        #: When it last said something, on the supervisor's clock.
+        self.last_beat: float = supervisor.loop.seconds()
+        self.in_flight = 0
+        self.retiring = False
+        self.child: Any = None
+        #: Kept from the start: the child forgets it once it has ended.
+        self.pid: int | None = None
+        self._buffer = b""
+
+    def child_data(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.last_beat = self.supervisor.loop.seconds()
+            if line == b"ready":
+                self.ready.succeed(None)
+            elif line.startswith(b"beat "):
+                with contextlib.suppress(ValueError):
+                    self.in_flight = int(line[5:] or b"0")
+
+    def signal(self, name: str) -> None:
+        """Send it signal `name` ("TERM", "KILL"), unless it has already ended."""
+        if self.child is not None:
+            with contextlib.suppress(ProcessGone, OSError):
+                self.child.signal(name)
+
+    def child_ended(self, how: Exit) -> None:
+        if how.code == EXIT_CONFIG:
+            self.ready.fail(
+                ConfigRefused(
+                    "worker exited before it was ready: it found the configuration invalid"
+                    " (its message says why)"
+                )
+            )
+        else:
+            self.ready.fail(RuntimeError(f"worker exited before it was ready: {how}"))
+        self.ended.succeed(None)
+        self.supervisor.worker_ended(self, how)
+
+
+class Sweeps:
+    """The supervisor's sweeper: `storage.sweep` on a thread at once and then every
+    `interval` seconds; its report goes to the log and to `published` (the workers show it)."""
+
+    def __init__(
+        self,
+        storage: Any,
+        interval: float,
+        run_blocking: Callable[..., Outcome],
+        *,
+        loop: Any,
+        log: PlainLog,
+        published: Callable[[SweepReport], None] | None,
+    ) -> None:
+        self.storage = storage
+        self.run_blocking = run_blocking
+        self.log = log
+        self.published = published
+        #: What the last sweep found (None until one has finished).
+        self.last: SweepReport | None = None
+        self.timer = Repeating(loop, interval, self.sweep)
+
+    @property
+    def running(self) -> bool:
+        return self.timer.running
+
+    def sweep(self) -> Outcome:
+        return self.run_blocking(self.storage.sweep, frozenset()).then(self._report, self._failed)
+
+    def _report(self, result: SweepReport) -> None:
+        self.last = result
+        tell_sweep(self.log, result, None, self.published)
+
+    def _failed(self, error: BaseException) -> None:
+        self.log.failure("sweeping the storage directory failed", error)
+
+
+class Supervisor:
     """Starts, watches, replaces and stops the workers; talks to systemd."""
 
     def __init__(
         self,
         config: Config,
-        reactor: Any,
+        loop: Any,
         *,
         count: int,
         notifier: Notifier | None = None,
         activated: ActivatedSockets | None = None,
-        observer: LineObserver | None = None,
-        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        writer: LineWriter | None = None,
+        run_blocking: Callable[..., Outcome] | None = None,
     ) -> None:
-        super().__init__(config, reactor, notifier, observer, _log)
         if config.source is None:
             raise ValueError("worker processes read the configuration file: it needs one")
+        self.config = config
+        self.loop = loop
         self.count = count
+        self.notifier = notifier or Notifier({})
         self.activated = activated or ActivatedSockets()
+        self.writer = writer
+        self.log = PlainLog("hmacfs.process.supervisor", writer)
         self.bound: list[Bound] = []
         self.metrics_bound: list[Bound] = []
         self.workers: list[WorkerProcess] = []
+        self.stopping = False
+        #: Comes with the listener descriptions once every worker is ready (or fails: why not).
+        self.started = Outcome()
         self.storage = open_storage(config)
-        if run_blocking is None:
-            pool = reactor.getThreadPool()
-
-            def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-                return deferToThreadPool(reactor, pool, f, *args)
-
+        self.run_blocking = run_blocking or in_threads(loop)
         # The supervisor serves nothing, so it has no metrics (nor prometheus_client) of its
         # own: its workers show the figures of its sweeps.
         shared = shared_directory()
         self.figures = SweepFigures(shared) if shared is not None else None
-        self.sweeper = Sweeper(
+        self.sweeper = Sweeps(
             self.storage,
             config.server.sweep_interval,
-            run_blocking,
-            clock=reactor,
+            self.run_blocking,
+            loop=loop,
+            log=PlainLog("hmacfs.process.sweeper", writer),
             published=self.figures.publish if self.figures is not None else None,
         )
+        self._timers: list[Repeating] = []
         #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
+        #: Reloads asked for, the first one under way (one at a time: a SIGHUP during a
+        #: reload reads the file again once that one is done).
+        self._reloads: list[tuple[Path | None, Outcome]] = []
 
     # -- start -------------------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
+    def start(self) -> None:
         try:
             self.bound = bind_all(self.config.server.listeners, self.activated)
             self.metrics_bound = bind_all(self.config.metrics.listeners, self.activated)
+            self._recount()
+            for index in range(self.count):
+                self.workers.append(self._spawn(index))
         except (OSError, RuntimeError) as e:
+            self._kill_all()
             self._close_sockets()
-            self.started.errback(e)
+            self.started.fail(e)
             return
-        recount(self.storage, self.config, self.sweeper.run_blocking)
-        for index in range(self.count):
-            self.workers.append(self._spawn(index))
-        gathered = defer.gatherResults([w.ready for w in self.workers], consumeErrors=True)
-        timeout = self.reactor.callLater(READY_TIMEOUT, gathered.cancel)
+        gathered = gather(w.ready for w in self.workers)
+        timeout = self.loop.call_later(
+            READY_TIMEOUT,
+            gathered.fail,
+            NotReady(f"the workers were not ready within {READY_TIMEOUT:g}s"),
+        )
 
-        def up(_: object) -> list[str]:
-            if timeout.active():
-                timeout.cancel()
+        def up(_: object) -> None:
+            timeout.cancel()
             described = self.described()
-            self.announce(described)
-            _log.info("{count} worker processes ready", count=self.count)
-            self.went_ready()
+            for address in described:
+                self.log.info("listening on {address}", address=address)
+            self.log.info("{count} worker processes ready", count=self.count)
+            self.notifier.ready(self.status_text())
+            self.every(STATUS_INTERVAL, self.update_status)
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                self.every(interval, self.notifier.watchdog)
             self.every(BEAT_INTERVAL, self._check_beats)
-            self.sweeper.setServiceParent(self)
-            return described
+            self._timers.append(self.sweeper.timer)
+            self.sweeper.timer.start()
+            self.started.succeed(described)
 
-        def down(failure: Any) -> Any:
-            if timeout.active():
-                timeout.cancel()
-            for worker in self.workers:
-                worker.retiring = True
-                worker.signal("KILL")
+        def down(error: BaseException) -> None:
+            timeout.cancel()
+            self._kill_all()
             self._close_sockets()
-            return getattr(failure.value, "subFailure", failure)
+            self.started.fail(error)
 
-        gathered.addCallbacks(up, down).chainDeferred(self.started)
+        gathered.then(up, down)
+
+    def every(self, interval: float, call: Callable[[], object]) -> Repeating:
+        """Call `call` now and every `interval` seconds, until the supervisor stops."""
+        timer = Repeating(self.loop, interval, call)
+        self._timers.append(timer)
+        timer.start()
+        return timer
 
     def described(self) -> list[str]:
         """Where the workers listen."""
@@ -218,10 +288,19 @@ class Supervisor(ServerProcess):
             f"{b.description} (metrics)" for b in self.metrics_bound
         ]
 
+    def _recount(self) -> None:
+        if not needs_recount(self.storage, self.config):
+            return
+        log = self.sweeper.log
+        self.run_blocking(self.storage.rebuild_usage).then(
+            lambda total: tell_counted(log, total),
+            lambda error: tell_count_failed(log, str(error)),
+        )
+
     def _spawn(self, index: int) -> WorkerProcess:
         worker = WorkerProcess(self, index)
         first = 3
-        child_fds: dict[int, Any] = {1: 1, 2: 2}
+        child_fds: dict[int, int | str] = {1: 1, 2: 2}
         items: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         every = [(b, False) for b in self.bound] + [(b, True) for b in self.metrics_bound]
         for offset, (bound, metrics) in enumerate(every):
@@ -237,15 +316,14 @@ class Supervisor(ServerProcess):
         env[WORKER_ENV] = plan_text(index, status_fd, items[False], items[True])
         for variable in _NOT_FOR_WORKERS:
             env.pop(variable, None)
-        source = self.config.source
-        assert source is not None
         # -P: the working directory is not put first on sys.path (as -m alone does), so a
         # module there (an http.py, say) is never imported by a worker; PYTHONPATH still counts,
         # and names where this process found hmacfs itself (a checkout run in place).
         # -OO: without docstrings (and asserts), about 2 MiB less per worker; nothing a worker
         # runs reads a docstring. Where its bytecode cannot be cached (a package's directory
         # the service user cannot write), it compiles its modules as it starts (~0.3 s).
-        argv = [sys.executable, "-P", "-OO", "-m", "hmacfs", "--config", str(source), "worker"]
+        argv = [sys.executable, "-P", "-OO", "-m", "hmacfs", "--config", str(self.config.source),
+                "worker"]
         # (sys.path[0] is the working directory or the script's, which a worker has not)
         inherited = sys.path if sys.flags.safe_path else sys.path[1:]
         if _PACKAGE_ROOT not in {os.path.realpath(p) for p in inherited if p}:
@@ -253,42 +331,49 @@ class Supervisor(ServerProcess):
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
             )
-        self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
-        _log.debug("started worker {index} (pid {pid})", index=index, pid=worker.pid)
+        worker.child = self.loop.spawn(argv, env, child_fds, worker)
+        worker.pid = worker.child.pid
+        self.log.debug("started worker {index} (pid {pid})", index=index, pid=worker.pid)
         return worker
 
     # -- watching ----------------------------------------------------------------------------
 
-    def worker_ended(self, worker: WorkerProcess, reason: Any) -> None:
+    def worker_ended(self, worker: WorkerProcess, how: Exit) -> None:
         """A worker's process ended: start it again (later, if it keeps crashing), unless it
         was meant to end."""
         _mark_dead(worker.pid)
         if worker.retiring or self.stopping or worker not in self.workers:
             return
-        now = self.reactor.seconds()
+        now = self.loop.seconds()
         self._crashes = [t for t in self._crashes if t > now - CRASH_WINDOW] + [now]
         delay = min(RESTART_DELAY_MAX, RESTART_DELAY * 2 ** (len(self._crashes) - 1))
-        _log.error(
+        self.log.error(
             "worker {index} (pid {pid}) ended unexpectedly: {reason}; starting it again "
             "in {delay:g}s",
             index=worker.index,
             pid=worker.pid,
-            reason=reason.getErrorMessage(),
+            reason=how,
             delay=delay,
         )
-        self.reactor.callLater(delay, self._replace_dead, worker)
+        self.loop.call_later(delay, self._replace_dead, worker)
 
     def _replace_dead(self, worker: WorkerProcess) -> None:
         if self.stopping or worker not in self.workers:
             return
-        fresh = self._spawn(worker.index)
+        try:
+            fresh = self._spawn(worker.index)
+        except OSError as e:
+            self.log.error("cannot start worker {index}: {e}; trying again", index=worker.index,
+                           e=e)
+            self.loop.call_later(RESTART_DELAY_MAX, self._replace_dead, worker)
+            return
         self.workers[self.workers.index(worker)] = fresh
 
     def _check_beats(self) -> None:
-        now = self.reactor.seconds()
+        now = self.loop.seconds()
         for worker in self.workers:
-            if worker.ready.called and now - worker.last_beat > HANG_TIMEOUT:
-                _log.error(
+            if worker.ready.done and now - worker.last_beat > HANG_TIMEOUT:
+                self.log.error(
                     "worker {index} (pid {pid}) stopped answering; killing it",
                     index=worker.index,
                     pid=worker.pid,
@@ -305,48 +390,148 @@ class Supervisor(ServerProcess):
             workers=len(self.workers),
         )
 
+    def update_status(self) -> None:
+        if not self.stopping:
+            self.notifier.status(self.status_text())
+
     # -- reload ------------------------------------------------------------------------------
 
-    def apply(self, config: Config) -> defer.Deferred[str | None]:
+    def reload(self, path: Path | None = None) -> Outcome:
+        """SIGHUP: read the configuration file (`path`, by default the one in use) again
+        and, if it is valid, replace the workers by workers that read it; after the reload
+        under way, if any. Comes with whether the new configuration is in use; never fails
+        (what goes wrong is logged, and the running configuration stays)."""
+        outcome = Outcome()
+        self._reloads.append((path, outcome))
+        if len(self._reloads) == 1:
+            self._next_reload()
+        return outcome
+
+    def _next_reload(self) -> None:
+        path, outcome = self._reloads[0]
+
+        def finished(in_use: bool) -> None:
+            self._reloads.pop(0)
+            outcome.succeed(in_use and not self.stopping)
+            if self._reloads:
+                self._next_reload()
+
+        try:
+            once = self._reload_once(path)
+        except Exception as e:
+            self.log.failure("applying the new configuration failed", e)
+            self.notifier.ready(self.status_text())
+            once = Outcome.of(False)
+        once.then(finished)
+
+    def _reload_once(self, path: Path | None) -> Outcome:
+        source = path or self.config.source
+        if source is None or self.stopping:
+            return Outcome.of(False)
+        self.notifier.reloading()
+        try:
+            # The certificate is the new workers' to check (they refuse to start without
+            # it), so that this process never loads pyOpenSSL.
+            new = config_module.load(source, check_certificate=False)
+        except ConfigError as e:
+            self.log.error("reload failed, keeping the running configuration: {error}",
+                           error=str(e))
+            self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
+            return Outcome.of(False)
+        for warning in new.warnings:
+            self.log.warn("config: {warning}", warning=warning)
+        applied = reloadable(self.config, new, self.log)
+        if self.writer is not None:
+            self.writer.level = CONFIGURED[applied.server.log_level]
+        done = Outcome()
+
+        def replaced(summary: str | None) -> None:
+            if not self.stopping:
+                self.log.info("configuration reloaded; {summary}", summary=summary)
+                self.notifier.ready(self.status_text())
+            done.succeed(True)
+
+        def stopped(error: BaseException) -> None:
+            if not self.stopping:
+                self.log.error("reload stopped: {error}", error=str(error))
+                self.notifier.ready(self.status_text())
+            done.succeed(False)
+
+        self.apply(applied).then(replaced, stopped)
+        return done
+
+    def apply(self, config: Config) -> Outcome:
         """Replace the workers, one at a time, by workers that read the file again."""
         self.config = config
         self.storage.fsync = config.server.fsync
         self.storage.file_ttl = config.server.file_ttl
         if config.quota.counts and self.storage.accounting is None:
             self.storage.count_usage()
-            recount(self.storage, config, self.sweeper.run_blocking)
+            self._recount()
         return self._roll()
 
-    @defer.inlineCallbacks
-    def _roll(self) -> Any:
-        for old in list(self.workers):
+    def _roll(self) -> Outcome:
+        done = Outcome()
+        olds = list(self.workers)
+
+        def replace(position: int) -> None:
             if self.stopping:
-                return None
-            fresh = self._spawn(old.index)
-            timeout = self.reactor.callLater(READY_TIMEOUT, fresh.ready.cancel)
+                done.succeed(None)
+                return
+            if position == len(olds):
+                done.succeed(f"{len(self.workers)} workers replaced")
+                return
+            old = olds[position]
             try:
-                yield fresh.ready
-            except Exception as e:
+                fresh = self._spawn(old.index)
+            except OSError as e:
+                done.fail(ReloadStopped(f"a new worker did not start: {e}; keeping the running"
+                                        " workers"))
+                return
+            timeout = self.loop.call_later(
+                READY_TIMEOUT,
+                fresh.ready.fail,
+                NotReady(f"not ready within {READY_TIMEOUT:g}s"),
+            )
+
+            def up(_: object) -> None:
+                timeout.cancel()
+                if old in self.workers:
+                    self.workers[self.workers.index(old)] = fresh
+                    old.retiring = True
+                    old.signal("TERM")  # it finishes what it has in flight, then exits
+                else:  # (it died meanwhile, and was replaced already)
+                    fresh.retiring = True
+                    fresh.signal("TERM")
+                replace(position + 1)
+
+            def down(error: BaseException) -> None:
+                timeout.cancel()
                 fresh.retiring = True
                 fresh.signal("KILL")
-                raise ReloadStopped(
-                    f"a new worker did not start: {e}; keeping the running workers"
-                ) from None
-            finally:
-                if timeout.active():
-                    timeout.cancel()
-            if old in self.workers:
-                self.workers[self.workers.index(old)] = fresh
-                old.retiring = True
-                old.signal("TERM")  # it finishes what it has in flight, then exits
-        return f"{len(self.workers)} workers replaced"
+                done.fail(ReloadStopped(
+                    f"a new worker did not start: {error}; keeping the running workers"
+                ))
+
+            fresh.ready.then(up, down)
+
+        replace(0)
+        return done
 
     # -- stop --------------------------------------------------------------------------------
 
-    def stopService(self) -> defer.Deferred[None]:
+    def stop(self) -> Outcome:
         """Tell every worker to stop (they finish their uploads within shutdown_timeout);
-        kill those still running KILL_GRACE seconds after that."""
-        timers = self.begin_stop(sum(w.in_flight for w in self.workers))
+        kill those still running KILL_GRACE seconds after that. Comes once all have ended
+        (and a sweep under way has finished)."""
+        uploads = sum(w.in_flight for w in self.workers)
+        self.stopping = True
+        timeout = self.config.server.shutdown_timeout
+        self.notifier.stopping(
+            f"stopping; waiting up to {timeout:g}s for {uploads} upload(s) in flight"
+        )
+        timers, self._timers = self._timers, []
+        waits = [timer.stop() for timer in timers]
         self._close_sockets()
         workers = list(self.workers)
         for worker in workers:
@@ -357,16 +542,21 @@ class Supervisor(ServerProcess):
             for worker in workers:
                 worker.signal("KILL")
 
-        kill = self.reactor.callLater(self.config.server.shutdown_timeout + KILL_GRACE, kill_all)
+        kill = self.loop.call_later(timeout + KILL_GRACE, kill_all)
+        stopped = Outcome()
 
-        def done(_: object) -> Any:
-            if kill.active():
-                kill.cancel()
-            _log.info("stopped")
-            return Services.stopService(self)
+        def done(_: object) -> None:
+            kill.cancel()
+            self.log.info("stopped")
+            stopped.succeed(None)
 
-        ended = defer.gatherResults([timers] + [w.ended for w in workers], consumeErrors=True)
-        return ended.addBoth(done)  # type: ignore[no-any-return]
+        settled([*waits, *(w.ended for w in workers)]).then(done)
+        return stopped
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            worker.retiring = True
+            worker.signal("KILL")
 
     def _close_sockets(self) -> None:
         for bound in (*self.bound, *self.metrics_bound):
@@ -378,3 +568,65 @@ def _mark_dead(pid: int | None) -> None:
     directory = shared_directory()
     if pid is not None and directory is not None:
         forget_live_gauges(pid, directory)
+
+
+def supervise(
+    config: Config,
+    *,
+    count: int,
+    activated: ActivatedSockets,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> int:
+    """Run a supervisor of `count` workers until SIGTERM/SIGINT; SIGHUP reloads. Returns the
+    exit status (`hmacfs.cli`'s). Raises OSError when the storage directory cannot be used,
+    StoreError when the bucket does not answer (before anything has started)."""
+    from hmacfs import __version__, cli
+    from hmacfs.process.limits import release_free_memory
+
+    loop = Loop()
+    writer = line_writer(config.server.log_level)
+    log = PlainLog("hmacfs", writer)
+    loop.uncaught = lambda error: log.failure("unexpected error", error)
+    for warning in config.warnings:
+        log.warn("config: {warning}", warning=warning)
+    notifier = Notifier()
+    supervisor = Supervisor(
+        config, loop, count=count, notifier=notifier, activated=activated, writer=writer
+    )
+    status = [cli.EXIT_OK]
+    stopping = [False]
+
+    def stop_once() -> None:
+        # SIGTERM can come twice (from systemd, or SIGINT to a whole terminal's process
+        # group): the first starts the graceful stop, the others wait.
+        if not stopping[0]:
+            stopping[0] = True
+            log.info("stopping")
+            supervisor.stop().then(lambda _: loop.stop())
+
+    def listening(addresses: list[str]) -> None:
+        release_free_memory()
+        log.info(
+            "hmac-file-server {version} ready; storing in {storage}",
+            version=__version__,
+            storage=config.server.storage_dir,
+        )
+        if on_ready is not None:
+            on_ready(addresses)
+
+    def failed(error: BaseException) -> None:
+        if isinstance(error, ConfigRefused):  # (the worker has said why)
+            message, status[0] = str(error), cli.EXIT_CONFIG
+        else:
+            message, status[0] = f"cannot listen: {error}", cli.EXIT_FAILURE
+        print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
+        notifier.status(message)
+        stop_once()
+
+    loop.on_signal(signal.SIGHUP, supervisor.reload)
+    loop.on_signal(signal.SIGTERM, stop_once)
+    loop.on_signal(signal.SIGINT, stop_once)
+    supervisor.start()
+    supervisor.started.then(listening, failed)
+    loop.run()
+    return status[0]

@@ -1,13 +1,8 @@
-"""The storage directory as a process opens it, and the sweeper that keeps it clean.
-
-The single-process node and the supervisor both open the storage here (`open_storage`) and
-sweep it with `Sweeper`; workers leave sweeping to their supervisor (one sweep, not one per
-worker).
-"""
+"""The sweeper of the single-process node, on Twisted's reactor: it keeps the storage clean
+(the supervisor has its own, on its loop; workers sweep nothing)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,73 +11,11 @@ from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.process.services import Timer
+from hmacfs.process.stores import needs_recount, tell_count_failed, tell_counted, tell_sweep
 from hmacfs.storage.backend import SweepReport
 from hmacfs.storage.local import LocalStorage
 
 _log = Logger(namespace="hmacfs.process.sweeper")
-
-
-def open_storage(config: Config, wall: Callable[[], float] = time.time) -> Any:
-    """The storage of `config` (its directory, or its bucket); `wall` tells the date (file
-    ages, expiry).
-
-    Raises OSError when the directory cannot be created or used, StoreError when the bucket
-    does not answer."""
-    if config.storage.backend == "s3":
-        return open_bucket(config, wall)
-    storage = LocalStorage(
-        config.server.storage_dir,
-        fsync=config.server.fsync,
-        file_ttl=config.server.file_ttl,
-        clock=wall,
-        resumable_ttl=config.server.resumable_ttl,
-    )
-    if config.quota.counts:
-        storage.count_usage()
-    return storage
-
-
-def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
-    """The S3 storage of `config`, once its bucket answered. Raises StoreError (its message
-    names what is wrong) and CredentialsError."""
-    from hmacfs.core.credentials import load_credentials
-    from hmacfs.storage.s3.backend import S3Storage
-    from hmacfs.storage.s3.client import BlockingClient, Bucket
-    from hmacfs.storage.s3.usage import S3Usage
-
-    settings = config.storage
-    assert settings.endpoint is not None and settings.bucket is not None
-    client = BlockingClient(
-        Bucket(
-            settings.endpoint,
-            settings.bucket,
-            settings.region,
-            virtual_host=settings.addressing == "virtual",
-        ),
-        load_credentials(settings.credentials_file, settings.credentials_profile),
-        settings.ca_file,
-    )
-    client.head_bucket()
-    server = config.server
-    # No part of a live upload is older than a part's time at the slowest rate allowed.
-    if server.min_body_rate:
-        stale = settings.part_size / server.min_body_rate + 2 * server.idle_timeout
-    else:
-        stale = server.resumable_ttl
-    storage = S3Storage(
-        client,
-        prefix=settings.prefix,
-        part_size=settings.part_size,
-        parts_in_flight=settings.parts_in_flight,
-        file_ttl=server.file_ttl,
-        resumable_ttl=server.resumable_ttl,
-        stale_after=stale,
-        sweep_every=server.sweep_interval,
-        clock=wall,
-    )
-    # (kept whatever the limits: a limit set later finds every file since counted)
-    storage.accounting = S3Usage(client, settings.prefix, storage.usage, wall)
-    return storage
 
 
 def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]) -> None:
@@ -90,19 +23,14 @@ def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., A
     a thread (at start, and when a reload sets the first such limit). Until that is done,
     the counts kept from before hold. (An object store's ledger is kept always: nothing to
     count again.)"""
-    if not config.quota.counts or storage.remote:
+    if not needs_recount(storage, config):
         return
 
     def counted(total: Any) -> None:
-        _log.info(
-            "counted {files} stored files, {size} bytes, for the quotas",
-            files=total.files,
-            size=total.bytes,
-        )
+        tell_counted(_log, total)
 
     def failed(failure: Any) -> None:
-        _log.error("counting the stored files for the quotas failed: {e}",
-                   e=failure.getErrorMessage())
+        tell_count_failed(_log, failure.getErrorMessage())
 
     run_blocking(storage.rebuild_usage).addCallbacks(counted, failed)
 
@@ -144,21 +72,7 @@ class Sweeper(Timer):
 
     def _report(self, result: SweepReport) -> None:
         self.last = result
-        if result.elsewhere:
-            _log.debug("sweep left to another node of the bucket")
-        if self.metrics is not None:
-            self.metrics.set_storage(result.files, result.bytes)
-            self.metrics.set_kept_partials(result.kept, result.kept_bytes)
-        if self.published is not None:
-            self.published(result)
-        if result.expired or result.partials or result.orphans:
-            _log.info(
-                "sweep removed {expired} expired files, {partials} abandoned partial"
-                " uploads, {orphans} stale metadata entries",
-                expired=result.expired,
-                partials=result.partials,
-                orphans=result.orphans,
-            )
+        tell_sweep(_log, result, self.metrics, self.published)
 
     def _failed(self, failure: Any) -> None:
         _log.failure("sweeping the storage directory failed", failure)

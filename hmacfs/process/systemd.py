@@ -6,6 +6,7 @@
   recommends), or None.
 - `activated_sockets`: the listening sockets of socket activation (LISTEN_FDS/LISTEN_FDNAMES,
   sd_listen_fds(3)), by name and by position.
+- `status_line`: the STATUS= line of the node and of the supervisor.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import os
 import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from hmacfs.storage.backend import SweepReport
 
 SD_LISTEN_FDS_START = 3
+#: How often STATUS= is refreshed for `systemctl status`.
+STATUS_INTERVAL = 10.0
 
 
 class Notifier:
@@ -132,3 +138,16 @@ def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) 
     except (OSError, ValueError, AttributeError):
         return False
     return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def status_line(
+    listening: list[str], uploads: int, sweep: SweepReport | None, workers: int | None = None
+) -> str:
+    """The STATUS= line: where it listens, (workers,) uploads in flight, files stored."""
+    parts = [f"listening on {', '.join(listening) or 'nothing'}"]
+    if workers is not None:
+        parts.append(f"{workers} workers")
+    parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
+    if sweep is not None:
+        parts.append(f"{sweep.files} files stored")
+    return "; ".join(parts)

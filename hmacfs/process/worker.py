@@ -14,13 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.logger import Logger
-
 from hmacfs.core.settings import Listener
 from hmacfs.process.listeners import activated_listener
 from hmacfs.process.systemd import ActivatedSockets
-
-_log = Logger(namespace="hmacfs.process.worker")
 
 #: Environment variable carrying a worker's sockets and status pipe (JSON).
 WORKER_ENV = "HMACFS_WORKER"
@@ -104,7 +100,9 @@ class StatusPipe:
         except OSError:
             # The supervisor is gone: a worker must not outlive it.
             self.closed = True
-            _log.error("the supervisor went away; stopping")
+            from twisted.logger import Logger  # (a worker runs on Twisted; its supervisor not)
+
+            Logger(namespace="hmacfs.process.worker").error("the supervisor went away; stopping")
             os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as ever
 
 

@@ -1,5 +1,5 @@
-"""Fixtures for the in-process tests of the node and the supervisor: a fake reactor, the
-log, and configuration files to start from and to reload."""
+"""Fixtures for the in-process tests of the node and the supervisor: a fake reactor (and a
+fake loop), the log, and configuration files to start from and to reload."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import pytest
 from hmacfs.core import config
 from hmacfs.core.settings import Config
 from tests.helpers.signing import SECRET
-from tests.process.fakes import FakeReactor, LogCapture, RecordingNotifier, capture_logs
+from tests.process.fakes import (
+    FakeLoop,
+    FakeReactor,
+    LogCapture,
+    RecordingNotifier,
+    RecordingWriter,
+    capture_logs,
+)
 
 
 @pytest.fixture
@@ -21,6 +28,19 @@ def reactor() -> Iterator[FakeReactor]:
     fake.advance(1_700_000_000)  # a plausible now, for the storage's expiry times
     yield fake
     fake.close_ports()
+
+
+@pytest.fixture
+def loop() -> Iterator[FakeLoop]:
+    fake = FakeLoop()
+    yield fake
+    assert fake.raised == [], "a call on the loop raised"
+
+
+@pytest.fixture
+def lines() -> RecordingWriter:
+    """The supervisor's log."""
+    return RecordingWriter()
 
 
 @pytest.fixture

@@ -1,18 +1,24 @@
 """Stand-ins for what a process talks to: the reactor, systemd, child processes, clients.
 
 - `FakeReactor`: a MemoryReactorClock whose adopted ports are Twisted's real ones (on real
-  listening sockets, never read from unless a test calls `doRead`), and which records the
-  processes it is asked to start (`spawned`) instead of starting them;
-- `FakeProcess`: the transport of such a process; a test plays the child (`say`, `exit`);
+  listening sockets, never read from unless a test calls `doRead`);
+- `FakeLoop`: the supervisor's loop on a fake clock, which records the processes it is
+  asked to start (`spawned`) instead of starting them;
+- `FakeProcess`: such a process; a test plays the child (`say`, `exit`);
+- `RecordingWriter`: the supervisor's log lines;
 - `RecordingNotifier`: the sd_notify messages, as dicts;
 - `Connection`: a client connection to a site, as a StringTransport that ends the way a
   reactor's transport does (connectionLost on the next turn of the clock);
 - `LogCapture`: the log events of a test, formatted;
-- `result`: what a Deferred that has fired holds.
+- `result`: what a Deferred that has fired holds;
+- `at_once`: the supervisor's `run_blocking`, run here and now.
 """
 
 from __future__ import annotations
 
+import heapq
+import io
+import itertools
 import signal as signals
 import socket
 from collections.abc import Iterator
@@ -27,15 +33,17 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hmacfs.process.lines import LineWriter
+from hmacfs.process.loop import Call, Exit, Outcome, ProcessGone
 from hmacfs.process.systemd import Notifier
 
 
 class FakeProcess:
     """A child process that was never started: the test says what it does."""
 
-    def __init__(self, protocol: Any, pid: int, argv: list[str], env: dict[str, str],
+    def __init__(self, watcher: Any, pid: int, argv: list[str], env: dict[str, str],
                  child_fds: dict[int, Any]) -> None:
-        self.protocol = protocol
+        self.watcher = watcher
         self.pid: int | None = pid
         self.argv = argv
         self.env = env
@@ -44,42 +52,99 @@ class FakeProcess:
         self.signals: list[str] = []
         self.status_fd = next(fd for fd, kind in child_fds.items() if kind == "r")
 
-    def signalProcess(self, name: str) -> None:
+    def signal(self, name: str) -> None:
         if self.pid is None:
-            raise error.ProcessExitedAlready()
+            raise ProcessGone()
         self.signals.append(name)
 
     def say(self, *lines: str) -> None:
         """Write `lines` to the status pipe, as the worker does."""
-        data = b"".join(line.encode() + b"\n" for line in lines)
-        self.protocol.childDataReceived(self.status_fd, data)
+        self.watcher.child_data(b"".join(line.encode() + b"\n" for line in lines))
 
     def exit(self, code: int = 0, signal: str | None = None) -> None:
         """End the process (with `code`, or killed by `signal`, e.g. "KILL")."""
-        self.pid = None  # (what Twisted's process transport does when it reaps a child)
+        self.pid = None  # (what the loop's child does when it is reaped)
         if signal is not None:
-            reason: Exception = error.ProcessTerminated(None, getattr(signals, f"SIG{signal}"))
-        elif code:
-            reason = error.ProcessTerminated(code)
+            self.watcher.child_ended(Exit(signal=getattr(signals, f"SIG{signal}")))
         else:
-            reason = error.ProcessDone(0)
-        self.protocol.processEnded(Failure(reason))
+            self.watcher.child_ended(Exit(code=code))
 
     @property
     def ended(self) -> bool:
         return self.pid is None
 
 
+class FakeLoop:
+    """The supervisor's loop on a fake clock; it starts no process."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._calls: list[tuple[float, int, Call]] = []
+        self._order = itertools.count()
+        #: Every process asked for, in order.
+        self.spawned: list[FakeProcess] = []
+        self._next_pid = 1000
+        #: Exceptions that calls raised.
+        self.raised: list[BaseException] = []
+        self.uncaught = self.raised.append
+
+    def seconds(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, function: Any, *args: Any) -> Call:
+        call = Call(self.now + max(0.0, delay), function, args)
+        heapq.heappush(self._calls, (call.time, next(self._order), call))
+        return call
+
+    def call_soon_threadsafe(self, function: Any, *args: Any) -> None:
+        self.call_later(0, function, *args)
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass, making every call due meanwhile (or then; a call due within a
+        nanosecond of it counts as due, since steps that add up to a delay may fall short of
+        it by a rounding error)."""
+        self.now += seconds
+        while self._calls and self._calls[0][0] <= self.now + 1e-9:
+            _, _, call = heapq.heappop(self._calls)
+            if call.active():
+                call.called = True
+                call.function(*call.args)
+
+    def spawn(
+        self, argv: list[str], env: dict[str, str], child_fds: dict[int, Any], watcher: Any
+    ) -> FakeProcess:
+        self._next_pid += 1
+        process = FakeProcess(watcher, self._next_pid, list(argv), dict(env), dict(child_fds))
+        self.spawned.append(process)
+        return process
+
+
+class RecordingWriter(LineWriter):
+    """A LineWriter that keeps each message's text (`lines`), and its level and namespace
+    (`records`)."""
+
+    def __init__(self, level: str = "debug") -> None:
+        super().__init__(io.StringIO(), journal=False, level=level)
+        self.lines: list[str] = []
+        self.records: list[tuple[str, str]] = []
+
+    def write(self, level: str, namespace: str, text: str, when: float | None = None) -> None:
+        if self.wants(level):
+            self.lines.append(text)
+            self.records.append((level, namespace))
+
+    def count(self, text: str) -> int:
+        """How many messages contain `text`."""
+        return sum(text in line for line in self.lines)
+
+
 class FakeReactor(MemoryReactorClock):
-    """A reactor on a fake clock that listens for real and starts no process."""
+    """A reactor on a fake clock that listens for real."""
 
     def __init__(self) -> None:
         super().__init__()
         #: Every port adopted, in order.
         self.ports: list[Any] = []
-        #: Every process asked for, in order.
-        self.spawned: list[FakeProcess] = []
-        self._next_pid = 1000
 
     def adoptStreamPort(self, fileno: int, family: int, factory: Any) -> Any:
         # What the real reactor does, on this one: the port dups the descriptor and reads
@@ -91,26 +156,6 @@ class FakeReactor(MemoryReactorClock):
         port.startListening()
         self.ports.append(port)
         return port
-
-    def spawnProcess(
-        self,
-        processProtocol: Any,  # noqa: N803
-        executable: str,
-        args: list[str],
-        env: dict[str, str] | None = None,
-        path: str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,  # noqa: N803
-        childFDs: dict[int, Any] | None = None,  # noqa: N803
-    ) -> FakeProcess:
-        self._next_pid += 1
-        process = FakeProcess(
-            processProtocol, self._next_pid, list(args), dict(env or {}), dict(childFDs or {})
-        )
-        self.spawned.append(process)
-        processProtocol.makeConnection(process)
-        return process
 
     def close_ports(self) -> None:
         """Close what the ports still hold (the end of a test that did not stop them)."""
@@ -219,3 +264,13 @@ def result(d: defer.Deferred[Any]) -> Any:
     if isinstance(got[0], Failure):
         got[0].raiseException()
     return got[0]
+
+
+def at_once(function: Any, *args: Any) -> Outcome:
+    """`run_blocking` that runs `function` here and now."""
+    outcome = Outcome()
+    try:
+        outcome.succeed(function(*args))
+    except Exception as e:
+        outcome.fail(e)
+    return outcome

@@ -1,6 +1,6 @@
 """What a supervisor leaves to its workers so that it loads nothing only serving needs: the
 certificate check (a worker that refuses the configuration fails the start, or stops the
-reload), and showing its sweeps' figures in /metrics. On the fake reactor of
+reload), and showing its sweeps' figures in /metrics. On the fake loop (and reactor) of
 tests/process, the test playing the worker processes."""
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from hmacfs.process.systemd import ActivatedSockets
 from hmacfs.process.worker import EXIT_CONFIG, ConfigRefused, WorkerPlan
 from hmacfs.storage.backend import SweepReport
 from tests.process.conftest import ConfigFile
-from tests.process.fakes import FakeReactor, LogCapture, RecordingNotifier, result
+from tests.process.fakes import (
+    FakeLoop,
+    FakeReactor,
+    RecordingNotifier,
+    RecordingWriter,
+    at_once,
+)
 
 HTTPS = ("127.0.0.1:0", "https://127.0.0.1:0")
 
@@ -35,15 +41,18 @@ def missing_certificate(config_file: ConfigFile, workers: int) -> Path:
     return config_file.write(workers=workers, listen=HTTPS, extra=tls)
 
 
-def supervisor_of(config_file: ConfigFile, reactor: FakeReactor) -> Supervisor:
+def supervisor_of(
+    config_file: ConfigFile, loop: FakeLoop, writer: RecordingWriter | None = None
+) -> Supervisor:
     supervisor = Supervisor(
         config.load(config_file.path, check_certificate=False),
-        reactor,
+        loop,
         count=2,
         notifier=RecordingNotifier(),
-        run_blocking=defer.maybeDeferred,
+        writer=writer,
+        run_blocking=at_once,
     )
-    supervisor.startService()
+    supervisor.start()
     return supervisor
 
 
@@ -68,41 +77,45 @@ def test_a_single_process_still_refuses_a_certificate_that_does_not_load(
 
 
 def test_a_worker_that_refuses_the_configuration_fails_the_start(
-    config_file: ConfigFile, reactor: FakeReactor
+    config_file: ConfigFile, loop: FakeLoop
 ) -> None:
     missing_certificate(config_file, workers=2)
-    supervisor = supervisor_of(config_file, reactor)  # (it has not read the certificate)
-    first, second = reactor.spawned
+    supervisor = supervisor_of(config_file, loop)  # (it has not read the certificate)
+    first, second = loop.spawned
     first.exit(EXIT_CONFIG)
     with pytest.raises(ConfigRefused, match="found the configuration invalid"):
-        result(supervisor.started)
+        supervisor.started.result()
     assert second.signals == ["KILL"]
 
 
 def test_a_reload_stops_when_a_new_worker_refuses_the_configuration(
-    config_file: ConfigFile, reactor: FakeReactor, logs: LogCapture
+    config_file: ConfigFile, loop: FakeLoop, lines: RecordingWriter
 ) -> None:
     config_file.write(workers=2)
-    supervisor = supervisor_of(config_file, reactor)
-    for process in reactor.spawned:
+    supervisor = supervisor_of(config_file, loop, lines)
+    for process in loop.spawned:
         process.say("ready")
     old = list(supervisor.workers)
     reloaded = supervisor.reload()
-    reactor.spawned[2].exit(EXIT_CONFIG)
-    assert result(reloaded) is False
-    assert logs.count("found the configuration invalid (its message says why); keeping the") == 1
+    loop.spawned[2].exit(EXIT_CONFIG)
+    assert reloaded.result() is False
+    assert lines.count("found the configuration invalid (its message says why); keeping the") == 1
     assert supervisor.workers == old
 
 
 def test_the_workers_show_the_supervisors_sweeps(
-    config_file: ConfigFile, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    config_file: ConfigFile,
+    loop: FakeLoop,
+    reactor: FakeReactor,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     shared = tmp_path / "metrics"
     shared.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
     config_file.write(workers=2)
-    supervisor = supervisor_of(config_file, reactor)
-    for process in reactor.spawned:
+    supervisor = supervisor_of(config_file, loop)
+    for process in loop.spawned:
         process.say("ready")
     assert supervisor.sweeper.running  # (it swept at once)
     figures = json.loads((shared / FIGURES_FILE).read_text())
@@ -126,7 +139,8 @@ def test_the_workers_show_the_supervisors_sweeps(
             pass
 
     node = Node(
-        config_file.load(), reactor, worker=plan, reporter=Pipe(), run_blocking=defer.maybeDeferred
+        config_file.load(), reactor, worker=plan, reporter=Pipe(),
+        run_blocking=defer.maybeDeferred,
     )
     node.startService()
     registry = node.site.metrics.registry

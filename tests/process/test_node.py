@@ -14,11 +14,10 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 
 from hmacfs.http.site import IDLE_CLOSE_GRACE
-from hmacfs.process.lifecycle import STATUS_INTERVAL
 from hmacfs.process.listeners import activated_listener
 from hmacfs.process.logs import LineObserver
 from hmacfs.process.node import CLOSE_TIMEOUT, Node
-from hmacfs.process.systemd import ActivatedSockets
+from hmacfs.process.systemd import STATUS_INTERVAL, ActivatedSockets
 from hmacfs.process.worker import WorkerPlan
 from tests.helpers.signing import mac_v1
 from tests.process.conftest import ConfigFile

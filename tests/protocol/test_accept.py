@@ -16,7 +16,8 @@ from twisted.internet import protocol, tcp
 from twisted.internet.testing import MemoryReactor
 
 from hmacfs.http._twisted import accept_one_at_a_time
-from hmacfs.process.listeners import Listeners, activated_listener
+from hmacfs.process.listeners import activated_listener
+from hmacfs.process.listening import Listeners
 from hmacfs.process.systemd import ActivatedSockets
 from tests.process.fakes import FakeReactor
 

@@ -457,7 +457,8 @@ def test_an_https_listeners_connections_are_wrapped_in_batching_tls(
     """The port a worker makes of an https listener (`Listeners`, on a socket it was handed)
     wraps its connections in `BatchingTLS` when the fast paths are on, in Twisted's own
     wrapper when they are off."""
-    from hmacfs.process.listeners import Listeners, activated_listener
+    from hmacfs.process.listeners import activated_listener
+    from hmacfs.process.listening import Listeners
     from hmacfs.process.systemd import ActivatedSockets
     from tests.process.fakes import FakeReactor
 

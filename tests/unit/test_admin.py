@@ -349,12 +349,12 @@ def test_delete_through_a_link_inside_the_storage(
 def test_a_read_only_storage_refuses_delete_prune_and_repair(
     filled: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hmacfs.process.sweeper
+    import hmacfs.process.stores
 
     def read_only(config: object) -> LocalStorage:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(hmacfs.process.sweeper, "open_storage", read_only)
+    monkeypatch.setattr(hmacfs.process.stores, "open_storage", read_only)
     for argv in (["delete", "a1/old.txt"], ["prune", "--expired"], ["verify", "--repair"]):
         status, out, err = run(filled, *argv, capsys=capsys)
         assert status == 1 and out == ""

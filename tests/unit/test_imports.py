@@ -66,7 +66,9 @@ def loaded(code: str, *prefixes: str, env: dict[str, str] | None = None) -> list
 
 def config_file(tmp_path: Path, *, workers: int, https: bool = True) -> Path:
     """A configuration (with an https listener whose certificate does not exist: a
-    supervisor must not even try to read it)."""
+    supervisor must not even try to read it), in a directory of its own under `tmp_path`."""
+    tmp_path = tmp_path / f"workers-{workers}-{'https' if https else 'http'}"
+    tmp_path.mkdir(exist_ok=True)
     lines = [
         "[server]",
         'listen = ["127.0.0.1:0", "https://127.0.0.1:0"]' if https else 'listen = "127.0.0.1:0"',
@@ -166,14 +168,22 @@ def test_no_server_process_loads_twisteds_service_framework(tmp_path: Path) -> N
     )
 
 
-def test_every_server_process_runs_on_the_servers_reactor(tmp_path: Path) -> None:
+def test_the_supervisor_runs_without_twisted(tmp_path: Path) -> None:
+    supervisor = the_command_up_to_its_process("--config", str(config_file(tmp_path, workers=2)))
+    assert loaded(supervisor, "twisted", "zope", "attr", "asyncio",
+                  env={"RUNTIME_DIRECTORY": str(tmp_path)}) == []
+    # (the same check finds them in a process that serves)
+    single = config_file(tmp_path, workers=1, https=False)
+    found = loaded(the_command_up_to_its_process("--config", str(single), "run"), "twisted",
+                   "zope", "attr", "asyncio")
+    assert {"twisted.internet", "zope.interface", "attr", "asyncio"} <= set(found)
+
+
+def test_every_process_that_serves_runs_on_the_servers_reactor(tmp_path: Path) -> None:
     show = "\nfrom twisted.internet import reactor\nprint(type(reactor).__module__)\n"
-    supervisor = config_file(tmp_path, workers=2)
-    env = {"RUNTIME_DIRECTORY": str(tmp_path)}
     single = config_file(tmp_path, workers=1, https=False)
     plan = {"index": 0, "status_fd": 1, "listen": [], "metrics": []}
     for argv, extra in (
-        (("--config", str(supervisor)), env),
         (("--config", str(single), "run"), {}),
         (("--config", str(single), "worker"), {"HMACFS_WORKER": json.dumps(plan)}),
     ):
