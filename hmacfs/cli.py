@@ -268,26 +268,13 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
         service.startService()
 
         def listening(addresses: list[str]) -> None:
-            release_free_memory()
             if plan is not None:
-                return
-            log.info(
-                "hmac-file-server {version} ready; storing in {storage}",
-                version=__version__,
-                storage=cfg.server.storage_dir,
-            )
-            if on_ready is not None:
-                on_ready(addresses)
+                release_free_memory()
+            else:
+                announce_ready(log, cfg, addresses, on_ready)
 
         def failed(failure: Any) -> None:
-            from hmacfs.process.worker import ConfigRefused
-
-            if failure.check(ConfigRefused):  # (the worker has said why)
-                message, status[0] = failure.getErrorMessage(), EXIT_CONFIG
-            else:
-                message, status[0] = f"cannot listen: {failure.getErrorMessage()}", EXIT_FAILURE
-            print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
-            notifier.status(message)
+            status[0] = start_failed(failure.value, notifier)
             stop_once()
 
         service.started.addCallbacks(listening, failed)
@@ -325,6 +312,36 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return status[0]
+
+
+def announce_ready(
+    log: Any, cfg: Config, addresses: list[str], on_ready: Callable[[list[str]], None] | None
+) -> None:
+    """The server (node or supervisor) is ready: give back the memory start-up used, say so,
+    and tell `on_ready` where it listens."""
+    from hmacfs.process.limits import release_free_memory
+
+    release_free_memory()
+    log.info(
+        "hmac-file-server {version} ready; storing in {storage}",
+        version=__version__,
+        storage=cfg.server.storage_dir,
+    )
+    if on_ready is not None:
+        on_ready(addresses)
+
+
+def start_failed(error: BaseException, notifier: Any) -> int:
+    """Say why the start failed (on stderr, and in STATUS=); returns the exit status."""
+    from hmacfs.process.worker import ConfigRefused
+
+    if isinstance(error, ConfigRefused):  # (a worker refused the configuration, and said why)
+        message, status = str(error), EXIT_CONFIG
+    else:
+        message, status = f"cannot listen: {error}", EXIT_FAILURE
+    print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
+    notifier.status(message)
+    return status
 
 
 def storage_refused(cfg: Config, error: OSError | StoreError) -> str:

@@ -53,11 +53,17 @@ class LineWriter:
             level, namespace, text, journal=self.journal,
             when=time.time() if when is None else when,
         )
-        try:
-            self.stream.write(out)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        write_out(self.stream, out)
+
+
+def write_out(stream: TextIO, lines: str) -> None:
+    """Write `lines` at once; a log that cannot be written (a closed stream, a full disk)
+    loses them rather than stopping the process."""
+    try:
+        stream.write(lines)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def line_writer(level: str, stream: TextIO | None = None) -> LineWriter:

@@ -16,7 +16,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from hmacfs.process.lines import render
+from hmacfs.process.lines import render, write_out
 from hmacfs.process.systemd import stream_is_journal
 
 #: sd-daemon(3) priorities for Twisted's levels.
@@ -70,11 +70,7 @@ class LineObserver:
             level.name, namespace, text, journal=self.journal,
             when=event.get("log_time", time.time()),
         )
-        try:
-            self.stream.write(out)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        write_out(self.stream, out)
 
 
 def start_logging(level: str, stream: TextIO | None = None) -> LineObserver:

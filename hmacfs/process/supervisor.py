@@ -580,8 +580,7 @@ def supervise(
     """Run a supervisor of `count` workers until SIGTERM/SIGINT; SIGHUP reloads. Returns the
     exit status (`hmacfs.cli`'s). Raises OSError when the storage directory cannot be used,
     StoreError when the bucket does not answer (before anything has started)."""
-    from hmacfs import __version__, cli
-    from hmacfs.process.limits import release_free_memory
+    from hmacfs import cli
 
     loop = Loop()
     writer = line_writer(config.server.log_level)
@@ -605,22 +604,10 @@ def supervise(
             supervisor.stop().then(lambda _: loop.stop())
 
     def listening(addresses: list[str]) -> None:
-        release_free_memory()
-        log.info(
-            "hmac-file-server {version} ready; storing in {storage}",
-            version=__version__,
-            storage=config.server.storage_dir,
-        )
-        if on_ready is not None:
-            on_ready(addresses)
+        cli.announce_ready(log, config, addresses, on_ready)
 
     def failed(error: BaseException) -> None:
-        if isinstance(error, ConfigRefused):  # (the worker has said why)
-            message, status[0] = str(error), cli.EXIT_CONFIG
-        else:
-            message, status[0] = f"cannot listen: {error}", cli.EXIT_FAILURE
-        print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
-        notifier.status(message)
+        status[0] = cli.start_failed(error, notifier)
         stop_once()
 
     loop.on_signal(signal.SIGHUP, supervisor.reload)
