@@ -16,28 +16,17 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from hmacfs.process.lines import render, write_out
+from hmacfs.process.lines import CONFIGURED, render, write_out
 from hmacfs.process.systemd import stream_is_journal
 
-#: sd-daemon(3) priorities for Twisted's levels.
-PRIORITY = {
-    LogLevel.critical: 2,
-    LogLevel.error: 3,
-    LogLevel.warn: 4,
-    LogLevel.info: 6,
-    LogLevel.debug: 7,
-}
-LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warning": LogLevel.warn,
-    "error": LogLevel.error,
-}
+#: `[server] log_level`'s values, as Twisted's levels.
+LEVELS = {key: LogLevel.levelWithName(name) for key, name in CONFIGURED.items()}
+_KNOWN = frozenset(LogLevel.iterconstants())
 
 
 def _level_of(event: Mapping[str, Any]) -> LogLevel:
     level = event.get("log_level")
-    if level in PRIORITY:  # LogLevel's constants are not instances of LogLevel
+    if level in _KNOWN:  # LogLevel's constants are not instances of LogLevel
         return level  # type: ignore[no-any-return,return-value]
     fallback: LogLevel = LogLevel.error if event.get("isError") else LogLevel.info
     return fallback

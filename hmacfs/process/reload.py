@@ -16,12 +16,10 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hmacfs.core import config as config_module
-from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import Config
 from hmacfs.process.listeners import wants_tls
 from hmacfs.process.logs import LEVELS, LineObserver
-from hmacfs.process.restart import ReloadStopped, reloadable
+from hmacfs.process.restart import ReloadStopped, read_again
 from hmacfs.process.systemd import Notifier
 
 
@@ -55,22 +53,19 @@ def reload_config(process: Reloadable, path: Path | None = None) -> defer.Deferr
     if source is None or process.stopping:
         return defer.succeed(False)
     log = process.log
-    process.notifier.reloading()
-    try:
-        # Only a process with https listeners reads the certificate here: a supervisor (which
-        # has none, serving nothing) leaves that to the new workers, which refuse to start
-        # with a certificate that does not load, so that it never loads pyOpenSSL.
-        new = config_module.load(source, check_certificate=process.tls is not None)
-    except ConfigError as e:
-        log.error("reload failed, keeping the running configuration: {error}", error=str(e))
-        process.notifier.ready(f"reload failed: {e}; {process.status_text()}")
-        return defer.succeed(False)
-    if process.tls is not None:
+    tls = process.tls
+
+    def reread_certificate(new: Config) -> None:
         # Always re-read: a renewed certificate usually keeps its file name.
-        tls_for(new, log, process.tls)
-    for warning in new.warnings:
-        log.warn("config: {warning}", warning=warning)
-    applied = reloadable(process.config, new, log)
+        tls_for(new, log, tls)
+
+    # Only a process with https listeners reads the certificate here.
+    applied = read_again(
+        process, source, check_certificate=tls is not None,
+        loaded=reread_certificate if tls is not None else None,
+    )
+    if applied is None:
+        return defer.succeed(False)
     if process.observer is not None:
         process.observer.level = LEVELS[applied.server.log_level]
     d: defer.Deferred[Any] = defer.maybeDeferred(process.apply, applied)

@@ -34,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hmacfs.core import config as config_module
-from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import Config
 from hmacfs.process.lines import CONFIGURED, LineWriter, PlainLog, line_writer
 from hmacfs.process.listeners import Bound, bind_all
@@ -49,7 +47,7 @@ from hmacfs.process.loop import (
     in_threads,
     settled,
 )
-from hmacfs.process.restart import ReloadStopped, reloadable
+from hmacfs.process.restart import ReloadStopped, read_again
 from hmacfs.process.shared_metrics import SweepFigures, forget_live_gauges, shared_directory
 from hmacfs.process.stores import (
     needs_recount,
@@ -428,19 +426,11 @@ class Supervisor:
         source = path or self.config.source
         if source is None or self.stopping:
             return Outcome.of(False)
-        self.notifier.reloading()
-        try:
-            # The certificate is the new workers' to check (they refuse to start without
-            # it), so that this process never loads pyOpenSSL.
-            new = config_module.load(source, check_certificate=False)
-        except ConfigError as e:
-            self.log.error("reload failed, keeping the running configuration: {error}",
-                           error=str(e))
-            self.notifier.ready(f"reload failed: {e}; {self.status_text()}")
+        # The certificate is the new workers' to check (they refuse to start without it), so
+        # that this process never loads pyOpenSSL.
+        applied = read_again(self, source, check_certificate=False)
+        if applied is None:
             return Outcome.of(False)
-        for warning in new.warnings:
-            self.log.warn("config: {warning}", warning=warning)
-        applied = reloadable(self.config, new, self.log)
         if self.writer is not None:
             self.writer.level = CONFIGURED[applied.server.log_level]
         done = Outcome()
