@@ -331,7 +331,7 @@ class Loop:
         standard output), or to "r" for a pipe this loop reads for `watcher`. Its standard
         input is /dev/null, and it has no other descriptor. Raises OSError when it cannot be
         started."""
-        if not self._children:
+        if signal.SIGCHLD not in self._handled:
             self.on_signal(signal.SIGCHLD, self._reap)
         pipe_read = None
         # Every source is first duplicated above every target, so that no dup2 overwrites a
