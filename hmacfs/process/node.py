@@ -34,6 +34,7 @@ from hmacfs.process.stores import open_storage
 from hmacfs.process.sweeper import Sweeper, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier, status_line
 from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
+from hmacfs.storage.held import RELEASE_INTERVAL
 
 _log = Logger(namespace="hmacfs.process.node")
 
@@ -116,6 +117,7 @@ class Node(ServerProcess):
         super().startService()
         if self.reporter is None:  # (a worker's supervisor counts)
             recount(self.storage, self.config, self.site.run_blocking)
+        self.every(RELEASE_INTERVAL, self.storage.release_idle)
         waits = [self.listeners.ready]
         if self.metrics_listeners is not None:
             waits.append(self.metrics_listeners.ready)

@@ -293,6 +293,11 @@ class Backend(Protocol):
         """Partials the backend itself keeps alive (prepared ahead): never swept."""
         ...
 
+    def release_idle(self) -> None:
+        """Let go of what is held open for reads and no longer wanted (cheap; called every
+        `hmacfs.storage.held.RELEASE_INTERVAL` seconds on the reactor thread)."""
+        ...
+
     def close(self) -> None:
         """Release what was prepared ahead (at shutdown)."""
         ...

@@ -72,6 +72,13 @@ from hmacfs.storage.backend import (
     SweepReport,
     make_claim,
 )
+from hmacfs.storage.held import (
+    HELD_MAX_SIZE,
+    HeldFiles,
+    default_capacity,
+    holds_files_open,
+    identity,
+)
 from hmacfs.storage.usage import Counts, Usage
 
 _META_VERSION = 1
@@ -220,6 +227,8 @@ class LocalStorage:
         self._pool_lock = threading.Lock()
         self._meta_cache: dict[tuple[object, ...], dict[str, object] | None] = {}
         self._meta_cache_lock = threading.Lock()
+        #: Small files read whole lately, held open (`read_small`), on a local filesystem.
+        self.held = HeldFiles(default_capacity() if holds_files_open(self._real_root) else 0)
         self._real_state = os.path.realpath(self._state)
         #: Whether new metadata goes into an extended attribute (else into a file).
         self.xattrs = metadata != "file" and self._xattrs_kept(required=metadata == "xattr")
@@ -360,13 +369,57 @@ class LocalStorage:
         Raises NotFound (absent, not a regular file, or reached through a link that leaves the
         storage directory) and Gone (its expiry has passed; the sweeper removes it later).
         """
+        return self._lookup(rel)[0]
+
+    def _lookup(self, rel: str) -> tuple[StoredFile, os.stat_result]:
         real, st = self._resolve(rel)
         if not stat.S_ISREG(st.st_mode):
             raise NotFound("not found")
         stored = self._stored(rel, real, st)
         if stored.expires is not None and stored.expires <= self.clock():
             raise Gone("file has expired")
-        return stored
+        return stored, st
+
+    def read_small(self, rel: str, limit: int) -> tuple[StoredFile, bytes | None]:
+        """The stored file for `rel` and, when it holds at most `limit` bytes (and
+        HELD_MAX_SIZE), all of them; None instead of its bytes for a larger one, or one that
+        changed as it was read. Raises as `lookup` does.
+
+        A file so read is held open (`hmacfs.storage.held`) when it was reached without a
+        link on the way: read again, it costs one lstat(2) and one pread(2).
+        """
+        found = self.held.read(rel)
+        if found is not None:
+            stored, data = found
+            if stored.expires is not None and stored.expires <= self.clock():
+                self.held.let_go(rel)
+                raise Gone("file has expired")
+            return stored, data
+        stored, st = self._lookup(rel)
+        if stored.size > min(limit, HELD_MAX_SIZE):
+            return stored, None
+        try:
+            fd = os.open(stored.location, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            raise NotFound("not found") from None
+        try:
+            ident = identity(os.fstat(fd))
+            data = os.pread(fd, stored.size + 1, 0)
+        except OSError:
+            os.close(fd)
+            raise NotFound("not found") from None
+        if ident != identity(st) or len(data) != stored.size:
+            os.close(fd)  # (it changed as it was looked up: left to the caller's own way)
+            return stored, None
+        if stored.location == f"{self._real_root}/{rel}":
+            self.held.hold(rel, fd, ident, stored)
+        else:
+            os.close(fd)
+        return stored, data
+
+    def release_idle(self) -> None:
+        """Let go of the files held open that nobody read lately, or that were removed."""
+        self.held.release_idle()
 
     # -- upload ------------------------------------------------------------------------------
 
@@ -619,6 +672,7 @@ class LocalStorage:
         take shared to link a file there (`_link_at`), so that no file is linked in between.
         (Where directories take no flock(2), as on NFS, that window of a system call stays.)
         """
+        self.held.let_go(rel)  # (its blocks go with its name, not at the next release_idle)
         fd = _open_to_hold(path)
         if fd is None:
             return False
@@ -628,7 +682,7 @@ class LocalStorage:
                 with contextlib.suppress(OSError):
                     fcntl.flock(fd, fcntl.LOCK_SH)
             held = os.fstat(fd)
-            if not stat.S_ISREG(held.st_mode) or _identity(held) != _identity(st):
+            if not stat.S_ISREG(held.st_mode) or identity(held) != identity(st):
                 return False
             directory, name = os.path.split(path)
             try:
@@ -972,7 +1026,8 @@ class LocalStorage:
         return StorageFailure(f"cannot store: {os.strerror(error.errno or 0)}")
 
     def close(self) -> None:
-        """Remove the pool's files (at shutdown)."""
+        """Remove the pool's files and let go of the files held open (at shutdown)."""
+        self.held.let_go()
         while True:
             with self._pool_lock:
                 if not self._pool:
@@ -1654,12 +1709,6 @@ def _open_to_hold(path: str | Path) -> int | None:
         return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    """What tells one file from another that got its inode number later: any change to the
-    file (a write, an attribute, a link) moves its ctime too."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _xattr_of(path: str) -> bytes | None:

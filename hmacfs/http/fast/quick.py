@@ -71,9 +71,7 @@ def _parse(head: bytes, limit: int) -> tuple[bytes, bytes, dict[bytes, bytes]] |
     return method, target, headers
 
 
-def answer_quickly(  # noqa: PLR0911 (each early return declines, before anything is written)
-    channel: UploadChannel, head: bytes
-) -> bool:
+def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
     """Answer `head` (a whole request head, nothing after it) if it is a plain GET or HEAD of
     a small stored file; False, with nothing written, for anything else."""
     site = channel.site
@@ -87,35 +85,22 @@ def answer_quickly(  # noqa: PLR0911 (each early return declines, before anythin
     health_path = config.metrics.health_path
     if health_path and raw_path == health_path.encode():
         return False
+    storage: Any = site.storage  # (local: the fast paths are off for a remote store)
     try:
         rel = decode_path(raw_path, config.server.upload_prefix)
-        stored = site.storage.lookup(rel) if rel else None
+        stored, content = storage.read_small(rel, QUICK_MAX_SIZE) if rel else (None, None)
     except Refusal:
         return False
-    if stored is None:
-        return False
-    if stored.size > QUICK_MAX_SIZE:
-        channel.looked_up = (rel, stored)  # the full path answers it in this same call
+    if stored is None or content is None:
+        if stored is not None and stored.size > QUICK_MAX_SIZE:
+            channel.looked_up = (rel, stored)  # the full path answers it in this same call
         return False
     answer = (
         _whole_file(method, stored)
         if stored.expires is None
         else download.plan(method, {}, stored, site.wall())
     )
-    body = b""
-    if answer.body:
-        try:
-            reader = site.storage.open_reader(stored)
-        except Refusal:
-            return False
-        try:
-            body = reader.read(0, stored.size)
-        except OSError:
-            return False
-        finally:
-            reader.close()
-        if len(body) != stored.size:
-            return False
+    body = content if answer.body else b""
     origin = headers.get(b"origin")
     cors = cors_fields(config.http, origin.decode("latin-1") if origin is not None else None)
     after_date = head_after_date(cors, answer.headers)

@@ -496,6 +496,9 @@ class S3Storage:
     def live_names(self) -> frozenset[str]:
         return frozenset()
 
+    def release_idle(self) -> None:
+        pass
+
     def presigned_download(
         self, stored: StoredFile, headers: Sequence[tuple[bytes, bytes]], lifetime: float
     ) -> str:
