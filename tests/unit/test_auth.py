@@ -177,6 +177,29 @@ def test_compute_mac_other_algorithms_and_unknown() -> None:
         compute_mac(SECRET, b"x", "md5")
 
 
+@given(
+    secret=st.binary(max_size=300),
+    message=st.binary(max_size=300),
+    algorithm=st.sampled_from(ALGORITHMS),
+)
+def test_compute_mac_is_rfc_2104_for_any_key_length(
+    secret: bytes, message: bytes, algorithm: str
+) -> None:
+    # Keys shorter than, as long as and longer than the hash's block (64 or 128 bytes),
+    # each asked for twice (the second from the states kept for the secret).
+    expected = hmac.new(secret, message, algorithm).hexdigest()
+    assert compute_mac(secret, message, algorithm) == expected
+    assert compute_mac(secret, message, algorithm) == expected
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 127, 128, 129, 1000])
+def test_compute_mac_at_the_block_boundaries(length: int) -> None:
+    secret = bytes(range(256)) * 4
+    for algorithm in ALGORITHMS:
+        key = secret[:length]
+        assert compute_mac(key, b"m", algorithm) == hmac.new(key, b"m", algorithm).hexdigest()
+
+
 @pytest.mark.parametrize("param", ["v", "v2", "token"])
 def test_non_ascii_path(param: str) -> None:
     size = 52_000
