@@ -46,6 +46,10 @@ class State(enum.Enum):
     ABORTED = "aborted"  # ended without a commit (disconnect, cut off, bad body)
     KEPT = "kept"  # a resumable upload's request ended first: its partial is kept to resume
 
+    # Each state is one object: hashed by identity in C, not by name in Python (Enum's own
+    # hash), for the lookups in TRANSITIONS each move makes.
+    __hash__ = object.__hash__
+
 
 #: The only moves an upload can make.
 TRANSITIONS: Mapping[State, frozenset[State]] = {
