@@ -42,6 +42,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -109,7 +110,8 @@ PARTIAL_KINDS = ("auto", "tmpfile", "named")
 @dataclass(frozen=True)
 class _Partial:
     """An open partial file: its descriptor, its path (None when it has no name) and the name
-    the sweeper knows it by (for an unnamed one, "#<inode>", as /proc shows it)."""
+    the sweeper knows it by: for an unnamed one "#<inode>", as /proc shows it, or "" until
+    that is asked for (no sweep can come across an unnamed file: see LocalPartial.name)."""
 
     fd: int
     path: Path | None
@@ -167,6 +169,41 @@ class _UnderFile(NotFound):
 
 #: How metadata is written (one encoder: `json.dumps` with options makes one per call).
 _META_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: A string as `_META_ENCODER` writes it.
+_quoted = json.encoder.encode_basestring
+
+
+def encode_meta(
+    rel: str,
+    size: int,
+    *,
+    content_type: str,
+    uploaded: float,
+    expires: float | None,
+    scheme: str,
+    uploader: str | None,
+) -> bytes:
+    """A stored file's metadata record: what `_META_ENCODER` makes of the dictionary of
+    these keys in this order, written out directly (a quarter of the encoder's time, which
+    every small upload pays)."""
+    if not (math.isfinite(uploaded) and (expires is None or math.isfinite(expires))):
+        meta = {
+            "v": _META_VERSION, "path": rel, "size": size, "content_type": content_type,
+            "uploaded": uploaded, "expires": expires, "scheme": scheme, "uploader": uploader,
+        }
+        return _META_ENCODER.encode(meta).encode()
+    return (
+        f'{{"v":{_META_VERSION},"path":{_quoted(rel)},"size":{int(size)},'
+        f'"content_type":{_quoted(content_type)},"uploaded":{_json_number(uploaded)},'
+        f'"expires":{"null" if expires is None else _json_number(expires)},'
+        f'"scheme":{_quoted(scheme)},'
+        f'"uploader":{"null" if uploader is None else _quoted(uploader)}}}'
+    ).encode()
+
+
+def _json_number(value: float) -> str:
+    """A finite number as json writes it (an int as an int, a float by its repr)."""
+    return str(int(value)) if isinstance(value, int) else repr(float(value))
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -828,17 +865,10 @@ class LocalStorage:
                 or self.recorded_metadata(stored) is not None
             ):
                 return False
-            meta = {
-                "v": _META_VERSION,
-                "path": stored.rel,
-                "size": st.st_size,
-                "content_type": content_type,
-                "uploaded": st.st_mtime,
-                "expires": None,
-                "scheme": "",
-                "uploader": None,
-            }
-            encoded = _META_ENCODER.encode(meta).encode()
+            encoded = encode_meta(
+                stored.rel, st.st_size, content_type=content_type, uploaded=st.st_mtime,
+                expires=None, scheme="", uploader=None,
+            )
             if self.xattrs:
                 try:
                     os.setxattr(fd, META_XATTR, encoded)
@@ -971,7 +1001,7 @@ class LocalStorage:
         # Read as well as written: a retry's body is compared with the stored file.
         if self.tmpfiles and not named:
             fd = os.open(self.partial_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
-            return _Partial(fd, None, f"#{os.fstat(fd).st_ino}")
+            return _Partial(fd, None, "")  # (named by its inode when asked: see LocalPartial)
         path = self.partial_dir / secrets.token_hex(16)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return _Partial(fd, path, path.name)
@@ -1008,7 +1038,10 @@ class LocalStorage:
         Raises OSError (disk full, permissions): `begin` then reports it for the upload."""
         while len(self._pool) < POOL_SIZE:
             partial = self._create_partial()
-            device = os.fstat(partial.fd).st_dev
+            st = os.fstat(partial.fd)
+            if not partial.name:
+                partial = dataclasses.replace(partial, name=f"#{st.st_ino}")
+            device = st.st_dev
             with self._pool_lock:
                 self._pool.append((partial, self.clock(), device))
 
@@ -1394,8 +1427,7 @@ class LocalPartial:
         self.content_type = facts.content_type
         #: The partial file's path; None when it has no name (O_TMPFILE).
         self.partial = partial.path
-        #: The partial file's name (for the sweeper's list of live uploads).
-        self.name = partial.name
+        self._name = partial.name
         #: A reopenable partial is known by its name; any other gets an identity of its own.
         self.reopenable = reopenable
         self._id = partial.name if reopenable else None
@@ -1416,6 +1448,15 @@ class LocalPartial:
         self.by_size = False
         #: Whether the commit made it visible (a reopenable one then leaves its facts).
         self._completed = False
+
+    @property
+    def name(self) -> str:
+        """The partial file's name (for the sweeper's list of live uploads); an unnamed one's
+        is "#<inode>", as /proc shows it, found out when first asked for."""
+        if not self._name and self._fd is not None:
+            with contextlib.suppress(OSError):
+                self._name = f"#{os.fstat(self._fd).st_ino}"
+        return self._name
 
     @property
     def id(self) -> str:
@@ -1504,17 +1545,10 @@ class LocalPartial:
                     return same
             st = os.fstat(fd)
             uploaded = storage.clock()
-            meta = {
-                "v": _META_VERSION,
-                "path": self.rel,
-                "size": self.size,
-                "content_type": self.content_type,
-                "uploaded": uploaded,
-                "expires": self.expires,
-                "scheme": self.scheme,
-                "uploader": self.uploader,
-            }
-            encoded = _META_ENCODER.encode(meta).encode()
+            encoded = encode_meta(
+                self.rel, self.size, content_type=self.content_type, uploaded=uploaded,
+                expires=self.expires, scheme=self.scheme, uploader=self.uploader,
+            )
             meta_path: Path | None = None
             if storage.xattrs:
                 try:

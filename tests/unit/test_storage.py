@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hmacfs.core.refusals import Conflict, Gone, NotFound, TooLarge
-from hmacfs.storage.local import META_XATTR, PARTIAL_MAX_IDLE, LocalStorage
+from hmacfs.storage.local import META_XATTR, PARTIAL_MAX_IDLE, LocalStorage, encode_meta
 from tests.helpers.files import partial_files, visible_files
 
 
@@ -810,3 +812,42 @@ def test_the_uploader_is_kept_with_the_file(storage: LocalStorage) -> None:
         "slot2/nobodys.txt": None,
         "slot3/resumed.txt": "juliet@capulet.example",
     }
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_NUMBER = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**12), 10**12)
+)
+
+
+@given(
+    rel=_TEXT,
+    size=st.integers(0, 2**63),
+    content_type=_TEXT,
+    uploaded=_NUMBER,
+    expires=st.one_of(st.none(), _NUMBER, st.sampled_from([float("inf"), float("nan")])),
+    scheme=_TEXT,
+    uploader=st.one_of(st.none(), _TEXT),
+)
+def test_metadata_record_is_what_the_json_encoder_writes(
+    rel: str,
+    size: int,
+    content_type: str,
+    uploaded: float,
+    expires: float | None,
+    scheme: str,
+    uploader: str | None,
+) -> None:
+    expected = json.dumps(
+        {
+            "v": 1, "path": rel, "size": size, "content_type": content_type,
+            "uploaded": uploaded, "expires": expires, "scheme": scheme, "uploader": uploader,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    got = encode_meta(
+        rel, size, content_type=content_type, uploaded=uploaded, expires=expires,
+        scheme=scheme, uploader=uploader,
+    )
+    assert got == expected
