@@ -14,7 +14,9 @@ Only prometheus-client API that exists from 0.16 (Debian 12) to the newest relea
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +70,11 @@ SIZE_BUCKETS: Final = tuple(float(1024 * 4**i) for i in range(12))
 
 _ALLOWED: Final = b"GET, HEAD"
 
+#: The counts of every upload and download are added up here and handed to prometheus-client
+#: at most this many seconds later (and before any collection of this process's registry):
+#: with workers, each of its increments is a write into a shared file, eight per small upload.
+FLUSH_INTERVAL: Final = 0.5
+
 
 def status_label(status: int) -> str:
     """The label value for an HTTP status: the code itself if it is one, else "other"."""
@@ -90,7 +97,9 @@ class Metrics:
     """Every metric of one server, on one registry.
 
     The methods are called from the reactor thread, once per event; they are cheap enough to
-    call per body chunk (`bytes_received`). prometheus-client is thread-safe as well.
+    call per body chunk (`bytes_received`). prometheus-client is thread-safe as well. What
+    each upload and download adds is kept here until `flush` (FLUSH_INTERVAL, a collection of
+    the registry, `render`): another process's /metrics sees it up to that much later.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -113,6 +122,12 @@ class Metrics:
                 PlatformCollector(registry=registry)
                 GCCollector(registry=registry)  # registers nothing outside CPython
         self.registry = registry
+        #: Amounts not yet handed to prometheus-client, by the counter, gauge or histogram
+        #: (child) they go to; each histogram's as its sum and its count per bucket.
+        self._pending: dict[Any, float] = {}
+        self._observed: dict[Any, _Observed | None] = {}
+        # First on the registry: whatever collects it sees the pending amounts too.
+        registry.register(_Flusher(self))
         # Counter names are given without "_total": prometheus-client appends it.
         self._uploads = Counter(
             "hmacfs_uploads",
@@ -214,9 +229,34 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+    def _add(self, target: Any, amount: float) -> None:
+        pending = self._pending
+        pending[target] = pending.get(target, 0) + amount
+
+    def _observe(self, histogram: Any, amount: float) -> None:
+        try:
+            observed = self._observed[histogram]
+        except KeyError:
+            observed = self._observed[histogram] = _Observed.of(histogram)
+        if observed is None or math.isnan(amount):
+            histogram.observe(amount)  # (a histogram of another make: as it comes)
+            return
+        observed.add(amount)
+
+    def flush(self) -> None:
+        """Hand what was counted since the last flush to prometheus-client (and with workers,
+        to this process's files). Reactor thread, or wherever the registry is collected."""
+        pending, self._pending = self._pending, {}
+        for target, amount in pending.items():
+            if amount:
+                target.inc(amount)
+        for observed in self._observed.values():
+            if observed is not None:
+                observed.flush()
+
     def upload_started(self) -> None:
         """An upload was admitted and its body is about to be read."""
-        self._in_flight.inc()
+        self._add(self._in_flight, 1)
 
     def upload_finished(self, status: int, scheme: str, size: int, seconds: float) -> None:
         """An upload that `upload_started` counted has ended: answered, refused or abandoned.
@@ -228,16 +268,18 @@ class Metrics:
         """
         if size < 0:
             raise ValueError(f"negative upload size {size}")
-        self._in_flight.dec()
+        pending = self._pending
+        in_flight = self._in_flight
+        pending[in_flight] = pending.get(in_flight, 0) - 1
         key = (status, scheme)
         counter = self._upload_counters.get(key)
         if counter is None:
             counter = self._upload_counters[key] = self._uploads.labels(
                 status_label(status), scheme_label(scheme)
             )
-        counter.inc()
-        self._duration.observe(max(seconds, 0.0))
-        self._size.observe(size)
+        pending[counter] = pending.get(counter, 0) + 1
+        self._observe(self._duration, max(seconds, 0.0))
+        self._observe(self._size, size)
 
     def refused(self, status: int, reason: Reason | str, scheme: str | None) -> None:
         """A request was refused before or while its body was read.
@@ -255,19 +297,27 @@ class Metrics:
 
         Raises ValueError if `size` is negative.
         """
+        if size < 0:
+            raise ValueError(f"negative download size {size}")
         counter = self._download_counters.get(status)
         if counter is None:
             counter = self._download_counters[status] = self._downloads.labels(status_label(status))
-        counter.inc()
-        self._download_bytes.inc(size)
+        pending = self._pending
+        pending[counter] = pending.get(counter, 0) + 1
+        sent = self._download_bytes
+        pending[sent] = pending.get(sent, 0) + size
 
     def bytes_received(self, n: int) -> None:
         """`n` more upload body bytes arrived. Raises ValueError if `n` is negative."""
-        self._upload_bytes.inc(n)
+        if n < 0:
+            raise ValueError(f"negative byte count {n}")
+        self._add(self._upload_bytes, n)
 
     def bytes_resumed(self, n: int) -> None:
         """`n` of the bytes `bytes_received` counted came to an append of a resumable upload."""
-        self._resumed_bytes.inc(n)
+        if n < 0:
+            raise ValueError(f"negative byte count {n}")
+        self._add(self._resumed_bytes, n)
 
     def resumable_created(self) -> None:
         """A resumable upload was announced (its 104 sent)."""
@@ -301,10 +351,73 @@ class Metrics:
         Raises whatever a collector raises (the metrics defined here raise nothing).
         """
         if self.multiprocess_dir is not None:
+            self.flush()  # (this process's own; the others' come within FLUSH_INTERVAL)
             combined = CollectorRegistry()
             multiprocess.MultiProcessCollector(combined, path=self.multiprocess_dir)
             return generate_latest(combined), CONTENT_TYPE
         return generate_latest(self.registry), CONTENT_TYPE
+
+
+class _Flusher:
+    """Collects nothing: has its `Metrics` flush, before the collectors after it collect."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self._metrics.flush()
+        return []
+
+
+class _Observed:
+    """Observations of one histogram not yet handed to it: their sum and their count per
+    bucket, added to its own values at a flush as `Histogram.observe` adds each."""
+
+    __slots__ = ("bounds", "buckets", "counts", "histogram", "sum", "total")
+
+    def __init__(self, histogram: Any, bounds: list[float], buckets: list[Any]) -> None:
+        self.histogram = histogram
+        self.bounds = bounds
+        self.buckets = buckets
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.total = 0
+
+    @classmethod
+    def of(cls, histogram: Any) -> _Observed | None:
+        """For a prometheus-client histogram as made since 0.16 (upper bounds, one value per
+        bucket, one for the sum); None for anything else, observed as it comes."""
+        bounds = getattr(histogram, "_upper_bounds", None)
+        buckets = getattr(histogram, "_buckets", None)
+        if (
+            not isinstance(bounds, list)
+            or not isinstance(buckets, list)
+            or len(bounds) != len(buckets)
+            or not bounds
+            or bounds[-1] != math.inf
+            or not hasattr(getattr(histogram, "_sum", None), "inc")
+        ):
+            return None
+        return cls(histogram, bounds, buckets)
+
+    def add(self, amount: float) -> None:
+        # The first bucket whose bound is at least the amount, as `observe` finds it.
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+        self.total += 1
+
+    def flush(self) -> None:
+        if not self.total:
+            return
+        counts, added = self.counts, self.sum
+        self.counts, self.sum, self.total = [0] * len(self.bounds), 0.0, 0
+        self.histogram._sum.inc(added)
+        for bucket, count in zip(self.buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 @dataclass(frozen=True)

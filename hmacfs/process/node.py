@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.http.site import UploadSite
+from hmacfs.metrics import FLUSH_INTERVAL
 from hmacfs.process.lifecycle import ServerProcess
 from hmacfs.process.listening import Listeners
 from hmacfs.process.logs import LineObserver
@@ -118,6 +119,7 @@ class Node(ServerProcess):
         if self.reporter is None:  # (a worker's supervisor counts)
             recount(self.storage, self.config, self.site.run_blocking)
         self.every(RELEASE_INTERVAL, self.storage.release_idle)
+        self.every(FLUSH_INTERVAL, self.site.metrics.flush)
         waits = [self.listeners.ready]
         if self.metrics_listeners is not None:
             waits.append(self.metrics_listeners.ready)
@@ -189,6 +191,7 @@ class Node(ServerProcess):
                 _log.warn("cut off {count} unfinished upload(s) at shutdown", count=cut)
             yield self.site.close_connections(CLOSE_TIMEOUT)
             yield defer.maybeDeferred(Services.stopService, self)
+            self.site.metrics.flush()  # (a worker's counts outlive it, in its files)
             self.storage.close()
             _log.info("stopped")
 

@@ -436,12 +436,23 @@ def test_metrics_and_health(tmp_path: Path, workers: int) -> None:
     assert upload(put_url(server.base, rel, 3), b"abc") == 201
     assert upload(f"{server.base}/upload/{rel}x?v=00", b"abc") == 403
     assert curl(f"{server.base}/upload/{rel}").stdout == b"abc"
-    text = curl(f"{metrics}/metrics").stdout.decode()
-    assert 'hmacfs_uploads_total{scheme="v",status="201"} 1.0' in text
-    assert 'hmacfs_refusals_total{reason="signature",status="403"} 1.0' in text
-    assert 'hmacfs_downloads_total{status="200"} 1.0' in text
-    assert "hmacfs_upload_bytes_total 3.0" in text
-    assert "hmacfs_uploads_in_flight 0.0" in text
+    expected = [
+        'hmacfs_uploads_total{scheme="v",status="201"} 1.0',
+        'hmacfs_refusals_total{reason="signature",status="403"} 1.0',
+        'hmacfs_downloads_total{status="200"} 1.0',
+        "hmacfs_upload_bytes_total 3.0",
+        "hmacfs_uploads_in_flight 0.0",
+    ]
+    # Each process hands its counts over within half a second; with workers, the one that
+    # answers /metrics may not be the one that counted.
+    deadline = time.monotonic() + 10
+    while True:
+        text = curl(f"{metrics}/metrics").stdout.decode()
+        missing = [line for line in expected if line not in text]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, missing
+        time.sleep(0.05)
     # The upload port does not serve metrics; both serve health.
     assert b"hmacfs_" not in curl(f"{server.base}/metrics").stdout
     for base in (metrics, server.base):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import random
 import string
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -348,3 +351,100 @@ def test_check_storage_no_free_inodes(
     # Filesystems that keep no inode count (btrfs) report zero of zero: that is fine.
     fake_statvfs(monkeypatch, blocks=2**30, bavail=2**29, files=0, favail=0)
     assert check_storage(storage, partial) == "ok"
+
+
+def _exposition(registry: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], Any]:
+    """Every sample (sums only to their last digits: they are added up in another order)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): (
+            pytest.approx(sample.value, rel=1e-12) if sample.name.endswith("_sum") else sample.value
+        )
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_counts_kept_until_a_flush_add_up_as_prometheus_would() -> None:
+    """Whatever is collected sees the same numbers as if each event had gone to the metrics
+    at once (every bucket boundary included)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from hmacfs.metrics import DURATION_BUCKETS, SIZE_BUCKETS
+
+    rng = random.Random(0x363)
+    batched = Metrics(CollectorRegistry())
+    direct = CollectorRegistry()
+    uploads = Counter("hmacfs_uploads", "", ("status", "scheme"), registry=direct)
+    upload_bytes = Counter("hmacfs_upload_bytes", "", registry=direct)
+    in_flight = Gauge("hmacfs_uploads_in_flight", "", registry=direct)
+    duration = Histogram("hmacfs_upload_duration_seconds", "", buckets=DURATION_BUCKETS,
+                         registry=direct)
+    size_h = Histogram("hmacfs_upload_size_bytes", "", buckets=SIZE_BUCKETS, registry=direct)
+    downloads = Counter("hmacfs_downloads", "", ("status",), registry=direct)
+    download_bytes = Counter("hmacfs_download_bytes", "", registry=direct)
+    open_uploads = 0
+    for round_no in range(300):
+        event = rng.choice(["start", "finish", "bytes", "download"])
+        if event == "start" or (event == "finish" and open_uploads == 0):
+            batched.upload_started()
+            in_flight.inc()
+            open_uploads += 1
+        elif event == "finish":
+            status = rng.choice([201, 409, 413, DISCONNECTED])
+            scheme = rng.choice(["v", "v2", "token"])
+            size = rng.choice([0, 1, 1024, 4096, 4097, *map(int, SIZE_BUCKETS), 10**10])
+            seconds = rng.choice([0.0, 0.001, 0.0011, *DURATION_BUCKETS, 5000.0, -1.0])
+            batched.upload_finished(status, scheme, size, seconds)
+            in_flight.dec()
+            uploads.labels(str(status), scheme).inc()
+            duration.observe(max(seconds, 0.0))
+            size_h.observe(size)
+            open_uploads -= 1
+        elif event == "bytes":
+            n = rng.randrange(0, 70000)
+            batched.bytes_received(n)
+            upload_bytes.inc(n)
+        else:
+            status, n = rng.choice([200, 206, 304, 404]), rng.randrange(0, 5000)
+            batched.download_finished(status, n)
+            downloads.labels(str(status)).inc()
+            download_bytes.inc(n)
+        if round_no % 50 == 0:
+            got = _exposition(batched.registry)
+            assert {k: v for k, v in got.items() if k in _exposition(direct)} == _exposition(
+                direct
+            )
+    got = _exposition(batched.registry)
+    want = _exposition(direct)
+    assert {k: v for k, v in got.items() if k in want} == want
+    assert want[("hmacfs_uploads_in_flight", ())] == open_uploads
+
+
+def test_another_process_sees_the_counts_once_flushed(tmp_path: Path) -> None:
+    """With workers, a count reaches the shared files at a flush, not before."""
+    script = """
+import sys
+from prometheus_client import CollectorRegistry, multiprocess
+from hmacfs.metrics import Metrics
+
+def uploads():
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, path=sys.argv[1])
+    return combined.get_sample_value(
+        "hmacfs_uploads_total", {"status": "201", "scheme": "v"}) or 0.0
+
+m = Metrics()
+m.upload_started()
+m.bytes_received(3)
+m.upload_finished(201, "v", 3, 0.01)
+before = uploads()
+m.flush()
+print(before, uploads())
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True,
+        text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    assert out == ["0.0", "1.0"]
