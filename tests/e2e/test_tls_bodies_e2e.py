@@ -262,6 +262,54 @@ def test_pipelined_requests_over_tls_are_answered_in_order(
             assert hashlib.sha256(body).hexdigest() == _digest(fast, stored[size])
 
 
+def test_small_answers_over_tls_between_large_ones_on_one_connection(
+    servers: tuple[TlsServer, TlsServer], stored: dict[int, str]
+) -> None:
+    """The answers written at once (small GETs and PUTs taken whole) and those Twisted and
+    the body producer write, one after the other on one TLS connection, each whole and in
+    its place."""
+    fast = servers[0]
+    rel = f"{uuid.uuid4()}/small.bin"
+    body = os.urandom(4096)
+    put = (
+        f"PUT /upload/{rel}?v={mac_v1(rel, len(body))} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    steps: list[tuple[bytes, str, bytes | int | None]] = [
+        (put, "201", None),
+        (_request(rel), "200", body),
+        (_request(stored[5 * MIB + 3]), "200", 5 * MIB + 3),  # (the body producer's)
+        (_request(rel), "200", body),
+        (_request(f"{uuid.uuid4()}/missing.bin"), "404", None),  # (Twisted's)
+        (_request(stored[65535]), "200", 65535),
+        (_request(rel), "200", body),
+    ]
+    with _connect(fast) as sock:
+        pending = b""
+        for _ in range(3):
+            for request, status, expected in steps:
+                sock.sendall(request)
+                head, pending = _read_head(sock, pending)
+                assert head["status"] == status, (request[:60], head)
+                got, pending = _read_body(sock, int(head.get("content-length", "0")), pending)
+                if isinstance(expected, bytes):
+                    assert got == expected
+                elif isinstance(expected, int):
+                    assert len(got) == expected
+                    assert hashlib.sha256(got).hexdigest() == _digest(
+                        fast, stored[expected]
+                    )
+                assert pending == b""
+            rel = f"{uuid.uuid4()}/small.bin"  # (a fresh path for the next round's PUT)
+            put = (
+                f"PUT /upload/{rel}?v={mac_v1(rel, len(body))} HTTP/1.1\r\n"
+                f"Host: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            steps[0] = (put, "201", None)
+            for index in (1, 3, 6):
+                steps[index] = (_request(rel), "200", body)
+
+
 def test_connection_close_after_a_body_over_tls_is_a_clean_tls_close(
     servers: tuple[TlsServer, TlsServer], stored: dict[int, str]
 ) -> None:

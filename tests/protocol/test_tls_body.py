@@ -294,6 +294,47 @@ def test_a_refused_upload_over_tls_is_answered_before_its_body(
     assert not (harness.storage.root / "a1b2" / "no.bin").exists()
 
 
+def _sent_so_far(pair: Pair) -> bytes:
+    """What the client can read of what the server wrote, without the reactor's next turn
+    (which would flush the wrapper's small writes aggregator)."""
+    pair.to_client()
+    out = []
+    while True:
+        try:
+            out.append(pair.client.recv(1 << 16))
+        except (SSL.WantReadError, SSL.ZeroReturnError):
+            return b"".join(out)
+
+
+def test_quick_answers_over_tls_are_written_before_the_reactors_next_turn(
+    site_pair: tuple[Harness, Pair],
+) -> None:
+    _, pair = site_pair
+    body = os.urandom(4096)
+    path = "a1b2/small.bin"
+    pair.send(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body, 256 * 1024)
+    assert status_of(_sent_so_far(pair)) == 201  # (taken whole: hmacfs.http.fast.quick_put)
+    pair.send(b"GET /upload/a1b2/small.bin HTTP/1.1\r\nHost: x\r\n\r\n", 256 * 1024)
+    answer = _sent_so_far(pair)
+    assert status_of(answer) == 200 and answer.endswith(b"\r\n\r\n" + body)
+    assert pair.read_all() == b""  # (nothing was left waiting)
+
+
+def test_a_quick_answer_over_tls_follows_what_waits_to_be_gathered(
+    site_pair: tuple[Harness, Pair],
+) -> None:
+    _, pair = site_pair
+    body = os.urandom(100)
+    path = "a1b2/small.bin"
+    pair.send(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body, 256 * 1024)
+    assert status_of(pair.read_all()) == 201
+    pair.wrapper.write(b"written earlier, still waiting\r\n")
+    pair.send(b"GET /upload/a1b2/small.bin HTTP/1.1\r\nHost: x\r\n\r\n", 256 * 1024)
+    answer = pair.read_all()
+    assert answer.startswith(b"written earlier, still waiting\r\nHTTP/1.1 200 ")
+    assert answer.endswith(body)
+
+
 # -- TlsBodyProducer handing a body over to the wrapper ---------------------------------------
 
 

@@ -19,7 +19,7 @@ from hmacfs.core.headers import (
     safe_media_type,
 )
 from hmacfs.core.settings import HttpSettings
-from hmacfs.http.fast.direct import DirectWrites
+from hmacfs.http.fast.direct import DirectWrites, send_answer
 
 
 def write_now(transport: object, data: bytes, channel: object) -> None:
@@ -246,3 +246,77 @@ def test_write_now_queues_what_the_socket_does_not_take(
     while len(got) < taken:
         got += peer.recv(1 << 20)
     assert got + transport.written[0] == data
+
+
+class _TlsWrapper:
+    """The parts of Twisted's TLS wrapper `DirectWrites` and `send_answer` look at."""
+
+    def __init__(self, inner: _PlainTransport, *, gathering: bool) -> None:
+        directlyProvides(self, ISSLTransport)
+        self.transport = inner
+        self._tlsConnection = object()
+        self.disconnecting = False
+        self.calls: list[tuple[str, bytes]] = []
+        if gathering:
+            self._aggregator = type("Aggregator", (), {"_buffer": []})()
+
+    def _flushSendBIO(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def _write(self, data: bytes) -> None:
+        self.calls.append(("_write", data))
+
+
+def test_direct_writes_stand_in_for_the_socket_transport_under_tls(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    inner = _PlainTransport(ours)
+    inner.producer = membrane = object()  # (the wrapper's, for the channel)
+    inner.startWriting = inner.registerProducer = lambda *_: None  # type: ignore[attr-defined]
+    writes = DirectWrites.install(_TlsWrapper(inner, gathering=True), channel=object())
+    assert writes is not None and writes.transport is inner
+    inner.write(b"record")  # what the wrapper writes, a TLS record at a time
+    assert peer.recv(100) == b"record"
+    inner.producer = object()  # (a body producer took over: behind it nothing is written)
+    inner.write(b"later")
+    assert inner.written == [b"later"]
+    writes.remove()
+    inner.producer = membrane
+    inner.write(b"given back")
+    assert inner.written == [b"later", b"given back"]
+
+
+@pytest.mark.parametrize(
+    ("gathering", "waiting", "closing", "expected"),
+    [
+        (True, [], False, "_write"),  # nothing to keep order with: encrypted now
+        (True, [b"earlier"], False, "write"),  # behind what waits to be gathered
+        (True, [], True, "write"),  # closing: as Twisted decides
+        (False, [], False, "write"),  # a wrapper that gathers nothing (Twisted 22.4)
+    ],
+)
+def test_send_answer_encrypts_at_once_only_when_nothing_waits(
+    socket_pair: tuple[socket.socket, socket.socket],
+    gathering: bool,
+    waiting: list[bytes],
+    closing: bool,
+    expected: str,
+) -> None:
+    wrapper = _TlsWrapper(_PlainTransport(socket_pair[0]), gathering=gathering)
+    if gathering:
+        wrapper._aggregator._buffer = waiting  # type: ignore[attr-defined]
+    wrapper.disconnecting = closing
+    send_answer(wrapper, b"answer")
+    assert wrapper.calls == [(expected, b"answer")]
+
+
+def test_send_answer_on_a_plain_transport_is_its_write(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    transport = _PlainTransport(socket_pair[0])
+    send_answer(transport, b"answer")
+    assert transport.written == [b"answer"]

@@ -17,6 +17,7 @@ from hmacfs.core import download
 from hmacfs.core.headers import BASE_HEADERS, cors_fields, http_date_now
 from hmacfs.core.paths import decode_path, split_target
 from hmacfs.core.refusals import Refusal
+from hmacfs.http.fast.direct import send_answer
 from hmacfs.storage.backend import StoredFile
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
     head_out = b"HTTP/1.1 200 OK\r\nDate: " + http_date_now() + after_date
     channel.resetTimeout()
     transport: Any = channel.transport
-    transport.write(head_out + body)  # at once: see DirectWrites
+    send_answer(transport, head_out + body)  # at once: see DirectWrites
     answered_quickly(
         channel, headers, method=method, rel=rel, status=answer.status, size=len(body),
         scheme=None, started=started,

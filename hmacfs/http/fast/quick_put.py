@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hmacfs.core.headers import cors_fields, http_date_now
 from hmacfs.core.refusals import InternalError, Refusal
 from hmacfs.http.answers import raw_refusal, reason_phrase
+from hmacfs.http.fast.direct import send_answer
 from hmacfs.http.fast.quick import answered_quickly, head_after_date
 
 if TYPE_CHECKING:
@@ -163,11 +164,11 @@ def take_put(channel: UploadChannel, data: bytes) -> bool:
         if refusal is None and status < 300:
             after_date = head_after_date(cors_fields(settings, origin), _NO_BODY)
             status_line = b"HTTP/1.1 %d %s\r\nDate: " % (status, reason_phrase(status))
-            transport.write(status_line + http_date_now() + after_date)
+            send_answer(transport, status_line + http_date_now() + after_date)
         else:
             refusal = refusal or InternalError("internal error")
             status = refusal.status
-            transport.write(raw_refusal(refusal, settings, origin, request, closing=False))
+            send_answer(transport, raw_refusal(refusal, settings, origin, request, closing=False))
         channel.resetTimeout()
         answered_quickly(
             channel, headers, method=b"PUT", rel=upload.rel, status=status,
