@@ -13,6 +13,7 @@ import pytest
 
 from hmacfs.storage.held import HELD_SETTLED, RELEASE_INTERVAL
 from tests.e2e.test_http_e2e import get, put
+from tests.helpers.files import descriptors_on
 from tests.helpers.server import Server, children, start_server, stop_server
 from tests.helpers.signing import mac_v1
 
@@ -28,21 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def holders(server: Server, path: Path) -> int:
     """How many descriptors the server's processes hold on `path` (removed or not)."""
-    wanted = os.path.realpath(path)
-    count = 0
-    for pid in (server.process.pid, *children(server.process.pid)):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target in (wanted, f"{wanted} (deleted)"):
-                count += 1
-    return count
+    return descriptors_on(path, (server.process.pid, *children(server.process.pid)))
 
 
 def stored_and_held(server: Server, tmp_path: Path, rel: str, body: bytes) -> Path:

@@ -37,3 +37,23 @@ def partial_files(storage: LocalStorage) -> list[str]:
             found.append(target[len(unnamed) - 1 : -len(" (deleted)")])
     ready = storage.live_names()
     return sorted(name for name in found if name not in ready)
+
+
+def descriptors_on(path: Path, pids: tuple[int | str, ...] = ("self",)) -> int:
+    """How many descriptors the processes `pids` ("self": this one) hold open on `path`,
+    removed or not."""
+    wanted = os.path.realpath(path)
+    count = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # (a process that is gone)
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target in (wanted, f"{wanted} (deleted)"):
+                count += 1
+    return count

@@ -120,11 +120,12 @@ class Pair:
         for start in range(0, len(cipher), piece):
             self.wrapper.dataReceived(cipher[start : start + piece])
 
-    def read_all(self) -> bytes:
-        """What the client reads of what the server sent."""
+    def read_all(self, *, next_turn: bool = True) -> bytes:
+        """What the client reads of what the server sent (after the reactor's next turn,
+        which flushes the wrapper's small writes aggregator, unless `next_turn` is False)."""
         aggregator = getattr(self.wrapper, "_aggregator", None)
-        if aggregator is not None:
-            aggregator.flush()  # (what the reactor's next turn does)
+        if aggregator is not None and next_turn:
+            aggregator.flush()
         self.to_client()
         out = []
         while True:
@@ -294,28 +295,26 @@ def test_a_refused_upload_over_tls_is_answered_before_its_body(
     assert not (harness.storage.root / "a1b2" / "no.bin").exists()
 
 
-def _sent_so_far(pair: Pair) -> bytes:
-    """What the client can read of what the server wrote, without the reactor's next turn
-    (which would flush the wrapper's small writes aggregator)."""
-    pair.to_client()
-    out = []
-    while True:
-        try:
-            out.append(pair.client.recv(1 << 16))
-        except (SSL.WantReadError, SSL.ZeroReturnError):
-            return b"".join(out)
+def _small_file(pair: Pair, size: int, *, next_turn: bool) -> bytes:
+    """Upload a small file (taken whole: hmacfs.http.fast.quick_put), check its 201 and ask
+    for it (answered from the head: hmacfs.http.fast.quick); its body."""
+    body = os.urandom(size)
+    path = "a1b2/small.bin"
+    pair.send(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body, 256 * 1024)
+    assert status_of(pair.read_all(next_turn=next_turn)) == 201
+    return body
+
+
+_SMALL_GET = b"GET /upload/a1b2/small.bin HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def test_quick_answers_over_tls_are_written_before_the_reactors_next_turn(
     site_pair: tuple[Harness, Pair],
 ) -> None:
     _, pair = site_pair
-    body = os.urandom(4096)
-    path = "a1b2/small.bin"
-    pair.send(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body, 256 * 1024)
-    assert status_of(_sent_so_far(pair)) == 201  # (taken whole: hmacfs.http.fast.quick_put)
-    pair.send(b"GET /upload/a1b2/small.bin HTTP/1.1\r\nHost: x\r\n\r\n", 256 * 1024)
-    answer = _sent_so_far(pair)
+    body = _small_file(pair, 4096, next_turn=False)
+    pair.send(_SMALL_GET, 256 * 1024)
+    answer = pair.read_all(next_turn=False)
     assert status_of(answer) == 200 and answer.endswith(b"\r\n\r\n" + body)
     assert pair.read_all() == b""  # (nothing was left waiting)
 
@@ -324,12 +323,9 @@ def test_a_quick_answer_over_tls_follows_what_waits_to_be_gathered(
     site_pair: tuple[Harness, Pair],
 ) -> None:
     _, pair = site_pair
-    body = os.urandom(100)
-    path = "a1b2/small.bin"
-    pair.send(put_head(path, len(body), f"v={mac_v1(path, len(body))}") + body, 256 * 1024)
-    assert status_of(pair.read_all()) == 201
+    body = _small_file(pair, 100, next_turn=True)
     pair.wrapper.write(b"written earlier, still waiting\r\n")
-    pair.send(b"GET /upload/a1b2/small.bin HTTP/1.1\r\nHost: x\r\n\r\n", 256 * 1024)
+    pair.send(_SMALL_GET, 256 * 1024)
     answer = pair.read_all()
     assert answer.startswith(b"written earlier, still waiting\r\nHTTP/1.1 200 ")
     assert answer.endswith(body)

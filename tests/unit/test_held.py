@@ -25,6 +25,7 @@ from hmacfs.storage.held import (
     holds_files_open,
 )
 from hmacfs.storage.local import LocalStorage
+from tests.helpers.files import descriptors_on
 
 
 class Ticks:
@@ -60,16 +61,7 @@ def store(storage: LocalStorage, rel: str, body: bytes, expires: float | None = 
 
 def descriptors_of(path: Path) -> int:
     """How many descriptors of this process are open on `path`."""
-    wanted = os.path.realpath(path)
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target in (wanted, f"{wanted} (deleted)"):
-            count += 1
-    return count
+    return descriptors_on(path)
 
 
 def test_a_file_read_whole_is_held_and_read_again_from_its_descriptor(

@@ -821,33 +821,22 @@ _NUMBER = st.one_of(
 
 
 @given(
-    rel=_TEXT,
-    size=st.integers(0, 2**63),
-    content_type=_TEXT,
-    uploaded=_NUMBER,
-    expires=st.one_of(st.none(), _NUMBER, st.sampled_from([float("inf"), float("nan")])),
-    scheme=_TEXT,
-    uploader=st.one_of(st.none(), _TEXT),
-)
-def test_metadata_record_is_what_the_json_encoder_writes(
-    rel: str,
-    size: int,
-    content_type: str,
-    uploaded: float,
-    expires: float | None,
-    scheme: str,
-    uploader: str | None,
-) -> None:
-    expected = json.dumps(
+    st.fixed_dictionaries(
         {
-            "v": 1, "path": rel, "size": size, "content_type": content_type,
-            "uploaded": uploaded, "expires": expires, "scheme": scheme, "uploader": uploader,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
-    got = encode_meta(
-        rel, size, content_type=content_type, uploaded=uploaded, expires=expires,
-        scheme=scheme, uploader=uploader,
+            "rel": _TEXT,
+            "size": st.integers(0, 2**63),
+            "content_type": _TEXT,
+            "uploaded": _NUMBER,
+            "expires": st.one_of(
+                st.none(), _NUMBER, st.sampled_from([float("inf"), float("nan")])
+            ),
+            "scheme": _TEXT,
+            "uploader": st.one_of(st.none(), _TEXT),
+        }
     )
-    assert got == expected
+)
+def test_metadata_record_is_what_the_json_encoder_writes(fields: dict[str, Any]) -> None:
+    order = ("size", "content_type", "uploaded", "expires", "scheme", "uploader")
+    record = {"v": 1, "path": fields["rel"], **{key: fields[key] for key in order}}
+    expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    assert encode_meta(**fields) == expected
