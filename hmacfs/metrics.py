@@ -97,9 +97,12 @@ class Metrics:
     """Every metric of one server, on one registry.
 
     The methods are called from the reactor thread, once per event; they are cheap enough to
-    call per body chunk (`bytes_received`). prometheus-client is thread-safe as well. What
-    each upload and download adds is kept here until `flush` (FLUSH_INTERVAL, a collection of
-    the registry, `render`): another process's /metrics sees it up to that much later.
+    call per body chunk (`bytes_received`). What each upload and download adds is kept here
+    until `flush` (FLUSH_INTERVAL, a collection of the registry, `render`): another process's
+    /metrics sees it up to that much later. Those counts are kept without a lock, so the
+    methods of uploads and downloads, `flush` and collecting the registry belong to the one
+    thread that serves (the others, such as `set_storage`, go to prometheus-client at once,
+    which is thread-safe).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
