@@ -152,6 +152,26 @@ def test_what_the_quick_path_leaves_alone(stocked: Harness, data: bytes) -> None
     assert not channel.requests
 
 
+def test_a_path_asked_for_again_is_taken_as_the_first_time(
+    stocked: Harness, storage_dir: Path
+) -> None:
+    """Request paths decoded before are kept: a refused one is refused again, and one kept
+    for one upload prefix means another file under another prefix."""
+    for _ in range(2):
+        channel, transport = stocked.connect()
+        assert not answer_quickly(channel, head("GET", "/upload/img1/%2e%2e/photo.png"))
+        assert transport.value() == b""
+        channel, transport = stocked.connect()
+        assert answer_quickly(channel, head("GET", "/upload/img1/photo.png"))
+        assert transport.value().endswith(FILES["img1/photo.png"][0])
+    (storage_dir / "root" / "upload" / "img1").mkdir(parents=True)
+    (storage_dir / "root" / "upload" / "img1" / "photo.png").write_bytes(b"another file")
+    at_root = Harness(make_config(storage_dir / "root", upload_prefix="/"))
+    channel, transport = at_root.connect()
+    assert answer_quickly(channel, head("GET", "/upload/img1/photo.png"))
+    assert transport.value().endswith(b"\r\n\r\nanother file")
+
+
 def test_files_over_the_quick_size_take_the_full_path(stocked: Harness) -> None:
     upload(stocked, "big2/over.bin", b"o" * (QUICK_MAX_SIZE + 1), "application/octet-stream")
     channel, transport = stocked.connect()

@@ -38,6 +38,11 @@ _DECLINED = frozenset(
 )
 
 
+#: The signed path of each of the request paths asked for lately (decoding and checking one,
+#: 2 µs, is a fifth of what a quick answer from a held file costs); as many as are held.
+_decoded = functools.lru_cache(maxsize=512)(decode_path)
+
+
 @functools.lru_cache(maxsize=1024)
 def _whole_file(method: bytes, stored: StoredFile) -> download.Plan:
     """The plan for an unconditional GET or HEAD of a file that does not expire (so the time
@@ -88,7 +93,7 @@ def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
         return False
     storage: Any = site.storage  # (local: the fast paths are off for a remote store)
     try:
-        rel = decode_path(raw_path, config.server.upload_prefix)
+        rel = _decoded(raw_path, config.server.upload_prefix)
         stored, content = storage.read_small(rel, QUICK_MAX_SIZE) if rel else (None, None)
     except Refusal:
         return False
