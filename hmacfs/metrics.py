@@ -128,7 +128,6 @@ class Metrics:
         #: Amounts not yet handed to prometheus-client, by the counter, gauge or histogram
         #: (child) they go to; each histogram's as its sum and its count per bucket.
         self._pending: dict[Any, float] = {}
-        self._observed: dict[Any, _Observed | None] = {}
         # First on the registry: whatever collects it sees the pending amounts too.
         registry.register(_Flusher(self))
         # Counter names are given without "_total": prometheus-client appends it.
@@ -161,6 +160,8 @@ class Metrics:
             buckets=SIZE_BUCKETS,
             registry=registry,
         )
+        self._duration_batch = _Observed.of(self._duration)
+        self._size_batch = _Observed.of(self._size)
         self._refusals = Counter(
             "hmacfs_refusals",
             "Requests refused before or while their body was read, by status and reason.",
@@ -236,15 +237,12 @@ class Metrics:
         pending = self._pending
         pending[target] = pending.get(target, 0) + amount
 
-    def _observe(self, histogram: Any, amount: float) -> None:
-        try:
-            observed = self._observed[histogram]
-        except KeyError:
-            observed = self._observed[histogram] = _Observed.of(histogram)
-        if observed is None or math.isnan(amount):
+    @staticmethod
+    def _observe(histogram: Any, batch: _Observed | None, amount: float) -> None:
+        if batch is None or math.isnan(amount):
             histogram.observe(amount)  # (a histogram of another make: as it comes)
-            return
-        observed.add(amount)
+        else:
+            batch.add(amount)
 
     def flush(self) -> None:
         """Hand what was counted since the last flush to prometheus-client (and with workers,
@@ -253,9 +251,9 @@ class Metrics:
         for target, amount in pending.items():
             if amount:
                 target.inc(amount)
-        for observed in self._observed.values():
-            if observed is not None:
-                observed.flush()
+        for batch in (self._duration_batch, self._size_batch):
+            if batch is not None:
+                batch.flush()
 
     def upload_started(self) -> None:
         """An upload was admitted and its body is about to be read."""
@@ -271,18 +269,16 @@ class Metrics:
         """
         if size < 0:
             raise ValueError(f"negative upload size {size}")
-        pending = self._pending
-        in_flight = self._in_flight
-        pending[in_flight] = pending.get(in_flight, 0) - 1
+        self._add(self._in_flight, -1)
         key = (status, scheme)
         counter = self._upload_counters.get(key)
         if counter is None:
             counter = self._upload_counters[key] = self._uploads.labels(
                 status_label(status), scheme_label(scheme)
             )
-        pending[counter] = pending.get(counter, 0) + 1
-        self._observe(self._duration, max(seconds, 0.0))
-        self._observe(self._size, size)
+        self._add(counter, 1)
+        self._observe(self._duration, self._duration_batch, max(seconds, 0.0))
+        self._observe(self._size, self._size_batch, size)
 
     def refused(self, status: int, reason: Reason | str, scheme: str | None) -> None:
         """A request was refused before or while its body was read.
@@ -305,10 +301,8 @@ class Metrics:
         counter = self._download_counters.get(status)
         if counter is None:
             counter = self._download_counters[status] = self._downloads.labels(status_label(status))
-        pending = self._pending
-        pending[counter] = pending.get(counter, 0) + 1
-        sent = self._download_bytes
-        pending[sent] = pending.get(sent, 0) + size
+        self._add(counter, 1)
+        self._add(self._download_bytes, size)
 
     def bytes_received(self, n: int) -> None:
         """`n` more upload body bytes arrived. Raises ValueError if `n` is negative."""
