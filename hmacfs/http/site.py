@@ -202,11 +202,13 @@ class UploadSite(server.Site):  # type: ignore[misc]
         return None
 
     def admit_put(self, target: bytes, request: UploadRequest, length: int) -> Upload:
-        """Admit a plain PUT (no resumable creation) as `admit` would; raise a Refusal to
-        refuse it (BadRequest for the resumable uploads' resources, which `admit` takes)."""
+        """Admit a plain PUT (no resumable creation) whose whole body is at hand as `admit`
+        would; raise a Refusal to refuse it (BadRequest for the resumable uploads' resources,
+        which `admit` takes)."""
         if split_target(target)[0].startswith(self.resumptions.resource_prefix()):
             raise BadRequest("not an upload path")
-        if self._admit_put(target, request, length, None) is not None or request.upload is None:
+        pending = self._admit_put(target, request, length, None, whole=True)
+        if pending is not None or request.upload is None:
             raise BadRequest("upload must wait for its storage")  # (a remote store's)
         return request.upload
 
@@ -221,10 +223,19 @@ class UploadSite(server.Site):  # type: ignore[misc]
         request: UploadRequest,
         length: int | None,
         creation: wire.Creation | None,
+        *,
+        whole: bool = False,
     ) -> defer.Deferred[None] | None:
         """Admit a PUT (or a resumable upload's creation): its upload is attached to
         `request` now, or, for a remote store, by the Deferred returned once the store said
-        what is at the path."""
+        what is at the path.
+
+        What is stored at the path is looked up first, so that a body that cannot be stored
+        there is refused before it is read. For a `whole` body (all of it read already, and
+        at most a small one) that is left to the commit, which finds the file there all the
+        same (the link fails) and judges the body as it would have: unless the quotas need to
+        know beforehand, since a retry of a stored upload adds nothing to what they count.
+        """
         config = self.config
         raw_path, raw_query = split_target(target)
         rel = decode_path(raw_path, config.server.upload_prefix)
@@ -258,7 +269,11 @@ class UploadSite(server.Site):  # type: ignore[misc]
                     request, grant, rel, creation, existing, checked=True, body=length
                 )
             )
-        self._begin_upload(request, grant, rel, creation, self.storage.existing(rel))
+        if whole and not self.config.quota.min_free_space and self.storage.accounting is None:
+            existing = None
+        else:
+            existing = self.storage.existing(rel)
+        self._begin_upload(request, grant, rel, creation, existing)
         return None
 
     def _look_up_remote(self, grant: auth.Grant, rel: str) -> StoredFile | None:

@@ -1580,11 +1580,15 @@ class LocalPartial:
                 # same bytes: that is a success, not a conflict.
                 if inline:
                     if not _same_size_file(storage.path_of(self.rel), self.size):
+                        storage.existing(self.rel)  # (the refusal for what is there)
                         raise
                     handed_over = True
                     raise CompareOnThread() from None
                 winner = self._identical_stored()
                 if winner is None:
+                    # Not a stored file: a directory or a link out of the storage ("path is
+                    # in use", as an admission that found it there says), or gone again.
+                    storage.existing(self.rel)
                     raise
                 self._committed()
                 return winner

@@ -29,12 +29,13 @@ def signed(path: str, body: bytes, *extra: str) -> bytes:
     return put_head(path, len(body), f"v={mac_v1(path, len(body))}", *extra) + body
 
 
-def counts(harness: Harness) -> dict[str, float]:
-    """The upload metrics, by sample name and labels."""
+def counts(harness: Harness, prefix: str = "hmacfs_upload") -> dict[str, float]:
+    """The upload metrics (those whose name begins with `prefix`), by sample name and
+    labels."""
     out: dict[str, float] = {}
     registry: Any = harness.site.metrics.registry
     for family in registry.collect():
-        if family.name.startswith("hmacfs_upload"):
+        if family.name.startswith(prefix):
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue  # (when each series began)
@@ -119,6 +120,73 @@ def test_a_retry_and_a_conflict_are_answered_as_the_full_path_answers(
     assert counts(fast) == counts(plain)
 
 
+def occupy(harness: Harness, what: str) -> None:
+    """Put `what` at r2/a.txt of `harness`'s storage, as the storage itself would."""
+    storage = harness.storage
+    if what in ("a file of another size", "an expired file"):
+        expires = harness.clock.seconds() - 1 if what == "an expired file" else None
+        partial = storage.begin("r2/a.txt", 5, "text/plain", expires=expires)
+        partial.write(b"other")
+        if expires is not None:  # (admitted before it expired)
+            partial.storage = storage
+        partial.commit()
+    elif what == "a directory":
+        (storage.root / "r2" / "a.txt").mkdir(parents=True)
+    else:
+        (storage.root / "r2").mkdir()
+        (storage.root / "r2" / "a.txt").symlink_to(storage.root.parent)
+
+
+@pytest.mark.parametrize(
+    "what", ["a file of another size", "an expired file", "a directory", "a link out"]
+)
+def test_what_is_at_the_path_is_refused_as_the_full_path_refuses(
+    twins: tuple[Harness, Harness], what: str
+) -> None:
+    # The quick path leaves finding it to the commit; the full path looks before the body.
+    fast, plain = twins
+    for harness in twins:
+        occupy(harness, what)
+    before = [visible_files(h.storage.root) for h in twins]
+    data = signed("r2/a.txt", b"same")
+    status, headers, answer_body = parse(quick(fast, data))
+    full_status, full_headers, full_body = parse(full(plain, data))
+    reason = b"path is in use\n" if what in ("a directory", "a link out") else None
+    assert (status, answer_body) == (full_status, full_body) == (
+        409,
+        reason or b"file already exists\n",
+    )
+    # Refused before its body was read, the full path's answer closes the connection; here
+    # the body is in, and the connection stays open for the client's next request.
+    assert full_headers.pop("connection") == "close"
+    assert headers == full_headers
+    assert [visible_files(h.storage.root) for h in twins] == before
+    for harness in twins:
+        assert partial_files(harness.storage) == []
+        assert harness.site.uploads == set()
+    # Counted as a refusal either way; here also as an upload (its body was read) that
+    # ended in a 409.
+    assert counts(fast, "hmacfs_refusals") == counts(plain, "hmacfs_refusals") == {
+        "hmacfs_refusals_total[('reason', 'conflict'), ('status', '409')]": 1.0
+    }
+    assert counts(fast)["hmacfs_uploads_total[('scheme', 'v'), ('status', '409')]"] == 1
+
+
+def test_a_retry_is_looked_up_first_when_the_quotas_need_to_know(storage_dir: Path) -> None:
+    # A retry of a stored upload adds nothing: a free-space limit must not refuse it.
+    settings = replace(make_config(storage_dir, max_upload_size=1000).quota, min_free_space=1)
+    harness = Harness(replace(make_config(storage_dir, max_upload_size=1000), quota=settings))
+    data = signed("q1/a.txt", b"same")
+    assert status_of(quick(harness, data)) == 201
+    full_disk = replace(settings, min_free_space=1 << 62)
+    harness.site.config = replace(harness.site.config, quota=full_disk)
+    channel, transport = harness.connect()
+    channel.dataReceived(signed("q2/a.txt", b"same"))  # (refused: the quick path declines)
+    assert status_of(transport.value()) == 507
+    assert status_of(quick(harness, data)) == 201  # (the quick path took it: looked up)
+    assert (storage_dir / "q1" / "a.txt").read_bytes() == b"same"
+
+
 def test_the_cors_settings_apply_to_its_answers(storage_dir: Path) -> None:
     config = make_config(storage_dir, max_upload_size=1000)
     settings = HttpSettings(cors_origins=("https://web.example",), cors_credentials=True)
@@ -148,7 +216,7 @@ def test_a_commit_error_is_answered_as_the_full_path_answers(
         )
     data = signed("e2/a.txt", b"a")
     status, _, answer_body = same_answer(quick(fast, data), full(plain, data))
-    assert (status, answer_body) == (409, b"file already exists\n")
+    assert (status, answer_body) == (409, b"path is in use\n")  # (as found at admission)
     assert counts(fast) == counts(plain)
     for harness in twins:
         assert partial_files(harness.storage) == []

@@ -96,6 +96,28 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: LocalStorage) -
     assert partial_files(storage) == []
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["on a thread", "inline"])
+@pytest.mark.parametrize("what", ["a directory", "a link out", "a file of another size"])
+def test_what_took_the_path_before_the_commit_is_refused_by_name(
+    storage: LocalStorage, tmp_path: Path, what: str, inline: bool
+) -> None:
+    # As an admission that found it there refuses it (LocalStorage.existing).
+    upload = storage.begin("t/x.bin", 3, "text/plain")
+    upload.write(b"one")
+    taken = storage.path_of("t/x.bin")
+    taken.parent.mkdir()
+    if what == "a directory":
+        taken.mkdir()
+    elif what == "a link out":
+        taken.symlink_to(tmp_path)
+    else:
+        taken.write_bytes(b"four")
+    reason = "file already exists" if what == "a file of another size" else "path is in use"
+    with pytest.raises(Conflict, match=reason):
+        upload.commit(inline=inline)
+    assert partial_files(storage) == []
+
+
 def test_concurrent_identical_retries_both_succeed(storage: LocalStorage) -> None:
     first = storage.begin("s/x.bin", 3, "image/png")
     second = storage.begin("s/x.bin", 3, "image/png")
