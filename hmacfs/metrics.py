@@ -164,7 +164,8 @@ class Metrics:
         self._size_batch = _Observed.of(self._size)
         self._refusals = Counter(
             "hmacfs_refusals",
-            "Requests refused before or while their body was read, by status and reason.",
+            "Requests refused before or while their body was read (or, for a small upload "
+            "read whole, when its path was found taken), by status and reason.",
             ("status", "reason"),
             registry=registry,
         )
