@@ -163,7 +163,11 @@ def start_server(
             extra_toml=extra_toml,
         ),
     )
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    # Its temporary files (the workers' shared metrics) under `tmp`: a server killed with
+    # SIGKILL leaves them behind, in the test's directory rather than the system's.
+    scratch = tmp / "tmp"
+    scratch.mkdir(exist_ok=True)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), **(env or {})}
     listener: socket.socket | None = None
     if notify:
         listener, environment["NOTIFY_SOCKET"] = _notify_socket()
