@@ -123,12 +123,13 @@ def test_a_retry_and_a_conflict_are_answered_as_the_full_path_answers(
 def occupy(harness: Harness, what: str) -> None:
     """Put `what` at r2/a.txt of `harness`'s storage, as the storage itself would."""
     storage = harness.storage
-    if what in ("a file of another size", "an expired file"):
-        expires = harness.clock.seconds() - 1 if what == "an expired file" else None
-        partial = storage.begin("r2/a.txt", 5, "text/plain", expires=expires)
+    if what == "a file of another size":
+        partial = storage.begin("r2/a.txt", 5, "text/plain")
         partial.write(b"other")
-        if expires is not None:  # (admitted before it expired)
-            partial.storage = storage
+        partial.commit()
+    elif what == "an expired file":  # (the very body uploaded again: no retry of it either)
+        partial = storage.begin("r2/a.txt", 4, "text/plain", expires=harness.clock.seconds() - 1)
+        partial.write(b"same")
         partial.commit()
     elif what == "a directory":
         (storage.root / "r2" / "a.txt").mkdir(parents=True)
