@@ -1088,8 +1088,10 @@ class LocalStorage:
                 self._link_through_links(upload)
                 return
             try:
+                # (a directory made just now, the deepest, for its first entry)
+                fresh = len(opened) > 1 and opened[-2][1]
                 try:
-                    self._link_at(upload, opened[-1][0], name)
+                    self._link_at(upload, opened[-1][0], name, fresh=fresh)
                 except FileNotFoundError:
                     continue  # a sweep pruned the (empty) directory we had just opened
                 if self.fsync:
@@ -1139,12 +1141,18 @@ class LocalStorage:
             raise
         return opened
 
-    def _link_at(self, upload: LocalPartial, dir_fd: int, name: str) -> None:
+    def _link_at(
+        self, upload: LocalPartial, dir_fd: int, name: str, *, fresh: bool = False
+    ) -> None:
         # Under a lock on the directory shared with other commits, which a removal of a file
         # from it takes alone (`_remove_stored`): a file linked here cannot be the one it
-        # removes by name just after it looked.
-        with contextlib.suppress(OSError):
-            fcntl.flock(dir_fd, fcntl.LOCK_SH)
+        # removes by name just after it looked. Not in a `fresh` directory, which this commit
+        # made just now: empty when made, it holds no file but those other commits link there
+        # since, and a removal can only have looked at one of those, whose name this link
+        # then finds taken (a file of another name is not this one).
+        if not fresh:
+            with contextlib.suppress(OSError):
+                fcntl.flock(dir_fd, fcntl.LOCK_SH)
         try:
             if upload.partial is None:
                 _link_unnamed(upload.fileno(), dir_fd, name)
@@ -1155,8 +1163,9 @@ class LocalStorage:
         except NotADirectoryError:
             raise Conflict("path is in use") from None
         finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(dir_fd, fcntl.LOCK_UN)
+            if not fresh:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
     def _link_through_links(self, upload: LocalPartial) -> None:
         """`_link_into_place` for a path through a symbolic link, which must lead to a

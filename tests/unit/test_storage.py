@@ -7,8 +7,10 @@ partial files (all of which work on the test filesystem).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,28 @@ def test_what_took_the_path_before_the_commit_is_refused_by_name(
     with pytest.raises(Conflict, match=reason):
         upload.commit(inline=inline)
     assert partial_files(storage) == []
+
+
+def test_a_commit_locks_only_a_directory_it_did_not_just_make(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A removal looks and unlinks under the directory's lock taken alone; a commit links under
+    # it taken shared, but for the first entry of a directory it made itself.
+    store(storage, "old/a.txt", b"a")
+    locked: list[str] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_SH and stat.S_ISDIR(os.fstat(fd).st_mode):
+            locked.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    for rel in ("old/b.txt", "new/a.txt", "old/new/a.txt", "new/a2.txt", "top.txt"):
+        store(storage, rel, b"b")
+    assert locked == ["old", "new", "files"]  # (old/, new/ once it had a file, the root)
+    for rel in ("old/b.txt", "new/a.txt", "old/new/a.txt", "new/a2.txt", "top.txt"):
+        assert storage.path_of(rel).read_bytes() == b"b"
 
 
 def test_concurrent_identical_retries_both_succeed(storage: LocalStorage) -> None:
