@@ -164,8 +164,8 @@ class Metrics:
         self._size_batch = _Observed.of(self._size)
         self._refusals = Counter(
             "hmacfs_refusals",
-            "Requests refused before or while their body was read (or, for a small upload "
-            "read whole, when its path was found taken), by status and reason.",
+            "Requests refused before or while their body was read (or when its commit "
+            "found the path taken), by status and reason.",
             ("status", "reason"),
             registry=registry,
         )
@@ -282,7 +282,8 @@ class Metrics:
         self._observe(self._size, self._size_batch, size)
 
     def refused(self, status: int, reason: Reason | str, scheme: str | None) -> None:
-        """A request was refused before or while its body was read.
+        """A request was refused before or while its body was read, or its commit found the
+        path taken.
 
         `reason` is the refusal's `Reason` (a value of `REASONS`); `scheme` the signing scheme,
         None if none had been chosen yet. Unknown values are counted as "other". The scheme is

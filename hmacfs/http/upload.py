@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from hmacfs.core.auth import Grant
 from hmacfs.core.printable import printable
-from hmacfs.core.refusals import Refusal, StorageFailure
+from hmacfs.core.refusals import Conflict, Refusal, StorageFailure
 from hmacfs.metrics import Metrics
 from hmacfs.storage.backend import CompareOnThread, Partial
 
@@ -214,6 +214,10 @@ class Upload:
                     path=printable(self.rel),
                     reason=printable(error.text),
                 )
+            elif isinstance(error, Conflict):
+                # What is at the path, found by the commit (a small upload read whole is not
+                # looked up first: `UploadSite.admit_put`): a refusal, as when found before.
+                self._metrics.refused(error.status, error.reason, self.grant.scheme)
             self._answer(answer, error.status, error)
             return
         _log.failure("storing {path} failed", failure, path=printable(self.rel))

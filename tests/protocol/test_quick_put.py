@@ -219,6 +219,9 @@ def test_a_commit_error_is_answered_as_the_full_path_answers(
     status, _, answer_body = same_answer(quick(fast, data), full(plain, data))
     assert (status, answer_body) == (409, b"path is in use\n")  # (as found at admission)
     assert counts(fast) == counts(plain)
+    assert counts(fast, "hmacfs_refusals") == counts(plain, "hmacfs_refusals") == {
+        "hmacfs_refusals_total[('reason', 'conflict'), ('status', '409')]": 1.0
+    }
     for harness in twins:
         assert partial_files(harness.storage) == []
 

@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from hmacfs.core.headers import cors_fields, http_date_now
-from hmacfs.core.refusals import Conflict, InternalError, Refusal
+from hmacfs.core.refusals import InternalError, Refusal
 from hmacfs.http.answers import raw_refusal, reason_phrase
 from hmacfs.http.fast.direct import send_answer
 from hmacfs.http.fast.quick import answered_quickly, head_after_date
@@ -169,10 +169,6 @@ def take_put(channel: UploadChannel, data: bytes) -> bool:
             refusal = refusal or InternalError("internal error")
             status = refusal.status
             send_answer(transport, raw_refusal(refusal, settings, origin, request, closing=False))
-            if isinstance(refusal, Conflict):
-                # What is at the path, found by the commit here (see `UploadSite.admit_put`):
-                # counted and logged as the full path's admission refuses it.
-                site.refused(request, b"PUT", refusal)  # type: ignore[arg-type]
         channel.resetTimeout()
         answered_quickly(
             channel, headers, method=b"PUT", rel=upload.rel, status=status,
