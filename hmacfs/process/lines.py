@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from typing import Any, TextIO
 
 from hmacfs.core.printable import printable_line
@@ -104,5 +103,7 @@ class PlainLog:
 
     def failure(self, format: str, error: BaseException, **values: Any) -> None:
         """An error with its traceback."""
+        import traceback  # (loaded when first needed: most supervisors never write one)
+
         trace = "".join(traceback.format_exception(error)).rstrip("\n")
         self.emit("critical", format + "\n{traceback}", traceback=trace, **values)

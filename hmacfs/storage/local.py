@@ -36,18 +36,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import fcntl
-import hashlib
+import functools
 import json
 import math
 import os
 import re
-import secrets
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -129,7 +126,12 @@ META_CACHE_SIZE = 2048
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def _sync_file_range() -> Callable[..., int] | None:
+    # (looked up when durable mode first needs it: ctypes is no import for a process that
+    # only sweeps, such as the supervisor)
+    import ctypes
+
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (AttributeError, OSError):
@@ -139,16 +141,33 @@ def _sync_file_range() -> Callable[..., int] | None:
     return call  # type: ignore[no-any-return]
 
 
-_SYNC_FILE_RANGE = _sync_file_range()
+def _token(nbytes: int) -> str:
+    """`nbytes` random bytes in hex, as secrets.token_hex (whose import brings hmac and
+    base64 along)."""
+    return os.urandom(nbytes).hex()
+
+
+def _scratch_file(directory: str | os.PathLike[str], prefix: str) -> tuple[int, str]:
+    """A new file of a random name in `directory`, mode 0600, open for reading and writing:
+    its descriptor and path (tempfile.mkstemp's, whose import brings shutil and random)."""
+    for _ in range(100):
+        name = os.path.join(directory, prefix + _token(8))
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name for a scratch file", str(directory))
 
 
 def start_writeback(fd: int, offset: int, count: int) -> bool:
     """Start writing `count` bytes of `fd` from `offset` to the disk, without waiting for
     them (sync_file_range(2) with SYNC_FILE_RANGE_WRITE; it may wait for room in the disk's
     queue: call it on a thread). A hint: False where it is not available or fails."""
-    if _SYNC_FILE_RANGE is None:
+    call = _sync_file_range()
+    if call is None:
         return False
-    return _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE) == 0
+    return call(fd, offset, count, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -283,7 +302,7 @@ class LocalStorage:
                 raise
             return False
         try:
-            scratch = f"probe-{secrets.token_hex(8)}"
+            scratch = f"probe-{_token(8)}"
             dir_fd = os.open(self.partial_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 _link_unnamed(fd, dir_fd, scratch)
@@ -304,7 +323,7 @@ class LocalStorage:
             if required:
                 raise OSError(errno.ENOTSUP, "no extended attributes on this system")
             return False
-        scratch = self.partial_dir / f"probe-{secrets.token_hex(8)}"
+        scratch = self.partial_dir / f"probe-{_token(8)}"
         fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.setxattr(fd, META_XATTR, b"{}")
@@ -576,7 +595,7 @@ class LocalStorage:
 
     def claim(self, upload_id: str, *, appending: bool = False) -> str:
         """Make a new request the newest for `upload_id`; its claim."""
-        nonce = secrets.token_hex(8)
+        nonce = _token(8)
         claim = make_claim(appending, nonce)
         if _PARTIAL_ID.fullmatch(upload_id):
             scratch = self.claim_dir / f".{upload_id}.{nonce}"
@@ -614,6 +633,8 @@ class LocalStorage:
         return Path(self._slot_link_text(rel))
 
     def _slot_link_text(self, rel: str) -> str:
+        import hashlib  # (not loaded by a process that only sweeps)
+
         digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._slot_dir_text}/{digest}"
 
@@ -1002,7 +1023,7 @@ class LocalStorage:
         if self.tmpfiles and not named:
             fd = os.open(self.partial_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
             return _Partial(fd, None, "")  # (named by its inode when asked: see LocalPartial)
-        path = self.partial_dir / secrets.token_hex(16)
+        path = self.partial_dir / _token(16)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return _Partial(fd, path, path.name)
 
@@ -1471,7 +1492,7 @@ class LocalPartial:
     def id(self) -> str:
         """The upload's identity (made when first asked for: most uploads never are)."""
         if self._id is None:
-            self._id = secrets.token_hex(16)
+            self._id = _token(16)
         return self._id
 
     def write(self, data: bytes) -> None:
@@ -1875,7 +1896,7 @@ def check_storage(  # noqa: PLR0911 (one return per failed check)
     if fs.f_files > 0 and fs.f_favail == 0:  # some filesystems report no inode counts at all
         return "no free inodes"
     try:
-        fd, name = tempfile.mkstemp(prefix=".health-", dir=partial_dir)
+        fd, name = _scratch_file(partial_dir, ".health-")
     except OSError as e:
         return f"partial directory is not writable: {_strerror(e)}"
     result = "ok"

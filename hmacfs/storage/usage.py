@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +51,8 @@ class Entry:
 
 
 def uploader_key(uploader: str) -> str:
+    import hashlib  # (when an uploader is first counted: a sweep alone does not load it)
+
     return hashlib.sha256(uploader.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
