@@ -199,11 +199,10 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     Twisted, the web layer, prometheus_client, pyOpenSSL or the standard library's TLS
     (tests/unit/test_imports.py keeps it so).
     """
-    import shutil
     import signal
 
     from hmacfs.process.limits import raise_open_files_limit, release_free_memory, worker_count
-    from hmacfs.process.shared_metrics import MULTIPROC_ENV, multiprocess_dir
+    from hmacfs.process.shared_metrics import MULTIPROC_ENV, multiprocess_dir, remove_directory
     from hmacfs.process.systemd import Notifier, activated_sockets
 
     raise_open_files_limit()
@@ -239,7 +238,7 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
             return EXIT_FAILURE
         finally:
             if metrics_dir is not None:
-                shutil.rmtree(metrics_dir, ignore_errors=True)
+                remove_directory(metrics_dir)
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +35,41 @@ FIGURES_FILE = "sweep.json"
 def multiprocess_dir() -> Path:
     """A fresh directory for the processes to share their metrics in (removed by the caller):
     under systemd's RuntimeDirectory, else the temporary directory."""
-    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-    return Path(tempfile.mkdtemp(prefix="hmacfs-metrics-", dir=base))
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    # (tempfile.mkdtemp's choice and mode, without its import: that brings shutil, random
+    # and the compression modules into a supervisor that needs none of them)
+    bases = [runtime] if runtime else [*_temporary_directories(), os.getcwd()]
+    error: OSError = FileNotFoundError("no directory for the shared metrics")
+    for base in bases:
+        for _ in range(100):
+            path = Path(base) / f"hmacfs-metrics-{os.urandom(6).hex()}"
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                error = e
+                break
+            return path
+    raise error
+
+
+def _temporary_directories() -> list[str]:
+    named = [os.environ.get(name, "") for name in ("TMPDIR", "TEMP", "TMP")]
+    return [base for base in named if base] + ["/tmp", "/var/tmp", "/usr/tmp"]  # noqa: S108
+
+
+def remove_directory(path: Path) -> None:
+    """Remove `path` and all it holds, as far as it can (shutil.rmtree, errors ignored)."""
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                remove_directory(Path(entry.path))
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def shared_directory(environ: Mapping[str, str] | None = None) -> Path | None:

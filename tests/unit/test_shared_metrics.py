@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import multiprocess
 
 from hmacfs.process.shared_metrics import (
     FIGURES_FILE,
     SweepFigures,
     forget_live_gauges,
+    multiprocess_dir,
+    remove_directory,
     shared_directory,
 )
 from hmacfs.storage.backend import SweepReport
@@ -60,6 +64,45 @@ def test_figures_that_cannot_be_read_change_nothing(tmp_path: Path) -> None:
 def test_the_shared_directory_is_prometheus_clients() -> None:
     assert shared_directory({}) is None
     assert shared_directory({"PROMETHEUS_MULTIPROC_DIR": "/run/x"}) == Path("/run/x")
+
+
+def test_the_metrics_directory_is_new_and_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, temporary = tmp_path / "run", tmp_path / "tmp"
+    runtime.mkdir()
+    temporary.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{runtime}:{tmp_path / 'other'}")
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    first, second = multiprocess_dir(), multiprocess_dir()
+    assert first != second
+    assert first.parent == second.parent == runtime  # (systemd's first directory)
+    assert first.name.startswith("hmacfs-metrics-")
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    assert multiprocess_dir().parent == temporary
+    # A temporary directory that cannot be used is passed over, as tempfile passes it over.
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("TEMP", str(temporary))
+    assert multiprocess_dir().parent == temporary
+    # Where systemd's directory is gone, the error says so rather than going elsewhere.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError):
+        multiprocess_dir()
+
+
+def test_the_metrics_directory_is_removed_with_all_it_holds(tmp_path: Path) -> None:
+    shared, outside = tmp_path / "shared", tmp_path / "outside"
+    (shared / "deeper" / "still").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "kept").write_text("x")
+    for name in ("counter_1.db", "deeper/a", "deeper/still/b"):
+        (shared / name).write_text("x")
+    (shared / "link").symlink_to(outside)
+    remove_directory(shared)
+    assert not shared.exists()
+    assert (outside / "kept").read_text() == "x"  # (a link is removed, not followed)
+    remove_directory(shared)  # (nothing there: no error)
 
 
 _WRITE_METRICS = """
