@@ -411,10 +411,40 @@ def cmd_dev(args: argparse.Namespace, out: TextIO) -> int:
     return serve(cfg, on_ready=announce)
 
 
+def terminal_columns() -> int:
+    """The terminal's width, as shutil.get_terminal_size tells it ($COLUMNS, else standard
+    output's terminal, else 80), without importing shutil, which argparse's help formatter
+    does for it and which brings the compression modules into every process that parses its
+    command line, the supervisor's too (about 0.6 MiB)."""
+    with contextlib.suppress(KeyError, ValueError):
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        if columns > 0:
+            return columns
+    return 80
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(
+    class HelpFormatter(argparse.HelpFormatter):
+        def __init__(
+            self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+            width: int | None = None,
+        ) -> None:
+            width = terminal_columns() - 2 if width is None else width  # (argparse's margin)
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    class ArgumentParser(argparse.ArgumentParser):
+        # (the class each subcommand's parser is made of, with the formatter above)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", HelpFormatter)
+            super().__init__(*args, **kwargs)
+
+    parser: argparse.ArgumentParser = ArgumentParser(
         prog="hmac-file-server",
         description="XEP-0363 HTTP File Upload server for Prosody, ejabberd and Metronome.",
     )

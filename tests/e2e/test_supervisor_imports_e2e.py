@@ -56,6 +56,23 @@ SERVING_ONLY = (
     "hmacfs.process.node",
     "hmacfs.process.tls",
 )
+#: What a supervisor does without, though something it runs on would import it for a little
+#: use (about 2 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
+#: the compression modules (tempfile, argparse's help formatter), hashlib and secrets (the
+#: storage's names), traceback (only for a failure).
+SUPERVISOR_DOES_WITHOUT = (
+    "encodings.idna",
+    "unicodedata",
+    "tempfile",
+    "shutil",
+    "bz2",
+    "lzma",
+    "random",
+    "hashlib",
+    "secrets",
+    "hmac",
+    "traceback",
+)
 #: Shared objects that only serving (TLS) loads.
 SERVING_LIBRARIES = ("libssl.so", "cryptography", "_ssl.cpython", "_hashlib.cpython")
 
@@ -114,9 +131,13 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
     written = {int(p.stem): json.loads(p.read_text()) for p in modules.iterdir()}
     assert set(written) == {supervisor, *workers}, server.log_tail()
     assert among(written[supervisor], SERVING_ONLY) == []
+    assert among(written[supervisor], SUPERVISOR_DOES_WITHOUT) == []
     for pid in workers:
         found = among(written[pid], SERVING_ONLY)
         assert {"twisted.web", "prometheus_client", "OpenSSL", "hmacfs.http"} <= set(found)
+        # (and the check finds those modules where they are used)
+        found = among(written[pid], SUPERVISOR_DOES_WITHOUT)
+        assert {"hashlib", "secrets", "tempfile", "shutil", "traceback"} <= set(found)
 
 
 @pytest.mark.workers

@@ -58,3 +58,24 @@ def test_sign_without_a_reachable_address(
     status = cli.main(["--config", str(path), "sign", "a/b", "--size", "3"])
     assert status == cli.EXIT_CONFIG
     assert "public_url" in capsys.readouterr().err
+
+
+def test_help_is_wrapped_to_the_terminal_as_argparse_wraps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The help formatter takes the width without shutil, as shutil would tell it."""
+    import argparse
+    import shutil
+
+    shown = {}
+    for columns in ("50", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert cli.terminal_columns() == shutil.get_terminal_size().columns == int(columns)
+        parser = cli.build_parser()
+        shown[columns] = parser.format_help()
+        parser.formatter_class = argparse.HelpFormatter
+        assert shown[columns] == parser.format_help()
+    assert shown["50"] != shown["200"]
+    assert max(len(line) for line in shown["50"].splitlines()) <= 48
+    monkeypatch.delenv("COLUMNS")
+    assert cli.terminal_columns() == shutil.get_terminal_size().columns
