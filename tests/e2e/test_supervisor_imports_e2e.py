@@ -57,7 +57,7 @@ SERVING_ONLY = (
     "hmacfs.process.tls",
 )
 #: What a supervisor does without, though something it runs on would import it for a little
-#: use (about 2 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
+#: use (about 1.6 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
 #: the compression modules (tempfile, argparse's help formatter), hashlib and secrets (the
 #: storage's names), traceback (only for a failure).
 SUPERVISOR_DOES_WITHOUT = (

@@ -37,7 +37,7 @@ SERVING_ONLY = (
 #: What Twisted and the storage would import if they could, and the command hides from a
 #: supervisor (they load libssl and libcrypto): the standard library's TLS, OpenSSL's hashes.
 TLS_LIBRARIES = ("ssl", "_ssl", "_hashlib")
-#: What a supervisor does without (about 1.5 MiB), though what it runs on would import it for
+#: What a supervisor does without (about 1.3 MiB), though what it runs on would import it for
 #: a little use: tempfile and shutil (with the compression modules), hashlib and secrets
 #: (names in the storage), traceback (needed for a failure only).
 LITTLE_USED = ("tempfile", "shutil", "bz2", "lzma", "hashlib", "secrets", "traceback")
