@@ -41,16 +41,13 @@ def multiprocess_dir() -> Path:
     bases = [runtime] if runtime else [*_temporary_directories(), os.getcwd()]
     error: OSError = FileNotFoundError("no directory for the shared metrics")
     for base in bases:
-        for _ in range(100):
-            path = Path(base) / f"hmacfs-metrics-{os.urandom(6).hex()}"
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                error = e
-                break
-            return path
+        path = Path(base) / f"hmacfs-metrics-{os.urandom(8).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as e:
+            error = e
+            continue
+        return path
     raise error
 
 

@@ -147,19 +147,6 @@ def _token(nbytes: int) -> str:
     return os.urandom(nbytes).hex()
 
 
-def _scratch_file(directory: str | os.PathLike[str], prefix: str) -> tuple[int, str]:
-    """A new file of a random name in `directory`, mode 0600, open for reading and writing:
-    its descriptor and path (tempfile.mkstemp's, whose import brings shutil and random)."""
-    for _ in range(100):
-        name = os.path.join(directory, prefix + _token(8))
-        try:
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(name, flags, 0o600), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free name for a scratch file", str(directory))
-
-
 def start_writeback(fd: int, offset: int, count: int) -> bool:
     """Start writing `count` bytes of `fd` from `offset` to the disk, without waiting for
     them (sync_file_range(2) with SYNC_FILE_RANGE_WRITE; it may wait for room in the disk's
@@ -1896,7 +1883,10 @@ def check_storage(  # noqa: PLR0911 (one return per failed check)
     if fs.f_files > 0 and fs.f_favail == 0:  # some filesystems report no inode counts at all
         return "no free inodes"
     try:
-        fd, name = _scratch_file(partial_dir, ".health-")
+        # (a random name, as the partials have; 8 random bytes do not collide: no retry)
+        name = os.path.join(partial_dir, f".health-{_token(8)}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600)
     except OSError as e:
         return f"partial directory is not writable: {_strerror(e)}"
     result = "ok"
