@@ -90,6 +90,8 @@ POOL_SIZE = 8
 POOL_MAX_AGE = 3600.0
 #: Metadata younger than this may belong to an upload being linked right now.
 _META_GRACE = 3600.0
+#: How long a listing of the slot directory that found it empty is taken for true.
+SLOTS_LISTED_FOR = 1.0
 #: How much of each file a comparison of two bodies reads at a time.
 COMPARE_CHUNK = 1 << 20
 #: The extended attribute that holds a stored file's metadata.
@@ -265,6 +267,12 @@ class LocalStorage:
             (self.meta_dir / f"{shard:02x}").mkdir(exist_ok=True)
         self._real_root = os.path.realpath(root)
         self._slot_dir_text = str(self.slot_dir)
+        #: The clock `_slots_maybe` reads (a test's may be set instead).
+        self.monotonic: Callable[[], float] = time.monotonic
+        #: How many slot links this process has made, and, as of the slot directory's last
+        #: listing: when that was, whether it held anything, and how many had been made.
+        self._slots_made = 0
+        self._slots_listed: tuple[float, bool, int] = (-math.inf, True, 0)
         #: Each with when it was made and the filesystem (st_dev) it is on.
         self._pool: collections.deque[tuple[_Partial, float, int]] = collections.deque()
         self._pool_lock = threading.Lock()
@@ -635,6 +643,25 @@ class LocalStorage:
             scratch.unlink()
         os.symlink(upload_id, scratch)
         os.replace(scratch, link)
+        self._slots_made += 1  # (after: a listing that counted this one finds the link)
+
+    def _slots_maybe(self) -> bool:
+        """Whether some resumable upload may have a slot link: False when the slot directory
+        was empty at its listing less than SLOTS_LISTED_FOR ago and this process has made no
+        link there since. (A plain PUT's commit then has no slot to look up; a resumable
+        upload another process has started in that time is left to the sweeper, which
+        removes one whose path is stored.)"""
+        now = self.monotonic()
+        listed_at, anything, made = self._slots_listed
+        if now - listed_at >= SLOTS_LISTED_FOR:
+            made = self._slots_made
+            try:
+                with os.scandir(self._slot_dir_text) as entries:
+                    anything = next(entries, None) is not None
+            except OSError:
+                anything = True
+            self._slots_listed = (now, anything, made)
+        return anything or made != self._slots_made
 
     def drop_abandoned(self, rel: str, keep: str | None = None) -> bool:
         """Remove the resumable upload of `rel` (other than `keep`) if no request holds it:
@@ -1089,15 +1116,14 @@ class LocalStorage:
         *parents, name = upload.rel.split("/")
         for _ in range(3):
             try:
-                opened = self._open_parents(parents)
+                walked = self._open_parents(parents)
             except FileNotFoundError:
                 continue  # a sweep pruned a directory as we made the one below it
-            if opened is None:
+            if walked is None:
                 self._link_through_links(upload)
                 return
+            opened, fresh = walked
             try:
-                # (a directory made just now, the deepest, for its first entry)
-                fresh = len(opened) > 1 and opened[-2][1]
                 try:
                     self._link_at(upload, opened[-1][0], name, fresh=fresh)
                 except FileNotFoundError:
@@ -1112,42 +1138,57 @@ class LocalStorage:
                     os.close(fd)
         raise StorageFailure("cannot store: directories keep disappearing")
 
-    def _open_parents(self, parents: list[str]) -> list[tuple[int, bool]] | None:
-        """Open (making what is missing) the storage root and the directories `parents` below
-        it; return each descriptor, deepest last, with whether an entry is made in it (a new
-        directory below it, or the file in the last). None when one of them is a link."""
-        fd = os.open(self._real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        opened = [(fd, not parents)]
+    def _open_parents(
+        self, parents: list[str]
+    ) -> tuple[list[tuple[int, bool]], bool] | None:
+        """Open (making what is missing) the directories `parents` below the storage root;
+        return each descriptor, deepest last, with whether an entry is made in it (a new
+        directory below it, or the file in the last), and whether the deepest was made just
+        now. None when one of them is a link.
+
+        The root itself is among them when it is the file's directory, or in durable mode (it
+        is synced when it gets a new directory); else its first directory is made and opened
+        by its path below the root's, which the kernel resolves as it would the root's."""
+        fd: int | None = None
+        opened: list[tuple[int, bool]] = []
+        if self.fsync or not parents:
+            fd = os.open(self._real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append((fd, not parents))
+        made = False
         try:
             for segment in parents:
+                where = segment if fd is not None else f"{self._real_root}/{segment}"
                 try:
-                    os.mkdir(segment, dir_fd=fd)
-                    opened[-1] = (fd, True)
+                    os.mkdir(where, dir_fd=fd)
+                    made = True
+                    if opened:
+                        opened[-1] = (opened[-1][0], True)
                 except FileExistsError:
-                    pass
+                    made = False
                 except NotADirectoryError:
                     raise Conflict("path is in use") from None
                 try:
-                    fd = os.open(
-                        segment,
+                    below = os.open(
+                        where,
                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                         dir_fd=fd,
                     )
                 except OSError as e:
                     if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                         raise
-                    if stat.S_ISLNK(os.lstat(segment, dir_fd=fd).st_mode):
+                    if stat.S_ISLNK(os.lstat(where, dir_fd=fd).st_mode):
                         for held, _ in opened:
                             os.close(held)
                         return None
                     raise Conflict("path is in use") from None
+                fd = below
                 opened.append((fd, False))
-            opened[-1] = (fd, True)
+            opened[-1] = (opened[-1][0], True)
         except BaseException:
             for held, _ in opened:
                 os.close(held)
             raise
-        return opened
+        return opened, made
 
     def _link_at(
         self, upload: LocalPartial, dir_fd: int, name: str, *, fresh: bool = False
@@ -1657,8 +1698,12 @@ class LocalPartial:
                 _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)
         if self.reopenable:
             (storage.claim_dir / self.name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            storage.drop_abandoned(self.rel, keep=self.name if self.reopenable else None)
+        if self.reopenable:
+            with contextlib.suppress(OSError):
+                storage.drop_abandoned(self.rel, keep=self.name)
+        elif storage._slots_maybe():
+            with contextlib.suppress(OSError):
+                storage.drop_abandoned(self.rel)
 
     def _identical_stored(self) -> StoredFile | None:
         """The file stored at our path if it holds exactly our body; None if none is there.

@@ -54,6 +54,18 @@ def storage(tmp_path: Path, clock: FakeClock, metadata: str, partials: str) -> L
     )
 
 
+@pytest.fixture(params=[True, False], ids=["durable", "fast"])
+def walking(
+    tmp_path: Path, clock: FakeClock, metadata: str, partials: str, request: Any
+) -> LocalStorage:
+    """A storage of either mode: a durable commit walks down from the root's descriptor (which
+    it syncs), a fast one opens the root's first directory by its path."""
+    return LocalStorage(
+        tmp_path / "files", fsync=request.param, clock=clock, metadata=metadata,
+        partials=partials,
+    )
+
+
 def store(storage: LocalStorage, rel: str, body: bytes, **kw: object) -> None:
     upload = storage.begin(rel, len(body), "text/plain", **kw)  # type: ignore[arg-type]
     upload.write(body)
@@ -101,12 +113,12 @@ def test_concurrent_uploads_of_one_path_never_overwrite(storage: LocalStorage) -
 @pytest.mark.parametrize("inline", [False, True], ids=["on a thread", "inline"])
 @pytest.mark.parametrize("what", ["a directory", "a link out", "a file of another size"])
 def test_what_took_the_path_before_the_commit_is_refused_by_name(
-    storage: LocalStorage, tmp_path: Path, what: str, inline: bool
+    walking: LocalStorage, tmp_path: Path, what: str, inline: bool
 ) -> None:
     # As an admission that found it there refuses it (LocalStorage.existing).
-    upload = storage.begin("t/x.bin", 3, "text/plain")
+    upload = walking.begin("t/x.bin", 3, "text/plain")
     upload.write(b"one")
-    taken = storage.path_of("t/x.bin")
+    taken = walking.path_of("t/x.bin")
     taken.parent.mkdir()
     if what == "a directory":
         taken.mkdir()
@@ -117,7 +129,7 @@ def test_what_took_the_path_before_the_commit_is_refused_by_name(
     reason = "file already exists" if what == "a file of another size" else "path is in use"
     with pytest.raises(Conflict, match=reason):
         upload.commit(inline=inline)
-    assert partial_files(storage) == []
+    assert partial_files(walking) == []
 
 
 def test_a_commit_locks_only_a_directory_it_did_not_just_make(
@@ -266,52 +278,52 @@ def test_lookup_finds_only_the_exact_regular_file(storage: LocalStorage, rel: st
 
 
 def test_upload_through_a_symlinked_directory_is_refused(
-    storage: LocalStorage, tmp_path: Path
+    walking: LocalStorage, tmp_path: Path
 ) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    (storage.root / "s").symlink_to(outside)
+    (walking.root / "s").symlink_to(outside)
     with pytest.raises(Exception, match="leaves the storage"):
-        store(storage, "s/x.txt", b"x")
+        store(walking, "s/x.txt", b"x")
     with pytest.raises(Exception, match="leaves the storage"):
-        store(storage, "s/new/dirs/x.txt", b"x")  # nor are directories made out there
+        store(walking, "s/new/dirs/x.txt", b"x")  # nor are directories made out there
     assert list(outside.iterdir()) == []
 
 
 def test_upload_through_a_link_inside_the_root_is_stored_where_it_leads(
-    storage: LocalStorage,
+    walking: LocalStorage,
 ) -> None:
-    (storage.root / "real").mkdir()
-    (storage.root / "alias").symlink_to("real")
-    store(storage, "alias/x.txt", b"x")
-    assert (storage.root / "real" / "x.txt").read_bytes() == b"x"
-    assert storage.lookup("alias/x.txt").size == 1
+    (walking.root / "real").mkdir()
+    (walking.root / "alias").symlink_to("real")
+    store(walking, "alias/x.txt", b"x")
+    assert (walking.root / "real" / "x.txt").read_bytes() == b"x"
+    assert walking.lookup("alias/x.txt").size == 1
 
 
 def test_upload_through_a_link_into_the_bookkeeping_directory_is_refused(
-    storage: LocalStorage,
+    walking: LocalStorage,
 ) -> None:
-    (storage.root / "state").symlink_to(".hmacfs/meta")
+    (walking.root / "state").symlink_to(".hmacfs/meta")
     with pytest.raises(Exception, match="leaves the storage"):
-        store(storage, "state/x.json", b"{}")
-    assert not (storage.root / ".hmacfs" / "meta" / "x.json").exists()
+        store(walking, "state/x.json", b"{}")
+    assert not (walking.root / ".hmacfs" / "meta" / "x.json").exists()
 
 
 @pytest.mark.parametrize("taken", ["file", "dangling link", "link to a file"])
 def test_anything_but_a_directory_on_the_way_is_a_conflict(
-    storage: LocalStorage, taken: str
+    walking: LocalStorage, taken: str
 ) -> None:
-    where = storage.root / "a"
+    where = walking.root / "a"
     if taken == "file":
         where.write_bytes(b"")
     elif taken == "dangling link":
         where.symlink_to("nowhere")
     else:
-        (storage.root / "f").write_bytes(b"")
+        (walking.root / "f").write_bytes(b"")
         where.symlink_to("f")
     with pytest.raises(Conflict):
-        store(storage, "a/b/c.txt", b"x")
-    assert partial_files(storage) == []
+        store(walking, "a/b/c.txt", b"x")
+    assert partial_files(walking) == []
 
 
 def test_durable_commit_syncs_every_directory_given_an_entry(
@@ -384,25 +396,25 @@ def test_concurrent_uploads_into_one_new_directory_all_land(storage: LocalStorag
 
 
 def test_a_directory_pruned_while_linking_is_made_again(
-    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+    walking: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The sweeper removes directories left empty by expired files; one may go between our
     # making it and linking the file into it.
     walks = []
-    open_parents = storage._open_parents
+    open_parents = walking._open_parents
 
     def pruned_once(parents: list[str]) -> object:
         opened = open_parents(parents)
         walks.append(parents)
         if len(walks) == 1:
-            os.rmdir(storage.root / "/".join(parents))
+            os.rmdir(walking.root / "/".join(parents))
         return opened
 
-    monkeypatch.setattr(storage, "_open_parents", pruned_once)
-    store(storage, "fresh/x.txt", b"x")
+    monkeypatch.setattr(walking, "_open_parents", pruned_once)
+    store(walking, "fresh/x.txt", b"x")
     assert len(walks) == 2
-    assert storage.lookup("fresh/x.txt").size == 1
-    assert partial_files(storage) == []
+    assert walking.lookup("fresh/x.txt").size == 1
+    assert partial_files(walking) == []
 
 
 def test_partial_files_made_ahead(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -886,3 +898,61 @@ def test_metadata_record_is_what_the_json_encoder_writes(fields: dict[str, Any])
     record = {"v": 1, "path": fields["rel"], **{key: fields[key] for key in order}}
     expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
     assert encode_meta(**fields) == expected
+
+
+def test_files_in_the_root_and_below_it_are_stored_in_either_mode(
+    walking: LocalStorage,
+) -> None:
+    for rel in ("top.txt", "a/x.txt", "a/b/y.txt", "a/z.txt", "c/d/e/f.txt"):
+        store(walking, rel, rel.encode())
+    for rel in ("top.txt", "a/x.txt", "a/b/y.txt", "a/z.txt", "c/d/e/f.txt"):
+        assert (walking.root / rel).read_bytes() == rel.encode()
+        assert walking.lookup(rel).size == len(rel)
+    assert partial_files(walking) == []
+
+
+def _abandoned(storage: LocalStorage, rel: str) -> str:
+    """A resumable upload of `rel` cut off after one byte of three; its id."""
+    upload = storage.begin(rel, 3, "text/plain", reopenable=True)
+    upload.write(b"o")
+    upload.close()
+    return upload.id
+
+
+def test_a_plain_upload_drops_the_abandoned_resumable_upload_of_its_slot(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path / "files", fsync=False)
+    store(storage, "first/x.txt", b"one")  # (the slots are found empty, and that is kept)
+    upload_id = _abandoned(storage, "slot/x.txt")
+    store(storage, "slot/x.txt", b"one")
+    with pytest.raises(NotFound):
+        storage.describe(upload_id)
+    assert partial_files(storage) == []
+
+
+def test_another_process_s_slot_is_looked_up_once_its_empty_listing_is_a_second_old(
+    tmp_path: Path,
+) -> None:
+    # A plain upload's commit does not look for a slot while the slot directory was empty a
+    # moment ago; one another process makes meanwhile is left to the sweeper, which removes a
+    # resumable upload whose path is stored.
+    now = [0.0]
+    storage = LocalStorage(tmp_path / "files", fsync=False)
+    storage.monotonic = lambda: now[0]
+    other = LocalStorage(tmp_path / "files", fsync=False)
+    store(storage, "first/x.txt", b"one")
+    early = _abandoned(other, "early/x.txt")
+    now[0] = 0.9
+    store(storage, "early/x.txt", b"one")
+    assert storage.describe(early).received == 1  # not looked up yet
+    late = _abandoned(other, "late/x.txt")
+    now[0] = 1.0
+    store(storage, "late/x.txt", b"one")
+    with pytest.raises(NotFound):
+        storage.describe(late)  # listed again: dropped at once
+    store(storage, "plain/x.txt", b"one")  # (the directory holds a slot: looked up each time)
+    storage.sweep()
+    with pytest.raises(NotFound):
+        storage.describe(early)
+    assert partial_files(storage) == []
