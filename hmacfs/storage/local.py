@@ -1108,10 +1108,11 @@ class LocalStorage:
         directories on the way. Never replaces. Raises Conflict (the path, or a directory on
         it, is taken), BadRequest (a link on the way leaves the storage directory), OSError.
 
-        The directories are walked one at a time, each opened relative to its parent without
-        following links, so no path is resolved twice and nothing can be swapped in between;
-        a link on the way takes the slower route that checks where it leads. In durable mode
-        every directory that got a new entry is synced: the file's and each one created.
+        The directories that were there are walked one at a time, each opened relative to its
+        parent without following links, so that none is resolved twice and nothing can be
+        swapped in between; a link on the way takes the slower route that checks where it
+        leads. (Directories this commit makes are its own: see `_open_parents`.) In durable
+        mode every directory that got a new entry is synced: the file's and each one created.
         """
         *parents, name = upload.rel.split("/")
         for _ in range(3):
@@ -1122,10 +1123,10 @@ class LocalStorage:
             if walked is None:
                 self._link_through_links(upload)
                 return
-            opened, fresh = walked
+            opened, fresh, (dir_fd, below) = walked
             try:
                 try:
-                    self._link_at(upload, opened[-1][0], name, fresh=fresh)
+                    self._link_at(upload, dir_fd, below + name, fresh=fresh)
                 except FileNotFoundError:
                     continue  # a sweep pruned the (empty) directory we had just opened
                 if self.fsync:
@@ -1140,23 +1141,30 @@ class LocalStorage:
 
     def _open_parents(
         self, parents: list[str]
-    ) -> tuple[list[tuple[int, bool]], bool] | None:
-        """Open (making what is missing) the directories `parents` below the storage root;
-        return each descriptor, deepest last, with whether an entry is made in it (a new
-        directory below it, or the file in the last), and whether the deepest was made just
-        now. None when one of them is a link.
+    ) -> tuple[list[tuple[int, bool]], bool, tuple[int | None, str]] | None:
+        """Open (making what is missing) the directories `parents` below the storage root.
+        Return each descriptor, deepest last, with whether an entry is made in it (a new
+        directory below it, or the file in the last); whether the deepest was made just now;
+        and where the file is linked: a descriptor (None: the working directory's) and the
+        path below it of the file's directory ("" for the descriptor's own, else ending in
+        "/"). None when one of the directories is a link.
 
         The root itself is among them when it is the file's directory, or in durable mode (it
         is synced when it gets a new directory); else its first directory is made and opened
-        by its path below the root's, which the kernel resolves as it would the root's."""
+        by its path below the root's, which the kernel resolves as it would the root's. In
+        fast mode (nothing to sync) a deepest directory this commit has just made is not
+        opened: the file is linked by its path below its parent, a new directory no other
+        process has a reason to replace (a sweep that prunes it meanwhile fails the link, which
+        is then tried again)."""
         fd: int | None = None
         opened: list[tuple[int, bool]] = []
         if self.fsync or not parents:
             fd = os.open(self._real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             opened.append((fd, not parents))
         made = False
+        last = len(parents) - 1
         try:
-            for segment in parents:
+            for depth, segment in enumerate(parents):
                 where = segment if fd is not None else f"{self._real_root}/{segment}"
                 try:
                     os.mkdir(where, dir_fd=fd)
@@ -1167,6 +1175,8 @@ class LocalStorage:
                     made = False
                 except NotADirectoryError:
                     raise Conflict("path is in use") from None
+                if made and depth == last and not self.fsync:
+                    return opened, True, (fd, where + "/")
                 try:
                     below = os.open(
                         where,
@@ -1188,10 +1198,10 @@ class LocalStorage:
             for held, _ in opened:
                 os.close(held)
             raise
-        return opened, made
+        return opened, made, (fd, "")
 
     def _link_at(
-        self, upload: LocalPartial, dir_fd: int, name: str, *, fresh: bool = False
+        self, upload: LocalPartial, dir_fd: int | None, name: str, *, fresh: bool = False
     ) -> None:
         # Under a lock on the directory shared with other commits, which a removal of a file
         # from it takes alone (`_remove_stored`): a file linked here cannot be the one it
@@ -1199,9 +1209,11 @@ class LocalStorage:
         # made just now: empty when made, it holds no file but those other commits link there
         # since, and a removal can only have looked at one of those, whose name this link
         # then finds taken (a file of another name is not this one).
-        if not fresh:
+        # (`dir_fd` is None only for a fresh directory, linked into by its path.)
+        locked = dir_fd if not fresh else None
+        if locked is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(dir_fd, fcntl.LOCK_SH)
+                fcntl.flock(locked, fcntl.LOCK_SH)
         try:
             if upload.partial is None:
                 _link_unnamed(upload.fileno(), dir_fd, name)
@@ -1212,9 +1224,9 @@ class LocalStorage:
         except NotADirectoryError:
             raise Conflict("path is in use") from None
         finally:
-            if not fresh:
+            if locked is not None:
                 with contextlib.suppress(OSError):
-                    fcntl.flock(dir_fd, fcntl.LOCK_UN)
+                    fcntl.flock(locked, fcntl.LOCK_UN)
 
     def _link_through_links(self, upload: LocalPartial) -> None:
         """`_link_into_place` for a path through a symbolic link, which must lead to a
@@ -1756,10 +1768,16 @@ class LocalPartial:
             self._fd = None
 
 
-def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
-    """Give the open file `fd` the name `name` in the directory `dir_fd` (an unnamed file's
-    first name). Never replaces."""
-    # linkat(2) of its /proc/self/fd link, following that link (AT_SYMLINK_FOLLOW).
+def _link_unnamed(fd: int, dir_fd: int | None, name: str) -> None:
+    """Give the open file `fd` the name `name` in the directory `dir_fd`, or, with None, the
+    absolute path `name` (an unnamed file's first name). Never replaces."""
+    # linkat(2) of its /proc/self/fd link, following that link (AT_SYMLINK_FOLLOW). Given no
+    # directory descriptor, CPython calls link(2) instead, which links the /proc link itself
+    # (and fails: another filesystem); an absolute path makes linkat(2) ignore the descriptor
+    # it is given, so the file's own descriptor stands in for one.
+    if dir_fd is None:
+        assert name.startswith("/")
+        dir_fd = fd
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
 

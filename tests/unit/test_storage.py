@@ -378,21 +378,22 @@ def test_metadata_is_read_once_per_file_state(
     assert len(storage._meta_cache) == 3  # the oldest entries made room
 
 
-def test_concurrent_uploads_into_one_new_directory_all_land(storage: LocalStorage) -> None:
-    # Durable commits run on a thread pool: several may make the same directories at once.
+def test_concurrent_uploads_into_one_new_directory_all_land(walking: LocalStorage) -> None:
+    # Durable commits run on a thread pool, and workers are processes: several may make the
+    # same directories at once.
     from concurrent.futures import ThreadPoolExecutor
 
     uploads = []
     for i in range(16):
-        upload = storage.begin(f"shared/deep/dir/f{i}.txt", 2, "text/plain")
+        upload = walking.begin(f"shared/deep/dir/f{i}.txt", 2, "text/plain")
         upload.write(b"%02d" % i)
         uploads.append(upload)
     with ThreadPoolExecutor(max_workers=8) as pool:
         stored = list(pool.map(lambda u: u.commit(), uploads))
     assert [s.rel for s in stored] == [f"shared/deep/dir/f{i}.txt" for i in range(16)]
     for i in range(16):
-        assert storage.path_of(f"shared/deep/dir/f{i}.txt").read_bytes() == b"%02d" % i
-    assert partial_files(storage) == []
+        assert walking.path_of(f"shared/deep/dir/f{i}.txt").read_bytes() == b"%02d" % i
+    assert partial_files(walking) == []
 
 
 def test_a_directory_pruned_while_linking_is_made_again(
