@@ -269,10 +269,9 @@ class LocalStorage:
         self._slot_dir_text = str(self.slot_dir)
         #: The clock `_slots_maybe` reads (a test's may be set instead).
         self.monotonic: Callable[[], float] = time.monotonic
-        #: How many slot links this process has made, and, as of the slot directory's last
-        #: listing: when that was, whether it held anything, and how many had been made.
-        self._slots_made = 0
-        self._slots_listed: tuple[float, bool, int] = (-math.inf, True, 0)
+        #: When the slot directory was last listed, and whether it held anything then (or
+        #: when this process last made a slot link there).
+        self._slots_listed: tuple[float, bool] = (-math.inf, True)
         #: Each with when it was made and the filesystem (st_dev) it is on.
         self._pool: collections.deque[tuple[_Partial, float, int]] = collections.deque()
         self._pool_lock = threading.Lock()
@@ -643,25 +642,25 @@ class LocalStorage:
             scratch.unlink()
         os.symlink(upload_id, scratch)
         os.replace(scratch, link)
-        self._slots_made += 1  # (after: a listing that counted this one finds the link)
+        self._slots_listed = (self.monotonic(), True)
 
     def _slots_maybe(self) -> bool:
         """Whether some resumable upload may have a slot link: False when the slot directory
         was empty at its listing less than SLOTS_LISTED_FOR ago and this process has made no
         link there since. (A plain PUT's commit then has no slot to look up; a resumable
-        upload another process has started in that time is left to the sweeper, which
-        removes one whose path is stored.)"""
+        upload another process has started in that time, or this one while a listing on
+        another thread was under way, is left to the sweeper, which removes one whose path
+        is stored.)"""
         now = self.monotonic()
-        listed_at, anything, made = self._slots_listed
+        listed_at, anything = self._slots_listed
         if now - listed_at >= SLOTS_LISTED_FOR:
-            made = self._slots_made
             try:
                 with os.scandir(self._slot_dir_text) as entries:
                     anything = next(entries, None) is not None
             except OSError:
                 anything = True
-            self._slots_listed = (now, anything, made)
-        return anything or made != self._slots_made
+            self._slots_listed = (now, anything)
+        return anything
 
     def drop_abandoned(self, rel: str, keep: str | None = None) -> bool:
         """Remove the resumable upload of `rel` (other than `keep`) if no request holds it:
@@ -1710,12 +1709,9 @@ class LocalPartial:
                 _write_file(storage._facts_path(self.name), facts.encode(), fsync=False)
         if self.reopenable:
             (storage.claim_dir / self.name).unlink(missing_ok=True)
-        if self.reopenable:
+        if self.reopenable or storage._slots_maybe():
             with contextlib.suppress(OSError):
-                storage.drop_abandoned(self.rel, keep=self.name)
-        elif storage._slots_maybe():
-            with contextlib.suppress(OSError):
-                storage.drop_abandoned(self.rel)
+                storage.drop_abandoned(self.rel, keep=self.name if self.reopenable else None)
 
     def _identical_stored(self) -> StoredFile | None:
         """The file stored at our path if it holds exactly our body; None if none is there.
