@@ -181,7 +181,8 @@ class UploadSite(server.Site):  # type: ignore[misc]
         PUT gets its `Upload` attached to `request`. A request to a resumable upload's
         resource may have to wait for another request to let go of it: it gets a Deferred
         that fires once it is decided (or fails with the Refusal)."""
-        raw_path = split_target(target)[0]
+        split = split_target(target)
+        raw_path = split[0]
         resources = self.resumptions.resource_prefix()
         if raw_path.startswith(resources):
             if method != b"PATCH":
@@ -189,12 +190,12 @@ class UploadSite(server.Site):  # type: ignore[misc]
             token = raw_path[len(resources) :].decode("latin-1")
             return self.resumptions.admit(method, token, request, length)
         if method == b"PUT":
-            return self._admit_put(target, request, length, None)
+            return self._admit_put(split, request, length, None)
         elif method == b"POST":
             creation = self.resumptions.creation(request.plain_headers())
             if creation is None:
                 raise MethodNotAllowed("method not allowed", headers=(("Allow", ALLOWED_METHODS),))
-            return self._admit_put(target, request, length, creation)
+            return self._admit_put(split, request, length, creation)
         elif method in (b"GET", b"HEAD", b"OPTIONS"):
             self._small_body(length)
         else:
@@ -205,9 +206,10 @@ class UploadSite(server.Site):  # type: ignore[misc]
         """Admit a plain PUT (no resumable creation) whose whole body is at hand as `admit`
         would; raise a Refusal to refuse it (BadRequest for the resumable uploads' resources,
         which `admit` takes)."""
-        if split_target(target)[0].startswith(self.resumptions.resource_prefix()):
+        split = split_target(target)
+        if split[0].startswith(self.resumptions.resource_prefix()):
             raise BadRequest("not an upload path")
-        pending = self._admit_put(target, request, length, None, whole=True)
+        pending = self._admit_put(split, request, length, None, whole=True)
         if pending is not None or request.upload is None:
             raise BadRequest("upload must wait for its storage")  # (a remote store's)
         return request.upload
@@ -219,7 +221,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
 
     def _admit_put(
         self,
-        target: bytes,
+        split: tuple[bytes, bytes],
         request: UploadRequest,
         length: int | None,
         creation: wire.Creation | None,
@@ -237,7 +239,7 @@ class UploadSite(server.Site):  # type: ignore[misc]
         know beforehand, since a retry of a stored upload adds nothing to what they count.
         """
         config = self.config
-        raw_path, raw_query = split_target(target)
+        raw_path, raw_query = split  # (the request target's, split once by the caller)
         rel = decode_path(raw_path, config.server.upload_prefix)
         if rel == "":
             raise BadRequest("no file name in path", Reason.BAD_PATH)

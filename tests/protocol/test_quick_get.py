@@ -7,6 +7,7 @@ answer exactly like that must be left untouched (nothing written) for the full p
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
@@ -15,6 +16,7 @@ import pytest
 
 from hmacfs.core.settings import HttpSettings
 from hmacfs.http.fast.quick import QUICK_MAX_SIZE, answer_quickly
+from hmacfs.storage.held import HELD_SETTLED
 from tests.helpers.config import make_config
 from tests.helpers.signing import mac_v2
 from tests.protocol.test_upload_protocol import Harness, pump, put_head, status_of
@@ -116,6 +118,47 @@ def test_quick_answer_follows_the_cors_settings(storage_dir: Path) -> None:
         assert parse(slow)[1] == headers
         assert headers["vary"] == "Origin"
     assert headers.get("access-control-allow-origin") is None  # the last one was not allowed
+
+
+def test_quick_answers_follow_a_reload_of_the_cors_settings(stocked: Harness) -> None:
+    """An answer worked out once is not given again under other [http] settings."""
+    data = head("GET", "/upload/img1/photo.png", "Origin: https://web.example")
+    for _ in range(2):
+        assert parse(quick(stocked, data))[1]["access-control-allow-origin"] == "*"
+    only = HttpSettings(cors_origins=("https://app.example",))
+    stocked.site.reconfigure(replace(stocked.config, http=only))
+    _, headers, _ = parse(quick(stocked, data))
+    assert "access-control-allow-origin" not in headers
+    slow = full(stocked, head("GET", "/upload/img1/photo.png", "Origin: https://web.example",
+                              FULL_PATH))
+    assert headers == parse(slow)[1]
+    stocked.site.reconfigure(replace(stocked.config, http=HttpSettings(cors_enabled=False)))
+    _, headers, _ = parse(quick(stocked, head("GET", "/upload/img1/photo.png")))
+    assert not [name for name in headers if name.startswith("access-control-")]
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "looked-up"])
+def test_a_file_stored_anew_at_a_path_gets_its_own_quick_answer(
+    stocked: Harness, storage_dir: Path, held: bool
+) -> None:
+    """A file removed and stored again at the same path (another type, another size) is
+    answered as itself, whether the first one was held open or looked up each time."""
+    files = stocked.storage.held
+    if held:
+        files.wall = lambda: time.time() + HELD_SETTLED  # (as if stored a while ago)
+    else:
+        files.capacity = 0
+    data = head("GET", "/upload/txt1/tr%C3%A8s%20%C3%A9t%C3%A9.txt")
+    for _ in range(2):
+        _, headers, body = parse(quick(stocked, data))
+        assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert len(files) == (1 if held else 0)
+    assert stocked.storage.delete("txt1/très été.txt")
+    upload(stocked, "txt1/tr%C3%A8s%20%C3%A9t%C3%A9.txt", b"{}", "application/json")
+    status, headers, body = parse(quick(stocked, data))
+    assert (status, body) == (200, b"{}")
+    assert headers["content-type"] == "application/json"
+    assert headers == parse(full(stocked, head("GET", data.split()[1].decode(), FULL_PATH)))[1]
 
 
 @pytest.mark.parametrize(

@@ -201,6 +201,21 @@ def test_the_cors_settings_apply_to_its_answers(storage_dir: Path) -> None:
     assert headers.get("access-control-allow-origin") is None  # the last one was not allowed
 
 
+def test_its_answers_follow_a_reload_of_the_cors_settings(storage_dir: Path) -> None:
+    """A success head made once is not sent again under other [http] settings."""
+    config = make_config(storage_dir, max_upload_size=1000)
+    harness = Harness(config)
+    origin = "Origin: https://web.example"
+    for n in range(2):
+        _, headers, _ = parse(quick(harness, signed(f"r{n}/a.txt", b"a", origin)))
+        assert headers["access-control-allow-origin"] == "*"
+    only = HttpSettings(cors_origins=("https://app.example",))
+    harness.site.reconfigure(replace(config, http=only))
+    _, headers, _ = parse(quick(harness, signed("r2/a.txt", b"a", origin)))
+    assert "access-control-allow-origin" not in headers
+    assert headers == parse(full(harness, signed("r3/a.txt", b"a", origin)))[1]
+
+
 def test_a_commit_error_is_answered_as_the_full_path_answers(
     twins: tuple[Harness, Harness],
 ) -> None:

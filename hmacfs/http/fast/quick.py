@@ -43,11 +43,43 @@ _DECLINED = frozenset(
 _decoded = functools.lru_cache(maxsize=512)(decode_path)
 
 
-@functools.lru_cache(maxsize=1024)
-def _whole_file(method: bytes, stored: StoredFile) -> download.Plan:
-    """The plan for an unconditional GET or HEAD of a file that does not expire (so the time
-    changes nothing in it), worked out once for the files asked for most."""
-    return download.plan(method, {}, stored, 0.0)
+#: How many answers `_Answers` keeps.
+ANSWERS_KEPT = 1024
+
+
+class _Answers:
+    """The answers to unconditional GETs and HEADs of files that do not expire (so the time
+    changes nothing in them), worked out once for the files asked for most.
+
+    Kept by method, path and Origin, which hash at the cost of a lookup (their hashes are
+    cached), and each valid only for the file and [http] settings it was worked out for: the
+    same StoredFile (a held file hands out the same one while it stays unchanged) or an
+    equal one, and the same settings object (a reload makes new ones).
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[
+            tuple[bytes, str, bytes | None], tuple[StoredFile, object, int, bool, bytes]
+        ] = {}
+
+    def get(
+        self, method: bytes, rel: str, origin: bytes | None, stored: StoredFile, http: Any
+    ) -> tuple[int, bool, bytes]:
+        """(status, whether the body goes with it, every header line after the Date)."""
+        key = (method, rel, origin)
+        kept = self._kept.get(key)
+        if kept is not None and (kept[0] is stored or kept[0] == stored) and kept[1] is http:
+            return kept[2], kept[3], kept[4]
+        plan = download.plan(method, {}, stored, 0.0)
+        cors = cors_fields(http, origin.decode("latin-1") if origin is not None else None)
+        answer = (plan.status, bool(plan.body), head_after_date(cors, plan.headers))
+        if len(self._kept) >= ANSWERS_KEPT:
+            del self._kept[next(iter(self._kept))]  # (the oldest kept)
+        self._kept[key] = (stored, http, *answer)
+        return answer
+
+
+_answers = _Answers()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -101,21 +133,21 @@ def answer_quickly(channel: UploadChannel, head: bytes) -> bool:
         if stored is not None and stored.size > QUICK_MAX_SIZE:
             channel.looked_up = (rel, stored)  # the full path answers it in this same call
         return False
-    answer = (
-        _whole_file(method, stored)
-        if stored.expires is None
-        else download.plan(method, {}, stored, site.wall())
-    )
-    body = content if answer.body else b""
     origin = headers.get(b"origin")
-    cors = cors_fields(config.http, origin.decode("latin-1") if origin is not None else None)
-    after_date = head_after_date(cors, answer.headers)
+    if stored.expires is None:
+        status, with_body, after_date = _answers.get(method, rel, origin, stored, config.http)
+    else:
+        answer = download.plan(method, {}, stored, site.wall())
+        cors = cors_fields(config.http, origin.decode("latin-1") if origin is not None else None)
+        status, with_body = answer.status, bool(answer.body)
+        after_date = head_after_date(cors, answer.headers)
+    body = content if with_body else b""
     head_out = b"HTTP/1.1 200 OK\r\nDate: " + http_date_now() + after_date
     channel.resetTimeout()
     transport: Any = channel.transport
     send_answer(transport, head_out + body)  # at once: see DirectWrites
     answered_quickly(
-        channel, headers, method=method, rel=rel, status=answer.status, size=len(body),
+        channel, headers, method=method, rel=rel, status=status, size=len(body),
         scheme=None, started=started,
     )
     return True

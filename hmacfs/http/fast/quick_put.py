@@ -19,12 +19,13 @@ from hmacfs.core.headers import cors_fields, http_date_now
 from hmacfs.core.refusals import InternalError, Refusal
 from hmacfs.http.answers import raw_refusal, reason_phrase
 from hmacfs.http.fast.direct import send_answer
-from hmacfs.http.fast.quick import answered_quickly, head_after_date
+from hmacfs.http.fast.quick import ANSWERS_KEPT, answered_quickly, head_after_date
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
     from hmacfs.core.auth import Grant
+    from hmacfs.core.settings import HttpSettings
     from hmacfs.http.channel import UploadChannel
     from hmacfs.http.upload import Upload
 
@@ -131,6 +132,27 @@ def _parse(  # noqa: PLR0911 (each early return declines, before anything is tak
     return target, headers, body
 
 
+#: The head of a success without a body, by status and Origin: the [http] settings it was
+#: made for, what goes before the Date's value and what after it.
+_success_heads: dict[tuple[int, bytes | None], tuple[object, bytes, bytes]] = {}
+
+
+def _success_head(
+    status: int, origin: bytes | None, settings: HttpSettings
+) -> tuple[bytes, bytes]:
+    """What goes before and after the Date's value in a `status` answer without a body."""
+    kept = _success_heads.get((status, origin))
+    if kept is not None and kept[0] is settings:
+        return kept[1], kept[2]
+    text_origin = origin.decode("latin-1") if origin is not None else None
+    before = b"HTTP/1.1 %d %s\r\nDate: " % (status, reason_phrase(status))
+    after = head_after_date(cors_fields(settings, text_origin), _NO_BODY)
+    if len(_success_heads) >= ANSWERS_KEPT:
+        _success_heads.clear()  # (a flood of Origins: made again as they come)
+    _success_heads[status, origin] = (settings, before, after)
+    return before, after
+
+
 def take_put(channel: UploadChannel, data: bytes) -> bool:
     """Store and answer the PUT that is all of `data` (a head and its whole body, nothing
     after it) if it is one this path takes; False, with nothing written or stored, else."""
@@ -154,21 +176,22 @@ def take_put(channel: UploadChannel, data: bytes) -> bool:
         return True
     transport: Any = channel.transport
     settings = site.config.http
-    origin_field = headers.get(b"origin")
-    origin = origin_field.decode("latin-1") if origin_field is not None else None
+    origin = headers.get(b"origin")
 
     def answer(status: int, refusal: Refusal | None) -> None:
         if channel.lost:
             channel.release()
             return  # the connection went while the commit ran on a thread
         if refusal is None and status < 300:
-            after_date = head_after_date(cors_fields(settings, origin), _NO_BODY)
-            status_line = b"HTTP/1.1 %d %s\r\nDate: " % (status, reason_phrase(status))
-            send_answer(transport, status_line + http_date_now() + after_date)
+            before, after = _success_head(status, origin, settings)
+            send_answer(transport, before + http_date_now() + after)
         else:
             refusal = refusal or InternalError("internal error")
             status = refusal.status
-            send_answer(transport, raw_refusal(refusal, settings, origin, request, closing=False))
+            text_origin = origin.decode("latin-1") if origin is not None else None
+            send_answer(
+                transport, raw_refusal(refusal, settings, text_origin, request, closing=False)
+            )
         channel.resetTimeout()
         answered_quickly(
             channel, headers, method=b"PUT", rel=upload.rel, status=status,
