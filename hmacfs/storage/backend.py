@@ -30,6 +30,7 @@ class StoredFile:
     #: Where the backend keeps it (for the local backend, its real path).
     location: str
     size: int
+    #: When it was last written (for the one a commit returns: when it was committed).
     mtime: float
     content_type: str | None
     uploaded: float | None

@@ -1612,7 +1612,6 @@ class LocalPartial:
                 if same is not None:
                     self._committed()
                     return same
-            st = os.fstat(fd)
             uploaded = storage.clock()
             encoded = encode_meta(
                 self.rel, self.size, content_type=self.content_type, uploaded=uploaded,
@@ -1627,9 +1626,9 @@ class LocalPartial:
                     # Too large for this filesystem's attributes (a long path): a file then.
                     if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
                         raise
-                    meta_path = storage._meta_path(st.st_ino)
+                    meta_path = storage._meta_path(os.fstat(fd).st_ino)
             else:
-                meta_path = storage._meta_path(st.st_ino)
+                meta_path = storage._meta_path(os.fstat(fd).st_ino)
             if storage.fsync:
                 os.fsync(fd)
             if meta_path is not None:
@@ -1673,7 +1672,7 @@ class LocalPartial:
                 rel=self.rel,
                 location=storage._location(self.rel),
                 size=self.size,
-                mtime=st.st_mtime,
+                mtime=uploaded,  # (as an object store's: its last write was a moment before)
                 content_type=self.content_type,
                 uploaded=uploaded,
                 expires=self.expires,
