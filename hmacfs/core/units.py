@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
-from fractions import Fraction
 
 #: The largest size accepted: the largest file offset a 64-bit system can express.
 MAX_SIZE = 2**63 - 1
@@ -57,6 +55,19 @@ _MAX_FRACTION_DIGITS = 1100
 def _too_many_digits(number: str) -> bool:
     whole, _, fraction = number.partition(".")
     return len(whole) > _MAX_DIGITS or len(fraction) > _MAX_FRACTION_DIGITS
+
+
+# Exact arithmetic on what an admin writes, as (numerator, denominator) pairs of ints: the
+# fractions and decimal modules would do, at 0.7 MiB more in every process that reads the
+# configuration. A float is reached only at the end, by int division, which Python rounds
+# correctly, so "1.5h" or "0.1" read as the float nearest to the exact value.
+_Ratio = tuple[int, int]
+
+
+def _ratio(number: str) -> _Ratio:
+    """The exact value of `number` (digits, optionally with a fractional part)."""
+    whole, _, fraction = number.partition(".")
+    return int(whole + fraction), 10 ** len(fraction)
 
 
 def show(value: object) -> str:
@@ -126,7 +137,8 @@ def parse_size(value: int | str) -> int:
     number = match["number"]
     if _too_many_digits(number):
         raise ValueError(f"{show(value)} is not a size: too many digits")
-    size = int(Fraction(number) * _SIZE_UNITS[match["unit"] or ""])
+    numerator, denominator = _ratio(number)
+    size = numerator * _SIZE_UNITS[match["unit"] or ""] // denominator
     if size > MAX_SIZE:
         raise ValueError(f"{show(value)} is too large a size (at most {MAX_SIZE} bytes)")
     return size
@@ -164,7 +176,7 @@ def parse_duration(value: int | float | str, *, allow_never: bool = False) -> fl
     any value that is neither a number nor a str.
     """
     examples = _duration_examples(allow_never)
-    seconds: Fraction
+    seconds: _Ratio
     if _is_number(value):
         assert isinstance(value, int | float)
         if isinstance(value, float) and not math.isfinite(value):
@@ -173,7 +185,7 @@ def parse_duration(value: int | float | str, *, allow_never: bool = False) -> fl
             raise ValueError(f"{show(value)} is not a duration: it is negative")
         if value > MAX_DURATION:
             raise ValueError(_too_long(value, allow_never))
-        seconds = Fraction(value)
+        seconds = value.as_integer_ratio()
     elif isinstance(value, str):
         text = value.strip().lower()
         if text in _NEVER:
@@ -183,23 +195,23 @@ def parse_duration(value: int | float | str, *, allow_never: bool = False) -> fl
         if text.startswith("-"):
             raise ValueError(f"{show(value)} is not a duration: it is negative")
         seconds = _parse_duration_text(value, text, examples)
-        if seconds > MAX_DURATION:
+        if seconds[0] > int(MAX_DURATION) * seconds[1]:
             raise ValueError(_too_long(value, allow_never))
     else:
         raise ValueError(f"{show(value)} is not a duration {examples}")
-    if seconds == 0 and allow_never:
+    if seconds[0] == 0 and allow_never:
         return None
-    return float(seconds)
+    return seconds[0] / seconds[1]
 
 
-def _parse_duration_text(value: str, text: str, examples: str) -> Fraction:
+def _parse_duration_text(value: str, text: str, examples: str) -> _Ratio:
     if _PLAIN_SECONDS_RE.fullmatch(text):
         if _too_many_digits(text):
             raise ValueError(f"{show(value)} is not a duration: too many digits")
-        return Fraction(text)
+        return _ratio(text)
     if not _DURATION_RE.fullmatch(text):
         raise ValueError(f"{show(value)} is not a duration {examples}")
-    total = Fraction(0)
+    total, scale = 0, 1  # (every part's denominator is a power of ten: the largest serves)
     previous = math.inf
     for number, unit in _DURATION_PART_RE.findall(text):
         factor = _DURATION_UNITS[unit]
@@ -211,8 +223,11 @@ def _parse_duration_text(value: str, text: str, examples: str) -> Fraction:
         if _too_many_digits(number):
             raise ValueError(f"{show(value)} is not a duration: too many digits")
         previous = factor
-        total += Fraction(number) * factor
-    return total
+        numerator, denominator = _ratio(number)
+        if denominator > scale:
+            total, scale = total * (denominator // scale), denominator
+        total += numerator * factor * (scale // denominator)
+    return total, scale
 
 
 def _too_long(value: object, allow_never: bool) -> str:
@@ -249,5 +264,15 @@ def format_duration(s: float | None) -> str:
         return "".join(parts)
     # The fractional digits of the shortest decimal that reads back as `s` (repr's promise):
     # the parser sums the same decimal exactly, so it rounds back to `s`.
-    digits = format(Decimal(repr(float(s))) - whole, "f")
-    return "".join([*parts, f"{seconds_whole}{digits[1:]}s"])
+    return "".join([*parts, f"{seconds_whole}.{_fraction_digits(repr(float(s)))}s"])
+
+
+def _fraction_digits(text: str) -> str:
+    """The digits after the point of the decimal `text` (a float's repr, which may have an
+    exponent: "1e-05", "2.5e-07"), written out without one."""
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits, point = whole + fraction, len(whole) + int(exponent or 0)
+    if point < 0:
+        digits, point = "0" * -point + digits, 0
+    return digits[point:].rstrip("0") or "0"

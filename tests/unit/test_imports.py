@@ -37,10 +37,13 @@ SERVING_ONLY = (
 #: What Twisted and the storage would import if they could, and the command hides from a
 #: supervisor (they load libssl and libcrypto): the standard library's TLS, OpenSSL's hashes.
 TLS_LIBRARIES = ("ssl", "_ssl", "_hashlib")
-#: What a supervisor does without (about 1.3 MiB), though what it runs on would import it for
+#: What a supervisor does without (about 1.8 MiB), though what it runs on would import it for
 #: a little use: tempfile and shutil (with the compression modules), hashlib and secrets
-#: (names in the storage), traceback (needed for a failure only).
-LITTLE_USED = ("tempfile", "shutil", "bz2", "lzma", "hashlib", "secrets", "traceback")
+#: (names in the storage), traceback (needed for a failure only), decimal (exact sizes and
+#: durations in the configuration; Twisted's web layer imports it in a process that serves).
+LITTLE_USED = (
+    "tempfile", "shutil", "bz2", "lzma", "hashlib", "secrets", "traceback", "decimal",
+)
 #: What no server process needs: the admin commands (and argparse, for a worker).
 ADMIN_ONLY = ("hmacfs.admin.commands", "hmacfs.admin.inventory", "hmacfs.admin.migrate")
 
