@@ -108,6 +108,7 @@ FULL = Profile(
     get_files={SMALL: 200, MEDIUM: 50},
     big_rounds=2,
     put_rounds=2,
+    get_rounds=2,
     during_upload_max_requests=20_000,
     idle_get_requests=300,
 )
@@ -121,6 +122,7 @@ QUICK = Profile(
     get_files={SMALL: 50, MEDIUM: 10},
     big_rounds=1,
     put_rounds=1,
+    get_rounds=1,
     during_upload_max_requests=5_000,
     idle_get_requests=100,
 )
@@ -185,8 +187,8 @@ def measure_tls(args: argparse.Namespace, workdir: Path, res: Results, profile: 
                    for server in (ours, nginx)}
         settle()
         c10 = replace(profile, get_concurrency=(10,))
-        for server in (ours, nginx):
-            res.wrk += get_runs(server, c10, workdir, "tls", {SMALL: targets[server.label]})
+        res.wrk += get_runs((ours, nginx), c10, workdir, "tls",
+                            {label: {SMALL: paths} for label, paths in targets.items()})
         for server in (ours, nginx):
             res.memory[server.label] = memory_report(server)
 
@@ -254,8 +256,7 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
         files[server.label] = {size: upload_files(server, f"g{size}-", size, count)
                          for size, count in profile.get_files.items()}
     settle()
-    for server in (ours, nginx):
-        res.wrk += get_runs(server, profile, workdir, "disk", files[server.label])
+    res.wrk += get_runs((ours, nginx), profile, workdir, "disk", files)
     if py_spy is not None:
         print("  profiling ours with py-spy during an extra 4 KiB GET c=10 run ...", flush=True)
         res.profiles["GET"] = profile_run(ours, "GET", files[ours.label][SMALL], profile,
@@ -327,10 +328,11 @@ def measure(args: argparse.Namespace, workdir: Path, res: Results, stack: contex
                 workdir, mnt / "nginx", mnt / "nginx-body", label="nginx tmpfs",
                 workers=res.nginx_workers))
             res.wrk += put_runs((t_ours, t_nginx), profile, workdir, "tmpfs", (SMALL, MEDIUM))
-            for server in (t_ours, t_nginx):
-                t_files = {size: upload_files(server, f"g{size}-", size, count)
-                           for size, count in profile.get_files.items()}
-                res.wrk += get_runs(server, profile, workdir, "tmpfs", t_files)
+            t_files = {server.label: {size: upload_files(server, f"g{size}-", size, count)
+                                      for size, count in profile.get_files.items()}
+                       for server in (t_ours, t_nginx)}
+            settle()
+            res.wrk += get_runs((t_ours, t_nginx), profile, workdir, "tmpfs", t_files)
             for server in (t_ours, t_nginx):
                 res.memory[server.label] = memory_report(server)
 

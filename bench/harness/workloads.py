@@ -68,6 +68,8 @@ class Profile:
     big_rounds: int
     #: Rounds of each wrk PUT run, the servers taking turns to go first; the best is reported.
     put_rounds: int
+    #: The same for each wrk GET run.
+    get_rounds: int
     during_upload_max_requests: int
     idle_get_requests: int
     #: Idle keep-alive connections opened to measure the memory each costs a server.
@@ -275,20 +277,35 @@ def upload_files(server: BenchServer, prefix: str, size: int, count: int) -> lis
     return targets
 
 
-def get_runs(server: BenchServer, profile: Profile, workdir: Path, storage_kind: str,
-             files: dict[int, list[str]]) -> list[WrkRun]:
-    """Workload 3: GETs walking the uploaded files round and round."""
+def get_runs(servers: Sequence[BenchServer], profile: Profile, workdir: Path,
+             storage_kind: str, files: dict[str, dict[int, list[str]]]) -> list[WrkRun]:
+    """Workload 3: GETs walking the uploaded files (`files`, by server label and size) round
+    and round.
+
+    Each (size, concurrency) runs ``profile.get_rounds`` times per server, the servers taking
+    turns to go first, as the PUT runs do: a run right after the uploads, or after a server
+    was idle a while, meets a machine in another state (page cache, writeback, memory touched
+    for the first time) than one a minute later, and that should not always be one side's.
+    """
     runs = []
-    for size, targets in files.items():
-        list_file = workdir / "get-list.txt"
-        write_list(list_file, targets)
+    sizes = {size: None for server in servers for size in files[server.label]}
+    for size in sizes:
         for conc in profile.get_concurrency:
-            run = WrkRun(server.label, storage_kind, "GET", size, conc,
-                         min(WRK_MAX_THREADS, conc), profile.wrk_seconds, len(targets))
-            run_wrk(run, server, list_file, "cycle")
-            report_wrk(run)
-            runs.append(run)
-        list_file.unlink(missing_ok=True)
+            for round_no in range(1, profile.get_rounds + 1):
+                order = servers if round_no % 2 else list(reversed(servers))
+                for server in order:
+                    targets = files[server.label].get(size)
+                    if targets is None:
+                        continue
+                    list_file = workdir / "get-list.txt"
+                    write_list(list_file, targets)
+                    run = WrkRun(server.label, storage_kind, "GET", size, conc,
+                                 min(WRK_MAX_THREADS, conc), profile.wrk_seconds, len(targets),
+                                 round=round_no)
+                    run_wrk(run, server, list_file, "cycle")
+                    report_wrk(run)
+                    runs.append(run)
+                    list_file.unlink(missing_ok=True)
     return runs
 
 
