@@ -58,7 +58,7 @@ def _too_many_digits(number: str) -> bool:
 
 
 # Exact arithmetic on what an admin writes, as (numerator, denominator) pairs of ints: the
-# fractions and decimal modules would do, at 0.7 MiB more in every process that reads the
+# fractions and decimal modules would do, at half a MiB more in every process that reads the
 # configuration. A float is reached only at the end, by int division, which Python rounds
 # correctly, so "1.5h" or "0.1" read as the float nearest to the exact value.
 _Ratio = tuple[int, int]

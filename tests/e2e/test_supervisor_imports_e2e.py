@@ -57,10 +57,13 @@ SERVING_ONLY = (
     "hmacfs.process.tls",
 )
 #: What a supervisor does without, though something it runs on would import it for a little
-#: use (about 1.6 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
+#: use (about 2.1 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
 #: the compression modules (tempfile, argparse's help formatter), hashlib and secrets (the
-#: storage's names), traceback (only for a failure).
+#: storage's names), traceback (only for a failure), fractions and decimal (exact sizes and
+#: durations; Twisted's web layer imports decimal in a worker).
 SUPERVISOR_DOES_WITHOUT = (
+    "fractions",
+    "decimal",
     "encodings.idna",
     "unicodedata",
     "tempfile",
@@ -137,7 +140,7 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
         assert {"twisted.web", "prometheus_client", "OpenSSL", "hmacfs.http"} <= set(found)
         # (and the check finds those modules where they are used)
         found = among(written[pid], SUPERVISOR_DOES_WITHOUT)
-        assert {"hashlib", "secrets", "tempfile", "shutil", "traceback"} <= set(found)
+        assert {"hashlib", "secrets", "tempfile", "shutil", "traceback", "decimal"} <= set(found)
 
 
 @pytest.mark.workers
