@@ -233,9 +233,6 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
                 cfg, count=count, activated=activated, on_ready=on_ready
             )
             return supervised
-        except (OSError, StoreError) as e:
-            print(f"hmac-file-server: {storage_refused(cfg, e)}", file=sys.stderr)
-            return EXIT_FAILURE
         finally:
             if metrics_dir is not None:
                 remove_directory(metrics_dir)
@@ -259,7 +256,14 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
             cfg, reactor, notifier=notifier, observer=observer, activated=activated, worker=plan
         )
     except (OSError, StoreError) as e:
-        print(f"hmac-file-server: {storage_refused(cfg, e)}", file=sys.stderr)
+        refused = storage_refused(cfg, e)
+        if plan is not None:
+            from hmacfs.process.worker import StatusPipe
+
+            # (its supervisor says it, once, and fails the start or the reload with it)
+            StatusPipe(plan.status_fd).send("refused " + " ".join(refused.split()))
+        else:
+            print(f"hmac-file-server: {refused}", file=sys.stderr)
         return EXIT_FAILURE
     status = [EXIT_OK]
 
@@ -332,10 +336,12 @@ def announce_ready(
 
 def start_failed(error: BaseException, notifier: Any) -> int:
     """Say why the start failed (on stderr, and in STATUS=); returns the exit status."""
-    from hmacfs.process.worker import ConfigRefused
+    from hmacfs.process.worker import ConfigRefused, StorageRefused
 
     if isinstance(error, ConfigRefused):  # (a worker refused the configuration, and said why)
         message, status = str(error), EXIT_CONFIG
+    elif isinstance(error, StorageRefused):  # (a worker could not use the storage)
+        message, status = str(error), EXIT_FAILURE
     else:
         message, status = f"cannot listen: {error}", EXIT_FAILURE
     print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)

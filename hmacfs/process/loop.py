@@ -25,7 +25,6 @@ import itertools
 import os
 import selectors
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -506,24 +505,3 @@ def _keep_descriptors_from_children() -> None:
             with contextlib.suppress(OSError):
                 if os.get_inheritable(fd):
                     os.set_inheritable(fd, False)
-
-
-def in_threads(loop: Loop) -> Callable[..., Outcome]:
-    """`run_blocking` for a supervisor on `loop`: `f(*args)` on a thread of its own, its
-    result (or error) an Outcome that comes on the loop's thread."""
-
-    def run_blocking(function: Callable[..., Any], *args: Any) -> Outcome:
-        outcome = Outcome()
-
-        def work() -> None:
-            try:
-                value = function(*args)
-            except BaseException as e:  # (handed to the loop, where it is logged)
-                loop.call_soon_threadsafe(outcome.fail, e)
-            else:
-                loop.call_soon_threadsafe(outcome.succeed, value)
-
-        threading.Thread(target=work, name="hmacfs-blocking", daemon=True).start()
-        return outcome
-
-    return run_blocking

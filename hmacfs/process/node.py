@@ -5,8 +5,11 @@ A node stands alone (`[server] workers = 1`) or is one of the workers a supervis
 
 - start: every listener listens (or adopts its socket-activated descriptor); only then
   READY=1, with a STATUS line naming the listeners. A worker says "ready" to its supervisor
-  instead, then beats, and leaves sweeping to the supervisor (and shows the figures of its
-  sweeps, `hmacfs.process.shared_metrics`).
+  instead, then beats. One worker (the one its plan says) sweeps, publishes each sweep's
+  figures for the others' /metrics (`hmacfs.process.shared_metrics`) and reports it to the
+  supervisor ("swept FILES BYTES"); at start it may also count the stored files for the
+  quotas ("counted" once done). A worker that cannot use the storage reports why
+  ("refused MESSAGE", from cli.serve) and exits.
 - SIGHUP (`reload`, see `hmacfs.process.reload`): if the file is valid, new requests get the
   new limits, secrets, CORS settings and certificate; if not, the running settings stay.
 - SIGTERM (`stopService`): STOPPING=1; the listeners close; uploads in flight get
@@ -35,6 +38,7 @@ from hmacfs.process.stores import open_storage
 from hmacfs.process.sweeper import Sweeper, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier, status_line
 from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
+from hmacfs.storage.backend import SweepReport
 from hmacfs.storage.held import RELEASE_INTERVAL
 
 _log = Logger(namespace="hmacfs.process.node")
@@ -106,18 +110,24 @@ class Node(ServerProcess):
             | self.storage.live_names(),
             metrics=site.metrics,
         )
-        if worker is None:  # workers leave sweeping to their supervisor
-            self.sweeper.setServiceParent(self)
-        #: A worker's view of its supervisor's sweeps, for its /metrics.
+        #: The workers' view of the sweeps (which one of them makes), for their /metrics.
         shared = shared_directory() if worker is not None else None
         self.figures = SweepFigures(shared) if shared is not None else None
+        if worker is None or worker.sweeps:  # (the other workers leave it to that one)
+            if worker is not None:
+                self.sweeper.published = self._swept
+            self.sweeper.setServiceParent(self)
 
     # -- start -------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        if self.reporter is None:  # (a worker's supervisor counts)
+        if self.worker is None:
             recount(self.storage, self.config, self.site.run_blocking)
+        elif self.worker.recount:  # (the one worker the supervisor asked to)
+            counting = recount(self.storage, self.config, self.site.run_blocking)
+            if counting is not None:
+                counting.addBoth(lambda _: self._report("counted"))
         self.every(RELEASE_INTERVAL, self.storage.release_idle)
         self.every(FLUSH_INTERVAL, self.site.metrics.flush)
         waits = [self.listeners.ready]
@@ -144,10 +154,20 @@ class Node(ServerProcess):
         return described
 
     def _beat(self) -> None:
-        assert self.reporter is not None
-        self.reporter.send(f"beat {len(self.site.in_flight)}")
+        self._report(f"beat {len(self.site.in_flight)}")
         if self.figures is not None:
             self.figures.take(self.site.metrics)
+
+    def _report(self, line: str) -> None:
+        if self.reporter is not None:
+            self.reporter.send(line)
+
+    def _swept(self, result: SweepReport) -> None:
+        """The sweeping worker's sweep is over: its figures go to the other workers (through
+        the shared directory) and the count of files to the supervisor's status line."""
+        if self.figures is not None:
+            self.figures.publish(result)
+        self._report(f"swept {result.files} {result.bytes}")
 
     def status_text(self) -> str:
         """The one line `systemctl status` shows."""

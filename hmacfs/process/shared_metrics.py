@@ -1,16 +1,16 @@
-"""The supervisor's part in its workers' metrics, without prometheus_client in the supervisor.
+"""What the workers' metrics share beyond prometheus_client's files, without
+prometheus_client in the supervisor.
 
 Workers share their metrics through files in one directory (prometheus_client's multi-process
-mode, PROMETHEUS_MULTIPROC_DIR), and each worker's /metrics adds them up. The supervisor
-serves nothing, so it loads neither prometheus_client nor the web layer; it has two things to
-contribute all the same:
+mode, PROMETHEUS_MULTIPROC_DIR), and each worker's /metrics adds them up. Two things more:
 
-- the storage figures of its sweeps (`SweepFigures`): it writes them to a file in that
-  directory, and every worker copies them into its own gauges (kept with
+- the storage figures of the sweeps (`SweepFigures`), which one worker makes: it writes them
+  to a file in that directory, and every worker copies them into its own gauges (kept with
   ``multiprocess_mode="livemax"``: /metrics shows the one value);
 - forgetting a dead worker's live gauges (`forget_live_gauges`), as prometheus_client's
   `multiprocess.mark_process_dead` does, so that an upload in flight in a worker that crashed
-  is not counted for ever.
+  is not counted for ever: the supervisor's part, which serves nothing and so loads neither
+  prometheus_client nor the web layer.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def shared_directory(environ: Mapping[str, str] | None = None) -> Path | None:
 
 
 class SweepFigures:
-    """The last sweep's figures in `directory`/FIGURES_FILE: the supervisor `publish`es
-    them, each worker `take`s them when they have changed.
+    """The last sweep's figures in `directory`/FIGURES_FILE: the sweeping worker
+    `publish`es them, each worker `take`s them when they have changed.
 
     Neither raises: metrics must never take a process down (a figure not written or not
     read is the previous one, until the next sweep)."""

@@ -1,9 +1,9 @@
 """The storage as a process opens it, and what a sweep or a count tells the log; without
-Twisted, so that the supervisor and the admin commands load none of it.
+Twisted, so that the admin commands load none of it.
 
-The single-process node and the supervisor both open the storage here (`open_storage`) and
-sweep it (`hmacfs.process.sweeper` for the node, the supervisor's own on its loop); workers
-leave sweeping to their supervisor (one sweep, not one per worker).
+Every node opens the storage here (`open_storage`); the single-process node sweeps it
+(`hmacfs.process.sweeper`), and with worker processes worker 0 does (one sweep, not one per
+worker). The supervisor opens no storage.
 """
 
 from __future__ import annotations

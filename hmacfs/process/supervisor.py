@@ -4,13 +4,16 @@ The supervisor binds every listening socket (or takes them from systemd socket a
 and starts `workers` copies of the server (`hmac-file-server worker`), handing each the same
 sockets; the kernel spreads new connections over the processes accepting on them. It alone
 talks to systemd: READY=1 once every worker is ready, STATUS= with the uploads in flight of
-all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. It also runs the storage sweeper,
-whose figures the workers' /metrics show (`hmacfs.process.shared_metrics`).
+all workers, WATCHDOG=1, RELOADING=1/READY=1 and STOPPING=1. Worker 0 sweeps the storage
+(and, when the supervisor starts, or a reload sets the first limit on stored bytes, counts its
+files for the quotas): it reports each sweep, whose count of files the status line shows, and
+publishes its figures for the other workers' /metrics (`hmacfs.process.shared_metrics`).
 
 It serves nothing, so it runs without Twisted, on the standard library's selectors
 (`hmacfs.process.loop`): no reactor, no web layer, no prometheus_client, no pyOpenSSL
-(tests/unit/test_imports.py keeps it so). What it imports besides is the configuration and
-the storage, for the sweeper.
+(tests/unit/test_imports.py keeps it so), and without the storage's modules, which its
+workers have. What it imports besides is the configuration. A worker that cannot use the
+storage says why and exits; that fails the start (or stops the reload), with its message.
 
 A worker reports over a pipe (`hmacfs.process.worker`). A worker that dies is started again,
 after a delay that doubles with every crash in a row; one that stops beating (a hung reactor)
@@ -44,18 +47,10 @@ from hmacfs.process.loop import (
     ProcessGone,
     Repeating,
     gather,
-    in_threads,
     settled,
 )
 from hmacfs.process.restart import ReloadStopped, read_again
-from hmacfs.process.shared_metrics import SweepFigures, forget_live_gauges, shared_directory
-from hmacfs.process.stores import (
-    needs_recount,
-    open_storage,
-    tell_count_failed,
-    tell_counted,
-    tell_sweep,
-)
+from hmacfs.process.shared_metrics import forget_live_gauges, shared_directory
 from hmacfs.process.systemd import (
     STATUS_INTERVAL,
     ActivatedSockets,
@@ -68,6 +63,7 @@ from hmacfs.process.worker import (
     EXIT_CONFIG,
     WORKER_ENV,
     ConfigRefused,
+    StorageRefused,
     plan_text,
 )
 from hmacfs.storage.backend import SweepReport
@@ -108,6 +104,11 @@ class WorkerProcess:
         self.child: Any = None
         #: Kept from the start: the child forgets it once it has ended.
         self.pid: int | None = None
+        #: Whether it sweeps, and whether it was asked to count the stored files.
+        self.sweeps = False
+        self.recounts = False
+        #: Why it could not use the storage, if it said so.
+        self.refused: str | None = None
         self._buffer = b""
 
     def child_data(self, data: bytes) -> None:
@@ -120,6 +121,14 @@ class WorkerProcess:
             elif line.startswith(b"beat "):
                 with contextlib.suppress(ValueError):
                     self.in_flight = int(line[5:] or b"0")
+            elif line.startswith(b"swept "):
+                with contextlib.suppress(ValueError):
+                    files, size = (int(word) for word in line[6:].split())
+                    self.supervisor.swept(SweepReport(files=files, bytes=size))
+            elif line == b"counted":
+                self.supervisor.counted(self)
+            elif line.startswith(b"refused "):
+                self.refused = line[8:].decode("utf-8", "replace")
 
     def signal(self, name: str) -> None:
         """Send it signal `name` ("TERM", "KILL"), unless it has already ended."""
@@ -128,7 +137,9 @@ class WorkerProcess:
                 self.child.signal(name)
 
     def child_ended(self, how: Exit) -> None:
-        if how.code == EXIT_CONFIG:
+        if self.refused is not None:
+            self.ready.fail(StorageRefused(self.refused))
+        elif how.code == EXIT_CONFIG:
             self.ready.fail(
                 ConfigRefused(
                     "worker exited before it was ready: it found the configuration invalid"
@@ -139,43 +150,6 @@ class WorkerProcess:
             self.ready.fail(RuntimeError(f"worker exited before it was ready: {how}"))
         self.ended.succeed(None)
         self.supervisor.worker_ended(self, how)
-
-
-class Sweeps:
-    """The supervisor's sweeper: `storage.sweep` on a thread at once and then every
-    `interval` seconds; its report goes to the log and to `published` (the workers show it)."""
-
-    def __init__(
-        self,
-        storage: Any,
-        interval: float,
-        run_blocking: Callable[..., Outcome],
-        *,
-        loop: Any,
-        log: PlainLog,
-        published: Callable[[SweepReport], None] | None,
-    ) -> None:
-        self.storage = storage
-        self.run_blocking = run_blocking
-        self.log = log
-        self.published = published
-        #: What the last sweep found (None until one has finished).
-        self.last: SweepReport | None = None
-        self.timer = Repeating(loop, interval, self.sweep)
-
-    @property
-    def running(self) -> bool:
-        return self.timer.running
-
-    def sweep(self) -> Outcome:
-        return self.run_blocking(self.storage.sweep, frozenset()).then(self._report, self._failed)
-
-    def _report(self, result: SweepReport) -> None:
-        self.last = result
-        tell_sweep(self.log, result, None, self.published)
-
-    def _failed(self, error: BaseException) -> None:
-        self.log.failure("sweeping the storage directory failed", error)
 
 
 class Supervisor:
@@ -190,7 +164,6 @@ class Supervisor:
         notifier: Notifier | None = None,
         activated: ActivatedSockets | None = None,
         writer: LineWriter | None = None,
-        run_blocking: Callable[..., Outcome] | None = None,
     ) -> None:
         if config.source is None:
             raise ValueError("worker processes read the configuration file: it needs one")
@@ -207,20 +180,11 @@ class Supervisor:
         self.stopping = False
         #: Comes with the listener descriptions once every worker is ready (or fails: why not).
         self.started = Outcome()
-        self.storage = open_storage(config)
-        self.run_blocking = run_blocking or in_threads(loop)
-        # The supervisor serves nothing, so it has no metrics (nor prometheus_client) of its
-        # own: its workers show the figures of its sweeps.
-        shared = shared_directory()
-        self.figures = SweepFigures(shared) if shared is not None else None
-        self.sweeper = Sweeps(
-            self.storage,
-            config.server.sweep_interval,
-            self.run_blocking,
-            loop=loop,
-            log=PlainLog("hmacfs.process.sweeper", writer),
-            published=self.figures.publish if self.figures is not None else None,
-        )
+        #: What the last sweep (of worker 0) found: how many files are stored.
+        self.last_sweep: SweepReport | None = None
+        #: Whether the stored files are to be counted for the quotas (by worker 0, at its
+        #: start), until a worker that was asked to has done it.
+        self.recount_pending = _needs_recount(config)
         self._timers: list[Repeating] = []
         #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
@@ -234,7 +198,6 @@ class Supervisor:
         try:
             self.bound = bind_all(self.config.server.listeners, self.activated)
             self.metrics_bound = bind_all(self.config.metrics.listeners, self.activated)
-            self._recount()
             for index in range(self.count):
                 self.workers.append(self._spawn(index))
         except (OSError, RuntimeError) as e:
@@ -261,8 +224,6 @@ class Supervisor:
             if interval is not None and self.notifier.enabled:
                 self.every(interval, self.notifier.watchdog)
             self.every(BEAT_INTERVAL, self._check_beats)
-            self._timers.append(self.sweeper.timer)
-            self.sweeper.timer.start()
             self.started.succeed(described)
 
         def down(error: BaseException) -> None:
@@ -286,14 +247,14 @@ class Supervisor:
             f"{b.description} (metrics)" for b in self.metrics_bound
         ]
 
-    def _recount(self) -> None:
-        if not needs_recount(self.storage, self.config):
-            return
-        log = self.sweeper.log
-        self.run_blocking(self.storage.rebuild_usage).then(
-            lambda total: tell_counted(log, total),
-            lambda error: tell_count_failed(log, str(error)),
-        )
+    def swept(self, report: SweepReport) -> None:
+        """Worker 0 has swept the storage."""
+        self.last_sweep = report
+
+    def counted(self, worker: WorkerProcess) -> None:
+        """A worker asked to count the stored files (see `recount_pending`) has done it."""
+        if worker.recounts:
+            self.recount_pending = False
 
     def _spawn(self, index: int) -> WorkerProcess:
         worker = WorkerProcess(self, index)
@@ -311,7 +272,12 @@ class Supervisor:
         status_fd = first + len(every)
         child_fds[status_fd] = "r"
         env = dict(os.environ)
-        env[WORKER_ENV] = plan_text(index, status_fd, items[False], items[True])
+        worker.sweeps = index == 0
+        worker.recounts = worker.sweeps and self.recount_pending
+        env[WORKER_ENV] = plan_text(
+            index, status_fd, items[False], items[True], sweeps=worker.sweeps,
+            recount=worker.recounts,
+        )
         for variable in _NOT_FOR_WORKERS:
             env.pop(variable, None)
         # -P: the working directory is not put first on sys.path (as -m alone does), so a
@@ -384,7 +350,7 @@ class Supervisor:
         return status_line(
             self.described(),
             sum(w.in_flight for w in self.workers),
-            self.sweeper.last,
+            self.last_sweep,
             workers=len(self.workers),
         )
 
@@ -452,12 +418,9 @@ class Supervisor:
 
     def apply(self, config: Config) -> Outcome:
         """Replace the workers, one at a time, by workers that read the file again."""
+        if _needs_recount(config) and not self.config.quota.counts:
+            self.recount_pending = True  # (by the new worker 0)
         self.config = config
-        self.storage.fsync = config.server.fsync
-        self.storage.file_ttl = config.server.file_ttl
-        if config.quota.counts and self.storage.accounting is None:
-            self.storage.count_usage()
-            self._recount()
         return self._roll()
 
     def _roll(self) -> Outcome:
@@ -513,7 +476,7 @@ class Supervisor:
     def stop(self) -> Outcome:
         """Tell every worker to stop (they finish their uploads within shutdown_timeout);
         kill those still running KILL_GRACE seconds after that. Comes once all have ended
-        (and a sweep under way has finished)."""
+        (worker 0 finishes a sweep under way first)."""
         uploads = sum(w.in_flight for w in self.workers)
         self.stopping = True
         timeout = self.config.server.shutdown_timeout
@@ -553,6 +516,12 @@ class Supervisor:
             bound.sock.close()
 
 
+def _needs_recount(config: Config) -> bool:
+    """Whether `config` has limits on stored bytes that need the stored files counted: on a
+    local storage directory (an object store's ledger is kept always)."""
+    return config.quota.counts and config.storage.backend != "s3"
+
+
 def _mark_dead(pid: int | None) -> None:
     """Let the multi-process metrics forget a dead worker's live gauges."""
     directory = shared_directory()
@@ -568,8 +537,8 @@ def supervise(
     on_ready: Callable[[list[str]], None] | None = None,
 ) -> int:
     """Run a supervisor of `count` workers until SIGTERM/SIGINT; SIGHUP reloads. Returns the
-    exit status (`hmacfs.cli`'s). Raises OSError when the storage directory cannot be used,
-    StoreError when the bucket does not answer (before anything has started)."""
+    exit status (`hmacfs.cli`'s): a start that fails (a worker that cannot use the storage,
+    a socket that cannot be bound, ...) is said on stderr and in STATUS=."""
     from hmacfs import cli
 
     loop = Loop()

@@ -1,5 +1,5 @@
-"""The sweeper of the single-process node, on Twisted's reactor: it keeps the storage clean
-(the supervisor has its own, on its loop; workers sweep nothing)."""
+"""The sweeper of a node, on Twisted's reactor: it keeps the storage clean. With worker
+processes one of them sweeps (the one its supervisor asks to), and reports each sweep."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ from hmacfs.storage.local import LocalStorage
 _log = Logger(namespace="hmacfs.process.sweeper")
 
 
-def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]) -> None:
+def recount(
+    storage: LocalStorage, config: Config, run_blocking: Callable[..., Any]
+) -> defer.Deferred[None] | None:
     """When `config` has limits on stored bytes: count the stored files again for them, on
     a thread (at start, and when a reload sets the first such limit). Until that is done,
     the counts kept from before hold. (An object store's ledger is kept always: nothing to
-    count again.)"""
+    count again.) What fires once the count is over, whichever way; None if there is none."""
     if not needs_recount(storage, config):
-        return
+        return None
 
     def counted(total: Any) -> None:
         tell_counted(_log, total)
@@ -32,7 +34,8 @@ def recount(storage: LocalStorage, config: Config, run_blocking: Callable[..., A
     def failed(failure: Any) -> None:
         tell_count_failed(_log, failure.getErrorMessage())
 
-    run_blocking(storage.rebuild_usage).addCallbacks(counted, failed)
+    counting: defer.Deferred[None] = run_blocking(storage.rebuild_usage)
+    return counting.addCallbacks(counted, failed)
 
 
 class Sweeper(Timer):
@@ -41,7 +44,7 @@ class Sweeper(Timer):
 
     `active` names the partial files of uploads still in flight; `metrics`, if given, gets
     the storage figures of every sweep, and `published`, if given, its whole report (the
-    supervisor, which has no metrics of its own, hands it on to its workers). A sweep still
+    sweeping worker hands it on to the other workers and to its supervisor). A sweep still
     running when the next is due delays it; stopping waits for it.
     """
 

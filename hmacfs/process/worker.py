@@ -32,24 +32,46 @@ class ConfigRefused(RuntimeError):
     the certificate) invalid, and said why on its standard error."""
 
 
+class StorageRefused(RuntimeError):
+    """A worker could not use the storage (its directory, or its bucket) and exited before it
+    was ready; the message says why, as a single server's would."""
+
+
 def plan_text(
-    index: int, status_fd: int, listen: list[dict[str, Any]], metrics: list[dict[str, Any]]
+    index: int,
+    status_fd: int,
+    listen: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+    *,
+    sweeps: bool = False,
+    recount: bool = False,
 ) -> str:
     """WORKER_ENV's value: `listen` and `metrics` list the sockets, each as
-    {"name", "fd", "entry", "tls"}."""
-    plan = {"index": index, "status_fd": status_fd, "listen": listen, "metrics": metrics}
+    {"name", "fd", "entry", "tls"}; `sweeps` and `recount` say whether this worker sweeps
+    the storage and counts its files for the quotas (see `WorkerPlan`)."""
+    plan: dict[str, Any] = {
+        "index": index, "status_fd": status_fd, "listen": listen, "metrics": metrics,
+    }
+    if sweeps:
+        plan["sweeps"] = True
+    if recount:
+        plan["recount"] = True
     return json.dumps(plan)
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """What the supervisor handed a worker: its sockets (by name) and its status pipe."""
+    """What the supervisor handed a worker: its sockets (by name) and its status pipe, and
+    whether it is the one worker that sweeps the storage (reporting each sweep to the
+    supervisor) and, at its start, counts the stored files for the quotas."""
 
     index: int
     status_fd: int
     activated: ActivatedSockets
     listeners: tuple[Listener, ...]
     metrics_listeners: tuple[Listener, ...]
+    sweeps: bool = False
+    recount: bool = False
 
 
 def worker_plan(environ: Mapping[str, str] | None = None) -> WorkerPlan | None:
@@ -74,6 +96,8 @@ def worker_plan(environ: Mapping[str, str] | None = None) -> WorkerPlan | None:
         activated=activated,
         listeners=tuple(found["listen"]),
         metrics_listeners=tuple(found["metrics"]),
+        sweeps=bool(data.get("sweeps", False)),
+        recount=bool(data.get("recount", False)),
     )
 
 

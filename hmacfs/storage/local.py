@@ -131,7 +131,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 @functools.cache
 def _sync_file_range() -> Callable[..., int] | None:
     # (looked up when durable mode first needs it: ctypes is no import for a process that
-    # only sweeps, such as the supervisor)
+    # only sweeps or lists, such as an admin command)
     import ctypes
 
     try:
@@ -627,7 +627,7 @@ class LocalStorage:
         return Path(self._slot_link_text(rel))
 
     def _slot_link_text(self, rel: str) -> str:
-        import hashlib  # (not loaded by a process that only sweeps)
+        import hashlib  # (not loaded by a process that only sweeps or lists)
 
         digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._slot_dir_text}/{digest}"
@@ -967,7 +967,7 @@ class LocalStorage:
 
     def partial_files(self) -> list[PartialFile]:
         """Every partial upload of the partial directory, with why a sweep would remove it
-        now, judged as `sweep` judges them in the supervisor (no partial known to be live),
+        now, judged as `sweep` judges them given no partial known to be live,
         without removing or locking anything. A resumable upload past `resumable_ttl` that a
         request of some process still holds shows as abandoned, although the sweep (which
         tries its lock) keeps it. Unnamed partials (O_TMPFILE) have no name to find.

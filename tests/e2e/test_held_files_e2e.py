@@ -51,7 +51,7 @@ def test_a_removed_file_is_let_go_by_the_timer_and_not_found(
     server: Server, tmp_path: Path
 ) -> None:
     path = stored_and_held(server, tmp_path, "held-removed/f.txt", b"removed behind its back")
-    os.unlink(path)  # (as an admin, the supervisor's sweeper or another node does)
+    os.unlink(path)  # (as an admin, worker 0's sweeper or another node does)
     deadline = time.monotonic() + 2 * RELEASE_INTERVAL + 10
     while holders(server, path):
         assert time.monotonic() < deadline, "the removed file is still held open"

@@ -1,6 +1,7 @@
 """The real supervisor, with two workers and an https listener, runs without anything only
-serving needs: no web layer, no prometheus_client, no pyOpenSSL, no libssl/libcrypto. Its
-workers, which serve, check the certificate, serve TLS and show its sweeps in /metrics.
+serving needs: no web layer, no prometheus_client, no pyOpenSSL, no libssl/libcrypto, no
+storage. Its workers, which serve, check the certificate, serve TLS, and show worker 0's
+sweeps in /metrics.
 
 What each process imported is written at its exit by a sitecustomize module put on the
 server's PYTHONPATH (the server itself has no hook for it); the shared objects each has loaded
@@ -56,12 +57,16 @@ SERVING_ONLY = (
     "hmacfs.process.node",
     "hmacfs.process.tls",
 )
-#: What a supervisor does without, though something it runs on would import it for a little
-#: use (about 2.1 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile, shutil and
-#: the compression modules (tempfile, argparse's help formatter), hashlib and secrets (the
-#: storage's names), traceback (only for a failure), fractions and decimal (exact sizes and
-#: durations; Twisted's web layer imports decimal in a worker).
+#: What a supervisor does without: the storage (worker 0 sweeps it) and threading (its sweeps
+#: ran on threads when the supervisor made them); and what something it runs on would import
+#: for a little use (about 2.1 MiB in all): the IDNA codec (getaddrinfo given a str), tempfile,
+#: shutil and the compression modules (tempfile, argparse's help formatter), hashlib and
+#: secrets (the storage's names), traceback (only for a failure), fractions and decimal (exact
+#: sizes and durations; Twisted's web layer imports decimal in a worker).
 SUPERVISOR_DOES_WITHOUT = (
+    "hmacfs.storage.local",
+    "hmacfs.process.stores",
+    "threading",
     "fractions",
     "decimal",
     "encodings.idna",
@@ -121,7 +126,8 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
     assert libraries(supervisor) == set()
     for pid in workers:
         assert {"libssl.so", "cryptography"} <= libraries(pid)  # (TLS is served)
-    # The workers show the sweeps of the supervisor, which has no metrics of its own.
+    # The workers show worker 0's sweeps (the supervisor, which has no metrics of its own,
+    # opens no storage).
     assert upload(put_url(server.base, f"{uuid.uuid4()}/a.txt", 3), b"abc") == 201
     address = next(a for a in server.addresses if a.endswith("(metrics)")).split()[0]
 
@@ -140,7 +146,10 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
         assert {"twisted.web", "prometheus_client", "OpenSSL", "hmacfs.http"} <= set(found)
         # (and the check finds those modules where they are used)
         found = among(written[pid], SUPERVISOR_DOES_WITHOUT)
-        assert {"hashlib", "secrets", "tempfile", "shutil", "traceback", "decimal"} <= set(found)
+        assert {
+            "hashlib", "secrets", "tempfile", "shutil", "traceback", "decimal",
+            "hmacfs.storage.local", "threading",
+        } <= set(found)
 
 
 @pytest.mark.workers
@@ -168,3 +177,27 @@ def test_with_workers_a_certificate_that_does_not_load_is_a_configuration_error(
     assert done.returncode == 2, done.stderr
     assert "[tls] certificate" in done.stderr
     assert "found the configuration invalid" in done.stderr
+
+
+@pytest.mark.workers
+def test_with_workers_a_storage_that_cannot_be_used_fails_the_start_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """The supervisor opens no storage: its workers find that they cannot use it, and the
+    command fails as a single server does, saying why (once), with exit status 1."""
+    path = tmp_path / "config.toml"
+    taken = tmp_path / "files"
+    taken.write_text("a file where the storage directory should be\n")
+    write_config(path, config_text(taken, workers=2, log_level="info"))
+    done = subprocess.run(
+        [sys.executable, "-m", "hmacfs", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("hmac-file-server: ")]
+    assert said == [f"hmac-file-server: cannot use storage_dir {taken}: File exists"], (
+        done.stderr
+    )

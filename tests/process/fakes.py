@@ -10,8 +10,7 @@
 - `Connection`: a client connection to a site, as a StringTransport that ends the way a
   reactor's transport does (connectionLost on the next turn of the clock);
 - `LogCapture`: the log events of a test, formatted;
-- `result`: what a Deferred that has fired holds;
-- `at_once`: the supervisor's `run_blocking`, run here and now.
+- `result`: what a Deferred that has fired holds.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hmacfs.process.lines import LineWriter
-from hmacfs.process.loop import Call, Exit, Outcome, ProcessGone
+from hmacfs.process.loop import Call, Exit, ProcessGone
 from hmacfs.process.systemd import Notifier
 
 
@@ -264,13 +263,3 @@ def result(d: defer.Deferred[Any]) -> Any:
     if isinstance(got[0], Failure):
         got[0].raiseException()
     return got[0]
-
-
-def at_once(function: Any, *args: Any) -> Outcome:
-    """`run_blocking` that runs `function` here and now."""
-    outcome = Outcome()
-    try:
-        outcome.succeed(function(*args))
-    except Exception as e:
-        outcome.fail(e)
-    return outcome

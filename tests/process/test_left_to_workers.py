@@ -1,6 +1,7 @@
 """What a supervisor leaves to its workers so that it loads nothing only serving needs: the
 certificate check (a worker that refuses the configuration fails the start, or stops the
-reload), and showing its sweeps' figures in /metrics. On the fake loop (and reactor) of
+reload), the sweeps (worker 0's, whose figures every worker shows in /metrics) and the
+storage (a worker that cannot use it fails the start). On the fake loop (and reactor) of
 tests/process, the test playing the worker processes."""
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from hmacfs.process.node import Node
 from hmacfs.process.shared_metrics import FIGURES_FILE, SweepFigures
 from hmacfs.process.supervisor import Supervisor
 from hmacfs.process.systemd import ActivatedSockets
-from hmacfs.process.worker import EXIT_CONFIG, ConfigRefused, WorkerPlan
+from hmacfs.process.worker import (
+    EXIT_CONFIG,
+    WORKER_ENV,
+    ConfigRefused,
+    StorageRefused,
+    WorkerPlan,
+)
 from hmacfs.storage.backend import SweepReport
 from tests.process.conftest import ConfigFile
 from tests.process.fakes import (
@@ -29,7 +36,6 @@ from tests.process.fakes import (
     FakeReactor,
     RecordingNotifier,
     RecordingWriter,
-    at_once,
 )
 
 HTTPS = ("127.0.0.1:0", "https://127.0.0.1:0")
@@ -50,7 +56,6 @@ def supervisor_of(
         count=2,
         notifier=RecordingNotifier(),
         writer=writer,
-        run_blocking=at_once,
     )
     supervisor.start()
     return supervisor
@@ -103,7 +108,30 @@ def test_a_reload_stops_when_a_new_worker_refuses_the_configuration(
     assert supervisor.workers == old
 
 
-def test_the_workers_show_the_supervisors_sweeps(
+def worker_plan_on(listening: socket.socket, *, sweeps: bool, recount: bool = False) -> WorkerPlan:
+    fd = os.dup(listening.fileno())  # (the worker's inherited descriptor, closed by the node)
+    return WorkerPlan(
+        index=0 if sweeps else 1,
+        status_fd=-1,
+        activated=ActivatedSockets(fds=[fd], names={"L0": fd}),
+        listeners=(activated_listener("L0", tls=False),),
+        metrics_listeners=(),
+        sweeps=sweeps,
+        recount=recount,
+    )
+
+
+class Pipe:
+    """A worker's status pipe, as the lines it got."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def send(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_the_sweeping_worker_shows_its_sweeps_to_the_others_and_to_the_supervisor(
     config_file: ConfigFile,
     loop: FakeLoop,
     reactor: FakeReactor,
@@ -113,38 +141,71 @@ def test_the_workers_show_the_supervisors_sweeps(
     shared = tmp_path / "metrics"
     shared.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
-    config_file.write(workers=2)
+    config_file.write(workers=2, extra='[quota]\ntotal_limit = "1G"')
+    stored = config_file.storage / "a" / "b.bin"
     supervisor = supervisor_of(config_file, loop)
-    for process in loop.spawned:
-        process.say("ready")
-    assert supervisor.sweeper.running  # (it swept at once)
-    figures = json.loads((shared / FIGURES_FILE).read_text())
-    assert figures == {"files": 0, "bytes": 0, "kept": 0, "kept_bytes": 0}
-    # A worker takes the figures with its beat.
-    SweepFigures(shared).publish(SweepReport(files=7, bytes=700, kept=2, kept_bytes=20))
+    plans = [json.loads(process.env[WORKER_ENV]) for process in loop.spawned]
+    # Worker 0 sweeps, and counts the stored files for the quotas; worker 1 does neither.
+    assert [(p.get("sweeps", False), p.get("recount", False)) for p in plans] == [
+        (True, True), (False, False)
+    ]
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     listening.listen(8)
-    fd = os.dup(listening.fileno())
-    plan = WorkerPlan(
-        index=0,
-        status_fd=-1,
-        activated=ActivatedSockets(fds=[fd], names={"L0": fd}),
-        listeners=(activated_listener("L0", tls=False),),
-        metrics_listeners=(),
+    loaded = config_file.load()
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"x" * 100)
+    pipe, other_pipe = Pipe(), Pipe()
+    sweeping = Node(
+        loaded, reactor, worker=worker_plan_on(listening, sweeps=True, recount=True),
+        reporter=pipe, run_blocking=defer.maybeDeferred,
     )
-
-    class Pipe:
-        def send(self, line: str) -> None:
-            pass
-
-    node = Node(
-        config_file.load(), reactor, worker=plan, reporter=Pipe(),
+    other = Node(
+        loaded, reactor, worker=worker_plan_on(listening, sweeps=False), reporter=other_pipe,
         run_blocking=defer.maybeDeferred,
     )
-    node.startService()
-    registry = node.site.metrics.registry
+    sweeping.startService()
+    other.startService()
+    assert sweeping.sweeper.running and not other.sweeper.running
+    assert "counted" in pipe.lines and "swept 1 100" in pipe.lines
+    assert not any(line.startswith(("swept", "counted")) for line in other_pipe.lines)
+    figures = json.loads((shared / FIGURES_FILE).read_text())
+    assert figures == {"files": 1, "bytes": 100, "kept": 0, "kept_bytes": 0}
+    # The other workers take the figures with their beat.
+    SweepFigures(shared).publish(SweepReport(files=7, bytes=700, kept=2, kept_bytes=20))
+    reactor.advance(1.0)
+    registry = other.site.metrics.registry
     assert registry.get_sample_value("hmacfs_storage_files") == 7
     assert registry.get_sample_value("hmacfs_storage_bytes") == 700
     assert registry.get_sample_value("hmacfs_resumable_partials") == 2
+    # What worker 0 reports is what the supervisor's status line shows; the count is done.
+    first = loop.spawned[0]
+    first.say("ready")
+    loop.spawned[1].say("ready")
+    assert not supervisor.status_text().endswith("files stored")
+    assert supervisor.recount_pending
+    for line in pipe.lines:
+        first.say(line)
+    assert supervisor.status_text().endswith("; 1 files stored")
+    assert not supervisor.recount_pending
     listening.close()
+
+
+def test_a_worker_that_cannot_use_the_storage_fails_the_start_with_its_message(
+    config_file: ConfigFile, loop: FakeLoop
+) -> None:
+    config_file.write(workers=2)
+    supervisor = supervisor_of(config_file, loop)
+    first, second = loop.spawned
+    second.say("ready")
+    first.say("refused cannot use storage_dir /srv/files: Permission denied")
+    first.exit(1)
+    errors: list[BaseException] = []
+    supervisor.started.then(lambda _: None, errors.append)
+    assert len(errors) == 1 and isinstance(errors[0], StorageRefused)
+    assert str(errors[0]) == "cannot use storage_dir /srv/files: Permission denied"
+    assert second.signals == ["KILL"]
+    notifier = RecordingNotifier()
+    status = cli.start_failed(errors[0], notifier)
+    assert status == cli.EXIT_FAILURE
+    assert notifier.sent == [{"STATUS": "cannot use storage_dir /srv/files: Permission denied"}]

@@ -21,7 +21,6 @@ from hmacfs.process.loop import (
     ProcessGone,
     Repeating,
     gather,
-    in_threads,
     settled,
 )
 from tests.process.fakes import FakeLoop
@@ -140,18 +139,6 @@ def test_a_call_from_another_thread_wakes_the_loop(loop: Loop) -> None:
     threading.Thread(target=from_thread, name="other").start()
     run_until_stopped(loop)  # (nothing else is scheduled: only the thread's call wakes it)
     assert ran == ["other"]
-
-
-def test_work_on_a_thread_comes_back_on_the_loop(loop: Loop) -> None:
-    run_blocking = in_threads(loop)
-    where: list[str] = []
-    got = run_blocking(lambda x: (where.append(threading.current_thread().name), x * 2)[1], 21)
-    failed = run_blocking(lambda: 1 / 0)
-    settled([got, failed]).then(lambda _: loop.stop())
-    run_until_stopped(loop)
-    assert got.result() == 42 and where == ["hmacfs-blocking"]
-    with pytest.raises(ZeroDivisionError):
-        failed.result()
 
 
 def test_a_signal_is_handled_on_the_loop(loop: Loop) -> None:

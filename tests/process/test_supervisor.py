@@ -22,7 +22,7 @@ from hmacfs.process.supervisor import (
 )
 from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV
 from tests.process.conftest import ConfigFile
-from tests.process.fakes import FakeLoop, FakeProcess, RecordingNotifier, RecordingWriter, at_once
+from tests.process.fakes import FakeLoop, FakeProcess, RecordingNotifier, RecordingWriter
 
 
 def started(
@@ -38,7 +38,6 @@ def started(
         count=count,
         notifier=notifier,
         writer=writer or RecordingWriter(),
-        run_blocking=at_once,
     )
     supervisor.start()
     return supervisor
@@ -98,6 +97,7 @@ def test_workers_get_the_sockets_and_ready_waits_for_every_one(
             "status_fd": 5,
             "listen": [{"name": "L0", "fd": 3, "entry": "127.0.0.1:0", "tls": False}],
             "metrics": [{"name": "L1", "fd": 4, "entry": "127.0.0.1:0", "tls": False}],
+            **({"sweeps": True} if index == 0 else {}),  # (worker 0 sweeps the storage)
         }
         assert "NOTIFY_SOCKET" not in process.env
     first, second = loop.spawned
@@ -114,10 +114,12 @@ def test_workers_get_the_sockets_and_ready_waits_for_every_one(
         "STATUS": f"listening on {', '.join(expected)}; 2 workers; 0 uploads in flight",
     }
     assert lines.count("2 worker processes ready") == 1
-    # The supervisor sweeps (once at once), and counts the uploads its workers report.
+    # It counts the uploads its workers report, and the files worker 0's sweeps found.
     first.say("beat 2")
     second.say("beat 1")
-    assert supervisor.status_text().endswith("; 3 uploads in flight; 0 files stored")
+    assert supervisor.status_text().endswith("; 3 uploads in flight")
+    first.say("swept 12 3456")
+    assert supervisor.status_text().endswith("; 3 uploads in flight; 12 files stored")
 
 
 def test_a_worker_that_exits_before_it_is_ready_fails_the_start(
@@ -177,6 +179,36 @@ def test_a_dead_worker_is_started_again_after_a_doubling_delay(
     last.exit(1)
     assert lines.lines[-1].startswith(f"worker 0 (pid {pid}) ended unexpectedly: ")
     assert lines.lines[-1].endswith(f"; starting it again in {RESTART_DELAY:g}s")
+
+
+def test_worker_0_sweeps_and_counts_the_files_until_one_has_counted_them(
+    config_file: ConfigFile, loop: FakeLoop, notifier: RecordingNotifier
+) -> None:
+    config_file.write(workers=2)
+    supervisor = ready(config_file, loop, notifier)
+    assert [plan_of(p).get("recount", False) for p in loop.spawned] == [False, False]
+    # A reload that sets the first limit on stored bytes: the new worker 0 counts.
+    config_file.write(workers=2, extra='[quota]\ntotal_limit = "1G"')
+    reloaded = supervisor.reload()
+    loop.spawned[2].say("ready")
+    loop.spawned[3].say("ready")
+    assert reloaded.result() is True
+    assert [(plan_of(p).get("sweeps", False), plan_of(p).get("recount", False))
+            for p in loop.spawned[2:]] == [(True, True), (False, False)]
+    # It dies before it has counted: the one started in its place counts.
+    loop.spawned[2].exit(signal="KILL")
+    advance(loop, RESTART_DELAY, loop.spawned[3])
+    again = loop.spawned[4]
+    assert plan_of(again)["index"] == 0 and plan_of(again).get("recount") is True
+    again.say("ready")
+    loop.spawned[3].say("counted")  # (only a worker asked to count has counted)
+    assert supervisor.recount_pending
+    again.say("counted")
+    assert not supervisor.recount_pending
+    again.exit(signal="KILL")
+    advance(loop, 2 * RESTART_DELAY, loop.spawned[3])
+    last = plan_of(loop.spawned[5])
+    assert last["index"] == 0 and last.get("sweeps") is True and "recount" not in last
 
 
 def test_a_silent_worker_is_killed_after_hang_timeout(

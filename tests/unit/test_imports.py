@@ -44,6 +44,9 @@ TLS_LIBRARIES = ("ssl", "_ssl", "_hashlib")
 LITTLE_USED = (
     "tempfile", "shutil", "bz2", "lzma", "hashlib", "secrets", "traceback", "decimal",
 )
+#: What the workers have and a supervisor does without: the storage (worker 0 sweeps it), and
+#: the threads its sweeps ran on when the supervisor made them.
+STORAGE = ("hmacfs.storage.local", "hmacfs.storage.held", "hmacfs.process.stores", "threading")
 #: What no server process needs: the admin commands (and argparse, for a worker).
 ADMIN_ONLY = ("hmacfs.admin.commands", "hmacfs.admin.inventory", "hmacfs.admin.migrate")
 
@@ -128,6 +131,7 @@ def test_the_command_of_a_supervisor_loads_nothing_that_only_serving_needs(
     env = {"RUNTIME_DIRECTORY": str(tmp_path)}  # (where its metrics directory goes)
     assert loaded(command, *SERVING_ONLY, *TLS_LIBRARIES, *ADMIN_ONLY, env=env) == []
     assert loaded(command, *LITTLE_USED, env=env) == []
+    assert loaded(command, *STORAGE, env=env) == []
     # What it hid while importing is importable afterwards, as ever.
     found = loaded(command + "import ssl, _hashlib, OpenSSL", *TLS_LIBRARIES, "OpenSSL", env=env)
     assert {"OpenSSL", "ssl", "_hashlib"} <= set(found)
@@ -140,6 +144,8 @@ def test_a_process_that_serves_loads_the_web_layer(tmp_path: Path) -> None:
     assert {"twisted.web", "hmacfs.http", "hmacfs.metrics", "prometheus_client"} <= set(found)
     found = loaded(the_command_up_to_its_process("--config", str(path), "run"), *LITTLE_USED)
     assert set(found) == set(LITTLE_USED)
+    found = loaded(the_command_up_to_its_process("--config", str(path), "run"), *STORAGE)
+    assert set(found) == set(STORAGE)
 
 
 def test_a_worker_loads_neither_argparse_nor_the_admin_commands(tmp_path: Path) -> None:

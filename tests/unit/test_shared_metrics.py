@@ -1,4 +1,4 @@
-"""The supervisor's part in its workers' metrics: the sweep's figures handed over in a file,
+"""What workers share beyond prometheus_client's files: the sweep's figures handed over in a file,
 and a dead worker's live gauges forgotten as prometheus_client itself forgets them."""
 
 from __future__ import annotations
