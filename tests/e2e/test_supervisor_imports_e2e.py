@@ -152,6 +152,17 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
         } <= set(found)
 
 
+def run_until_it_exits(path: Path) -> subprocess.CompletedProcess[str]:
+    """`hmac-file-server --config PATH run`, for a start that fails."""
+    return subprocess.run(
+        [sys.executable, "-m", "hmacfs", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.workers
 def test_with_workers_a_certificate_that_does_not_load_is_a_configuration_error(
     tmp_path: Path,
@@ -167,13 +178,7 @@ def test_with_workers_a_certificate_that_does_not_load_is_a_configuration_error(
         extra_toml=f'[tls]\ncertificate = "{tmp_path / "no.pem"}"\nkey = "{tmp_path / "no.key"}"',
     )
     write_config(path, text)
-    done = subprocess.run(
-        [sys.executable, "-m", "hmacfs", "--config", str(path), "run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_until_it_exits(path)
     assert done.returncode == 2, done.stderr
     assert "[tls] certificate" in done.stderr
     assert "found the configuration invalid" in done.stderr
@@ -189,13 +194,7 @@ def test_with_workers_a_storage_that_cannot_be_used_fails_the_start_with_its_rea
     taken = tmp_path / "files"
     taken.write_text("a file where the storage directory should be\n")
     write_config(path, config_text(taken, workers=2, log_level="info"))
-    done = subprocess.run(
-        [sys.executable, "-m", "hmacfs", "--config", str(path), "run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_until_it_exits(path)
     assert done.returncode == 1, done.stderr
     said = [line for line in done.stderr.splitlines() if line.startswith("hmac-file-server: ")]
     assert said == [f"hmac-file-server: cannot use storage_dir {taken}: File exists"], (
