@@ -126,7 +126,9 @@ class Node(ServerProcess):
             recount(self.storage, self.config, self.site.run_blocking)
         elif self.worker.recount:  # (the one worker the supervisor asked to)
             counting = recount(self.storage, self.config, self.site.run_blocking)
-            if counting is not None:
+            if counting is None:
+                self._report("counted")  # (nothing to count, as this configuration has it)
+            else:
                 counting.addBoth(lambda _: self._report("counted"))
         self.every(RELEASE_INTERVAL, self.storage.release_idle)
         self.every(FLUSH_INTERVAL, self.site.metrics.flush)

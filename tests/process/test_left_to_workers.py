@@ -209,3 +209,20 @@ def test_a_worker_that_cannot_use_the_storage_fails_the_start_with_its_message(
     status = cli.start_failed(errors[0], notifier)
     assert status == cli.EXIT_FAILURE
     assert notifier.sent == [{"STATUS": "cannot use storage_dir /srv/files: Permission denied"}]
+
+
+def test_a_worker_asked_to_count_says_it_has_even_when_there_is_nothing_to_count(
+    config_file: ConfigFile, reactor: FakeReactor
+) -> None:
+    config_file.write(workers=2)  # (no limit on stored bytes: nothing to count)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    pipe = Pipe()
+    node = Node(
+        config_file.load(), reactor, worker=worker_plan_on(listening, sweeps=True, recount=True),
+        reporter=pipe, run_blocking=defer.maybeDeferred,
+    )
+    node.startService()
+    assert pipe.lines.count("counted") == 1
+    listening.close()
