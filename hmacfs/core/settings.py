@@ -999,3 +999,10 @@ class Config:
     source: Path | None = None
     #: Non-fatal remarks found while loading (e.g. a short secret), for the log.
     warnings: tuple[str, ...] = ()
+
+    @property
+    def counts_stored_files(self) -> bool:
+        """Whether the stored files are counted again for the quotas (at start, and when a
+        reload sets the first limit on stored bytes): limits on stored bytes, on a storage
+        directory (an object store's ledger is kept always: nothing to count)."""
+        return self.quota.counts and self.storage.backend != "s3"

@@ -80,13 +80,6 @@ def open_bucket(config: Config, wall: Callable[[], float] = time.time) -> Any:
     return storage
 
 
-def needs_recount(storage: LocalStorage, config: Config) -> bool:
-    """Whether `config` has limits on stored bytes that need the stored files counted (at
-    start, and when a reload sets the first such limit). An object store's ledger is kept
-    always: nothing to count."""
-    return config.quota.counts and not storage.remote
-
-
 def tell_counted(log: Any, total: Any) -> None:
     log.info(
         "counted {files} stored files, {size} bytes, for the quotas",

@@ -184,7 +184,7 @@ class Supervisor:
         self.last_sweep: SweepReport | None = None
         #: Whether the stored files are to be counted for the quotas (by worker 0, at its
         #: start), until a worker that was asked to has done it.
-        self.recount_pending = _needs_recount(config)
+        self.recount_pending = config.counts_stored_files
         self._timers: list[Repeating] = []
         #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
@@ -418,7 +418,7 @@ class Supervisor:
 
     def apply(self, config: Config) -> Outcome:
         """Replace the workers, one at a time, by workers that read the file again."""
-        if _needs_recount(config) and not self.config.quota.counts:
+        if config.counts_stored_files and not self.config.quota.counts:
             self.recount_pending = True  # (by the new worker 0)
         self.config = config
         return self._roll()
@@ -514,12 +514,6 @@ class Supervisor:
     def _close_sockets(self) -> None:
         for bound in (*self.bound, *self.metrics_bound):
             bound.sock.close()
-
-
-def _needs_recount(config: Config) -> bool:
-    """Whether `config` has limits on stored bytes that need the stored files counted: on a
-    local storage directory (an object store's ledger is kept always)."""
-    return config.quota.counts and config.storage.backend != "s3"
 
 
 def _mark_dead(pid: int | None) -> None:

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from hmacfs.core.settings import Config
 from hmacfs.process.services import Timer
-from hmacfs.process.stores import needs_recount, tell_count_failed, tell_counted, tell_sweep
+from hmacfs.process.stores import tell_count_failed, tell_counted, tell_sweep
 from hmacfs.storage.backend import SweepReport
 from hmacfs.storage.local import LocalStorage
 
@@ -25,7 +25,7 @@ def recount(
     a thread (at start, and when a reload sets the first such limit). Until that is done,
     the counts kept from before hold. (An object store's ledger is kept always: nothing to
     count again.) What fires once the count is over, whichever way; None if there is none."""
-    if not needs_recount(storage, config):
+    if not config.counts_stored_files:
         return None
 
     def counted(total: Any) -> None:
