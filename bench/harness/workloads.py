@@ -288,7 +288,7 @@ def get_runs(servers: Sequence[BenchServer], profile: Profile, workdir: Path,
     for the first time) than one a minute later, and that should not always be one side's.
     """
     runs = []
-    sizes = {size: None for server in servers for size in files[server.label]}
+    sizes = dict.fromkeys(size for server in servers for size in files[server.label])
     for size in sizes:
         for conc in profile.get_concurrency:
             for round_no in range(1, profile.get_rounds + 1):
