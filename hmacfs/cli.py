@@ -21,6 +21,7 @@ from hmacfs.core import config
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
 from hmacfs.process.systemd import stream_is_journal
+from hmacfs.process.worker import start_failed
 from hmacfs.storage.s3.errors import StoreError
 
 if TYPE_CHECKING:  # (see `worker_config`: a worker never loads it)
@@ -30,10 +31,6 @@ DEFAULT_CONFIG = Path("/etc/hmac-file-server/config.toml")
 #: Exit statuses (documented in hmac-file-server(8)).
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEV_SAMPLE = b"hello from hmac-file-server\n"
-#: What a supervisor never uses, hidden while it imports Twisted and itself: pyOpenSSL (and
-#: cryptography), the standard library's TLS, and OpenSSL's hashes (hashlib then has its
-#: built-in SHA-2 and the others); the last two load libssl and libcrypto, about 4 MiB.
-SUPERVISOR_NEVER_USES = ("OpenSSL", "ssl", "_hashlib")
 
 
 def base_url(cfg: Config) -> str:
@@ -165,14 +162,10 @@ def load_reactor_without_openssl() -> None:
     load_reactor(("OpenSSL",))
 
 
-def process_class(cfg: Config, *, supervisor: bool) -> Any:
-    """Import what this process runs on: the supervisor's module (no Twisted, and nothing of
-    `SUPERVISOR_NEVER_USES`: it serves nothing), or Twisted's reactor and `Node` (without
-    TLS for a server with no https listener)."""
-    if supervisor:
-        with imports_without(SUPERVISOR_NEVER_USES):
-            from hmacfs.process import supervisor as supervisor_module
-        return supervisor_module
+def process_class(cfg: Config) -> Any:
+    """Import what a process that serves runs on: Twisted's reactor and `Node` (without TLS
+    for a server with no https listener). (A supervisor is another process, which the
+    command execs: `hmacfs.process.planner.start_supervisor`.)"""
     if any(listener.tls for listener in (*cfg.server.listeners, *cfg.metrics.listeners)):
         load_reactor()
     else:
@@ -191,13 +184,13 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     """Run the server until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status.
 
     With `[server] workers` other than 1 (and a configuration file for the workers to read),
-    this process supervises worker processes; `worker` is the mode of such a worker.
+    this process becomes the supervisor of worker processes: it execs the supervisor's own
+    command line, which imports no configuration code and nothing that only serving needs
+    (`hmacfs.process.planner.start_supervisor`); `worker` is the mode of such a worker.
 
     A process that serves checks its https listeners' certificate first (`cfg` may come
     without that check): raises ConfigError if it does not load. A supervisor, which serves
-    nothing, leaves that to its workers, and imports nothing that only serving needs: not
-    Twisted, the web layer, prometheus_client, pyOpenSSL or the standard library's TLS
-    (tests/unit/test_imports.py keeps it so).
+    nothing, leaves that to its workers.
     """
     import signal
 
@@ -217,6 +210,10 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     if worker and plan is None:
         print("hmac-file-server: the worker command is for the supervisor only", file=sys.stderr)
         return EXIT_CONFIG
+    if plan is not None and plan.kept:
+        from hmacfs.process.restart import keep_running
+
+        cfg = keep_running(cfg, plan.kept)
     count = 1 if plan is not None or cfg.source is None else worker_count(cfg.server.workers)
     if count == 1:
         config.check_certificate(cfg)
@@ -226,16 +223,16 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
         # multi-process mode at import.
         metrics_dir = multiprocess_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
-    kind = process_class(cfg, supervisor=count > 1)
-    if count > 1:
+    if metrics_dir is not None:
+        from hmacfs.process.planner import start_supervisor
+
         try:
-            supervised: int = kind.supervise(
-                cfg, count=count, activated=activated, on_ready=on_ready
-            )
-            return supervised
-        finally:
-            if metrics_dir is not None:
-                remove_directory(metrics_dir)
+            start_supervisor(cfg, count=count, activated=activated, metrics_dir=metrics_dir)
+        except OSError as e:  # (it returns only when the exec fails)
+            remove_directory(metrics_dir)
+            print(f"hmac-file-server: cannot start the supervisor: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+    kind = process_class(cfg)
     from twisted.internet import reactor as global_reactor
     from twisted.logger import Logger
 
@@ -332,21 +329,6 @@ def announce_ready(
     )
     if on_ready is not None:
         on_ready(addresses)
-
-
-def start_failed(error: BaseException, notifier: Any) -> int:
-    """Say why the start failed (on stderr, and in STATUS=); returns the exit status."""
-    from hmacfs.process.worker import ConfigRefused, StorageRefused
-
-    if isinstance(error, ConfigRefused):  # (a worker refused the configuration, and said why)
-        message, status = str(error), EXIT_CONFIG
-    elif isinstance(error, StorageRefused):  # (a worker could not use the storage)
-        message, status = str(error), EXIT_FAILURE
-    else:
-        message, status = f"cannot listen: {error}", EXIT_FAILURE
-    print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
-    notifier.status(message)
-    return status
 
 
 def storage_refused(cfg: Config, error: OSError | StoreError) -> str:

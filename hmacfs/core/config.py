@@ -28,7 +28,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from hmacfs.core.files import FileTooLarge, NotRegularFile, read_regular
-from hmacfs.core.listen import Listener, parse_listen
+from hmacfs.core.listen import parse_listen
+from hmacfs.core.listener import Listener
 from hmacfs.core.settings import (
     LOG_LEVELS,
     MAX_WORKERS,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from typing import Final
 
+from hmacfs.core.listener import Listener
 from hmacfs.core.units import show
 
 #: The examples every message about a malformed entry ends with.
@@ -35,25 +35,6 @@ _HOSTNAME_RE: Final = re.compile(
 )
 
 _SOCKET_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
-
-
-@dataclass(frozen=True)
-class Listener:
-    """One parsed `listen` entry. Exactly one of `activated`, `unix_path` and (`host`,
-    `port`) is set."""
-
-    #: The entry as written in the configuration.
-    text: str
-    #: Connections are TLS (`https://...`, `https+systemd:...`).
-    tls: bool
-    #: FileDescriptorName or position of a socket handed over by systemd.
-    activated: str | None = None
-    #: Absolute path of a Unix socket to bind.
-    unix_path: str | None = None
-    #: Address or host name to bind; an IPv6 address without its brackets.
-    host: str | None = None
-    #: TCP port to bind (0: any free port).
-    port: int | None = None
 
 
 def parse_listen(entry: str) -> Listener:

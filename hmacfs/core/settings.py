@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from hmacfs.core.listen import LISTEN_EXAMPLES, Listener, parse_listen, valid_host
+from hmacfs.core.listen import LISTEN_EXAMPLES, parse_listen, valid_host
+from hmacfs.core.listener import Listener
 from hmacfs.core.units import (
     format_duration,
     format_size,

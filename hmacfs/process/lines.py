@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
 
 from hmacfs.core.printable import printable_line
 from hmacfs.process.systemd import stream_is_journal
+
+TYPE_CHECKING = False  # (the supervisor imports no typing: `hmacfs.process.supervisor`)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 #: The levels, lowest first, with their sd-daemon(3) priorities.
 PRIORITIES = {"debug": 7, "info": 6, "warn": 4, "error": 3, "critical": 2}

@@ -21,11 +21,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from hmacfs.core.settings import Listener
-from hmacfs.process.systemd import ActivatedSockets
+from hmacfs.core.listener import Listener
+
+TYPE_CHECKING = False  # (the supervisor imports no typing: `hmacfs.process.supervisor`)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from hmacfs.process.systemd import ActivatedSockets
 
 __all__ = [
     "SOCKET_BACKLOG",
@@ -191,14 +194,16 @@ def describe_socket(sock: socket.socket, tls: bool) -> str:
     return f"{'https://' if tls else ''}{address}"
 
 
-@dataclass
 class Bound:
     """A listening socket and the listener it was bound for."""
 
-    listener: Listener
-    sock: socket.socket
-    #: Where it listens (worked out while the socket is open).
-    description: str
+    __slots__ = ("description", "listener", "sock")
+
+    def __init__(self, listener: Listener, sock: socket.socket, description: str) -> None:
+        self.listener = listener
+        self.sock = sock
+        #: Where it listens (worked out while the socket is open).
+        self.description = description
 
 
 def bind_all(listeners: Sequence[Listener], activated: ActivatedSockets) -> list[Bound]:

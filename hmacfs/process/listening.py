@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from hmacfs.core.settings import Listener
+from hmacfs.core.listener import Listener
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.services import Service
 from hmacfs.process.systemd import ActivatedSockets

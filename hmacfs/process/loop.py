@@ -26,9 +26,13 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+
+# (typing and dataclasses are not imported: the supervisor runs on this loop, and holds only
+# what it needs; `hmacfs.process.supervisor`)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any, Protocol
 
 
 class Outcome:
@@ -161,12 +165,25 @@ class Call:
         return not (self.called or self.cancelled)
 
 
-@dataclass(frozen=True)
 class Exit:
     """How a child process ended: its exit status, or the signal that killed it."""
 
-    code: int | None = None
-    signal: int | None = None
+    __slots__ = ("code", "signal")
+
+    def __init__(self, code: int | None = None, signal: int | None = None) -> None:
+        self.code = code
+        self.signal = signal
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Exit):
+            return NotImplemented
+        return (self.code, self.signal) == (other.code, other.signal)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.signal))
+
+    def __repr__(self) -> str:
+        return f"Exit(code={self.code!r}, signal={self.signal!r})"
 
     @classmethod
     def of_status(cls, status: int) -> Exit:
@@ -185,14 +202,16 @@ class Exit:
         return f"exited with status {self.code}"
 
 
-class ChildWatcher(Protocol):
-    """What hears from a child: its lines on the status pipe, and its end."""
+if TYPE_CHECKING:
 
-    def child_data(self, data: bytes) -> None:
-        """Bytes the child wrote to its status pipe."""
+    class ChildWatcher(Protocol):
+        """What hears from a child: its lines on the status pipe, and its end."""
 
-    def child_ended(self, how: Exit) -> None:
-        """The child has ended (everything it wrote has been received)."""
+        def child_data(self, data: bytes) -> None:
+            """Bytes the child wrote to its status pipe."""
+
+        def child_ended(self, how: Exit) -> None:
+            """The child has ended (everything it wrote has been received)."""
 
 
 class ProcessGone(Exception):

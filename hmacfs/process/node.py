@@ -20,7 +20,7 @@ A node stands alone (`[server] workers = 1`) or is one of the workers a supervis
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,7 +37,10 @@ from hmacfs.process.shared_metrics import SweepFigures, shared_directory
 from hmacfs.process.stores import open_storage
 from hmacfs.process.sweeper import Sweeper, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier, status_line
-from hmacfs.process.worker import BEAT_INTERVAL, Reporter, StatusPipe, WorkerPlan
+from hmacfs.process.worker import BEAT_INTERVAL, StatusPipe, WorkerPlan
+
+if TYPE_CHECKING:
+    from hmacfs.process.worker import Reporter
 from hmacfs.storage.backend import SweepReport
 from hmacfs.storage.held import RELEASE_INTERVAL
 
@@ -173,7 +176,9 @@ class Node(ServerProcess):
 
     def status_text(self) -> str:
         """The one line `systemctl status` shows."""
-        return status_line(self.listeners.describe(), len(self.site.in_flight), self.sweeper.last)
+        last = self.sweeper.last
+        stored = None if last is None else last.files
+        return status_line(self.listeners.describe(), len(self.site.in_flight), stored)
 
     # -- reload ------------------------------------------------------------------------------
 

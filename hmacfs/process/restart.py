@@ -1,11 +1,10 @@
-"""The first half of a reload, and what waits for a restart, for the node and the supervisor
-alike (without Twisted: the supervisor runs without it). Each then applies the configuration
-its own way: the node reconfigures its site (`hmacfs.process.reload`), the supervisor
-replaces its workers (`hmacfs.process.supervisor`)."""
+"""The first half of a node's reload (`hmacfs.process.reload` then reconfigures its site),
+and what waits for a restart: RESTART_ONLY, which the supervisor's plan names
+(`hmacfs.process.planner`), and what of it a worker keeps (`keep_running`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,9 @@ from hmacfs.core.settings import Config
 
 #: `[server]` keys that a reload cannot apply (the sockets, the directory, the processes).
 RESTART_ONLY = ("listen", "storage_dir", "workers", "sweep_interval")
+#: Those of them that a worker started by a reload keeps as the supervisor runs them (the
+#: sockets are the supervisor's, and so is the number of workers).
+WORKER_KEEPS = ("storage_dir", "sweep_interval")
 
 
 class ReloadStopped(Exception):
@@ -37,6 +39,19 @@ def reloadable(old: Config, new: Config, log: Any) -> Config:
         server=replace(new.server, **kept),
         metrics=replace(new.metrics, listen=old.metrics.listen),
     )
+
+
+def keep_running(cfg: Config, kept: Mapping[str, Any]) -> Config:
+    """`cfg` as a worker started by a reload runs it: with the `[server]` values only a
+    restart applies (`kept`: WORKER_KEEPS, as the supervisor runs them) instead of those the
+    file says now."""
+    server = cfg.server
+    changes: dict[str, Any] = {}
+    if "storage_dir" in kept and Path(kept["storage_dir"]) != server.storage_dir:
+        changes["storage_dir"] = Path(kept["storage_dir"])
+    if "sweep_interval" in kept and float(kept["sweep_interval"]) != server.sweep_interval:
+        changes["sweep_interval"] = float(kept["sweep_interval"])
+    return replace(cfg, server=replace(server, **changes)) if changes else cfg
 
 
 def read_again(

@@ -18,11 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # (the storage, hashlib with it, is imported later, and not by every process)
+# (the supervisor imports this module, and no typing or pathlib: `hmacfs.process.supervisor`)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any
+
+    # (the storage, hashlib with it, is imported later, and not by every process)
     from hmacfs.storage.backend import SweepReport
 
 #: The variable naming the shared directory (prometheus_client's).
@@ -41,7 +45,7 @@ def multiprocess_dir() -> Path:
     bases = [runtime] if runtime else [*_temporary_directories(), os.getcwd()]
     error: OSError = FileNotFoundError("no directory for the shared metrics")
     for base in bases:
-        path = Path(base) / f"hmacfs-metrics-{os.urandom(8).hex()}"
+        path = _path(base) / f"hmacfs-metrics-{os.urandom(8).hex()}"
         try:
             os.mkdir(path, 0o700)
         except OSError as e:
@@ -56,12 +60,18 @@ def _temporary_directories() -> list[str]:
     return [base for base in named if base] + ["/tmp", "/var/tmp", "/usr/tmp"]  # noqa: S108
 
 
-def remove_directory(path: Path) -> None:
+def _path(text: str) -> Path:
+    from pathlib import Path  # (not imported by a supervisor until it is asked for a Path)
+
+    return Path(text)
+
+
+def remove_directory(path: str | os.PathLike[str]) -> None:
     """Remove `path` and all it holds, as far as it can (shutil.rmtree, errors ignored)."""
     with contextlib.suppress(OSError), os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                remove_directory(Path(entry.path))
+                remove_directory(entry.path)
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -73,7 +83,7 @@ def shared_directory(environ: Mapping[str, str] | None = None) -> Path | None:
     """The directory the processes share their metrics in, or None for a single process."""
     env = os.environ if environ is None else environ
     directory = env.get(MULTIPROC_ENV)
-    return Path(directory) if directory else None
+    return _path(directory) if directory else None
 
 
 class SweepFigures:
@@ -127,7 +137,7 @@ class SweepFigures:
         return True
 
 
-def forget_live_gauges(pid: int, directory: Path) -> None:
+def forget_live_gauges(pid: int, directory: str | os.PathLike[str]) -> None:
     """What prometheus_client's `multiprocess.mark_process_dead(pid, directory)` does: remove
     the dead process's files of live gauges (``gauge_live<mode>_<pid>.db``), so that the sum
     and maximum over live processes leave it out. Never raises.

@@ -10,10 +10,18 @@ files for the quotas): it reports each sweep, whose count of files the status li
 publishes its figures for the other workers' /metrics (`hmacfs.process.shared_metrics`).
 
 It serves nothing, so it runs without Twisted, on the standard library's selectors
-(`hmacfs.process.loop`): no reactor, no web layer, no prometheus_client, no pyOpenSSL
-(tests/unit/test_imports.py keeps it so), and without the storage's modules, which its
-workers have. What it imports besides is the configuration. A worker that cannot use the
-storage says why and exits; that fails the start (or stops the reload), with its message.
+(`hmacfs.process.loop`): no reactor, no web layer, no prometheus_client, no pyOpenSSL, no
+storage (its workers have them), and no configuration code either. The command that starts
+it reads the configuration file, binds nothing yet, and hands this module a plan
+(`SupervisorPlan`, made by `hmacfs.process.planner`): the listeners, the log level, the
+values only a restart applies, ... Then it replaces itself (exec, the same process for
+systemd) by a fresh interpreter without the site packages (`hmacfs.process.supervise`), which
+imports this module, the loop and the standard library's sockets and JSON, and nothing more
+(tests/unit/test_imports.py keeps it so). A reload asks a short-lived child that reads the
+file (`python -m hmacfs.process.planner FILE`) for the new plan.
+
+A worker that cannot use the storage says why and exits; that fails the start (or stops the
+reload), with its message.
 
 A worker reports over a pipe (`hmacfs.process.worker`). A worker that dies is started again,
 after a delay that doubles with every crash in a row; one that stops beating (a hung reactor)
@@ -30,15 +38,14 @@ its `seconds()`, so a test can drive it all with a fake loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from hmacfs.core.settings import Config
-from hmacfs.process.lines import CONFIGURED, LineWriter, PlainLog, line_writer
+from hmacfs import __version__
+from hmacfs.core.listener import Listener
+from hmacfs.process.lines import CONFIGURED, PlainLog, line_writer
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.loop import (
     Exit,
@@ -49,8 +56,7 @@ from hmacfs.process.loop import (
     gather,
     settled,
 )
-from hmacfs.process.restart import ReloadStopped, read_again
-from hmacfs.process.shared_metrics import forget_live_gauges, shared_directory
+from hmacfs.process.shared_metrics import MULTIPROC_ENV, forget_live_gauges, remove_directory
 from hmacfs.process.systemd import (
     STATUS_INTERVAL,
     ActivatedSockets,
@@ -65,12 +71,20 @@ from hmacfs.process.worker import (
     ConfigRefused,
     StorageRefused,
     plan_text,
+    start_failed,
 )
-from hmacfs.storage.backend import SweepReport
+
+TYPE_CHECKING = False  # (typing is one of the modules it does without)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from hmacfs.process.lines import LineWriter
 
 #: A worker silent for this long is taken for hung, killed and started again.
 HANG_TIMEOUT = 10.0
-#: A new worker that is not ready after this long counts as failed.
+#: A new worker that is not ready after this long counts as failed; so does a reading of the
+#: configuration file, at a reload, that takes longer.
 READY_TIMEOUT = 60.0
 #: A dead worker is started again after RESTART_DELAY, doubled for every other crash within
 #: CRASH_WINDOW, RESTART_DELAY_MAX at most.
@@ -82,7 +96,54 @@ KILL_GRACE = 15.0
 #: Variables meant for the supervisor alone (systemd's), not for its workers.
 _NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
 #: The directory this process imported hmacfs from, which the workers must find it in too.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+#: The variable that hands the supervisor its plan (JSON), across the exec.
+SUPERVISOR_ENV = "HMACFS_SUPERVISOR"
+
+
+class RollStopped(Exception):
+    """Replacing the workers at a reload stopped before the end (the message says why)."""
+
+
+class SupervisorPlan:
+    """What the supervisor runs, as the configuration file says it (`hmacfs.process.planner`
+    makes it; a plain dict of JSON values, `data`, which crosses the exec and the planner's
+    pipe as it is):
+
+    - `source`: the configuration file, which the workers read;
+    - `listeners`, `metrics_listeners`: the `[server]` and `[metrics]` listeners to bind;
+    - `log_level`, `storage_dir` (for the ready line), `shutdown_timeout` (seconds);
+    - `counts_stored_files`: whether the quotas need the stored files counted, and
+      `quota_counts`, whether they count any already;
+    - `warnings`: what the configuration's reading warned of;
+    - `restart_only`: the values only a restart applies, by the name the log gives them
+      ("[server] listen", ...; `hmacfs.process.restart.RESTART_ONLY`);
+    - `kept`: the `[server]` values of those that a worker started later keeps, whatever the
+      file says by then (`hmacfs.process.restart.keep_running`).
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data: dict[str, Any] = dict(data)
+        self.source: str = data["source"]
+        self.listeners = tuple(Listener(**item) for item in data["listeners"])
+        self.metrics_listeners = tuple(Listener(**item) for item in data["metrics_listeners"])
+        self.log_level: str = data["log_level"]
+        self.storage_dir: str = data["storage_dir"]
+        self.shutdown_timeout = float(data["shutdown_timeout"])
+        self.counts_stored_files = bool(data["counts_stored_files"])
+        self.quota_counts = bool(data["quota_counts"])
+        self.warnings: list[str] = list(data["warnings"])
+        self.restart_only: dict[str, Any] = dict(data["restart_only"])
+        self.kept: dict[str, Any] = dict(data["kept"])
+
+    def keeping(self, running: SupervisorPlan, log: PlainLog) -> SupervisorPlan:
+        """This plan as a reload applies it: what only a restart applies keeps its `running`
+        value (and the log says so)."""
+        for name, value in self.restart_only.items():
+            if running.restart_only.get(name) != value:
+                log.warn("{name} changed: restart the service to apply it", name=name)
+        kept = ("listeners", "metrics_listeners", "storage_dir", "restart_only", "kept")
+        return SupervisorPlan({**self.data, **{key: running.data[key] for key in kept}})
 
 
 class NotReady(Exception):
@@ -123,8 +184,8 @@ class WorkerProcess:
                     self.in_flight = int(line[5:] or b"0")
             elif line.startswith(b"swept "):
                 with contextlib.suppress(ValueError):
-                    files, size = (int(word) for word in line[6:].split())
-                    self.supervisor.swept(SweepReport(files=files, bytes=size))
+                    files, _size = (int(word) for word in line[6:].split())
+                    self.supervisor.swept(files)
             elif line == b"counted":
                 self.supervisor.counted(self)
             elif line.startswith(b"refused "):
@@ -157,7 +218,7 @@ class Supervisor:
 
     def __init__(
         self,
-        config: Config,
+        plan: SupervisorPlan,
         loop: Any,
         *,
         count: int,
@@ -165,9 +226,7 @@ class Supervisor:
         activated: ActivatedSockets | None = None,
         writer: LineWriter | None = None,
     ) -> None:
-        if config.source is None:
-            raise ValueError("worker processes read the configuration file: it needs one")
-        self.config = config
+        self.plan = plan
         self.loop = loop
         self.count = count
         self.notifier = notifier or Notifier({})
@@ -181,23 +240,23 @@ class Supervisor:
         #: Comes with the listener descriptions once every worker is ready (or fails: why not).
         self.started = Outcome()
         #: What the last sweep (of worker 0) found: how many files are stored.
-        self.last_sweep: SweepReport | None = None
+        self.files_stored: int | None = None
         #: Whether the stored files are to be counted for the quotas (by worker 0, at its
         #: start), until a worker that was asked to has done it.
-        self.recount_pending = config.counts_stored_files
+        self.recount_pending = plan.counts_stored_files
         self._timers: list[Repeating] = []
         #: When workers ended unexpectedly, within the last CRASH_WINDOW seconds.
         self._crashes: list[float] = []
         #: Reloads asked for, the first one under way (one at a time: a SIGHUP during a
         #: reload reads the file again once that one is done).
-        self._reloads: list[tuple[Path | None, Outcome]] = []
+        self._reloads: list[tuple[str | None, Outcome]] = []
 
     # -- start -------------------------------------------------------------------------------
 
     def start(self) -> None:
         try:
-            self.bound = bind_all(self.config.server.listeners, self.activated)
-            self.metrics_bound = bind_all(self.config.metrics.listeners, self.activated)
+            self.bound = bind_all(self.plan.listeners, self.activated)
+            self.metrics_bound = bind_all(self.plan.metrics_listeners, self.activated)
             for index in range(self.count):
                 self.workers.append(self._spawn(index))
         except (OSError, RuntimeError) as e:
@@ -247,9 +306,9 @@ class Supervisor:
             f"{b.description} (metrics)" for b in self.metrics_bound
         ]
 
-    def swept(self, report: SweepReport) -> None:
-        """Worker 0 has swept the storage."""
-        self.last_sweep = report
+    def swept(self, files: int) -> None:
+        """Worker 0 has swept the storage, and found `files` stored files."""
+        self.files_stored = files
 
     def counted(self, worker: WorkerProcess) -> None:
         """A worker asked to count the stored files (see `recount_pending`) has done it."""
@@ -271,30 +330,17 @@ class Supervisor:
             )
         status_fd = first + len(every)
         child_fds[status_fd] = "r"
-        env = dict(os.environ)
+        env = child_environment()
         worker.sweeps = index == 0
         worker.recounts = worker.sweeps and self.recount_pending
         env[WORKER_ENV] = plan_text(
             index, status_fd, items[False], items[True], sweeps=worker.sweeps,
-            recount=worker.recounts,
+            recount=worker.recounts, kept=self.plan.kept,
         )
-        for variable in _NOT_FOR_WORKERS:
-            env.pop(variable, None)
-        # -P: the working directory is not put first on sys.path (as -m alone does), so a
-        # module there (an http.py, say) is never imported by a worker; PYTHONPATH still counts,
-        # and names where this process found hmacfs itself (a checkout run in place).
         # -OO: without docstrings (and asserts), about 2 MiB less per worker; nothing a worker
         # runs reads a docstring. Where its bytecode cannot be cached (a package's directory
         # the service user cannot write), it compiles its modules as it starts (~0.3 s).
-        argv = [sys.executable, "-P", "-OO", "-m", "hmacfs", "--config", str(self.config.source),
-                "worker"]
-        # (sys.path[0] is the working directory or the script's, which a worker has not)
-        inherited = sys.path if sys.flags.safe_path else sys.path[1:]
-        if _PACKAGE_ROOT not in {os.path.realpath(p) for p in inherited if p}:
-            # Found only through it: `python -m hmacfs` in a checkout.
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
-            )
+        argv = python_command("-m", "hmacfs", "--config", self.plan.source, "worker")
         worker.child = self.loop.spawn(argv, env, child_fds, worker)
         worker.pid = worker.child.pid
         self.log.debug("started worker {index} (pid {pid})", index=index, pid=worker.pid)
@@ -350,7 +396,7 @@ class Supervisor:
         return status_line(
             self.described(),
             sum(w.in_flight for w in self.workers),
-            self.last_sweep,
+            self.files_stored,
             workers=len(self.workers),
         )
 
@@ -360,7 +406,7 @@ class Supervisor:
 
     # -- reload ------------------------------------------------------------------------------
 
-    def reload(self, path: Path | None = None) -> Outcome:
+    def reload(self, path: str | None = None) -> Outcome:
         """SIGHUP: read the configuration file (`path`, by default the one in use) again
         and, if it is valid, replace the workers by workers that read it; after the reload
         under way, if any. Comes with whether the new configuration is in use; never fails
@@ -388,18 +434,29 @@ class Supervisor:
             once = Outcome.of(False)
         once.then(finished)
 
-    def _reload_once(self, path: Path | None) -> Outcome:
-        source = path or self.config.source
-        if source is None or self.stopping:
+    def _reload_once(self, path: str | None) -> Outcome:
+        if self.stopping:
             return Outcome.of(False)
-        # The certificate is the new workers' to check (they refuse to start without it), so
-        # that this process never loads pyOpenSSL.
-        applied = read_again(self, source, check_certificate=False)
-        if applied is None:
-            return Outcome.of(False)
-        if self.writer is not None:
-            self.writer.level = CONFIGURED[applied.server.log_level]
+        self.notifier.reloading()
         done = Outcome()
+
+        def read(answer: dict[str, Any]) -> None:
+            if "error" in answer:
+                refused(answer["error"])
+                return
+            new = SupervisorPlan(answer["plan"])
+            for warning in new.warnings:
+                self.log.warn("config: {warning}", warning=warning)
+            applied = new.keeping(self.plan, self.log)
+            if self.writer is not None:
+                self.writer.level = CONFIGURED[applied.log_level]
+            self.apply(applied).then(replaced, stopped)
+
+        def refused(error: str) -> None:
+            self.log.error("reload failed, keeping the running configuration: {error}",
+                           error=error)
+            self.notifier.ready(f"reload failed: {error}; {self.status_text()}")
+            done.succeed(False)
 
         def replaced(summary: str | None) -> None:
             if not self.stopping:
@@ -413,14 +470,31 @@ class Supervisor:
                 self.notifier.ready(self.status_text())
             done.succeed(False)
 
-        self.apply(applied).then(replaced, stopped)
+        # The certificate is the new workers' to check (they refuse to start without it), so
+        # that this process never loads pyOpenSSL.
+        self.read_plan(path or self.plan.source).then(read, lambda e: refused(str(e)))
         return done
 
-    def apply(self, config: Config) -> Outcome:
+    def read_plan(self, source: str) -> Outcome:
+        """What a child reading `source` makes of it (`hmacfs.process.planner`): a dict with
+        the new plan's data ("plan") or the reason the file does not load ("error"). Fails
+        with PlanUnread when the child does not say (it crashed, or did not finish within
+        READY_TIMEOUT)."""
+        reader = PlanReader()
+        timeout = self.loop.call_later(READY_TIMEOUT, reader.too_slow)
+        reader.answer.then(lambda _: timeout.cancel(), lambda _: timeout.cancel())
+        argv = python_command("-m", "hmacfs.process.planner", source)
+        try:
+            reader.child = self.loop.spawn(argv, child_environment(), {1: "r", 2: 2}, reader)
+        except OSError as e:
+            reader.answer.fail(PlanUnread(f"cannot read the configuration: {e}"))
+        return reader.answer
+
+    def apply(self, plan: SupervisorPlan) -> Outcome:
         """Replace the workers, one at a time, by workers that read the file again."""
-        if config.counts_stored_files and not self.config.quota.counts:
+        if plan.counts_stored_files and not self.plan.quota_counts:
             self.recount_pending = True  # (by the new worker 0)
-        self.config = config
+        self.plan = plan
         return self._roll()
 
     def _roll(self) -> Outcome:
@@ -438,7 +512,7 @@ class Supervisor:
             try:
                 fresh = self._spawn(old.index)
             except OSError as e:
-                done.fail(ReloadStopped(f"a new worker did not start: {e}; keeping the running"
+                done.fail(RollStopped(f"a new worker did not start: {e}; keeping the running"
                                         " workers"))
                 return
             timeout = self.loop.call_later(
@@ -462,7 +536,7 @@ class Supervisor:
                 timeout.cancel()
                 fresh.retiring = True
                 fresh.signal("KILL")
-                done.fail(ReloadStopped(
+                done.fail(RollStopped(
                     f"a new worker did not start: {error}; keeping the running workers"
                 ))
 
@@ -479,7 +553,7 @@ class Supervisor:
         (worker 0 finishes a sweep under way first)."""
         uploads = sum(w.in_flight for w in self.workers)
         self.stopping = True
-        timeout = self.config.server.shutdown_timeout
+        timeout = self.plan.shutdown_timeout
         self.notifier.stopping(
             f"stopping; waiting up to {timeout:g}s for {uploads} upload(s) in flight"
         )
@@ -518,34 +592,84 @@ class Supervisor:
 
 def _mark_dead(pid: int | None) -> None:
     """Let the multi-process metrics forget a dead worker's live gauges."""
-    directory = shared_directory()
-    if pid is not None and directory is not None:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if pid is not None and directory:
         forget_live_gauges(pid, directory)
 
 
-def supervise(
-    config: Config,
-    *,
-    count: int,
-    activated: ActivatedSockets,
-    on_ready: Callable[[list[str]], None] | None = None,
-) -> int:
+class PlanUnread(Exception):
+    """The child reading the configuration file at a reload did not say what it found."""
+
+
+class PlanReader:
+    """Hears the child that reads the configuration file (`Supervisor.read_plan`): its one
+    line of JSON on its standard output, and its end."""
+
+    def __init__(self) -> None:
+        self.answer = Outcome()
+        self.child: Any = None
+        self._said = b""
+
+    def child_data(self, data: bytes) -> None:
+        self._said += data
+
+    def child_ended(self, how: Exit) -> None:
+        if how.code != 0:
+            self.answer.fail(PlanUnread(f"reading the configuration failed: the reader {how}"))
+            return
+        try:
+            answer = json.loads(self._said)
+            if not isinstance(answer, dict) or not ("plan" in answer or "error" in answer):
+                raise ValueError(answer)
+        except ValueError:
+            self.answer.fail(PlanUnread("reading the configuration failed: no plan came"))
+            return
+        self.answer.succeed(answer)
+
+    def too_slow(self) -> None:
+        if self.child is not None:
+            with contextlib.suppress(ProcessGone, OSError):
+                self.child.signal("KILL")
+        self.answer.fail(PlanUnread(
+            f"reading the configuration took longer than {READY_TIMEOUT:g}s"
+        ))
+
+
+def python_command(*words: str) -> list[str]:
+    """The command line of a child running Python (a worker, a reader of the configuration):
+    this interpreter, with the site packages (which the supervisor does without).
+
+    -P: the working directory is not put first on sys.path (as -m alone does), so a module
+    there (an http.py, say) is never imported by a child; PYTHONPATH still counts (the
+    starting command sets it when hmacfs is found only through the working directory, as
+    for `python -m hmacfs` in a checkout: `child_search_path`). -OO: the docstrings (and
+    asserts) are left out; nothing a child runs reads one."""
+    return [sys.executable, "-P", "-OO", *words]
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment, without what is meant for the supervisor alone."""
+    env = dict(os.environ)
+    for variable in _NOT_FOR_WORKERS:
+        env.pop(variable, None)
+    return env
+
+
+def supervise(plan: SupervisorPlan, *, count: int, activated: ActivatedSockets) -> int:
     """Run a supervisor of `count` workers until SIGTERM/SIGINT; SIGHUP reloads. Returns the
     exit status (`hmacfs.cli`'s): a start that fails (a worker that cannot use the storage,
     a socket that cannot be bound, ...) is said on stderr and in STATUS=."""
-    from hmacfs import cli
-
     loop = Loop()
-    writer = line_writer(config.server.log_level)
+    writer = line_writer(plan.log_level)
     log = PlainLog("hmacfs", writer)
     loop.uncaught = lambda error: log.failure("unexpected error", error)
-    for warning in config.warnings:
+    for warning in plan.warnings:
         log.warn("config: {warning}", warning=warning)
     notifier = Notifier()
     supervisor = Supervisor(
-        config, loop, count=count, notifier=notifier, activated=activated, writer=writer
+        plan, loop, count=count, notifier=notifier, activated=activated, writer=writer
     )
-    status = [cli.EXIT_OK]
+    status = [0]
     stopping = [False]
 
     def stop_once() -> None:
@@ -557,16 +681,43 @@ def supervise(
             supervisor.stop().then(lambda _: loop.stop())
 
     def listening(addresses: list[str]) -> None:
-        cli.announce_ready(log, config, addresses, on_ready)
+        log.info(
+            "hmac-file-server {version} ready; storing in {storage}",
+            version=__version__,
+            storage=plan.storage_dir,
+        )
 
     def failed(error: BaseException) -> None:
-        status[0] = cli.start_failed(error, notifier)
+        status[0] = start_failed(error, notifier)
         stop_once()
 
     loop.on_signal(signal.SIGHUP, supervisor.reload)
     loop.on_signal(signal.SIGTERM, stop_once)
     loop.on_signal(signal.SIGINT, stop_once)
+    # (the starting command blocked them, so that none came between its exec and here)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     supervisor.start()
     supervisor.started.then(listening, failed)
     loop.run()
     return status[0]
+
+
+#: The signals the supervisor handles (blocked across the exec that starts it).
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+def main() -> int:
+    """The supervisor's process, as the starting command's exec left it
+    (`hmacfs.process.supervise`): what it was handed is in SUPERVISOR_ENV."""
+    handed = json.loads(os.environ.pop(SUPERVISOR_ENV))
+    activated = ActivatedSockets(
+        fds=list(handed["activated"]["fds"]), names=dict(handed["activated"]["names"])
+    )
+    for fd in activated.fds:  # (kept open across the exec; not for the children)
+        os.set_inheritable(fd, False)
+    try:
+        return supervise(
+            SupervisorPlan(handed["plan"]), count=int(handed["count"]), activated=activated
+        )
+    finally:
+        remove_directory(handed["metrics_dir"])

@@ -14,12 +14,13 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
 
+# (no typing, no dataclasses: the supervisor imports this module, and holds only what it
+# needs; `hmacfs.process.supervisor`)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hmacfs.storage.backend import SweepReport
+    from collections.abc import Mapping, MutableMapping
+    from typing import Any, TextIO
 
 SD_LISTEN_FDS_START = 3
 #: How often STATUS= is refreshed for `systemctl status`.
@@ -77,12 +78,15 @@ def watchdog_interval(
     return int(usec) / 2_000_000
 
 
-@dataclass
 class ActivatedSockets:
     """Listening sockets passed by systemd: file descriptors by position and by name."""
 
-    fds: list[int] = field(default_factory=list)
-    names: dict[str, int] = field(default_factory=dict)
+    def __init__(self, fds: list[int] | None = None, names: dict[str, int] | None = None):
+        self.fds: list[int] = [] if fds is None else fds
+        self.names: dict[str, int] = {} if names is None else names
+
+    def __repr__(self) -> str:
+        return f"ActivatedSockets(fds={self.fds!r}, names={self.names!r})"
 
     def find(self, name: str) -> int:
         """The descriptor for "http" (FileDescriptorName) or "0" (position). Raises KeyError."""
@@ -141,13 +145,13 @@ def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) 
 
 
 def status_line(
-    listening: list[str], uploads: int, sweep: SweepReport | None, workers: int | None = None
+    listening: list[str], uploads: int, stored: int | None, workers: int | None = None
 ) -> str:
     """The STATUS= line: where it listens, (workers,) uploads in flight, files stored."""
     parts = [f"listening on {', '.join(listening) or 'nothing'}"]
     if workers is not None:
         parts.append(f"{workers} workers")
     parts.append(f"{uploads} upload{'s' if uploads != 1 else ''} in flight")
-    if sweep is not None:
-        parts.append(f"{sweep.files} files stored")
+    if stored is not None:
+        parts.append(f"{stored} files stored")
     return "; ".join(parts)

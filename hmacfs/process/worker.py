@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+import sys
 
-from hmacfs.core.settings import Listener
 from hmacfs.process.listeners import activated_listener
 from hmacfs.process.systemd import ActivatedSockets
+
+TYPE_CHECKING = False  # (the supervisor imports no typing: `hmacfs.process.supervisor`)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Protocol
+
+    from hmacfs.core.listener import Listener
 
 #: Environment variable carrying a worker's sockets and status pipe (JSON).
 WORKER_ENV = "HMACFS_WORKER"
@@ -25,6 +29,8 @@ BEAT_INTERVAL = 1.0
 #: The exit status of a worker that finds the configuration invalid (`hmacfs.cli`'s): it
 #: checks the certificate of the https listeners, which its supervisor leaves to it.
 EXIT_CONFIG = 2
+#: The exit status of a start that fails otherwise (`hmacfs.cli`'s).
+EXIT_FAILURE = 1
 
 
 class ConfigRefused(RuntimeError):
@@ -37,6 +43,20 @@ class StorageRefused(RuntimeError):
     was ready; the message says why, as a single server's would."""
 
 
+def start_failed(error: BaseException, notifier: Any) -> int:
+    """Say why the start (of a supervisor or a single server) failed, on stderr and in
+    STATUS=; returns the exit status (`hmacfs.cli`'s)."""
+    if isinstance(error, ConfigRefused):  # (a worker refused the configuration, and said why)
+        message, status = str(error), EXIT_CONFIG
+    elif isinstance(error, StorageRefused):  # (a worker could not use the storage)
+        message, status = str(error), EXIT_FAILURE
+    else:
+        message, status = f"cannot listen: {error}", EXIT_FAILURE
+    print(f"hmac-file-server: {message}", file=sys.stderr, flush=True)
+    notifier.status(message)
+    return status
+
+
 def plan_text(
     index: int,
     status_fd: int,
@@ -45,10 +65,12 @@ def plan_text(
     *,
     sweeps: bool = False,
     recount: bool = False,
+    kept: Mapping[str, Any] | None = None,
 ) -> str:
     """WORKER_ENV's value: `listen` and `metrics` list the sockets, each as
     {"name", "fd", "entry", "tls"}; `sweeps` and `recount` say whether this worker sweeps
-    the storage and counts its files for the quotas (see `WorkerPlan`)."""
+    the storage and counts its files for the quotas, `kept` the `[server]` values only a
+    restart applies, as the supervisor runs them (see `WorkerPlan`)."""
     plan: dict[str, Any] = {
         "index": index, "status_fd": status_fd, "listen": listen, "metrics": metrics,
     }
@@ -56,22 +78,39 @@ def plan_text(
         plan["sweeps"] = True
     if recount:
         plan["recount"] = True
+    if kept:
+        plan["kept"] = dict(kept)
     return json.dumps(plan)
 
 
-@dataclass(frozen=True)
 class WorkerPlan:
-    """What the supervisor handed a worker: its sockets (by name) and its status pipe, and
+    """What the supervisor handed a worker: its sockets (by name) and its status pipe,
     whether it is the one worker that sweeps the storage (reporting each sweep to the
-    supervisor) and, at its start, counts the stored files for the quotas."""
+    supervisor) and, at its start, counts the stored files for the quotas, and the
+    `[server]` values only a restart applies (`storage_dir`, `sweep_interval`) as the
+    supervisor runs them, which a worker started by a reload keeps whatever the file says now
+    (`hmacfs.process.restart.keep_running`)."""
 
-    index: int
-    status_fd: int
-    activated: ActivatedSockets
-    listeners: tuple[Listener, ...]
-    metrics_listeners: tuple[Listener, ...]
-    sweeps: bool = False
-    recount: bool = False
+    def __init__(
+        self,
+        *,
+        index: int,
+        status_fd: int,
+        activated: ActivatedSockets,
+        listeners: tuple[Listener, ...],
+        metrics_listeners: tuple[Listener, ...],
+        sweeps: bool = False,
+        recount: bool = False,
+        kept: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.status_fd = status_fd
+        self.activated = activated
+        self.listeners = listeners
+        self.metrics_listeners = metrics_listeners
+        self.sweeps = sweeps
+        self.recount = recount
+        self.kept: dict[str, Any] = dict(kept or {})
 
 
 def worker_plan(environ: Mapping[str, str] | None = None) -> WorkerPlan | None:
@@ -98,14 +137,17 @@ def worker_plan(environ: Mapping[str, str] | None = None) -> WorkerPlan | None:
         metrics_listeners=tuple(found["metrics"]),
         sweeps=bool(data.get("sweeps", False)),
         recount=bool(data.get("recount", False)),
+        kept=data.get("kept") or {},
     )
 
 
-class Reporter(Protocol):
-    """Where a worker's reports go."""
+if TYPE_CHECKING:
 
-    def send(self, line: str) -> None:
-        """Send one report line; never raises."""
+    class Reporter(Protocol):
+        """Where a worker's reports go."""
+
+        def send(self, line: str) -> None:
+            """Send one report line; never raises."""
 
 
 class StatusPipe:

@@ -1,16 +1,20 @@
 """The real supervisor, with two workers and an https listener, runs without anything only
 serving needs: no web layer, no prometheus_client, no pyOpenSSL, no libssl/libcrypto, no
-storage. Its workers, which serve, check the certificate, serve TLS, and show worker 0's
-sweeps in /metrics.
+storage, no configuration code. Its workers, which serve, check the certificate, serve TLS,
+and show worker 0's sweeps in /metrics.
 
-What each process imported is written at its exit by a sitecustomize module put on the
-server's PYTHONPATH (the server itself has no hook for it); the shared objects each has loaded
-are read from /proc/PID/maps while it runs.
+What a worker imported is written at its exit by a sitecustomize module put on the server's
+PYTHONPATH (the server itself has no hook for it). The supervisor runs without the site
+packages (-S), so without sitecustomize: what it imports is written by the same code run
+first in its command line, the one the starting command would exec. The shared objects each
+process has loaded are read from /proc/PID/maps while it runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import hmacfs.process.supervise
 from tests.certs import TestCA
 from tests.e2e.test_service_e2e import put_url, upload
 from tests.helpers.client import curl
@@ -81,6 +86,22 @@ SUPERVISOR_DOES_WITHOUT = (
     "hmac",
     "traceback",
 )
+#: The configuration's code, and what it runs on, which the supervisor leaves to the command
+#: that starts it and to the short-lived reader of the file at a reload.
+CONFIGURATION = (
+    "hmacfs.core.config",
+    "hmacfs.core.settings",
+    "hmacfs.core.units",
+    "hmacfs.process.planner",
+    "hmacfs.process.restart",
+    "tomllib",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "pathlib",
+    "datetime",
+    "ipaddress",
+)
 #: Shared objects that only serving (TLS) loads.
 SERVING_LIBRARIES = ("libssl.so", "cryptography", "_ssl.cpython", "_hashlib.cpython")
 
@@ -124,6 +145,9 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
     supervisor = server.process.pid
     workers = workers_of(server, 2)
     assert libraries(supervisor) == set()
+    # It is the process the command started, which became the supervisor's command line.
+    command = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")
+    assert command[1:4] == [b"-S", b"-P", str(SUPERVISE).encode()], command
     for pid in workers:
         assert {"libssl.so", "cryptography"} <= libraries(pid)  # (TLS is served)
     # The workers show worker 0's sweeps (the supervisor, which has no metrics of its own,
@@ -138,9 +162,7 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
     assert wait_for(lambda: stored() == 1, 20, "the sweep's figures in /metrics")
     assert stop_server(server) == 0
     written = {int(p.stem): json.loads(p.read_text()) for p in modules.iterdir()}
-    assert set(written) == {supervisor, *workers}, server.log_tail()
-    assert among(written[supervisor], SERVING_ONLY) == []
-    assert among(written[supervisor], SUPERVISOR_DOES_WITHOUT) == []
+    assert set(written) == set(workers), server.log_tail()
     for pid in workers:
         found = among(written[pid], SERVING_ONLY)
         assert {"twisted.web", "prometheus_client", "OpenSSL", "hmacfs.http"} <= set(found)
@@ -150,6 +172,94 @@ def test_the_supervisor_loads_nothing_that_only_serving_needs(tmp_path: Path) ->
             "hashlib", "secrets", "tempfile", "shutil", "traceback", "decimal",
             "hmacfs.storage.local", "threading",
         } <= set(found)
+        assert {"hmacfs.core.config", "tomllib", "typing", "dataclasses"} <= set(
+            among(written[pid], CONFIGURATION)
+        )
+
+
+#: The supervisor's own command line, as the starting command execs it.
+SUPERVISE = Path(hmacfs.process.supervise.__file__).resolve()
+#: The supervisor's command line with a first word that writes, at its exit, what it imported.
+WITH_MODULES_WRITTEN = textwrap.dedent(
+    """
+    import atexit, json, sys
+    path, script = sys.argv[1], sys.argv[2]
+
+    def _write():
+        with open(path, "w") as f:
+            json.dump(sorted(name for name, m in sys.modules.items() if m is not None), f)
+
+    atexit.register(_write)
+    sys.argv = sys.argv[2:]
+    with open(script) as f:
+        code = compile(f.read(), script, "exec")
+    exec(code, {"__name__": "__main__", "__file__": script})
+    """
+)
+#: What the starting command runs instead of its exec: it writes the command line and the
+#: environment it would have given the supervisor.
+EXEC_WRITTEN = textwrap.dedent(
+    """
+    import json, os, sys
+    from hmacfs import cli
+
+    def _written(executable, argv):
+        with open(os.environ["HMACFS_TEST_EXEC"], "w") as f:
+            json.dump({"argv": argv, "env": dict(os.environ)}, f)
+        os._exit(0)
+
+    os.execv = _written
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.workers
+def test_the_supervisor_imports_no_configuration_code_and_nothing_for_serving(
+    tmp_path: Path,
+) -> None:
+    """The exact command line the starting command execs, run from start to stop with a
+    reload between: what the supervisor imported meanwhile (the reload's reading of the file
+    included) holds none of the configuration's code, nothing only serving needs, nothing
+    it does without; its workers find the new configuration in use."""
+    path = tmp_path / "config.toml"
+    write_config(path, config_text(tmp_path / "files", workers=2, log_level="info"))
+    handed = tmp_path / "exec.json"
+    env = {**os.environ, "HMACFS_TEST_EXEC": str(handed), "RUNTIME_DIRECTORY": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", EXEC_WRITTEN, "--config", str(path), "run"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    exec_call = json.loads(handed.read_text())
+    argv = exec_call["argv"]
+    assert argv[1:4] == ["-S", "-P", str(SUPERVISE)] and argv[4:6] == ["--config", str(path)]
+    modules = tmp_path / "supervisor-modules.json"
+    command = [*argv[:3], "-c", WITH_MODULES_WRITTEN, str(modules), *argv[3:]]
+    process = subprocess.Popen(command, env=exec_call["env"], stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    try:
+        assert process.stderr is not None
+        for wanted, then in (("ready; storing in", signal.SIGHUP),
+                             ("configuration reloaded", signal.SIGTERM)):
+            while not any(wanted in line for line in said):
+                line = process.stderr.readline()
+                assert line, "".join(said)
+                said.append(line)
+            process.send_signal(then)
+        said += process.stderr.readlines()
+        assert process.wait(timeout=30) == 0, "".join(said)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    imported = json.loads(modules.read_text())
+    assert among(imported, CONFIGURATION) == [], among(imported, CONFIGURATION)
+    assert among(imported, SERVING_ONLY) == []
+    assert among(imported, SUPERVISOR_DOES_WITHOUT) == []
+    assert among(imported, ("twisted", "zope", "attr", "asyncio", "argparse")) == []
+    # (and the check finds what it looks for where it is: the supervisor's own modules)
+    assert {"hmacfs.process.supervisor", "hmacfs.process.loop", "socket", "json"} <= set(imported)
 
 
 def run_until_it_exits(path: Path) -> subprocess.CompletedProcess[str]:

@@ -16,10 +16,12 @@ import pytest
 from tests.e2e.test_service_e2e import put_url, upload
 from tests.helpers.server import (
     children,
+    config_text,
     start_server,
     stop_server,
     wait_for,
     workers_of,
+    write_config,
 )
 
 
@@ -151,6 +153,29 @@ def test_reload_replaces_workers_one_at_a_time(tmp_path: Path) -> None:
     assert not set(before) & set(after)
     assert server.process.poll() is None
     assert upload(put_url(server.base, f"{uuid.uuid4()}/r.txt", 1), b"r") == 201
+    assert stop_server(server) == 0
+
+
+@pytest.mark.workers
+def test_a_reload_keeps_the_storage_directory_until_a_restart(tmp_path: Path) -> None:
+    """The workers a reload starts read the file again, but keep what only a restart
+    applies as the supervisor runs it: a changed storage_dir is logged, not used."""
+    server = start_server(tmp_path, server_toml="workers = 2", max_upload_size="1M")
+    workers_of(server, 2)
+    elsewhere = tmp_path / "elsewhere"
+    write_config(
+        server.config_path,
+        config_text(elsewhere, workers=2, max_upload_size=4, log_level="debug"),
+    )
+    server.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any("configuration reloaded" in line for line in server.log), 30, "reload")
+    assert any("[server] storage_dir changed: restart the service to apply it" in line
+               for line in server.log), server.log_tail()
+    assert upload(put_url(server.base, f"{uuid.uuid4()}/big.txt", 5), b"12345") == 413
+    name = f"{uuid.uuid4()}/kept.txt"
+    assert upload(put_url(server.base, name, 3), b"abc") == 201
+    assert (server.storage / name).read_bytes() == b"abc"
+    assert not elsewhere.exists()
     assert stop_server(server) == 0
 
 

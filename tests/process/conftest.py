@@ -11,6 +11,8 @@ import pytest
 
 from hmacfs.core import config
 from hmacfs.core.settings import Config
+from hmacfs.process import planner
+from hmacfs.process.supervisor import SupervisorPlan
 from tests.helpers.signing import SECRET
 from tests.process.fakes import (
     FakeLoop,
@@ -92,6 +94,10 @@ class ConfigFile:
 
     def load(self) -> Config:
         return config.load(self.path)
+
+    def plan(self) -> SupervisorPlan:
+        """The supervisor's plan for it (as the starting command makes it)."""
+        return SupervisorPlan(planner.supervisor_plan(self.load()))
 
 
 @pytest.fixture

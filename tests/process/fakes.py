@@ -3,7 +3,8 @@
 - `FakeReactor`: a MemoryReactorClock whose adopted ports are Twisted's real ones (on real
   listening sockets, never read from unless a test calls `doRead`);
 - `FakeLoop`: the supervisor's loop on a fake clock, which records the processes it is
-  asked to start (`spawned`) instead of starting them;
+  asked to start (`spawned`) instead of starting them, except for the reader of the
+  configuration a reload starts, which it runs in this process (`readings`);
 - `FakeProcess`: such a process; a test plays the child (`say`, `exit`);
 - `RecordingWriter`: the supervisor's log lines;
 - `RecordingNotifier`: the sd_notify messages, as dicts;
@@ -18,10 +19,12 @@ from __future__ import annotations
 import heapq
 import io
 import itertools
+import json
 import signal as signals
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, error, tcp, unix
@@ -32,6 +35,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hmacfs.process import planner
 from hmacfs.process.lines import LineWriter
 from hmacfs.process.loop import Call, Exit, ProcessGone
 from hmacfs.process.systemd import Notifier
@@ -80,8 +84,12 @@ class FakeLoop:
         self.now = 0.0
         self._calls: list[tuple[float, int, Call]] = []
         self._order = itertools.count()
-        #: Every process asked for, in order.
+        #: Every process asked for, in order (but the readers of the configuration).
         self.spawned: list[FakeProcess] = []
+        #: The command lines of the readers of the configuration, each run at once, here.
+        self.readings: list[list[str]] = []
+        #: What plays a reader (given its FakeProcess), if not `read_here`.
+        self.reader: Any = None
         self._next_pid = 1000
         #: Exceptions that calls raised.
         self.raised: list[BaseException] = []
@@ -114,8 +122,19 @@ class FakeLoop:
     ) -> FakeProcess:
         self._next_pid += 1
         process = FakeProcess(watcher, self._next_pid, list(argv), dict(env), dict(child_fds))
+        if argv[-2] == "hmacfs.process.planner":
+            self.readings.append(list(argv))
+            (self.reader or read_here)(process)
+            return process
         self.spawned.append(process)
         return process
+
+
+def read_here(process: FakeProcess) -> None:
+    """What `python -m hmacfs.process.planner FILE` writes, and its end."""
+    said = json.dumps(planner.answer(Path(process.argv[-1]))) + "\n"
+    process.watcher.child_data(said.encode())
+    process.exit(0)
 
 
 class RecordingWriter(LineWriter):

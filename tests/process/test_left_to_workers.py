@@ -17,10 +17,11 @@ from twisted.internet import defer
 from hmacfs import cli
 from hmacfs.core import config
 from hmacfs.core.config import ConfigError
+from hmacfs.process import planner
 from hmacfs.process.listeners import activated_listener
 from hmacfs.process.node import Node
 from hmacfs.process.shared_metrics import FIGURES_FILE, SweepFigures
-from hmacfs.process.supervisor import Supervisor
+from hmacfs.process.supervisor import Supervisor, SupervisorPlan
 from hmacfs.process.systemd import ActivatedSockets
 from hmacfs.process.worker import (
     EXIT_CONFIG,
@@ -28,6 +29,7 @@ from hmacfs.process.worker import (
     ConfigRefused,
     StorageRefused,
     WorkerPlan,
+    start_failed,
 )
 from hmacfs.storage.backend import SweepReport
 from tests.process.conftest import ConfigFile
@@ -51,7 +53,8 @@ def supervisor_of(
     config_file: ConfigFile, loop: FakeLoop, writer: RecordingWriter | None = None
 ) -> Supervisor:
     supervisor = Supervisor(
-        config.load(config_file.path, check_certificate=False),
+        SupervisorPlan(planner.supervisor_plan(config.load(config_file.path,
+                                                           check_certificate=False))),
         loop,
         count=2,
         notifier=RecordingNotifier(),
@@ -206,7 +209,7 @@ def test_a_worker_that_cannot_use_the_storage_fails_the_start_with_its_message(
     assert str(errors[0]) == "cannot use storage_dir /srv/files: Permission denied"
     assert second.signals == ["KILL"]
     notifier = RecordingNotifier()
-    status = cli.start_failed(errors[0], notifier)
+    status = start_failed(errors[0], notifier)
     assert status == cli.EXIT_FAILURE
     assert notifier.sent == [{"STATUS": "cannot use storage_dir /srv/files: Permission denied"}]
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from hmacfs.process import planner
 from hmacfs.process.supervisor import (
     CRASH_WINDOW,
     HANG_TIMEOUT,
@@ -19,8 +21,10 @@ from hmacfs.process.supervisor import (
     RESTART_DELAY_MAX,
     NotReady,
     Supervisor,
+    python_command,
 )
 from hmacfs.process.worker import BEAT_INTERVAL, WORKER_ENV
+from tests.helpers.signing import SECRET
 from tests.process.conftest import ConfigFile
 from tests.process.fakes import FakeLoop, FakeProcess, RecordingNotifier, RecordingWriter
 
@@ -33,7 +37,7 @@ def started(
     writer: RecordingWriter | None = None,
 ) -> Supervisor:
     supervisor = Supervisor(
-        config_file.load(),
+        config_file.plan(),
         loop,
         count=count,
         notifier=notifier,
@@ -98,6 +102,8 @@ def test_workers_get_the_sockets_and_ready_waits_for_every_one(
             "listen": [{"name": "L0", "fd": 3, "entry": "127.0.0.1:0", "tls": False}],
             "metrics": [{"name": "L1", "fd": 4, "entry": "127.0.0.1:0", "tls": False}],
             **({"sweeps": True} if index == 0 else {}),  # (worker 0 sweeps the storage)
+            # (what only a restart applies, which a worker started by a reload keeps)
+            "kept": {"storage_dir": str(config_file.storage), "sweep_interval": 600.0},
         }
         assert "NOTIFY_SOCKET" not in process.env
     first, second = loop.spawned
@@ -249,7 +255,8 @@ def test_reload_replaces_the_workers_one_at_a_time_and_logs_the_warnings(
     assert [process.signals for process in old] == [["TERM"], ["TERM"]]
     assert reloaded.result() is True
     assert [worker.child for worker in supervisor.workers] == loop.spawned[2:]
-    assert supervisor.config.server.max_upload_size == 5
+    assert loop.readings == [python_command("-m", "hmacfs.process.planner",
+                                            str(config_file.path))]
     assert lines.count("configuration reloaded; 2 workers replaced") == 1
     assert lines.count("readable by every user") == 1
     assert notifier.sent[-1]["READY"] == "1"
@@ -303,6 +310,94 @@ def test_reload_of_a_broken_file_starts_no_worker(
     assert len(loop.spawned) == 2
     assert lines.count("reload failed, keeping the running configuration") == 1
     assert notifier.sent[-1]["STATUS"].startswith("reload failed: ")
+
+
+def test_a_reload_keeps_what_only_a_restart_applies_and_says_so(
+    config_file: ConfigFile, loop: FakeLoop, notifier: RecordingNotifier, lines: RecordingWriter
+) -> None:
+    config_file.write(workers=2)
+    supervisor = ready(config_file, loop, notifier, writer=lines)
+    kept = plan_of(loop.spawned[0])["kept"]
+    config_file.write(raw="\n".join([
+        "[server]",
+        'listen = ["127.0.0.1:0", "127.0.0.2:0"]',
+        f'storage_dir = "{config_file.path.parent / "elsewhere"}"',
+        "workers = 3",
+        'sweep_interval = "1m"',
+        "[hmac]",
+        f'secret = "{SECRET.decode()}"',
+    ]))
+    reloaded = supervisor.reload()
+    for index in (2, 3):
+        loop.spawned[index].say("ready")
+    assert reloaded.result() is True
+    assert len(loop.spawned) == 4  # (still two workers, on the sockets bound at the start)
+    for name in ("listen", "storage_dir", "workers", "sweep_interval"):
+        assert lines.count(f"[server] {name} changed: restart the service to apply it") == 1
+    assert lines.count("[metrics] listen changed") == 0
+    # The new workers keep the running storage directory and sweep interval.
+    assert [plan_of(p)["kept"] for p in loop.spawned[2:]] == [kept, kept]
+    assert [len(plan_of(p)["listen"]) for p in loop.spawned[2:]] == [1, 1]
+
+
+def test_a_reader_of_the_file_that_fails_or_hangs_fails_the_reload(
+    config_file: ConfigFile, loop: FakeLoop, notifier: RecordingNotifier, lines: RecordingWriter
+) -> None:
+    config_file.write(workers=2)
+    supervisor = ready(config_file, loop, notifier, writer=lines)
+    readers: list[FakeProcess] = []
+    loop.reader = readers.append
+    # One that crashes.
+    reloaded = supervisor.reload()
+    readers[0].say("Traceback (most recent call last):")
+    readers[0].exit(1)
+    assert reloaded.result() is False
+    assert lines.count("reload failed, keeping the running configuration: reading the "
+                       "configuration failed: the reader exited with status 1") == 1
+    assert notifier.sent[-1]["STATUS"].startswith("reload failed: reading the configuration")
+    # One that says nothing a plan is made of.
+    reloaded = supervisor.reload()
+    readers[1].say("{}")
+    readers[1].exit(0)
+    assert reloaded.result() is False
+    assert lines.count("reading the configuration failed: no plan came") == 1
+    # One that hangs: killed after READY_TIMEOUT.
+    reloaded = supervisor.reload()
+    advance(loop, READY_TIMEOUT - 1, *loop.spawned)
+    assert not reloaded.done and readers[2].signals == []
+    advance(loop, 1, *loop.spawned)
+    assert readers[2].signals == ["KILL"]
+    assert reloaded.result() is False
+    assert lines.count(f"reading the configuration took longer than {READY_TIMEOUT:g}s") == 1
+    readers[2].exit(signal="KILL")  # (what it says after that is not heard)
+    assert len(loop.spawned) == 2 and supervisor.workers[0].child is loop.spawned[0]
+    # The next reload reads the file as ever.
+    loop.reader = None
+    reloaded = supervisor.reload()
+    for index in (2, 3):
+        loop.spawned[index].say("ready")
+    assert reloaded.result() is True
+
+
+def test_the_reader_of_the_file_writes_the_plan_or_why_there_is_none(
+    config_file: ConfigFile,
+) -> None:
+    """`python -m hmacfs.process.planner FILE`, as a reload runs it."""
+    def read() -> dict[str, Any]:
+        done = subprocess.run(
+            python_command("-m", "hmacfs.process.planner", str(config_file.path)),
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        said: dict[str, Any] = json.loads(done.stdout)
+        return said
+
+    config_file.write(workers=2, server='shutdown_timeout = "2s"')
+    plan = read()["plan"]
+    assert plan == json.loads(json.dumps(planner.supervisor_plan(config_file.load())))
+    assert plan["shutdown_timeout"] == 2.0 and plan["source"] == str(config_file.path)
+    config_file.write(raw="[hmac]\nsecret = 5\n")
+    error = read()["error"]
+    assert str(config_file.path) in error and "secret" in error
 
 
 def test_stop_asks_every_worker_to_stop_and_kills_what_is_left(

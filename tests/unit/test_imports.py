@@ -107,8 +107,8 @@ def the_command_up_to_its_process(*argv: str) -> str:
         "class Stop(Exception):\n"
         "    pass\n"
         "chosen = cli.process_class\n"
-        "def stop_there(cfg, *, supervisor):\n"
-        "    chosen(cfg, supervisor=supervisor)\n"
+        "def stop_there(cfg):\n"
+        "    chosen(cfg)\n"
         "    raise Stop\n"
         "cli.process_class = stop_there\n"
         "try:\n"
@@ -120,21 +120,74 @@ def the_command_up_to_its_process(*argv: str) -> str:
     )
 
 
-def test_the_supervisor_module_loads_nothing_that_only_serving_needs() -> None:
-    assert loaded("import hmacfs.process.supervisor", *SERVING_ONLY) == []
+#: The configuration's code and what it runs on, which a supervisor does without (the
+#: command that starts it reads the file, and so does a short-lived child at a reload).
+CONFIGURATION = (
+    "hmacfs.core.config", "hmacfs.core.settings", "hmacfs.core.units", "hmacfs.process.planner",
+    "hmacfs.process.restart", "tomllib", "typing", "dataclasses", "inspect", "pathlib",
+    "datetime", "argparse",
+)
 
 
-def test_the_command_of_a_supervisor_loads_nothing_that_only_serving_needs(
+def supervisor_loaded(code: str, *prefixes: str) -> list[str]:
+    """What `loaded` finds, in an interpreter started as the supervisor's is: without the site
+    packages (-S), hmacfs found after the standard library."""
+    found: list[str] = json.loads(subprocess.run(
+        [sys.executable, "-S", "-P", "-c",
+         f"import sys\nsys.path.append({str(ROOT)!r})\n{code}\nimport json\n"
+         f"prefixes = {prefixes!r}\n"
+         "print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None"
+         " and any(m == p or m.startswith(p + '.') for p in prefixes))))"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout)
+    return found
+
+
+def test_the_supervisor_module_loads_nothing_it_does_without() -> None:
+    """(tests/e2e/test_supervisor_imports_e2e.py runs the supervisor's real command line.)"""
+    code = "import hmacfs.process.supervisor"
+    for kind in (SERVING_ONLY, TLS_LIBRARIES, ADMIN_ONLY, LITTLE_USED, STORAGE, CONFIGURATION,
+                 ("twisted", "zope", "attr", "asyncio")):
+        assert supervisor_loaded(code, *kind) == [], kind
+    # (the same check finds them once imported)
+    found = supervisor_loaded(code + "\nimport typing, dataclasses", "typing", "dataclasses")
+    assert {"typing", "dataclasses"} <= set(found)
+
+
+def test_the_command_of_a_supervisor_execs_the_supervisors_command_line(
     tmp_path: Path,
 ) -> None:
-    command = the_command_up_to_its_process("--config", str(config_file(tmp_path, workers=2)))
-    env = {"RUNTIME_DIRECTORY": str(tmp_path)}  # (where its metrics directory goes)
-    assert loaded(command, *SERVING_ONLY, *TLS_LIBRARIES, *ADMIN_ONLY, env=env) == []
-    assert loaded(command, *LITTLE_USED, env=env) == []
-    assert loaded(command, *STORAGE, env=env) == []
-    # What it hid while importing is importable afterwards, as ever.
-    found = loaded(command + "import ssl, _hashlib, OpenSSL", *TLS_LIBRARIES, "OpenSSL", env=env)
-    assert {"OpenSSL", "ssl", "_hashlib"} <= set(found)
+    """It reads the configuration and hands over the plan, and imports nothing that only
+    serving needs meanwhile (the TLS libraries included)."""
+    path = config_file(tmp_path, workers=2)
+    code = (
+        "import json, os, sys\nfrom hmacfs import cli\n"
+        "def execv(executable, argv):\n"
+        "    modules = sorted(m for m in sys.modules if sys.modules[m] is not None)\n"
+        "    print(json.dumps({'argv': argv, 'plan': os.environ['HMACFS_SUPERVISOR'],"
+        " 'modules': modules}))\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)\n"
+        "os.execv = execv\n"
+        f"cli.main(['--config', {str(path)!r}])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path)}, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    handed = json.loads(done.stdout.splitlines()[-1])
+    supervise = str(ROOT / "hmacfs" / "process" / "supervise.py")
+    assert handed["argv"][:4] == [sys.executable, "-S", "-P", supervise]
+    assert handed["argv"][4:6] == ["--config", str(path)]
+    plan = json.loads(handed["plan"])
+    assert plan["count"] == 2 and plan["plan"]["source"] == str(path)
+    assert [item["text"] for item in plan["plan"]["listeners"]] == [
+        "127.0.0.1:0", "https://127.0.0.1:0"
+    ]
+    modules = handed["modules"]
+    for prefix in (*SERVING_ONLY, *TLS_LIBRARIES, *ADMIN_ONLY[:1], *STORAGE, "twisted"):
+        assert not any(m == prefix or m.startswith(prefix + ".") for m in modules), prefix
 
 
 def test_a_process_that_serves_loads_the_web_layer(tmp_path: Path) -> None:
@@ -168,10 +221,7 @@ SERVICE_FRAMEWORK = ("twisted.application", "twisted.plugin", "twisted.persisted
 
 
 def test_no_server_process_loads_twisteds_service_framework(tmp_path: Path) -> None:
-    supervisor = config_file(tmp_path, workers=2)
-    env = {"RUNTIME_DIRECTORY": str(tmp_path)}
-    assert loaded(the_command_up_to_its_process("--config", str(supervisor)),
-                  *SERVICE_FRAMEWORK, env=env) == []
+    assert supervisor_loaded("import hmacfs.process.supervisor", *SERVICE_FRAMEWORK) == []
     single = config_file(tmp_path, workers=1, https=False)
     assert loaded(the_command_up_to_its_process("--config", str(single), "run"),
                   *SERVICE_FRAMEWORK) == []
@@ -182,17 +232,6 @@ def test_no_server_process_loads_twisteds_service_framework(tmp_path: Path) -> N
     assert "twisted.application.service" in loaded(
         "import twisted.application.service", *SERVICE_FRAMEWORK
     )
-
-
-def test_the_supervisor_runs_without_twisted(tmp_path: Path) -> None:
-    supervisor = the_command_up_to_its_process("--config", str(config_file(tmp_path, workers=2)))
-    assert loaded(supervisor, "twisted", "zope", "attr", "asyncio",
-                  env={"RUNTIME_DIRECTORY": str(tmp_path)}) == []
-    # (the same check finds them in a process that serves)
-    single = config_file(tmp_path, workers=1, https=False)
-    found = loaded(the_command_up_to_its_process("--config", str(single), "run"), "twisted",
-                   "zope", "attr", "asyncio")
-    assert {"twisted.internet", "zope.interface", "attr", "asyncio"} <= set(found)
 
 
 def test_every_process_that_serves_runs_on_the_servers_reactor(tmp_path: Path) -> None:
