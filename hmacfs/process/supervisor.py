@@ -597,6 +597,10 @@ def _mark_dead(pid: int | None) -> None:
         forget_live_gauges(pid, directory)
 
 
+#: What a reader of the configuration may write at most (more is no plan).
+_MOST_A_PLAN_SAYS = 1 << 20
+
+
 class PlanUnread(Exception):
     """The child reading the configuration file at a reload did not say what it found."""
 
@@ -611,7 +615,8 @@ class PlanReader:
         self._said = b""
 
     def child_data(self, data: bytes) -> None:
-        self._said += data
+        if len(self._said) <= _MOST_A_PLAN_SAYS:  # (a plan is a few KiB)
+            self._said += data
 
     def child_ended(self, how: Exit) -> None:
         if how.code != 0:

@@ -361,6 +361,13 @@ def test_a_reader_of_the_file_that_fails_or_hangs_fails_the_reload(
     readers[1].exit(0)
     assert reloaded.result() is False
     assert lines.count("reading the configuration failed: no plan came") == 1
+    # One that writes on and on: what it says beyond a MiB is not kept, and is no plan.
+    reloaded = supervisor.reload()
+    readers[2].say('{"error": "' + "x" * (1 << 20), "x" * (1 << 20) + '"}')
+    readers[2].exit(0)
+    assert reloaded.result() is False
+    assert lines.count("reading the configuration failed: no plan came") == 2
+    readers.pop(2)
     # One that hangs: killed after READY_TIMEOUT.
     reloaded = supervisor.reload()
     advance(loop, READY_TIMEOUT - 1, *loop.spawned)
