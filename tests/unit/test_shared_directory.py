@@ -665,7 +665,10 @@ def test_a_sweep_never_removes_a_file_committed_meanwhile(
     for committed in results[:committers]:
         assert not kept.keys() & committed.keys()
         kept.update(committed)
-    assert all(sweeps >= 2 for sweeps in results[committers:])
+    # Sweeps ran while the commits did: a commit at the path of an expired file waits until
+    # a sweep has removed it. (Not each sweeper: one the scheduler keeps waiting until the
+    # commits are done makes only its last sweep.)
+    assert max(results[committers:]) >= 2
     missing = sorted(rel for rel, body in kept.items()
                      if not (root / rel).is_file() or (root / rel).read_bytes() != body)
     assert missing == []
