@@ -217,15 +217,13 @@ def serve(  # noqa: PLR0912, PLR0915 (the start-up sequence, read top to bottom)
     count = 1 if plan is not None or cfg.source is None else worker_count(cfg.server.workers)
     if count == 1:
         config.check_certificate(cfg)
-    metrics_dir = None
     if count > 1:
+        from hmacfs.process.planner import start_supervisor
+
         # Before prometheus_client is imported (by the workers, which inherit it): it chooses
         # multi-process mode at import.
         metrics_dir = multiprocess_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
-    if metrics_dir is not None:
-        from hmacfs.process.planner import start_supervisor
-
         try:
             start_supervisor(cfg, count=count, activated=activated, metrics_dir=metrics_dir)
         except OSError as e:  # (it returns only when the exec fails)
