@@ -20,6 +20,7 @@ from hmacfs import __version__, admin
 from hmacfs.core import config
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import HEADER_SCHEMES, QUERY_SCHEMES, Config
+from hmacfs.process.lines import say_ready
 from hmacfs.process.systemd import stream_is_journal
 from hmacfs.process.worker import start_failed
 from hmacfs.storage.s3.errors import StoreError
@@ -320,11 +321,7 @@ def announce_ready(
     from hmacfs.process.limits import release_free_memory
 
     release_free_memory()
-    log.info(
-        "hmac-file-server {version} ready; storing in {storage}",
-        version=__version__,
-        storage=cfg.server.storage_dir,
-    )
+    say_ready(log, cfg.server.storage_dir)
     if on_ready is not None:
         on_ready(addresses)
 

@@ -74,6 +74,20 @@ def line_writer(level: str, stream: TextIO | None = None) -> LineWriter:
     return LineWriter(target, journal=stream_is_journal(target), level=CONFIGURED[level])
 
 
+def say_ready(log: Any, storage_dir: object) -> None:
+    """The line a server (node or supervisor) logs once it is ready."""
+    from hmacfs import __version__
+
+    log.info("hmac-file-server {version} ready; storing in {storage}", version=__version__,
+             storage=storage_dir)
+
+
+def say_restart_needed(log: Any, name: str) -> None:
+    """The warning for a setting a reload changed that only a restart applies ("[server]
+    listen", ...)."""
+    log.warn("{name} changed: restart the service to apply it", name=name)
+
+
 class PlainLog:
     """A logger with the methods (and the format strings) of Twisted's `Logger`, writing
     through a `LineWriter`."""

@@ -38,11 +38,11 @@ from hmacfs.process.stores import open_storage
 from hmacfs.process.sweeper import Sweeper, recount
 from hmacfs.process.systemd import ActivatedSockets, Notifier, status_line
 from hmacfs.process.worker import BEAT_INTERVAL, StatusPipe, WorkerPlan
+from hmacfs.storage.backend import SweepReport
+from hmacfs.storage.held import RELEASE_INTERVAL
 
 if TYPE_CHECKING:
     from hmacfs.process.worker import Reporter
-from hmacfs.storage.backend import SweepReport
-from hmacfs.storage.held import RELEASE_INTERVAL
 
 _log = Logger(namespace="hmacfs.process.node")
 

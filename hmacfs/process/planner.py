@@ -44,7 +44,7 @@ def supervisor_plan(cfg: Config) -> dict[str, Any]:
         "quota_counts": cfg.quota.counts,
         "warnings": list(cfg.warnings),
         "restart_only": restart_only,
-        "kept": {key: _jsonable(getattr(server, key)) for key in WORKER_KEEPS},
+        "kept": {key: restart_only[f"[server] {key}"] for key in WORKER_KEEPS},
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from hmacfs.core import config as config_module
 from hmacfs.core.config import ConfigError
 from hmacfs.core.settings import Config
+from hmacfs.process.lines import say_restart_needed
 
 #: `[server]` keys that a reload cannot apply (the sockets, the directory, the processes).
 RESTART_ONLY = ("listen", "storage_dir", "workers", "sweep_interval")
@@ -30,10 +31,10 @@ def reloadable(old: Config, new: Config, log: Any) -> Config:
     kept = {}
     for key in RESTART_ONLY:
         if getattr(old.server, key) != getattr(new.server, key):
-            log.warn("[server] {key} changed: restart the service to apply it", key=key)
+            say_restart_needed(log, f"[server] {key}")
         kept[key] = getattr(old.server, key)
     if old.metrics.listen != new.metrics.listen:
-        log.warn("[metrics] listen changed: restart the service to apply it")
+        say_restart_needed(log, "[metrics] listen")
     return replace(
         new,
         server=replace(new.server, **kept),

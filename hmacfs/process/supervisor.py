@@ -43,9 +43,14 @@ import os
 import signal
 import sys
 
-from hmacfs import __version__
 from hmacfs.core.listener import Listener
-from hmacfs.process.lines import CONFIGURED, PlainLog, line_writer
+from hmacfs.process.lines import (
+    CONFIGURED,
+    PlainLog,
+    line_writer,
+    say_ready,
+    say_restart_needed,
+)
 from hmacfs.process.listeners import Bound, bind_all
 from hmacfs.process.loop import (
     Exit,
@@ -141,7 +146,7 @@ class SupervisorPlan:
         value (and the log says so)."""
         for name, value in self.restart_only.items():
             if running.restart_only.get(name) != value:
-                log.warn("{name} changed: restart the service to apply it", name=name)
+                say_restart_needed(log, name)
         kept = ("listeners", "metrics_listeners", "storage_dir", "restart_only", "kept")
         return SupervisorPlan({**self.data, **{key: running.data[key] for key in kept}})
 
@@ -686,11 +691,7 @@ def supervise(plan: SupervisorPlan, *, count: int, activated: ActivatedSockets) 
             supervisor.stop().then(lambda _: loop.stop())
 
     def listening(addresses: list[str]) -> None:
-        log.info(
-            "hmac-file-server {version} ready; storing in {storage}",
-            version=__version__,
-            storage=plan.storage_dir,
-        )
+        say_ready(log, plan.storage_dir)
 
     def failed(error: BaseException) -> None:
         status[0] = start_failed(error, notifier)
