@@ -26,6 +26,7 @@ from datetime import UTC
 from typing import Any, TypeVar
 
 from hmacfs.core.mediatypes import implied_types
+from hmacfs.core.records import quick_init
 from hmacfs.core.refusals import (
     BadRequest,
     Forbidden,
@@ -67,6 +68,7 @@ _INVALID_TOKEN = (("WWW-Authenticate", 'Bearer error="invalid_token"'),)
 _T = TypeVar("_T")
 
 
+@quick_init
 @dataclass(frozen=True)
 class PutAttempt:
     """What the web layer saw of a PUT, reduced to what the signing schemes look at."""
@@ -81,6 +83,7 @@ class PutAttempt:
     content_length: int
 
 
+@quick_init
 @dataclass(frozen=True)
 class Grant:
     """Permission to store exactly `size` bytes at `path`, and how to serve them."""
@@ -319,12 +322,15 @@ def _verify_as(scheme: str, attempt: PutAttempt, settings: HmacSettings, now: fl
 
 def _choose_scheme(attempt: PutAttempt) -> str:
     """Pick the one scheme to check (no fallback); raise a Refusal if there is none."""
-    for name in (*QUERY_SCHEMES, "expires"):
-        if len(attempt.query.get(name, ())) > 1:
-            raise BadRequest(f"query parameter {name!r} given more than once")
-    for name in QUERY_SCHEMES:  # ordered highest first
-        if attempt.query.get(name):
-            return name
+    query = attempt.query
+    if query:  # (a lookup per name only for the parameters the query has: one, mostly)
+        present = _SCHEME_PARAMETERS.intersection(query)
+        for name in _SCHEME_PARAMETERS_ORDERED:
+            if name in present and len(query[name]) > 1:
+                raise BadRequest(f"query parameter {name!r} given more than once")
+        for name in QUERY_SCHEMES:  # ordered highest first
+            if name in present and query[name]:
+                return name
     authorization = attempt.headers.get("authorization")
     if authorization is not None:
         kind = _auth_scheme(authorization)
@@ -339,6 +345,11 @@ def _choose_scheme(attempt: PutAttempt) -> str:
     if authorization is not None:
         raise Unauthorized("unsupported Authorization scheme", headers=_BEARER)
     raise Forbidden("missing signature")
+
+
+#: The query parameters that choose a scheme, and "expires", in the order they are checked.
+_SCHEME_PARAMETERS_ORDERED = (*QUERY_SCHEMES, "expires")
+_SCHEME_PARAMETERS = frozenset(_SCHEME_PARAMETERS_ORDERED)
 
 
 def _auth_scheme(value: str) -> str:

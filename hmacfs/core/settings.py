@@ -737,19 +737,23 @@ class HmacSettings:
 
     def enabled(self, scheme: str) -> bool:
         """Whether `scheme` (one of QUERY_SCHEMES or HEADER_SCHEMES) is switched on."""
-        flag = {
-            "v": self.v1_support,
-            "v2": self.v2_support,
-            "token": self.token_support,
-            "v3": self.v3_support,
-            "jwt": self.jwt_support,
-            "basic": self.basic_support,
-            "cookie": self.cookie_support,
-            "x-hmac": self.x_hmac_support,
-        }.get(scheme)
+        flag = _SCHEME_FLAGS.get(scheme)
         if flag is None:
             raise ValueError(f"unknown scheme {scheme!r}")
-        return flag
+        return getattr(self, flag)  # type: ignore[no-any-return]
+
+
+#: The `[hmac]` setting that switches each scheme on.
+_SCHEME_FLAGS: Final = {
+    "v": "v1_support",
+    "v2": "v2_support",
+    "token": "token_support",
+    "v3": "v3_support",
+    "jwt": "jwt_support",
+    "basic": "basic_support",
+    "cookie": "cookie_support",
+    "x-hmac": "x_hmac_support",
+}
 
 
 @dataclass(frozen=True)

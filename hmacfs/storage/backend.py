@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from hmacfs.core.records import quick_init
 from hmacfs.core.refusals import Conflict, StorageFailure
 from hmacfs.storage.usage import Usage
 
@@ -22,6 +23,7 @@ class CompareOnThread(Exception):
     must be compared, which reads the storage. Commit again, on a thread, with `compare`."""
 
 
+@quick_init
 @dataclass(frozen=True)
 class StoredFile:
     """A file that GET can serve, with what is known about it."""

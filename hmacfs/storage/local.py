@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hmacfs.core.paths import RESERVED_SEGMENT
+from hmacfs.core.records import quick_init
 from hmacfs.core.refusals import (
     BadRequest,
     Conflict,
@@ -106,6 +107,7 @@ _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
 PARTIAL_KINDS = ("auto", "tmpfile", "named")
 
 
+@quick_init
 @dataclass(frozen=True)
 class _Partial:
     """An open partial file: its descriptor, its path (None when it has no name) and the name
@@ -1427,6 +1429,7 @@ _APPENDING = ".appending"
 _SUFFIXES = (_FACTS_SUFFIX, _APPENDING)
 
 
+@quick_init
 @dataclass(frozen=True)
 class _PartialFacts:
     """What a partial upload is for (kept beside a reopenable partial as JSON)."""
