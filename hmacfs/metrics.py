@@ -270,14 +270,15 @@ class Metrics:
         """
         if size < 0:
             raise ValueError(f"negative upload size {size}")
-        self._add(self._in_flight, -1)
         key = (status, scheme)
         counter = self._upload_counters.get(key)
         if counter is None:
             counter = self._upload_counters[key] = self._uploads.labels(
                 status_label(status), scheme_label(scheme)
             )
-        self._add(counter, 1)
+        pending, in_flight = self._pending, self._in_flight  # (`_add` twice, written out)
+        pending[in_flight] = pending.get(in_flight, 0) - 1
+        pending[counter] = pending.get(counter, 0) + 1
         self._observe(self._duration, self._duration_batch, max(seconds, 0.0))
         self._observe(self._size, self._size_batch, size)
 

@@ -322,15 +322,10 @@ def _verify_as(scheme: str, attempt: PutAttempt, settings: HmacSettings, now: fl
 
 def _choose_scheme(attempt: PutAttempt) -> str:
     """Pick the one scheme to check (no fallback); raise a Refusal if there is none."""
-    query = attempt.query
-    if query:  # (a lookup per name only for the parameters the query has: one, mostly)
-        present = _SCHEME_PARAMETERS.intersection(query)
-        for name in _SCHEME_PARAMETERS_ORDERED:
-            if name in present and len(query[name]) > 1:
-                raise BadRequest(f"query parameter {name!r} given more than once")
-        for name in QUERY_SCHEMES:  # ordered highest first
-            if name in present and query[name]:
-                return name
+    if attempt.query:
+        scheme = _query_scheme(attempt.query)
+        if scheme is not None:
+            return scheme
     authorization = attempt.headers.get("authorization")
     if authorization is not None:
         kind = _auth_scheme(authorization)
@@ -350,6 +345,23 @@ def _choose_scheme(attempt: PutAttempt) -> str:
 #: The query parameters that choose a scheme, and "expires", in the order they are checked.
 _SCHEME_PARAMETERS_ORDERED = (*QUERY_SCHEMES, "expires")
 _SCHEME_PARAMETERS = frozenset(_SCHEME_PARAMETERS_ORDERED)
+
+
+def _query_scheme(query: Mapping[str, Sequence[str]]) -> str | None:
+    """The scheme the query's parameters choose, if any; BadRequest if one is repeated."""
+    present = _SCHEME_PARAMETERS.intersection(query)
+    if len(present) == 1:  # (the usual: one signature)
+        (name,) = present
+        if len(query[name]) > 1:
+            raise BadRequest(f"query parameter {name!r} given more than once")
+        return name if name != "expires" and query[name] else None
+    for name in _SCHEME_PARAMETERS_ORDERED:
+        if name in present and len(query[name]) > 1:
+            raise BadRequest(f"query parameter {name!r} given more than once")
+    for name in QUERY_SCHEMES:  # ordered highest first
+        if name in present and query[name]:
+            return name
+    return None
 
 
 def _auth_scheme(value: str) -> str:

@@ -359,6 +359,30 @@ def test_token_wins_over_v_and_v3_over_v2() -> None:
     assert refused(attempt).text == "signature mismatch"
 
 
+@pytest.mark.parametrize("name", ["v", "v2", "v3", "token", "expires"])
+def test_a_signature_parameter_given_twice_is_a_bad_request(name: str) -> None:
+    query: dict[str, str | list[str]] = {name: [FILER_V, FILER_V]}
+    if name == "expires":
+        query["v3"] = "1" * 64
+    error = refused(put(query=query))
+    assert (error.status, error.text) == (400, f"query parameter {name!r} given more than once")
+    alone = refused(put(query={name: [FILER_V, FILER_V]}))
+    assert (alone.status, alone.text) == (400, f"query parameter {name!r} given more than once")
+
+
+def test_of_several_repeated_parameters_the_highest_scheme_is_named() -> None:
+    error = refused(put(query={"v": ["a", "b"], "token": ["c", "d"], "v3": ["e", "f"]}))
+    assert error.text == "query parameter 'v3' given more than once"
+    error = refused(put(query={"expires": ["1", "2"], "v": ["a", "b"]}))
+    assert error.text == "query parameter 'v' given more than once"
+
+
+def test_expires_alone_is_no_signature_and_other_parameters_are_ignored() -> None:
+    assert refused(put(query={"expires": str(int(NOW) + 60)})).text == "missing signature"
+    attempt = put(query={"v": FILER_V, "lang": ["en", "de"], "x": ""})
+    assert verify(attempt, cfg(), NOW).scheme == "v"
+
+
 def test_query_wins_over_headers() -> None:
     path = "slot/name.jpg"
     token = make_jwt(prosody_claims(slot="slot", filename="name.jpg", filesize=5))

@@ -192,7 +192,8 @@ def take_put(channel: UploadChannel, data: bytes) -> bool:
             send_answer(
                 transport, raw_refusal(refusal, settings, text_origin, request, closing=False)
             )
-        channel.resetTimeout()
+        # (no idle timeout to reset: it was, as the body came, in this same turn of the
+        # reactor; and a commit on a thread held the channel, whose release restarts it)
         answered_quickly(
             channel, headers, method=b"PUT", rel=upload.rel, status=status,
             size=upload.received, scheme=upload.grant.scheme, started=request.started,
