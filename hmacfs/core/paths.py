@@ -33,7 +33,9 @@ def parse_query(raw: bytes) -> dict[str, list[str]]:
     """The fields of a raw query string: ``parse_qs`` of its UTF-8 text (undecodable bytes
     replaced) with blank values kept. A query with nothing to decode (ASCII, no ``%`` and no
     ``+``, as signed URLs are) is split directly, to the same result."""
-    if not raw.isascii() or b"%" in raw or b"+" in raw:
+    # (find, not `in`: bytes' `in` tries its operand as an integer first, and makes and
+    # clears a TypeError for a bytes one, which costs more than the search)
+    if not raw.isascii() or raw.find(b"%") >= 0 or raw.find(b"+") >= 0:
         return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     fields: dict[str, list[str]] = {}
     for piece in raw.decode("ascii").split("&"):
