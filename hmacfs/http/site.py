@@ -252,13 +252,9 @@ class UploadSite(server.Site):  # type: ignore[misc]
             raise LengthRequired("Content-Length required")
         assert length is not None
         size = length if creation is None else wire.total_size(creation, length)
-        attempt = auth.PutAttempt(
-            method="PUT",
-            path=rel,
-            query=parse_query(raw_query),
-            headers=headers,
-            content_length=size,
-        )
+        # (method, path, query, headers, content length: positional, as keywords would cost a
+        # dictionary per upload)
+        attempt = auth.PutAttempt("PUT", rel, parse_query(raw_query), headers, size)
         grant = auth.verify(attempt, config.hmac, self.wall())
         request.grant = grant
         if grant.size > config.server.max_upload_size:
@@ -343,16 +339,16 @@ class UploadSite(server.Site):  # type: ignore[misc]
         resumed: bool = False,
     ) -> Upload:
         """The `Upload` of an admitted request, in flight from now on."""
-        upload = Upload(
+        upload = Upload(  # (positional: keywords would cost a dictionary per upload)
             grant,
             partial,
-            compare=compare,
-            metrics=self.metrics,
-            run_blocking=self.run_blocking,
-            clock=self.now,
-            ended=self._upload_ended,
-            completes=completes,
-            resumed=resumed,
+            compare,
+            self.metrics,
+            self.run_blocking,
+            self.now,  # clock
+            self._upload_ended,  # ended
+            completes,
+            resumed,
         )
         self.in_flight[upload] = request
         request.upload = upload

@@ -68,11 +68,10 @@ Answer = Callable[[int, Refusal | None], None]
 class Upload:
     """One PUT body (or one part of a resumable upload) on its way into storage."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (one per upload: a class called with keywords builds a dict)
         self,
         grant: Grant,
         partial: Partial,
-        *,
         compare: bool,
         metrics: Metrics,
         run_blocking: BlockingRunner,

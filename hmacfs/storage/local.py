@@ -519,7 +519,8 @@ class LocalStorage:
         if self.file_ttl is not None:
             ttl_expiry = now + self.file_ttl
             expires = ttl_expiry if expires is None else min(expires, ttl_expiry)
-        facts = _PartialFacts(rel, size, content_type, expires, scheme, now, uploader=uploader)
+        # (positional, here and below: keywords would cost a dictionary per upload)
+        facts = _PartialFacts(rel, size, content_type, expires, scheme, now, False, False, uploader)
         try:
             if reopenable:
                 partial = self._create_partial(named=True)
@@ -530,7 +531,7 @@ class LocalStorage:
                 partial = self._take_pooled() or self._create_partial()
         except OSError as e:
             raise StorageFailure(f"cannot store: {os.strerror(e.errno or 0)}") from e
-        return LocalPartial(self, facts, partial, reopenable=reopenable)
+        return LocalPartial(self, facts, partial, reopenable)
 
     def reopen(self, upload_id: str, *, appending: bool = False) -> LocalPartial:
         """Hold the reopenable partial `upload_id` (see `begin`), positioned after what it
@@ -1491,7 +1492,7 @@ class LocalPartial:
     body_end: int | None = None
 
     def __init__(
-        self, storage: LocalStorage, facts: _PartialFacts, partial: _Partial, *, reopenable: bool
+        self, storage: LocalStorage, facts: _PartialFacts, partial: _Partial, reopenable: bool
     ) -> None:
         self.storage = storage
         self.rel = facts.rel
@@ -1671,15 +1672,15 @@ class LocalPartial:
             if storage.accounting is not None:
                 with contextlib.suppress(OSError):
                     storage.accounting.added(self.rel, self.size, self.uploader)
-            return StoredFile(
-                rel=self.rel,
-                location=storage._location(self.rel),
-                size=self.size,
-                mtime=uploaded,  # (as an object store's: its last write was a moment before)
-                content_type=self.content_type,
-                uploaded=uploaded,
-                expires=self.expires,
-                uploader=self.uploader,
+            return StoredFile(  # (positional: keywords would cost a dictionary per upload)
+                self.rel,
+                storage._location(self.rel),
+                self.size,
+                uploaded,  # mtime (as an object store's: its last write was a moment before)
+                self.content_type,
+                uploaded,
+                self.expires,
+                self.uploader,
             )
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
