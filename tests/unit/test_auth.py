@@ -227,7 +227,12 @@ def test_uppercase_hex_accepted() -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "zz", FILER_V[:-1], FILER_V + "0", f" {FILER_V}x",
-                                 "é" * 64])
+                                 "é" * 64, "g" * 64, "0x" + FILER_V[2:],
+                                 # the right digits with whitespace between pairs (which
+                                 # bytes.fromhex would skip), at the right length
+                                 FILER_V[:30] + " " + FILER_V[32:] + "0",
+                                 FILER_V[:2] + "\t" + FILER_V[3:],
+                                 "٣" * 64])
 def test_malformed_mac_is_a_mismatch(bad: str) -> None:
     error = refused(put(query={"v": bad}))
     assert (error.status, error.text) == (403, "signature mismatch")
