@@ -154,6 +154,7 @@ def print_big(t: BigTransfer) -> None:
     print(f"  {t.server:<14} PUT "
           f"{num(t.put_mb_s, 1)} MB/s  GET {num(t.get_mb_s, 1)} MB/s  "
           f"CPU {num(t.put_cpu_s_per_gb, 2)}/{num(t.get_cpu_s_per_gb, 2)} s/GB  "
+          f"curl {t.put_client_cores}/{t.get_client_cores} cores  "
           f"others {t.put_other_load_cores}/{t.get_other_load_cores} cores "
           f"{'; '.join(t.errors)}", flush=True)
 

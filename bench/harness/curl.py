@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import resource
 import subprocess
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,16 @@ class CurlResult:
     speed_b_s: float
     bytes: int
     error: str | None = None
+    #: CPU seconds curl itself used (user and system): near `seconds`, it used a whole core,
+    #: and the rate is curl's own limit rather than the server's.
+    client_cpu_s: float | None = None
+
+    @property
+    def client_cores(self) -> float | None:
+        """The cores curl kept busy over the transfer."""
+        if self.client_cpu_s is None or self.seconds <= 0:
+            return None
+        return round(self.client_cpu_s / self.seconds, 2)
 
     def problems(self, what: str, size: int, statuses: Collection[int]) -> list[str]:
         """What went wrong with this transfer of `size` bytes (`what`: "PUT" or "GET"), as
@@ -33,7 +44,10 @@ class CurlResult:
 
 
 def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:
-    """One curl run of ``size`` bytes (up or down), the body to /dev/null; never raises."""
+    """One curl run of ``size`` bytes (up or down), the body to /dev/null; never raises.
+
+    curl's CPU is what this process's reaped children used meanwhile: nothing else of the
+    benchmark starts or reaps a child while curl runs."""
     var = "upload" if upload else "download"
     cmd = [
         CURL, "-q", "-sS", "-g", "--noproxy", "*",
@@ -42,6 +56,7 @@ def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:
         "-w", f"%{{http_code}} %{{time_total}} %{{speed_{var}}} %{{size_{var}}}",
         *args,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env=clean_env(),
@@ -49,9 +64,12 @@ def run_curl(args: Sequence[str], size: int, upload: bool) -> CurlResult:
         )
     except subprocess.TimeoutExpired:
         return CurlResult(0, 0.0, 0.0, 0, "curl timed out")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     try:
         code, total, speed, nbytes = proc.stdout.split()
-        result = CurlResult(int(code), float(total), float(speed), int(float(nbytes)))
+        result = CurlResult(int(code), float(total), float(speed), int(float(nbytes)),
+                            client_cpu_s=cpu)
     except ValueError:
         return CurlResult(0, 0.0, 0.0, 0, f"unparsable curl output {proc.stdout!r}")
     if proc.returncode != 0:

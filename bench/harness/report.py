@@ -16,6 +16,10 @@ from harness.sampling import BUSY_MACHINE_CORES
 from harness.workloads import MEDIUM, SMALL, BigTransfer, IdleMemory, LatencyLoop
 from harness.wrk import WrkRun
 
+#: curl keeping this much of a core busy during a 1-connection transfer is at its own limit:
+#: the rate is then the client's, whichever server it came from.
+CLIENT_BOUND_CORES = 0.9
+
 
 @dataclass
 class Results:
@@ -76,6 +80,9 @@ class TableRow:
     #: The reference's figure is only a lower bound (wrk used up its list of fresh paths): a
     #: ratio it seems to reach is not known to be reached.
     ref_lower_bound: bool = False
+    #: Both servers' figures are the client's limit (curl kept a whole core busy with either):
+    #: the ratio cannot tell the servers apart, whichever side of the target it falls.
+    client_bound: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -84,6 +91,8 @@ class TableRow:
     @property
     def met(self) -> bool | None:
         met = None if self.target is None else self.target.met(self.ours, self.ref)
+        if self.client_bound:
+            return None
         return None if met and self.ref_lower_bound else met
 
     def as_dict(self) -> dict[str, object]:
@@ -265,6 +274,36 @@ def _busy(transfers: Sequence[BigTransfer], phase: str) -> list[str]:
             if load is not None and load > BUSY_MACHINE_CORES]
 
 
+def _client_limit(transfers: Sequence[BigTransfer], labels: Sequence[str], phase: str
+                  ) -> tuple[bool, str]:
+    """Whether curl was at its own limit in the best round of each of `labels` (``phase``
+    "put"/"get"), and a note that says so (empty when it was not, for either)."""
+    cores = []
+    for label in labels:
+        mine = [t for t in transfers if t.server == label and not t.errors
+                and getattr(t, f"{phase}_mb_s") is not None]
+        if not mine:
+            return False, ""
+        best = max(mine, key=lambda t: getattr(t, f"{phase}_mb_s"))
+        cores.append(getattr(best, f"{phase}_client_cores"))
+    if any(c is None for c in cores) or not all(c >= CLIENT_BOUND_CORES for c in cores):
+        return False, ""
+    used = "/".join(num(c, 2) for c in cores)
+    return True, (f"client-bound: curl kept {used} of a core busy ({'/'.join(labels)}); "
+                  "the server's CPU per GB tells them apart")
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _median_of(transfers: Sequence[BigTransfer], label: str, key: str) -> float | None:
+    """The median of one figure over the error-free rounds of one server."""
+    known = [getattr(t, key) for t in transfers if t.server == label and not t.errors]
+    values = [v for v in known if v is not None]
+    return statistics.median(values) if values else None
+
+
 def best_of(transfers: Sequence[BigTransfer], label: str
             ) -> tuple[float | None, float | None, list[str]]:
     """Best PUT and GET MB/s over the rounds of one server, and every error seen."""
@@ -284,13 +323,17 @@ def build_rows(res: Results) -> list[TableRow]:
         busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
                 for t in res.big for load in (t.put_other_load_cores,)
                 if load is not None and load > BUSY_MACHINE_CORES]
+        put_bound, put_note = _client_limit(res.big, ("ours", "nginx"), "put")
         rows.append(TableRow(f"{size} PUT (1 conn)", "MB/s", o_put, n_put,
-                             target=TARGET_BIG_PUT, note="; ".join(o_err + n_err + busy)))
+                             target=TARGET_BIG_PUT, client_bound=put_bound,
+                             note=_join(*o_err, *n_err, put_note, *busy)))
         busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
                 for t in res.big for load in (t.get_other_load_cores,)
                 if load is not None and load > BUSY_MACHINE_CORES]
+        get_bound, get_note = _client_limit(res.big, ("ours", "nginx"), "get")
         rows.append(TableRow(f"{size} GET (1 conn)", "MB/s", o_get, n_get,
-                             target=TARGET_BIG_GET, note="; ".join(busy)))
+                             target=TARGET_BIG_GET, client_bound=get_bound,
+                             note=_join(get_note, *busy)))
     if res.big and res.bare_get_mb_s:
         rows.append(TableRow(f"{size} GET beside a bare sendfile loop", "MB/s", o_get,
                              max(res.bare_get_mb_s), ref_name="sendfile loop",
@@ -341,13 +384,22 @@ def tls_rows(res: Results) -> list[TableRow]:
         o_put, o_get, o_err = best_of(res.tls_big, "ours tls")
         n_put, n_get, n_err = best_of(res.tls_big, "nginx tls")
         shake = "; ".join(f"{label}: {what}" for label, what in res.tls_negotiated.items())
+        labels = ("ours tls", "nginx tls")
+        put_bound, put_note = _client_limit(res.tls_big, labels, "put")
+        get_bound, get_note = _client_limit(res.tls_big, labels, "get")
         rows.append(TableRow(f"TLS {size} PUT (1 conn, 1 worker)", "MB/s", o_put, n_put,
-                             target=TARGET_TLS_PUT,
-                             note="; ".join([*o_err, *n_err, *_busy(res.tls_big, "put")])))
+                             target=TARGET_TLS_PUT, client_bound=put_bound,
+                             note=_join(*o_err, *n_err, put_note, *_busy(res.tls_big, "put"))))
         rows.append(TableRow(f"TLS {size} GET (1 conn, 1 worker)", "MB/s", o_get, n_get,
-                             target=TARGET_TLS_GET,
-                             note="; ".join([shake, *_busy(res.tls_big, "get")] if shake
-                                            else _busy(res.tls_big, "get"))))
+                             target=TARGET_TLS_GET, client_bound=get_bound,
+                             note=_join(shake, get_note, *_busy(res.tls_big, "get"))))
+        for phase in ("put", "get"):
+            # What each server spent per GB (median of the rounds): lower is better, and it
+            # still tells the servers apart when curl's rate is the limit of both.
+            rows.append(TableRow(
+                f"TLS {size} {phase.upper()} server CPU", "s/GB",
+                _median_of(res.tls_big, "ours tls", f"{phase}_cpu_s_per_gb"),
+                _median_of(res.tls_big, "nginx tls", f"{phase}_cpu_s_per_gb")))
     tls = [r for r in res.wrk if r.storage == "tls"]
     if tls:
         rows += wrk_rows(tls, "ours tls", "nginx tls", with_targets=False, tag="TLS ")

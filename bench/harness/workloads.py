@@ -116,6 +116,9 @@ class BigTransfer:
     get_cpu_s_per_gb: float | None = None
     put_other_load_cores: float | None = None
     get_other_load_cores: float | None = None
+    #: The cores curl itself kept busy (about 1: the rate is the client's limit).
+    put_client_cores: float | None = None
+    get_client_cores: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -132,6 +135,7 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
                         server.base_url + server.put_target(rel, size)], size, upload=True)
     cpu1 = tree_cpu_seconds(server.pid)
     result.put_other_load_cores = other.cores
+    result.put_client_cores = put.client_cores
     result.put_status, result.put_seconds = put.status, put.seconds
     result.put_mb_s = mb_per_s(size, put.seconds)
     result.put_cpu_s = cpu1 - cpu0
@@ -145,6 +149,7 @@ def big_put_get(server: BenchServer, test_file: Path, size: int, round_no: int, 
                            upload=False)
         cpu3 = tree_cpu_seconds(server.pid)
         result.get_other_load_cores = other.cores
+        result.get_client_cores = got.client_cores
         result.get_status, result.get_seconds = got.status, got.seconds
         result.get_mb_s = mb_per_s(size, got.seconds)
         result.get_cpu_s = cpu3 - cpu2
