@@ -90,9 +90,9 @@ class TableRow:
 
     @property
     def met(self) -> bool | None:
-        met = None if self.target is None else self.target.met(self.ours, self.ref)
         if self.client_bound:
             return None
+        met = None if self.target is None else self.target.met(self.ours, self.ref)
         return None if met and self.ref_lower_bound else met
 
     def as_dict(self) -> dict[str, object]:
@@ -320,20 +320,14 @@ def build_rows(res: Results) -> list[TableRow]:
     o_put, o_get, o_err = best_of(res.big, "ours")
     n_put, n_get, n_err = best_of(res.big, "nginx")
     if res.big:
-        busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
-                for t in res.big for load in (t.put_other_load_cores,)
-                if load is not None and load > BUSY_MACHINE_CORES]
         put_bound, put_note = _client_limit(res.big, ("ours", "nginx"), "put")
         rows.append(TableRow(f"{size} PUT (1 conn)", "MB/s", o_put, n_put,
                              target=TARGET_BIG_PUT, client_bound=put_bound,
-                             note=_join(*o_err, *n_err, put_note, *busy)))
-        busy = [f"{t.server} round {t.round}: machine busy ({load} cores used by others)"
-                for t in res.big for load in (t.get_other_load_cores,)
-                if load is not None and load > BUSY_MACHINE_CORES]
+                             note=_join(*o_err, *n_err, put_note, *_busy(res.big, "put"))))
         get_bound, get_note = _client_limit(res.big, ("ours", "nginx"), "get")
         rows.append(TableRow(f"{size} GET (1 conn)", "MB/s", o_get, n_get,
                              target=TARGET_BIG_GET, client_bound=get_bound,
-                             note=_join(get_note, *busy)))
+                             note=_join(get_note, *_busy(res.big, "get"))))
     if res.big and res.bare_get_mb_s:
         rows.append(TableRow(f"{size} GET beside a bare sendfile loop", "MB/s", o_get,
                              max(res.bare_get_mb_s), ref_name="sendfile loop",
@@ -477,15 +471,11 @@ def resource_lines(res: Results) -> list[str]:
             lines.append(f"{label:<14} {_main_and_workers(rep.get('kind'), procs)}")
     transfers = [*res.big, *res.durable, *res.tls_big]
     for label in dict.fromkeys(t.server for t in transfers):
-        mine = [t for t in transfers if t.server == label and not t.errors]
-
-        def med(values: list[float | None]) -> float | None:
-            known = [v for v in values if v is not None]
-            return statistics.median(known) if known else None
-
+        rounds = sum(1 for t in transfers if t.server == label and not t.errors)
+        put = _median_of(transfers, label, "put_cpu_s_per_gb")
+        get = _median_of(transfers, label, "get_cpu_s_per_gb")
         lines.append(f"{label:<14} CPU s/GB ({size_name(transfers[0].size)}, median of "
-                     f"{len(mine)}): PUT {num(med([t.put_cpu_s_per_gb for t in mine]), 2)}, "
-                     f"GET {num(med([t.get_cpu_s_per_gb for t in mine]), 2)}")
+                     f"{rounds}): PUT {num(put, 2)}, GET {num(get, 2)}")
     return lines
 
 
